@@ -1,0 +1,389 @@
+//! Layered configuration: command-line flag > environment variable > `companero.toml` in the data
+//! directory > built-in default.
+//!
+//! clap already merges flags and `COMPANERO_*` variables (and tells us which one supplied a
+//! value); this module adds the file and the defaults, and remembers where each value came from so
+//! that `companero config` can explain the effective configuration.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use serde::Deserialize;
+
+/// Name of the optional configuration file inside the data directory.
+pub const CONFIG_FILE_NAME: &str = "companero.toml";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+/// The data-directory option, shared by every command that opens one.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DataDirArgs {
+    /// Where the database, vector index, models and keys live
+    /// [default: ~/.local/share/companero]
+    #[arg(long, env = "COMPANERO_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// The data directory from the flag or environment, or the per-user default.
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, Source)> {
+        if let Some(dir) = &self.data_dir {
+            return Ok((dir.clone(), Source::FlagOrEnv));
+        }
+        let dirs = directories::ProjectDirs::from("", "", "companero").context(
+            "cannot find a home directory for the default data directory; pass --data-dir",
+        )?;
+        Ok((dirs.data_dir().to_path_buf(), Source::Default))
+    }
+}
+
+/// Server options. Every field is optional here so that the file and the defaults can fill the
+/// gaps; [`Config::resolve`] turns them into the effective configuration.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+
+    /// Address and port to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "COMPANERO_BIND", value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+
+    /// Log line format [default: text]
+    #[arg(long, env = "COMPANERO_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. `info` or `companero=debug,tower_http=info` [default: info]
+    #[arg(long, env = "COMPANERO_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Seconds that in-flight requests get to finish after a shutdown signal [default: 10]
+    #[arg(long, env = "COMPANERO_DRAIN_TIMEOUT_SECS", value_name = "SECS")]
+    pub drain_timeout_secs: Option<u64>,
+
+    /// Seconds a request may take before it is answered with a timeout error; streams (SSE,
+    /// WebSocket) are not cut by it once they have started [default: 60]
+    #[arg(long, env = "COMPANERO_REQUEST_TIMEOUT_SECS", value_name = "SECS")]
+    pub request_timeout_secs: Option<u64>,
+
+    /// Largest request body accepted by the JSON API, in bytes [default: 2097152]
+    #[arg(long, env = "COMPANERO_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// `companero.toml`: the same keys as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    drain_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+}
+
+/// Where an effective value came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    /// The data directory is resolved before clap's sources are consulted.
+    FlagOrEnv,
+    File,
+    Default,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Flag => "command-line flag",
+            Source::Env => "environment",
+            Source::FlagOrEnv => "flag or environment",
+            Source::File => CONFIG_FILE_NAME,
+            Source::Default => "default",
+        })
+    }
+}
+
+/// One line of `companero config`.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub key: &'static str,
+    /// The value as TOML, ready to paste into `companero.toml`.
+    pub value: String,
+    pub source: Source,
+    /// Secrets are printed masked.
+    pub secret: bool,
+}
+
+/// The effective server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub drain_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    /// How each value was chosen, in display order.
+    pub settings: Vec<Setting>,
+}
+
+impl Config {
+    /// Defaults for everything, rooted at `data_dir`. Tests and embedders start from this.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        Config::resolve(
+            &ServeArgs {
+                data: DataDirArgs {
+                    data_dir: Some(data_dir.into()),
+                },
+                ..ServeArgs::default()
+            },
+            None,
+        )
+        .expect("defaults are valid")
+    }
+
+    /// Merges flags/env (`args`), the data directory's `companero.toml` and the defaults.
+    /// `matches` (the serve/config subcommand's) tells flags from environment variables.
+    pub fn resolve(args: &ServeArgs, matches: Option<&ArgMatches>) -> anyhow::Result<Config> {
+        let (data_dir, data_dir_source) = args.data.resolve()?;
+        let file = read_file(&data_dir.join(CONFIG_FILE_NAME))?;
+        let mut settings = vec![Setting {
+            key: "data_dir",
+            value: toml_string(&data_dir.display().to_string()),
+            source: refine(data_dir_source, matches, "data_dir"),
+            secret: false,
+        }];
+        let mut layer = Layer {
+            matches,
+            settings: &mut settings,
+        };
+        let bind = layer.pick("bind", args.bind, file.bind, "127.0.0.1:8080".parse()?);
+        let log_format = layer.pick(
+            "log_format",
+            args.log_format,
+            file.log_format,
+            LogFormat::Text,
+        );
+        let log_level = layer.pick(
+            "log_level",
+            args.log_level.clone(),
+            file.log_level,
+            "info".to_string(),
+        );
+        let drain_timeout_secs = layer.pick(
+            "drain_timeout_secs",
+            args.drain_timeout_secs,
+            file.drain_timeout_secs,
+            10,
+        );
+        let request_timeout_secs = layer.pick(
+            "request_timeout_secs",
+            args.request_timeout_secs,
+            file.request_timeout_secs,
+            60,
+        );
+        let max_body_bytes = layer.pick(
+            "max_body_bytes",
+            args.max_body_bytes,
+            file.max_body_bytes,
+            2 * 1024 * 1024,
+        );
+        if request_timeout_secs == 0 {
+            bail!("request_timeout_secs must be at least 1");
+        }
+        Ok(Config {
+            data_dir,
+            bind,
+            log_format,
+            log_level,
+            drain_timeout: Duration::from_secs(drain_timeout_secs),
+            request_timeout: Duration::from_secs(request_timeout_secs),
+            max_body_bytes,
+            settings,
+        })
+    }
+
+    /// The effective configuration as TOML, each line annotated with its source.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# Effective configuration (flag > environment > companero.toml > default)\n",
+        );
+        let width = self
+            .settings
+            .iter()
+            .map(|s| s.key.len() + 3 + shown(s).len())
+            .max()
+            .unwrap_or(0);
+        for setting in &self.settings {
+            let line = format!("{} = {}", setting.key, shown(setting));
+            out.push_str(&format!("{line:<width$}  # {}\n", setting.source));
+        }
+        out
+    }
+}
+
+fn shown(setting: &Setting) -> String {
+    if setting.secret {
+        "\"********\"".to_string()
+    } else {
+        setting.value.clone()
+    }
+}
+
+/// Resolves one key through the layers and records its source.
+struct Layer<'a> {
+    matches: Option<&'a ArgMatches>,
+    settings: &'a mut Vec<Setting>,
+}
+
+impl Layer<'_> {
+    fn pick<T: fmt::Display + TomlValue>(
+        &mut self,
+        key: &'static str,
+        flag_or_env: Option<T>,
+        file: Option<T>,
+        default: T,
+    ) -> T {
+        let (value, source) = match (flag_or_env, file) {
+            (Some(v), _) => (v, refine(Source::FlagOrEnv, self.matches, key)),
+            (None, Some(v)) => (v, Source::File),
+            (None, None) => (default, Source::Default),
+        };
+        self.settings.push(Setting {
+            key,
+            value: value.to_toml(),
+            source,
+            secret: false,
+        });
+        value
+    }
+}
+
+/// Tells a flag from an environment variable where clap's matches are available.
+fn refine(source: Source, matches: Option<&ArgMatches>, id: &str) -> Source {
+    if source != Source::FlagOrEnv {
+        return source;
+    }
+    match matches.and_then(|m| m.value_source(id)) {
+        Some(ValueSource::CommandLine) => Source::Flag,
+        Some(ValueSource::EnvVariable) => Source::Env,
+        _ => Source::FlagOrEnv,
+    }
+}
+
+trait TomlValue {
+    fn to_toml(&self) -> String;
+}
+
+impl TomlValue for u64 {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl TomlValue for usize {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl TomlValue for String {
+    fn to_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+impl TomlValue for SocketAddr {
+    fn to_toml(&self) -> String {
+        toml_string(&self.to_string())
+    }
+}
+
+impl TomlValue for LogFormat {
+    fn to_toml(&self) -> String {
+        toml_string(&self.to_string())
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("invalid {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_fills_what_flags_leave_out_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "bind = \"0.0.0.0:9000\"\nlog_format = \"json\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            data: DataDirArgs {
+                data_dir: Some(dir.path().to_path_buf()),
+            },
+            log_format: Some(LogFormat::Text),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args, None).unwrap();
+        assert_eq!(config.bind, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.drain_timeout, Duration::from_secs(10));
+        let rendered = config.render();
+        assert!(rendered.contains("bind = \"0.0.0.0:9000\""), "{rendered}");
+        assert!(rendered.contains("# companero.toml"), "{rendered}");
+
+        std::fs::write(dir.path().join(CONFIG_FILE_NAME), "bnd = \"x\"\n").unwrap();
+        let error = format!("{:#}", Config::resolve(&args, None).unwrap_err());
+        assert!(error.contains("unknown field `bnd`"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_masked_when_rendered() {
+        let mut config = Config::with_data_dir("/tmp/x");
+        config.settings.push(Setting {
+            key: "smtp_url",
+            value: toml_string("smtp://user:hunter2@mail"),
+            source: Source::Env,
+            secret: true,
+        });
+        let rendered = config.render();
+        assert!(!rendered.contains("hunter2"), "{rendered}");
+        assert!(rendered.contains("smtp_url = \"********\""), "{rendered}");
+    }
+}

@@ -1,0 +1,211 @@
+//! The error catalogue: every error a client can see, its HTTP status and its stable code.
+//!
+//! Every error body is `{"error": {"code": "snake_case_code", "message": "..."}}`. Clients match
+//! on `code`; `message` is for people and may change.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident => ($status:ident, $code:literal),)*) => {
+        /// Stable error codes. Add new ones here, never rename one.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$variant => StatusCode::$status,)*
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The request is malformed (bad JSON, missing field, bad query string).
+    BadRequest => (BAD_REQUEST, "bad_request"),
+    /// No valid credentials were presented.
+    Unauthorized => (UNAUTHORIZED, "unauthorized"),
+    /// The credentials are valid but do not allow this.
+    Forbidden => (FORBIDDEN, "forbidden"),
+    /// No such route, or no such resource visible to the caller.
+    NotFound => (NOT_FOUND, "not_found"),
+    MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
+    Conflict => (CONFLICT, "conflict"),
+    PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large"),
+    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+    /// The request is well-formed but its content is not acceptable.
+    InvalidRequest => (UNPROCESSABLE_ENTITY, "invalid_request"),
+    RateLimited => (TOO_MANY_REQUESTS, "rate_limited"),
+    /// The request took longer than the configured request timeout.
+    Timeout => (SERVICE_UNAVAILABLE, "timeout"),
+    /// A component the request needs (database, model) is not available right now.
+    ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable"),
+    Internal => (INTERNAL_SERVER_ERROR, "internal"),
+}
+
+impl ErrorCode {
+    /// The code for an error response produced outside our handlers (axum's extractor
+    /// rejections, method mismatches), so that those too get the JSON envelope.
+    pub fn for_status(status: StatusCode) -> ErrorCode {
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|code| code.status() == status && *code != ErrorCode::Timeout)
+            .unwrap_or(if status.is_server_error() {
+                ErrorCode::Internal
+            } else {
+                ErrorCode::BadRequest
+            })
+    }
+}
+
+/// An error as the API returns it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Sent as `Retry-After` (seconds) on overload and rate-limit errors.
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn with_retry_after(mut self, after: Duration) -> ApiError {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn internal() -> ApiError {
+        ApiError::new(
+            ErrorCode::Internal,
+            "something went wrong on our side; the error was logged with this request's id",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            let seconds = after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl From<crate::db::DbError> for ApiError {
+    fn from(error: crate::db::DbError) -> ApiError {
+        tracing::error!(%error, "database error");
+        ApiError::internal()
+    }
+}
+
+/// Middleware that rewrites any error response whose body is not JSON (axum's rejections and
+/// method mismatches are plain text or empty) into the `{"error": ...}` envelope, keeping its
+/// status and headers such as `Allow` and `Retry-After`. HTML pages (the asset 404) stay as
+/// they are, for browsers.
+pub async fn ensure_json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/json") || content_type.starts_with("text/html") {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let code = ErrorCode::for_status(status);
+    let body = json!({"error": {"code": code.as_str(), "message": message}}).to_string();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let name = code.as_str();
+            assert!(seen.insert(name), "duplicate code {name}");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name} is not snake_case"
+            );
+        }
+    }
+
+    #[test]
+    fn statuses_map_back_to_codes() {
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::NOT_FOUND),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::SERVICE_UNAVAILABLE),
+            ErrorCode::ServiceUnavailable
+        );
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::IM_A_TEAPOT),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            ErrorCode::for_status(StatusCode::BAD_GATEWAY),
+            ErrorCode::Internal
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! The HTTP layer: the route table, the middleware every request passes through, and the
+//! translation between HTTP and the domain. Domain modules never see axum types.
+
+pub mod assets;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod request_id;
+pub mod streams;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::db::Db;
+use error::{ApiError, ErrorCode};
+
+/// What handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the server starts shutting down; long-lived streams watch it.
+    pub shutdown: CancellationToken,
+    pub started_at: Instant,
+}
+
+/// Limits that the middleware enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+/// The route table, top to bottom.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::render))
+        // Unknown API paths get a JSON 404, never the HTML fallback page.
+        .route("/api", any(api_not_found))
+        .route("/api/{*rest}", any(api_not_found))
+        .fallback(assets::serve)
+}
+
+/// The complete application: [`routes`] behind the standard middleware.
+pub fn app(state: AppState, limits: Limits) -> Router {
+    with_middleware(routes(), state, limits)
+}
+
+/// Wraps `routes` in the middleware every request passes through, outermost first:
+/// request id → log span → metrics → JSON error bodies → panic guard → timeout → body limit.
+pub fn with_middleware(routes: Router<AppState>, state: AppState, limits: Limits) -> Router {
+    let timeout = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(
+            move |_: tower::BoxError| async move {
+                ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the request did not finish within {} s",
+                        limits.request_timeout.as_secs()
+                    ),
+                )
+            },
+        ))
+        .timeout(limits.request_timeout);
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request| {
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                request_id = %request_id::of(request),
+            )
+        })
+        .on_response(DefaultOnResponse::new().level(Level::INFO));
+    routes
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(timeout)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(error::ensure_json_errors))
+        .layer(middleware::from_fn(metrics::record))
+        .layer(trace)
+        .layer(middleware::from_fn(request_id::assign))
+        .with_state(state)
+}
+
+async fn api_not_found(request: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no API route {} {}",
+        request.method(),
+        request.uri().path()
+    ))
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "handler panicked");
+    ApiError::internal().into_response()
+}

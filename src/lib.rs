@@ -1,0 +1,23 @@
+//! Compañero: a self-hosted AI coaching platform in one executable.
+//!
+//! Layers, top to bottom (see docs/architecture.md):
+//! - [`cli`] and [`config`]: the command line and layered configuration;
+//! - [`http`]: routes, middleware, error catalogue, embedded web assets;
+//! - [`server`]: start-up and graceful shutdown;
+//! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
+
+pub mod cli;
+pub mod config;
+pub mod data_dir;
+pub mod db;
+pub mod http;
+pub mod server;
+pub mod telemetry;
+
+/// `companero --version`: the crate version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("COMPANERO_GIT_COMMIT"),
+    ")"
+);
