@@ -6,8 +6,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::config::Config;
 use crate::data_dir::DataDir;
@@ -16,6 +25,8 @@ use crate::http::{self, AppState, Limits};
 
 /// Database connections in the pool: enough for concurrent readers on a small machine.
 const MAX_DB_CONNECTIONS: usize = 8;
+/// A client that has not sent its request headers by then is disconnected (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server that has opened its data directory and bound its address, ready to run.
 pub struct Server {
@@ -86,48 +97,69 @@ impl Server {
         self.run_with(app).await
     }
 
-    /// Serves `app` (normally [`http::app`]) until the shutdown token is cancelled, then waits
-    /// up to the drain deadline for in-flight requests and streams to finish.
+    /// Serves `app` (normally [`http::app`]) until the shutdown token is cancelled, then stops
+    /// accepting, lets in-flight requests and streams finish, and cuts off whatever is still
+    /// open at the drain deadline.
     pub async fn run_with(self, app: Router) -> anyhow::Result<()> {
         let shutdown = self.state.shutdown.clone();
         let upkeep = tokio::spawn(metrics_upkeep(self.state.clone()));
-        let signal = shutdown.clone();
-        let serve = axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { signal.cancelled().await });
-        let mut serving = tokio::spawn(serve.into_future());
+        let graceful = GracefulShutdown::new();
+        let mut connections = JoinSet::new();
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
 
-        let finished_early = tokio::select! {
-            result = &mut serving => Some(result),
-            () = shutdown.cancelled() => None,
-        };
-        let outcome = match finished_early {
-            Some(result) => result
-                .context("server task failed")?
-                .context("server failed"),
-            None => {
-                tracing::info!(
-                    deadline_s = self.drain_timeout.as_secs(),
-                    "shutting down: finishing in-flight requests"
-                );
-                match tokio::time::timeout(self.drain_timeout, &mut serving).await {
-                    Ok(result) => result
-                        .context("server task failed")?
-                        .context("server failed"),
-                    Err(_) => {
-                        tracing::warn!("drain deadline passed; closing remaining connections");
-                        serving.abort();
-                        Ok(())
+        loop {
+            let (stream, remote) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        // Typically out of file descriptors: back off instead of spinning.
+                        tracing::warn!(%error, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
                     }
+                },
+            };
+            while connections.try_join_next().is_some() {}
+            let app = app.clone();
+            let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                app.clone().oneshot(request.map(Body::new))
+            });
+            let connection = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            connections.spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, %remote, "connection ended with an error");
                 }
-            }
-        };
+            });
+        }
+
+        drop(self.listener);
+        tracing::info!(
+            open_connections = graceful.count(),
+            deadline_s = self.drain_timeout.as_secs(),
+            "shutting down: finishing in-flight requests"
+        );
+        if tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = connections.len(),
+                "drain deadline passed; closing the remaining connections"
+            );
+        }
+        connections.shutdown().await;
         upkeep.abort();
-        tracing::info!("stopped");
         drop(self.data_dir);
-        outcome
+        tracing::info!("stopped");
+        Ok(())
     }
 }
 

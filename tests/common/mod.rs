@@ -1,0 +1,116 @@
+//! Test harness: starts the real application on 127.0.0.1:0 with a fresh data directory and
+//! talks HTTP to it, as a client would.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use companero::config::Config;
+use companero::http::{self, AppState};
+use companero::server::Server;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub server: JoinHandle<anyhow::Result<()>>,
+    pub config: Config,
+    /// Kept alive so the data directory outlives the server.
+    pub dir: TempDir,
+}
+
+/// Adjusts the configuration before the server starts.
+pub type Configure = Box<dyn FnOnce(&mut Config)>;
+
+/// Options for [`TestApp::start`].
+#[derive(Default)]
+pub struct Options {
+    /// Routes added to the application's own (behind the same middleware), for exercising the
+    /// middleware with handlers that the product does not have.
+    pub extra_routes: Option<Router<AppState>>,
+    pub configure: Option<Configure>,
+    /// Reuse a data directory (restart tests).
+    pub dir: Option<TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        TestApp::start(Options::default()).await
+    }
+
+    pub async fn start(options: Options) -> TestApp {
+        let dir = options
+            .dir
+            .unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
+        let mut config = Config::with_data_dir(dir.path().join("data"));
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        if let Some(configure) = options.configure {
+            configure(&mut config);
+        }
+        let server = Server::bind(&config).await.expect("server starts");
+        let addr = server.local_addr();
+        let shutdown = server.shutdown_token();
+        let routes = match options.extra_routes {
+            Some(extra) => http::routes().merge(extra),
+            None => http::routes(),
+        };
+        let app = http::with_middleware(routes, server.state().clone(), server.limits());
+        let server = tokio::spawn(server.run_with(app));
+        TestApp {
+            addr,
+            client: reqwest::Client::new(),
+            shutdown,
+            server,
+            config,
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Shuts the server down and waits for it, returning its result; keeps the data directory.
+    pub async fn stop(self) -> (anyhow::Result<()>, TempDir) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(15), self.server)
+            .await
+            .expect("server stops within its drain deadline")
+            .expect("server task");
+        (result, self.dir)
+    }
+}
+
+/// Asserts the `{"error": {"code", "message"}}` envelope and returns the message.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(response.status().as_u16(), status, "status");
+    assert!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "error responses are JSON: {:?}",
+        response.headers()
+    );
+    let body: serde_json::Value = response.json().await.expect("JSON body");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_string();
+    assert!(!message.is_empty(), "{body}");
+    message
+}

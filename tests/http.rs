@@ -1,0 +1,305 @@
+//! The HTTP surface every later feature relies on: health, readiness, metrics, error bodies,
+//! request ids, limits and the embedded web assets.
+
+mod common;
+
+use std::io::Read;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::routing::{get, post};
+use common::{Options, TestApp, expect_error};
+use companero::http::AppState;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn health_and_readiness_report_the_database() {
+    let app = TestApp::spawn().await;
+
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status(), 200);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["components"]["database"]["ready"], true);
+    assert_eq!(body["components"]["database"]["schema_version"], 1);
+}
+
+#[tokio::test]
+async fn readiness_fails_and_names_the_database_when_it_breaks() {
+    let app = TestApp::spawn().await;
+    // Simulate a broken database: the bookkeeping table disappears under the running server.
+    let db = companero::db::connect(&app.config.data_dir.join("companero.db")).unwrap();
+    db.execute_batch("DROP TABLE schema_migrations").unwrap();
+
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["components"]["database"]["ready"], false);
+    assert!(
+        body["components"]["database"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("schema_migrations"),
+        "{body}"
+    );
+    // Liveness is unaffected: the process still answers.
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_pattern_and_status() {
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        app.get("/healthz").await;
+    }
+    app.get("/api/v1/no-such-thing/42").await;
+
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    let healthz_count = counter(&text, r#"method="GET",route="/healthz",status="200""#);
+    assert!(healthz_count >= 3.0, "{text}");
+    // Unknown paths are labelled by their route pattern, never by the raw path.
+    assert!(
+        text.contains(r#"route="/api/{*rest}",status="404""#),
+        "{text}"
+    );
+    assert!(!text.contains("no-such-thing"), "{text}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+fn counter(text: &str, labels: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with("http_requests_total{") && line.contains(labels))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn unknown_api_paths_and_wrong_methods_get_json_errors() {
+    let app = TestApp::spawn().await;
+    let message = expect_error(app.get("/api/v1/nope").await, 404, "not_found").await;
+    assert!(message.contains("/api/v1/nope"), "{message}");
+    expect_error(app.get("/api").await, 404, "not_found").await;
+
+    let response = app.client.delete(app.url("/healthz")).send().await.unwrap();
+    assert!(response.headers().contains_key("allow"));
+    expect_error(response, 405, "method_not_allowed").await;
+}
+
+fn echo_routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/test/echo",
+            post(|Json(v): Json<Value>| async move { Json(v) }),
+        )
+        .route(
+            "/api/test/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                "done"
+            }),
+        )
+        .route(
+            "/api/test/panic",
+            get(|| async {
+                if true {
+                    panic!("boom");
+                }
+                "unreachable"
+            }),
+        )
+}
+
+#[tokio::test]
+async fn request_bodies_are_limited_and_bad_json_gets_an_envelope() {
+    let app = TestApp::start(Options {
+        extra_routes: Some(echo_routes()),
+        configure: Some(Box::new(|config| config.max_body_bytes = 1024)),
+        ..Options::default()
+    })
+    .await;
+    let url = app.url("/api/test/echo");
+
+    let ok = app
+        .client
+        .post(&url)
+        .json(&json!({"a": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.json::<Value>().await.unwrap(), json!({"a": 1}));
+
+    let big = json!({"text": "x".repeat(2048)});
+    expect_error(
+        app.client.post(&url).json(&big).send().await.unwrap(),
+        413,
+        "payload_too_large",
+    )
+    .await;
+
+    let broken = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    expect_error(broken, 400, "bad_request").await;
+
+    let wrong_type = app.client.post(&url).body("plain").send().await.unwrap();
+    expect_error(wrong_type, 415, "unsupported_media_type").await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_and_the_server_keeps_serving() {
+    let app = TestApp::start(Options {
+        extra_routes: Some(echo_routes()),
+        ..Options::default()
+    })
+    .await;
+    expect_error(app.get("/api/test/panic").await, 500, "internal").await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_with_a_json_error() {
+    let app = TestApp::start(Options {
+        extra_routes: Some(echo_routes()),
+        configure: Some(Box::new(|config| {
+            config.request_timeout = Duration::from_secs(1)
+        })),
+        ..Options::default()
+    })
+    .await;
+    let message = expect_error(app.get("/api/test/slow").await, 503, "timeout").await;
+    assert!(message.contains("1 s"), "{message}");
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_generated_or_replaced() {
+    let app = TestApp::spawn().await;
+    let given = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "client-id-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "client-id-42");
+
+    let generated = app.get("/api/missing").await;
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    assert_ne!(id, app.get("/healthz").await.headers()["x-request-id"]);
+
+    // An id that could forge log lines or bloat them is replaced.
+    let hostile = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "a b\"c")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(hostile.headers()["x-request-id"], "a b\"c");
+}
+
+#[tokio::test]
+async fn the_landing_page_is_served_compressed_with_validators() {
+    let app = TestApp::spawn().await;
+
+    let plain = app.get("/").await;
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(plain.headers().get("content-encoding").is_none());
+    let etag = plain.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(plain.headers()["cache-control"], "no-cache");
+    let html = plain.text().await.unwrap();
+    assert!(html.contains("<title>Compañero</title>"));
+
+    let br = app
+        .client
+        .get(app.url("/"))
+        .header("accept-encoding", "gzip, br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(br.headers()["content-encoding"], "br");
+    assert_eq!(br.headers()["vary"], "Accept-Encoding");
+    let br_etag = br.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(br_etag, etag, "each encoding has its own ETag");
+    let compressed = br.bytes().await.unwrap();
+    assert!(compressed.len() < html.len());
+    let mut decoded = String::new();
+    brotli::Decompressor::new(&compressed[..], 4096)
+        .read_to_string(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, html);
+
+    let gz = app
+        .client
+        .get(app.url("/"))
+        .header("accept-encoding", "br;q=0, gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    let mut decoded = String::new();
+    flate2::read::GzDecoder::new(&gz.bytes().await.unwrap()[..])
+        .read_to_string(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, html);
+
+    let revalidated = app
+        .client
+        .get(app.url("/"))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revalidated.status(), 304);
+    assert!(revalidated.bytes().await.unwrap().is_empty());
+
+    let icon = app.get("/favicon.svg").await;
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+}
+
+#[tokio::test]
+async fn unknown_pages_get_an_html_404_for_browsers() {
+    let app = TestApp::spawn().await;
+    let missing = app.get("/no/such/page").await;
+    assert_eq!(missing.status(), 404);
+    assert!(
+        missing.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(missing.text().await.unwrap().contains("Page not found"));
+    let posted = app.client.post(app.url("/")).send().await.unwrap();
+    expect_error(posted, 405, "method_not_allowed").await;
+}
