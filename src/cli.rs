@@ -5,9 +5,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use std::path::PathBuf;
+
 use crate::config::{Config, DataDirArgs, ServeArgs};
 use crate::data_dir::{self, DataDir};
 use crate::db::{self, migrations};
+use crate::inference::catalog;
+use crate::inference::store::{HubOptions, ModelStore, PullProgress};
+use crate::inference::{self, DeviceKind};
 use crate::server::Server;
 
 #[derive(Parser, Debug)]
@@ -22,7 +27,7 @@ use crate::server::Server;
         Every option can also be set with an environment variable (COMPANERO_*) or in \
         companero.toml inside the data directory; a flag wins over the environment, which wins \
         over the file.",
-    after_help = "Examples:\n  companero serve\n  companero serve --bind 0.0.0.0:8080 --data-dir /srv/companero\n  companero config\n  companero migrate --status"
+    after_help = "Examples:\n  companero serve\n  companero serve --bind 0.0.0.0:8080 --data-dir /srv/companero\n  companero serve --llm ./model.gguf --embedder ./embedder-folder --offline\n  companero models list\n  companero models pull qwen2.5-1.5b-instruct\n  companero config\n  companero migrate --status"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -37,6 +42,79 @@ enum Command {
     Config(ServeArgs),
     /// Apply pending database migrations (the server also does this at start)
     Migrate(MigrateArgs),
+    /// List, download, import and remove models
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Measure inference speed (prints figures; `--json` for tools)
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelsCommand {
+    /// Show the catalog and what is installed
+    List(DataDirArgs),
+    /// Download a catalog model from Hugging Face (honours HF_ENDPOINT and HF_TOKEN; resumes)
+    Pull {
+        /// A name from `companero models list`
+        name: String,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
+    /// Install a local .gguf file (chat) or model folder (embedder)
+    Import {
+        path: PathBuf,
+        /// Name to install it under [default: from the file name]
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
+    /// Remove an installed model
+    Rm {
+        name: String,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchOptions {
+    /// CPU threads [default: the number of cores]
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Prompt processing and generation speed of a GGUF chat model
+    Llm {
+        #[arg(long)]
+        model: PathBuf,
+        /// The user turn to send
+        #[arg(long)]
+        prompt_file: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        #[command(flatten)]
+        options: BenchOptions,
+    },
+    /// Embedding throughput for 256-token chunks, one at a time and in batches of 32
+    Embed {
+        /// A folder with model.safetensors, config.json and tokenizer.json
+        #[arg(long)]
+        model: PathBuf,
+        /// Prose to cut into chunks [default: a built-in text]
+        #[arg(long)]
+        text_file: Option<PathBuf>,
+        #[command(flatten)]
+        options: BenchOptions,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,6 +143,7 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::resolve(&args, matches)?;
+            inference::set_cpu_threads(config.threads);
             crate::telemetry::init(config.log_format, &config.log_level)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -77,6 +156,190 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate(args) => migrate(&args),
+        Command::Models(command) => models(command),
+        Command::Bench(command) => bench(command),
+    }
+}
+
+fn models(command: ModelsCommand) -> anyhow::Result<()> {
+    let store_for = |data: &DataDirArgs| -> anyhow::Result<ModelStore> {
+        let (root, _) = data.resolve()?;
+        Ok(ModelStore::new(root.join("models")))
+    };
+    match command {
+        ModelsCommand::List(data) => {
+            let store = store_for(&data)?;
+            let installed = store.list();
+            println!(
+                "{:<28} {:<9} {:>8}  {:<10} DESCRIPTION",
+                "NAME", "KIND", "SIZE", "STATE"
+            );
+            for entry in catalog::entries() {
+                let state = if installed.iter().any(|m| m.manifest.name == entry.name) {
+                    "installed"
+                } else if entry.default {
+                    "default"
+                } else {
+                    "available"
+                };
+                println!(
+                    "{:<28} {:<9} {:>5} MB  {:<10} {}",
+                    entry.name, entry.kind, entry.size_mb, state, entry.description
+                );
+            }
+            for model in installed
+                .iter()
+                .filter(|m| catalog::find(&m.manifest.name).is_none())
+            {
+                println!(
+                    "{:<28} {:<9} {:>5} MB  {:<10} {}",
+                    model.manifest.name,
+                    model.manifest.kind,
+                    model.size() / 1_000_000,
+                    "installed",
+                    model.manifest.source
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Pull { name, data } => {
+            let store = store_for(&data)?;
+            let entry = catalog::find(&name).with_context(|| {
+                format!("'{name}' is not in the catalog; see `companero models list`")
+            })?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let bar = DownloadBar::new();
+            let installed =
+                runtime.block_on(store.pull(entry, &HubOptions::from_env(), bar.clone()))?;
+            bar.bar.finish_and_clear();
+            println!(
+                "installed {} ({} MB) in {}",
+                installed.manifest.name,
+                installed.size() / 1_000_000,
+                installed.dir.display()
+            );
+            Ok(())
+        }
+        ModelsCommand::Import { path, name, data } => {
+            let installed = store_for(&data)?.import(&path, name.as_deref())?;
+            println!(
+                "installed {} ({}, {} MB) in {}",
+                installed.manifest.name,
+                installed.manifest.kind,
+                installed.size() / 1_000_000,
+                installed.dir.display()
+            );
+            Ok(())
+        }
+        ModelsCommand::Rm { name, data } => {
+            let removed = store_for(&data)?.remove(&name)?;
+            println!("removed {}", removed.manifest.name);
+            Ok(())
+        }
+    }
+}
+
+/// A terminal progress bar for `models pull`.
+#[derive(Clone)]
+struct DownloadBar {
+    bar: indicatif::ProgressBar,
+}
+
+impl DownloadBar {
+    fn new() -> DownloadBar {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        DownloadBar { bar }
+    }
+}
+
+impl PullProgress for DownloadBar {
+    fn started(&self, file: &str, bytes: u64) {
+        self.bar.set_message(file.to_string());
+        self.bar.set_length(bytes);
+        self.bar.set_position(0);
+    }
+
+    fn advanced(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    fn finished_file(&self) {
+        self.bar
+            .println(format!("downloaded {}", self.bar.message()));
+    }
+}
+
+fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    let threads_of = |options: &BenchOptions| {
+        let threads = options
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        inference::set_cpu_threads(threads);
+        threads
+    };
+    match command {
+        BenchCommand::Llm {
+            model,
+            prompt_file,
+            max_tokens,
+            options,
+        } => {
+            let threads = threads_of(&options);
+            let prompt = std::fs::read_to_string(&prompt_file)
+                .with_context(|| format!("cannot read {}", prompt_file.display()))?;
+            let report = crate::bench::llm(&model, &prompt, max_tokens, threads, options.device)?;
+            if options.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("model          {} ({threads} threads)", report.model);
+                println!("load           {:.2} s", report.load_s);
+                println!(
+                    "prompt         {} tokens, {:.1} tok/s",
+                    report.prompt_tokens, report.prefill_tok_s
+                );
+                println!("first token    {:.3} s", report.ttft_s);
+                println!(
+                    "generation     {} tokens, {:.1} tok/s",
+                    report.gen_tokens, report.gen_tok_s
+                );
+                println!("peak memory    {:.0} MB", report.peak_rss_mb);
+            }
+            Ok(())
+        }
+        BenchCommand::Embed {
+            model,
+            text_file,
+            options,
+        } => {
+            let threads = threads_of(&options);
+            let text = match &text_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?,
+                None => crate::bench::DEFAULT_TEXT.to_string(),
+            };
+            let report = crate::bench::embed(&model, &text, threads, options.device)?;
+            if options.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("model          {} ({threads} threads)", report.model);
+                println!("load           {:.2} s", report.load_s);
+                println!(
+                    "chunks         {} of {:.0} tokens on average",
+                    report.chunks, report.mean_tokens_per_chunk
+                );
+                println!("batch 1        {:.1} chunks/s", report.chunks_per_s_batch1);
+                println!("batch 32       {:.1} chunks/s", report.chunks_per_s_batch32);
+                println!("peak memory    {:.0} MB", report.peak_rss_mb);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -15,6 +15,8 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Deserialize;
 
+use crate::inference::DeviceKind;
+
 /// Name of the optional configuration file inside the data directory.
 pub const CONFIG_FILE_NAME: &str = "companero.toml";
 
@@ -89,6 +91,43 @@ pub struct ServeArgs {
     /// Largest request body accepted by the JSON API, in bytes [default: 2097152]
     #[arg(long, env = "COMPANERO_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+
+    /// Chat model: a catalog or installed model name, or a path to a .gguf file
+    /// [default: the installed chat model, else the catalog default, downloaded in the background]
+    #[arg(long, env = "COMPANERO_LLM", value_name = "NAME|PATH")]
+    pub llm: Option<String>,
+
+    /// Embedder: a catalog or installed model name, or a folder with model.safetensors,
+    /// config.json and tokenizer.json [default: like --llm]
+    #[arg(long, env = "COMPANERO_EMBEDDER", value_name = "NAME|PATH")]
+    pub embedder: Option<String>,
+
+    /// Where models run [default: cpu]
+    #[arg(long, env = "COMPANERO_DEVICE", value_enum)]
+    pub device: Option<DeviceKind>,
+
+    /// CPU threads for model work [default: the number of cores]
+    #[arg(long, env = "COMPANERO_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Never download models; report what is missing instead [default: false]
+    #[arg(
+        long,
+        env = "COMPANERO_OFFLINE",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub offline: Option<bool>,
+
+    /// Most tokens (prompt and answer) one chat call may use [default: 8192]
+    #[arg(long, env = "COMPANERO_MAX_CONTEXT", value_name = "TOKENS")]
+    pub max_context: Option<usize>,
+
+    /// Model requests that may wait; more are refused with 429 and Retry-After [default: 32]
+    #[arg(long, env = "COMPANERO_INFERENCE_QUEUE", value_name = "N")]
+    pub inference_queue: Option<usize>,
 }
 
 /// `companero.toml`: the same keys as the flags, in snake_case.
@@ -101,6 +140,13 @@ struct FileConfig {
     drain_timeout_secs: Option<u64>,
     request_timeout_secs: Option<u64>,
     max_body_bytes: Option<usize>,
+    llm: Option<String>,
+    embedder: Option<String>,
+    device: Option<DeviceKind>,
+    threads: Option<usize>,
+    offline: Option<bool>,
+    max_context: Option<usize>,
+    inference_queue: Option<usize>,
 }
 
 /// Where an effective value came from.
@@ -147,6 +193,13 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    pub llm: Option<String>,
+    pub embedder: Option<String>,
+    pub device: DeviceKind,
+    pub threads: usize,
+    pub offline: bool,
+    pub max_context: usize,
+    pub inference_queue: usize,
     /// How each value was chosen, in display order.
     pub settings: Vec<Setting>,
 }
@@ -212,6 +265,23 @@ impl Config {
             file.max_body_bytes,
             2 * 1024 * 1024,
         );
+        let llm = layer.pick_optional("llm", args.llm.clone(), file.llm);
+        let embedder = layer.pick_optional("embedder", args.embedder.clone(), file.embedder);
+        let device = layer.pick("device", args.device, file.device, DeviceKind::Cpu);
+        let threads = layer.pick("threads", args.threads, file.threads, default_threads());
+        let offline = layer.pick("offline", args.offline, file.offline, false);
+        let max_context = layer.pick(
+            "max_context",
+            args.max_context,
+            file.max_context,
+            crate::inference::llm::DEFAULT_MAX_CONTEXT,
+        );
+        let inference_queue = layer.pick(
+            "inference_queue",
+            args.inference_queue,
+            file.inference_queue,
+            32,
+        );
         if request_timeout_secs == 0 {
             bail!("request_timeout_secs must be at least 1");
         }
@@ -223,6 +293,13 @@ impl Config {
             drain_timeout: Duration::from_secs(drain_timeout_secs),
             request_timeout: Duration::from_secs(request_timeout_secs),
             max_body_bytes,
+            llm,
+            embedder,
+            device,
+            threads,
+            offline,
+            max_context,
+            inference_queue,
             settings,
         })
     }
@@ -281,6 +358,33 @@ impl Layer<'_> {
         });
         value
     }
+
+    /// Like `pick` for settings whose default is "none": the line shows `# (automatic)`.
+    fn pick_optional<T: fmt::Display + TomlValue>(
+        &mut self,
+        key: &'static str,
+        flag_or_env: Option<T>,
+        file: Option<T>,
+    ) -> Option<T> {
+        let (value, source) = match (flag_or_env, file) {
+            (Some(v), _) => (Some(v), refine(Source::FlagOrEnv, self.matches, key)),
+            (None, Some(v)) => (Some(v), Source::File),
+            (None, None) => (None, Source::Default),
+        };
+        self.settings.push(Setting {
+            key,
+            value: value
+                .as_ref()
+                .map_or_else(|| "\"\"".to_string(), TomlValue::to_toml),
+            source,
+            secret: false,
+        });
+        value
+    }
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Tells a flag from an environment variable where clap's matches are available.
@@ -318,6 +422,18 @@ impl TomlValue for String {
 }
 
 impl TomlValue for SocketAddr {
+    fn to_toml(&self) -> String {
+        toml_string(&self.to_string())
+    }
+}
+
+impl TomlValue for bool {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl TomlValue for DeviceKind {
     fn to_toml(&self) -> String {
         toml_string(&self.to_string())
     }

@@ -3,14 +3,17 @@
 //! Layers, top to bottom (see docs/architecture.md):
 //! - [`cli`] and [`config`]: the command line and layered configuration;
 //! - [`http`]: routes, middleware, error catalogue, embedded web assets;
+//! - [`inference`]: the chat model and the embedder, in-process with candle;
 //! - [`server`]: start-up and graceful shutdown;
 //! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data_dir;
 pub mod db;
 pub mod http;
+pub mod inference;
 pub mod server;
 pub mod telemetry;
 

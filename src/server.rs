@@ -22,6 +22,8 @@ use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::db::{self, Db};
 use crate::http::{self, AppState, Limits};
+use crate::inference::runtime::{Inference, ModelPlan};
+use crate::inference::store::HubOptions;
 
 /// Database connections in the pool: enough for concurrent readers on a small machine.
 const MAX_DB_CONNECTIONS: usize = 8;
@@ -50,8 +52,21 @@ impl Server {
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let inference = Inference::new();
+        inference.start(ModelPlan {
+            llm: config.llm.clone(),
+            embedder: config.embedder.clone(),
+            device: config.device,
+            offline: config.offline,
+            models_dir: data_dir.models_dir(),
+            hub: HubOptions::from_env(),
+            queue_capacity: config.inference_queue,
+            max_context: config.max_context,
+            embed_dimensions: None,
+        });
         let state = AppState {
             db,
+            inference,
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
             started_at: Instant::now(),

@@ -1,34 +1,12 @@
 //! The `companero` executable as a user runs it: help and version, configuration precedence,
 //! migrations, and `serve` from start to a clean stop on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_companero");
-
-/// Runs the binary to completion with a clean `COMPANERO_*` environment.
-fn companero(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
-    command.args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("COMPANERO_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(env.iter().copied());
-    command.output().expect("run companero")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
+use common::process::{Served, companero, stderr, stdout};
 
 #[test]
 fn version_and_help_explain_the_program() {
@@ -145,98 +123,26 @@ fn migrate_applies_pending_migrations_and_reports_status() {
     assert!(after.contains("all 1 migrations applied"), "{after}");
 }
 
-/// A `companero serve` child process whose log lines are collected as they arrive.
-struct Served {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Served {
-    fn start(data_dir: &str, extra: &[&str]) -> Served {
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--data-dir", data_dir, "--bind", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars() {
-            if key.starts_with("COMPANERO_") {
-                command.env_remove(key);
-            }
-        }
-        let mut child = command.spawn().expect("spawn serve");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        Served { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits for the "listening" line and returns the base URL it names.
-    fn wait_for_address(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let log = self.log();
-            if let Some(at) = log.find("http://127.0.0.1:") {
-                let url: String = log[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || ":/.".contains(*c))
-                    .collect();
-                return url;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("server did not report its address:\n{}", self.log());
-    }
-
-    fn terminate_and_wait(mut self) -> (std::process::ExitStatus, Duration, String) {
-        let started = Instant::now();
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let the reader thread drain
-                return (status, started.elapsed(), self.log());
-            }
-            if Instant::now() > deadline {
-                self.child.kill().ok();
-                panic!("server did not stop on SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 #[tokio::test]
 async fn serve_starts_answers_logs_request_ids_as_json_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_str = data.to_str().unwrap();
-    let served = Served::start(data_str, &["--log-format", "json"]);
+    let served = Served::start(data_str, &["--log-format", "json", "--offline"]);
     let base = served.wait_for_address();
 
     let client = reqwest::Client::new();
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    let ready: serde_json::Value = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["components"]["database"]["ready"], true, "{ready}");
     let tagged = client
         .get(format!("{base}/api/v1/unknown"))
         .header("x-request-id", "trace-me-7")

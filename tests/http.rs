@@ -14,7 +14,7 @@ use companero::http::AppState;
 use serde_json::{Value, json};
 
 #[tokio::test]
-async fn health_and_readiness_report_the_database() {
+async fn health_and_readiness_report_each_component() {
     let app = TestApp::spawn().await;
 
     let health = app.get("/healthz").await;
@@ -23,12 +23,19 @@ async fn health_and_readiness_report_the_database() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
 
+    // Offline and without models: the database is ready, the models say how to get them.
     let ready = app.get("/readyz").await;
-    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["status"], "ready");
+    assert_eq!(body["status"], "not_ready");
     assert_eq!(body["components"]["database"]["ready"], true);
     assert_eq!(body["components"]["database"]["schema_version"], 1);
+    for model in ["llm", "embedder"] {
+        assert_eq!(body["components"][model]["ready"], false, "{body}");
+        assert_eq!(body["components"][model]["state"], "missing", "{body}");
+        let message = body["components"][model]["message"].as_str().unwrap();
+        assert!(message.contains("companero models pull"), "{message}");
+    }
 }
 
 #[tokio::test]

@@ -99,6 +99,7 @@ async fn an_occupied_port_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::with_data_dir(dir.path().join("data"));
     config.bind = taken.local_addr().unwrap();
+    config.offline = true;
     let error = format!("{:#}", Server::bind(&config).await.err().expect("refused"));
     assert!(error.contains("cannot listen on"), "{error}");
 }

@@ -60,6 +60,12 @@ error_codes! {
     /// A component the request needs (database, model) is not available right now.
     ServiceUnavailable => (SERVICE_UNAVAILABLE, "service_unavailable"),
     Internal => (INTERNAL_SERVER_ERROR, "internal"),
+    /// The model's queue is full; retry after `Retry-After` seconds.
+    Overloaded => (TOO_MANY_REQUESTS, "overloaded"),
+    /// No model is loaded for this; the message names the command that installs one.
+    ModelUnavailable => (SERVICE_UNAVAILABLE, "model_unavailable"),
+    /// The input does not fit the model's context window.
+    ContextTooLong => (UNPROCESSABLE_ENTITY, "context_too_long"),
 }
 
 impl ErrorCode {
@@ -134,6 +140,29 @@ impl From<crate::db::DbError> for ApiError {
     }
 }
 
+impl From<crate::inference::InferenceError> for ApiError {
+    fn from(error: crate::inference::InferenceError) -> ApiError {
+        use crate::inference::InferenceError as E;
+        match error {
+            E::Overloaded { retry_after } => {
+                ApiError::new(ErrorCode::Overloaded, error.to_string())
+                    .with_retry_after(retry_after)
+            }
+            E::NotReady(message) => ApiError::new(ErrorCode::ModelUnavailable, message)
+                .with_retry_after(std::time::Duration::from_secs(30)),
+            E::ShuttingDown => ApiError::new(ErrorCode::ServiceUnavailable, error.to_string()),
+            E::ContextOverflow { .. } => {
+                ApiError::new(ErrorCode::ContextTooLong, error.to_string())
+            }
+            E::InvalidRequest(message) => ApiError::new(ErrorCode::InvalidRequest, message),
+            E::Load(_) | E::Unsupported(_) | E::Tokenizer(_) | E::Template(_) | E::Model(_) => {
+                tracing::error!(%error, "inference error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
 /// Middleware that rewrites any error response whose body is not JSON (axum's rejections and
 /// method mismatches are plain text or empty) into the `{"error": ...}` envelope, keeping its
 /// status and headers such as `Allow` and `Retry-After`. HTML pages (the asset 404) stay as
@@ -187,6 +216,26 @@ mod tests {
                 "{name} is not snake_case"
             );
         }
+    }
+
+    #[test]
+    fn overload_and_missing_models_tell_the_client_when_to_retry() {
+        use crate::inference::InferenceError;
+        let response = ApiError::from(InferenceError::Overloaded {
+            retry_after: std::time::Duration::from_secs(7),
+        })
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
+        let missing = ApiError::from(InferenceError::NotReady(
+            "run `companero models pull x`".into(),
+        ));
+        assert_eq!(missing.code, ErrorCode::ModelUnavailable);
+        assert!(missing.message.contains("companero models pull"));
+        assert_eq!(
+            missing.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[test]

@@ -28,7 +28,14 @@ pub struct ComponentReport {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let components = [("database", database(&state).await)];
+    let mut components = vec![("database", database(&state).await)];
+    components.extend(
+        state
+            .inference
+            .readiness()
+            .into_iter()
+            .map(|(name, ready, detail)| (name, ComponentReport { ready, detail })),
+    );
     let ready = components.iter().all(|(_, report)| report.ready);
     let status = if ready {
         StatusCode::OK

@@ -24,12 +24,15 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::db::Db;
+use crate::inference::runtime::Inference;
 use error::{ApiError, ErrorCode};
 
 /// What handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// The chat model and the embedder, ready or on their way.
+    pub inference: Inference,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down; long-lived streams watch it.
     pub shutdown: CancellationToken,

@@ -2,6 +2,9 @@
 //! talks HTTP to it, as a client would.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod hub;
+pub mod process;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -48,6 +51,8 @@ impl TestApp {
             .unwrap_or_else(|| tempfile::tempdir().expect("temp dir"));
         let mut config = Config::with_data_dir(dir.path().join("data"));
         config.bind = "127.0.0.1:0".parse().unwrap();
+        // Tests never reach for the Hub; those that need models load them from the test cache.
+        config.offline = true;
         if let Some(configure) = options.configure {
             configure(&mut config);
         }
@@ -113,4 +118,29 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
         .to_string();
     assert!(!message.is_empty(), "{body}");
     message
+}
+
+/// The folder of test models that `scripts/fetch-test-models` fills (the test command exports
+/// `COMPANERO_TEST_MODELS`). Fails loudly rather than skipping when they are missing.
+pub fn test_models() -> std::path::PathBuf {
+    let dir = std::env::var_os("COMPANERO_TEST_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/companero/test-models")
+        });
+    assert!(
+        dir.join("smollm2-135m-instruct").is_dir() && dir.join("all-minilm-l6-v2").is_dir(),
+        "test models missing in {}: run scripts/fetch-test-models (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn smollm_gguf() -> std::path::PathBuf {
+    test_models().join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+pub fn minilm_dir() -> std::path::PathBuf {
+    test_models().join("all-minilm-l6-v2")
 }

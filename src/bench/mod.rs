@@ -1,0 +1,184 @@
+//! `companero bench llm | embed`: the yardstick for inference speed. Field names are stable:
+//! `scripts/bench-compare` and other tools read them.
+//!
+//! Definitions (kept identical in scripts/bench-compare for the peers):
+//! - llm: the prompt file is one user turn under the model's chat template, with the system
+//!   prompt "You are a helpful assistant."; greedy decoding, repeat penalty 1.1. `ttft_s` runs
+//!   from the start of the first forward pass to the first sampled token; `prefill_tok_s =
+//!   prompt_tokens / ttft_s`; `gen_tokens` excludes that first token; `gen_tok_s = gen_tokens /
+//!   (time of last token - time of first token)`.
+//! - embed: the text is cut into consecutive 200-word windows (wrapping around a short text),
+//!   truncated to 256 tokens, 96 chunks, embedded after one warm-up batch, once one at a time and
+//!   once in batches of 32.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::inference::chat_template::{ChatMessage, Role};
+use crate::inference::embed::{EmbedKind, Embedder, EmbedderOptions};
+use crate::inference::generate::{self, GenerationSettings};
+use crate::inference::llm::{DEFAULT_MAX_CONTEXT, Llm};
+use crate::inference::{DeviceKind, chat_engine};
+
+pub const DEFAULT_TEXT: &str = include_str!("default_text.txt");
+pub const SYSTEM_PROMPT: &str = "You are a helpful assistant.";
+const CHUNKS: usize = 96;
+const WORDS_PER_CHUNK: usize = 200;
+const TOKENS_PER_CHUNK: usize = 256;
+
+#[derive(Debug, Serialize)]
+pub struct LlmReport {
+    pub model: String,
+    pub threads: usize,
+    pub load_s: f64,
+    pub prompt_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub ttft_s: f64,
+    pub gen_tokens: usize,
+    pub gen_tok_s: f64,
+    pub peak_rss_mb: f64,
+    pub finish_reason: generate::FinishReason,
+    pub output: String,
+}
+
+pub fn llm(
+    model: &Path,
+    prompt: &str,
+    max_tokens: usize,
+    threads: usize,
+    device: DeviceKind,
+) -> anyhow::Result<LlmReport> {
+    let device = device.open()?;
+    let started = Instant::now();
+    let mut llm = Llm::load(model, &device, DEFAULT_MAX_CONTEXT)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let messages = [
+        ChatMessage::new(Role::System, SYSTEM_PROMPT),
+        ChatMessage::new(Role::User, prompt),
+    ];
+    let (tokens, _) = chat_engine::fit_prompt(&llm, &messages, max_tokens)?;
+    let mut output = String::new();
+    let stats = generate::generate(
+        &mut llm,
+        &tokens,
+        &GenerationSettings::greedy(max_tokens),
+        None,
+        |delta| {
+            output.push_str(delta);
+            std::ops::ControlFlow::Continue(())
+        },
+    )?;
+    Ok(LlmReport {
+        model: llm.info.name.clone(),
+        threads,
+        load_s,
+        prompt_tokens: stats.prompt_tokens,
+        prefill_tok_s: stats.prefill_tok_s,
+        ttft_s: stats.ttft_s,
+        gen_tokens: stats.completion_tokens.saturating_sub(1),
+        gen_tok_s: stats.gen_tok_s,
+        peak_rss_mb: peak_rss_mb(),
+        finish_reason: stats.finish_reason,
+        output,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmbedReport {
+    pub model: String,
+    pub threads: usize,
+    pub load_s: f64,
+    pub chunks: usize,
+    pub mean_tokens_per_chunk: f64,
+    pub chunks_per_s_batch1: f64,
+    pub chunks_per_s_batch32: f64,
+    pub peak_rss_mb: f64,
+}
+
+pub fn embed(
+    model: &Path,
+    text: &str,
+    threads: usize,
+    device: DeviceKind,
+) -> anyhow::Result<EmbedReport> {
+    let device = device.open()?;
+    let started = Instant::now();
+    let embedder = Embedder::load(
+        model,
+        &device,
+        &EmbedderOptions {
+            max_tokens: Some(TOKENS_PER_CHUNK),
+            ..EmbedderOptions::default()
+        },
+    )?;
+    let load_s = started.elapsed().as_secs_f64();
+    let chunks = windows(text, CHUNKS, WORDS_PER_CHUNK).context("the text has no words")?;
+    let tokens: usize = chunks
+        .iter()
+        .map(|c| embedder.count_tokens(c).map(|n| n.min(TOKENS_PER_CHUNK)))
+        .sum::<Result<_, _>>()?;
+
+    embedder.embed_batched(&chunks[..32], EmbedKind::Document, 32)?;
+    let timed = |batch: usize| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        embedder.embed_batched(&chunks, EmbedKind::Document, batch)?;
+        Ok(chunks.len() as f64 / started.elapsed().as_secs_f64())
+    };
+    let chunks_per_s_batch1 = timed(1)?;
+    let chunks_per_s_batch32 = timed(32)?;
+    Ok(EmbedReport {
+        model: embedder.info.name.clone(),
+        threads,
+        load_s,
+        chunks: chunks.len(),
+        mean_tokens_per_chunk: tokens as f64 / chunks.len() as f64,
+        chunks_per_s_batch1,
+        chunks_per_s_batch32,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// `count` consecutive windows of `words` words, wrapping around the text.
+pub fn windows(text: &str, count: usize, words: usize) -> Option<Vec<String>> {
+    let all: Vec<&str> = text.split_whitespace().collect();
+    if all.is_empty() {
+        return None;
+    }
+    Some(
+        (0..count)
+            .map(|i| {
+                (0..words)
+                    .map(|k| all[(i * words + k) % all.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect(),
+    )
+}
+
+/// The process's peak resident memory, from /proc (0 where unavailable).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn windows_wrap_around_a_short_text() {
+        let chunks = super::windows("a b c", 2, 4).unwrap();
+        assert_eq!(chunks, ["a b c a", "b c a b"]);
+        assert!(super::windows("  ", 2, 4).is_none());
+    }
+}

@@ -1,0 +1,265 @@
+//! The chat engine: one dedicated thread owns the model and serves a fair, bounded queue. Callers
+//! on the async runtime get a stream of text deltas; dropping the stream stops the generation at
+//! the next token.
+
+use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use super::InferenceError;
+use super::chat_template::{ChatMessage, Role};
+use super::generate::{self, GenerationSettings, GenerationStats};
+use super::llm::{Llm, LlmInfo};
+use super::queue::FairQueue;
+
+/// Tokens always left for the answer when a long conversation is trimmed to fit the context.
+const MIN_ANSWER_TOKENS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<ChatMessage>,
+    pub settings: GenerationSettings,
+    /// Generation stops (finish reason `deadline`) when this passes.
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ChatEvent {
+    /// The next piece of the answer.
+    Delta(String),
+    /// The answer is complete.
+    Done(ChatSummary),
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChatSummary {
+    #[serde(flatten)]
+    pub stats: GenerationStats,
+    /// Older messages left out so the conversation fits the model's context.
+    pub dropped_messages: usize,
+    pub queue_wait_s: f64,
+}
+
+struct ChatJob {
+    request: ChatRequest,
+    events: mpsc::UnboundedSender<Result<ChatEvent, InferenceError>>,
+    enqueued: Instant,
+}
+
+/// A handle to the chat model's thread. Cheap to clone.
+#[derive(Clone)]
+pub struct ChatEngine {
+    queue: Arc<FairQueue<ChatJob>>,
+    info: Arc<LlmInfo>,
+    _worker: Arc<WorkerGuard>,
+}
+
+/// Closes the queue (and so ends the worker) when the last handle is dropped.
+struct WorkerGuard(Arc<FairQueue<ChatJob>>);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl ChatEngine {
+    /// Starts the model's thread. At most `queue_capacity` requests wait; more are refused.
+    pub fn start(llm: Llm, queue_capacity: usize) -> ChatEngine {
+        let queue = Arc::new(FairQueue::new("llm", queue_capacity));
+        let info = Arc::new(llm.info.clone());
+        let worker_queue = Arc::clone(&queue);
+        std::thread::Builder::new()
+            .name("companero-llm".into())
+            .spawn(move || run_worker(llm, &worker_queue))
+            .expect("spawn the model thread");
+        ChatEngine {
+            _worker: Arc::new(WorkerGuard(Arc::clone(&queue))),
+            queue,
+            info,
+        }
+    }
+
+    pub fn info(&self) -> &LlmInfo {
+        &self.info
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues a chat turn for `tenant`. Fails at once with `Overloaded` when the queue is full.
+    pub fn chat(&self, tenant: &str, request: ChatRequest) -> Result<ChatStream, InferenceError> {
+        if !request.messages.iter().any(|m| m.role == Role::User) {
+            return Err(InferenceError::InvalidRequest(
+                "a chat needs at least one user message".into(),
+            ));
+        }
+        let (events, receiver) = mpsc::unbounded_channel();
+        self.queue.push(
+            tenant,
+            ChatJob {
+                request,
+                events,
+                enqueued: Instant::now(),
+            },
+        )?;
+        Ok(ChatStream { receiver })
+    }
+}
+
+/// The answer as it is generated. Ends after `Done` or an error.
+pub struct ChatStream {
+    receiver: mpsc::UnboundedReceiver<Result<ChatEvent, InferenceError>>,
+}
+
+impl ChatStream {
+    /// Waits for the whole answer.
+    pub async fn collect(mut self) -> Result<(String, ChatSummary), InferenceError> {
+        let mut text = String::new();
+        while let Some(event) = self.receiver.recv().await {
+            match event? {
+                ChatEvent::Delta(delta) => text.push_str(&delta),
+                ChatEvent::Done(summary) => return Ok((text, summary)),
+            }
+        }
+        Err(InferenceError::ShuttingDown)
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<ChatEvent, InferenceError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+fn run_worker(mut llm: Llm, queue: &FairQueue<ChatJob>) {
+    while let Some(job) = queue.pop() {
+        if job.events.is_closed() {
+            continue; // the caller left while waiting
+        }
+        let started = Instant::now();
+        let queue_wait = started.duration_since(job.enqueued);
+        metrics::histogram!("inference_queue_wait_seconds", "engine" => "llm")
+            .record(queue_wait.as_secs_f64());
+        let events = job.events.clone();
+        // A panic inside the model must fail this request, not the thread that serves all.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            answer(&mut llm, &job.request, |delta| {
+                match events.send(Ok(ChatEvent::Delta(delta.to_string()))) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                }
+            })
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(InferenceError::Model(format!(
+                "the model failed: {message}"
+            )))
+        });
+        queue.record_job_time(started.elapsed());
+        match outcome {
+            Ok((stats, dropped_messages)) => {
+                record_metrics(&stats);
+                let _ = job.events.send(Ok(ChatEvent::Done(ChatSummary {
+                    stats,
+                    dropped_messages,
+                    queue_wait_s: queue_wait.as_secs_f64(),
+                })));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "generation failed");
+                metrics::counter!("inference_errors_total", "engine" => "llm").increment(1);
+                let _ = job.events.send(Err(error));
+            }
+        }
+    }
+}
+
+fn answer(
+    llm: &mut Llm,
+    request: &ChatRequest,
+    on_delta: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<(GenerationStats, usize), InferenceError> {
+    let (prompt, dropped) = fit_prompt(llm, &request.messages, request.settings.max_tokens)?;
+    let stats = generate::generate(llm, &prompt, &request.settings, request.deadline, on_delta)?;
+    Ok((stats, dropped))
+}
+
+/// Renders and tokenizes the conversation, leaving out the oldest turns (never the system
+/// message or the last message) until prompt and answer fit the context.
+pub fn fit_prompt(
+    llm: &Llm,
+    messages: &[ChatMessage],
+    max_tokens: usize,
+) -> Result<(Vec<u32>, usize), InferenceError> {
+    let context = llm.info.context_length;
+    let answer_room = max_tokens.clamp(1, MIN_ANSWER_TOKENS.max(context / 2));
+    let mut kept: Vec<ChatMessage> = messages.to_vec();
+    let mut dropped = 0;
+    loop {
+        let prompt = llm.tokenizer.encode(&llm.template.render(&kept)?)?;
+        if prompt.len() + answer_room <= context {
+            return Ok((prompt, dropped));
+        }
+        // The oldest turn that is neither the system message nor the last message.
+        let removable = kept
+            .iter()
+            .enumerate()
+            .take(kept.len().saturating_sub(1))
+            .find(|(_, m)| m.role != Role::System)
+            .map(|(i, _)| i);
+        match removable {
+            Some(index) => {
+                kept.remove(index);
+                dropped += 1;
+                // Keep the conversation starting with the user, as most templates require.
+                while let Some(i) = kept
+                    .iter()
+                    .position(|m| m.role != Role::System)
+                    .filter(|&i| kept[i].role == Role::Assistant && i + 1 < kept.len())
+                {
+                    kept.remove(i);
+                    dropped += 1;
+                }
+            }
+            None if prompt.len() + MIN_ANSWER_TOKENS.min(context / 4) <= context => {
+                return Ok((prompt, dropped));
+            }
+            None => {
+                return Err(InferenceError::ContextOverflow {
+                    prompt_tokens: prompt.len(),
+                    context_length: context,
+                });
+            }
+        }
+    }
+}
+
+fn record_metrics(stats: &GenerationStats) {
+    metrics::histogram!("inference_time_to_first_token_seconds").record(stats.ttft_s);
+    metrics::histogram!("inference_generation_tokens_per_second").record(stats.gen_tok_s);
+    metrics::counter!("inference_tokens_total", "kind" => "prompt")
+        .increment(stats.prompt_tokens as u64);
+    metrics::counter!("inference_tokens_total", "kind" => "completion")
+        .increment(stats.completion_tokens as u64);
+    let reason = serde_json::to_value(stats.finish_reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    metrics::counter!("inference_requests_total", "engine" => "llm", "finish_reason" => reason)
+        .increment(1);
+}

@@ -1,0 +1,307 @@
+//! Sentence embedders from a folder holding `model.safetensors`, `config.json` and
+//! `tokenizer.json` (the Hugging Face / sentence-transformers layout): BERT (all-MiniLM, bge) and
+//! nomic-bert (nomic-embed-text). Output vectors are pooled as the model's sentence-transformers
+//! config says and L2-normalised, so a dot product is the cosine similarity.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::{bert, nomic_bert};
+use serde::{Deserialize, Serialize};
+use tokenizers::{Tokenizer, TruncationParams};
+
+use super::InferenceError;
+
+/// Inputs embedded in one forward pass.
+pub const BATCH_SIZE: usize = 32;
+/// Long-context embedders are capped here: a chunk is never longer, and attention memory grows
+/// with the square of the length.
+const MAX_TOKENS_CAP: usize = 8192;
+
+/// What a text is, for models that embed queries and documents differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedKind {
+    Query,
+    Document,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    Mean,
+    Cls,
+}
+
+/// Facts about a loaded embedder.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedderInfo {
+    pub name: String,
+    pub path: PathBuf,
+    pub architecture: String,
+    /// Length of the vectors it returns.
+    pub dimensions: usize,
+    /// Longer inputs are truncated to this many tokens.
+    pub max_tokens: usize,
+    pub pooling: Pooling,
+    pub load_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EmbedderOptions {
+    /// Matryoshka truncation (nomic-embed-text v1.5 supports 768, 512, 256, 128, 64).
+    pub dimensions: Option<usize>,
+    /// Truncate inputs to fewer tokens than the model allows.
+    pub max_tokens: Option<usize>,
+}
+
+enum Encoder {
+    Bert(bert::BertModel),
+    NomicBert(nomic_bert::NomicBertModel),
+}
+
+pub struct Embedder {
+    encoder: Encoder,
+    tokenizer: Tokenizer,
+    device: Device,
+    pad_id: u32,
+    query_prefix: String,
+    document_prefix: String,
+    full_dimensions: usize,
+    pub info: EmbedderInfo,
+}
+
+#[derive(Deserialize)]
+struct ModelType {
+    model_type: Option<String>,
+}
+
+impl Embedder {
+    pub fn load(
+        dir: &Path,
+        device: &Device,
+        options: &EmbedderOptions,
+    ) -> Result<Embedder, InferenceError> {
+        let started = Instant::now();
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name)).map_err(|e| {
+                InferenceError::Load(format!("cannot read {}: {e}", dir.join(name).display()))
+            })
+        };
+        let config_text = read("config.json")?;
+        let parse_error =
+            |e: serde_json::Error| InferenceError::Load(format!("invalid config.json: {e}"));
+        let model_type: ModelType = serde_json::from_str(&config_text).map_err(parse_error)?;
+        let weights = dir.join("model.safetensors");
+        // SAFETY: the weights file is memory-mapped read-only; the model folder is ours and is
+        // not modified while the server runs.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+            .map_err(|e| InferenceError::Load(format!("cannot read {}: {e}", weights.display())))?;
+        let load_error = |e: candle_core::Error| {
+            InferenceError::Load(format!("cannot load {}: {e}", dir.display()))
+        };
+        let architecture = model_type.model_type.unwrap_or_else(|| "bert".into());
+        let (encoder, full_dimensions, positions) = match architecture.as_str() {
+            "bert" => {
+                let config: bert::Config =
+                    serde_json::from_str(&config_text).map_err(parse_error)?;
+                let model = bert::BertModel::load(vb, &config).map_err(load_error)?;
+                (
+                    Encoder::Bert(model),
+                    config.hidden_size,
+                    config.max_position_embeddings,
+                )
+            }
+            "nomic_bert" => {
+                let config: nomic_bert::Config =
+                    serde_json::from_str(&config_text).map_err(parse_error)?;
+                let model = nomic_bert::NomicBertModel::load(vb, &config).map_err(load_error)?;
+                (Encoder::NomicBert(model), config.n_embd, config.n_positions)
+            }
+            other => {
+                return Err(InferenceError::Unsupported(format!(
+                    "embedder architecture '{other}' is not supported; supported: bert, nomic_bert"
+                )));
+            }
+        };
+
+        let sentence_config = read_json(&dir.join("sentence_bert_config.json"));
+        let max_tokens = sentence_config["max_seq_length"]
+            .as_u64()
+            .map(|n| n as usize)
+            .unwrap_or(positions)
+            .min(positions)
+            .min(MAX_TOKENS_CAP)
+            .min(options.max_tokens.unwrap_or(usize::MAX));
+        let pooling_config = read_json(&dir.join("1_Pooling/config.json"));
+        let pooling = if pooling_config["pooling_mode_cls_token"] == true {
+            Pooling::Cls
+        } else {
+            Pooling::Mean
+        };
+        let prompts = &read_json(&dir.join("config_sentence_transformers.json"))["prompts"];
+        let (default_query, default_document) = if architecture == "nomic_bert" {
+            ("search_query: ", "search_document: ")
+        } else {
+            ("", "")
+        };
+        let query_prefix = prompts["query"]
+            .as_str()
+            .unwrap_or(default_query)
+            .to_string();
+        let document_prefix = prompts["document"]
+            .as_str()
+            .unwrap_or(default_document)
+            .to_string();
+
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| InferenceError::Tokenizer(format!("cannot read tokenizer.json: {e}")))?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: max_tokens,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        // Batches are padded here, to their own longest input, not to a fixed length.
+        tokenizer.with_padding(None);
+        let pad_id = tokenizer
+            .token_to_id("[PAD]")
+            .or_else(|| tokenizer.token_to_id("<pad>"))
+            .unwrap_or(0);
+
+        let dimensions = match options.dimensions {
+            Some(d) if d == 0 || d > full_dimensions => {
+                return Err(InferenceError::InvalidRequest(format!(
+                    "cannot truncate {full_dimensions}-dimensional embeddings to {d}"
+                )));
+            }
+            Some(d) => d,
+            None => full_dimensions,
+        };
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "embedder".into());
+        Ok(Embedder {
+            encoder,
+            tokenizer,
+            device: device.clone(),
+            pad_id,
+            query_prefix,
+            document_prefix,
+            full_dimensions,
+            info: EmbedderInfo {
+                name,
+                path: dir.to_path_buf(),
+                architecture,
+                dimensions,
+                max_tokens,
+                pooling,
+                load_seconds: started.elapsed().as_secs_f64(),
+            },
+        })
+    }
+
+    /// Embeds `texts`, returning one unit-length vector per text, in order.
+    pub fn embed(
+        &self,
+        texts: &[String],
+        kind: EmbedKind,
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.embed_batched(texts, kind, BATCH_SIZE)
+    }
+
+    /// Like [`Embedder::embed`] with a chosen batch size (benchmarks compare batch 1 and 32).
+    pub fn embed_batched(
+        &self,
+        texts: &[String],
+        kind: EmbedKind,
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let prefix = match kind {
+            EmbedKind::Query => &self.query_prefix,
+            EmbedKind::Document => &self.document_prefix,
+        };
+        let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        // Similar lengths share a batch, so little compute goes to padding.
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut vectors = vec![Vec::new(); encodings.len()];
+        for batch in order.chunks(batch_size.max(1)) {
+            let ids: Vec<&[u32]> = batch.iter().map(|&i| encodings[i].get_ids()).collect();
+            let pooled = self.forward(&ids)?;
+            for (&index, vector) in batch.iter().zip(pooled) {
+                vectors[index] = vector;
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// Token counts of `text` as this embedder sees it (before truncation), for chunking.
+    pub fn count_tokens(&self, text: &str) -> Result<usize, InferenceError> {
+        let mut tokenizer = self.tokenizer.clone();
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        Ok(tokenizer
+            .encode(text, true)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?
+            .len())
+    }
+
+    fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        let longest = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(batch.len() * longest);
+        let mut mask = Vec::with_capacity(batch.len() * longest);
+        for row in batch {
+            ids.extend_from_slice(row);
+            ids.extend(std::iter::repeat_n(self.pad_id, longest - row.len()));
+            mask.extend(std::iter::repeat_n(1u32, row.len()));
+            mask.extend(std::iter::repeat_n(0u32, longest - row.len()));
+        }
+        let shape = (batch.len(), longest);
+        let ids = Tensor::from_vec(ids, shape, &self.device)?;
+        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let token_types = ids.zeros_like()?;
+        let hidden = match &self.encoder {
+            Encoder::Bert(model) => model.forward(&ids, &token_types, Some(&mask))?,
+            Encoder::NomicBert(model) => model.forward(&ids, Some(&token_types), Some(&mask))?,
+        };
+        let pooled = match self.info.pooling {
+            Pooling::Mean => nomic_bert::mean_pooling(&hidden, &mask)?,
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        };
+        let pooled = if self.info.dimensions < self.full_dimensions {
+            // Matryoshka models are trained so that a prefix of the vector is an embedding too;
+            // nomic normalises with layer norm before truncating.
+            let normed = candle_nn::ops::layer_norm_slow(
+                &pooled,
+                &Tensor::ones(self.full_dimensions, DType::F32, &self.device)?,
+                &Tensor::zeros(self.full_dimensions, DType::F32, &self.device)?,
+                1e-5,
+            )?;
+            normed.narrow(1, 0, self.info.dimensions)?
+        } else {
+            pooled
+        };
+        Ok(nomic_bert::l2_normalize(&pooled)?.to_vec2::<f32>()?)
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Cosine similarity of two unit vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

@@ -1,0 +1,399 @@
+//! Which models this server runs, and their state: missing, downloading, loading, ready or
+//! failed. Start-up never waits for a model: the server answers at once, models arrive in the
+//! background, and until then `/readyz` and every model call say what is missing and how to get
+//! it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+use super::catalog::{self, CatalogEntry, ModelKind};
+use super::chat_engine::ChatEngine;
+use super::embed::{Embedder, EmbedderOptions};
+use super::embed_engine::EmbedEngine;
+use super::llm::Llm;
+use super::store::{HubOptions, ModelStore, PullProgress};
+use super::{DeviceKind, InferenceError};
+
+/// What `serve` was asked to run.
+#[derive(Debug, Clone)]
+pub struct ModelPlan {
+    /// `--llm NAME|PATH`; `None` means the installed or catalog default.
+    pub llm: Option<String>,
+    /// `--embedder NAME|PATH`.
+    pub embedder: Option<String>,
+    pub device: DeviceKind,
+    /// Never download; report what is missing instead.
+    pub offline: bool,
+    pub models_dir: PathBuf,
+    pub hub: HubOptions,
+    pub queue_capacity: usize,
+    pub max_context: usize,
+    pub embed_dimensions: Option<usize>,
+}
+
+enum Slot<E> {
+    Missing(String),
+    Downloading {
+        model: String,
+        done: u64,
+        total: u64,
+    },
+    Loading {
+        model: String,
+    },
+    Ready(E),
+    Failed(String),
+}
+
+struct Slots {
+    chat: Slot<ChatEngine>,
+    embedder: Slot<EmbedEngine>,
+}
+
+/// The server's models. Cheap to clone.
+#[derive(Clone)]
+pub struct Inference {
+    slots: Arc<Mutex<Slots>>,
+}
+
+impl Default for Inference {
+    fn default() -> Inference {
+        Inference::new()
+    }
+}
+
+impl Inference {
+    /// No models yet.
+    pub fn new() -> Inference {
+        Inference {
+            slots: Arc::new(Mutex::new(Slots {
+                chat: Slot::Missing(missing_hint(ModelKind::Chat)),
+                embedder: Slot::Missing(missing_hint(ModelKind::Embedder)),
+            })),
+        }
+    }
+
+    /// Resolves, downloads (unless offline) and loads the planned models in the background.
+    pub fn start(&self, plan: ModelPlan) {
+        let store = ModelStore::new(&plan.models_dir);
+        for kind in [ModelKind::Chat, ModelKind::Embedder] {
+            let requested = match kind {
+                ModelKind::Chat => plan.llm.as_deref(),
+                ModelKind::Embedder => plan.embedder.as_deref(),
+            };
+            let requested = requested.filter(|r| !r.trim().is_empty());
+            let resolved = resolve(kind, requested, &store, plan.offline);
+            let this = self.clone();
+            let plan = plan.clone();
+            match resolved {
+                Resolved::Missing(hint) => {
+                    tracing::warn!(%kind, "{hint}");
+                    this.set(kind, SlotState::Missing(hint));
+                }
+                Resolved::Path(path) => {
+                    tokio::spawn(async move { this.load(kind, path, &plan).await });
+                }
+                Resolved::Pull(entry) => {
+                    tokio::spawn(async move { this.pull_then_load(kind, entry, &plan).await });
+                }
+            }
+        }
+    }
+
+    /// The chat engine, or a `NotReady` error saying why there is none.
+    pub fn chat(&self) -> Result<ChatEngine, InferenceError> {
+        match &self.slots.lock().expect("slots").chat {
+            Slot::Ready(engine) => Ok(engine.clone()),
+            other => Err(not_ready(ModelKind::Chat, other)),
+        }
+    }
+
+    /// The embedding engine, or a `NotReady` error saying why there is none.
+    pub fn embedder(&self) -> Result<EmbedEngine, InferenceError> {
+        match &self.slots.lock().expect("slots").embedder {
+            Slot::Ready(engine) => Ok(engine.clone()),
+            other => Err(not_ready(ModelKind::Embedder, other)),
+        }
+    }
+
+    /// Puts a loaded chat engine in place (tests and benchmarks load models themselves).
+    pub fn install_chat(&self, engine: ChatEngine) {
+        self.slots.lock().expect("slots").chat = Slot::Ready(engine);
+    }
+
+    pub fn install_embedder(&self, engine: EmbedEngine) {
+        self.slots.lock().expect("slots").embedder = Slot::Ready(engine);
+    }
+
+    /// Each model's readiness, for `/readyz`.
+    pub fn readiness(&self) -> [(&'static str, bool, Value); 2] {
+        let slots = self.slots.lock().expect("slots");
+        [
+            (
+                "llm",
+                ready(&slots.chat),
+                describe(&slots.chat, |e| json!(e.info())),
+            ),
+            (
+                "embedder",
+                ready(&slots.embedder),
+                describe(&slots.embedder, |e| json!(e.info())),
+            ),
+        ]
+    }
+
+    async fn pull_then_load(
+        &self,
+        kind: ModelKind,
+        entry: &'static CatalogEntry,
+        plan: &ModelPlan,
+    ) {
+        tracing::info!(model = %entry.name, size_mb = entry.size_mb, "downloading {kind} model");
+        self.set(kind, SlotState::Downloading(entry.name.clone(), 0, 0));
+        let store = ModelStore::new(&plan.models_dir);
+        let progress = SlotProgress {
+            inference: self.clone(),
+            kind,
+            model: entry.name.clone(),
+        };
+        match store.pull(entry, &plan.hub, progress).await {
+            Ok(installed) => {
+                tracing::info!(model = %entry.name, "download complete");
+                self.load(kind, installed.load_path(), plan).await;
+            }
+            Err(error) => {
+                let message = format!(
+                    "could not download the {kind} model {}: {error}. Retry with `companero \
+                     models pull {}`, or start with --{} PATH",
+                    entry.name,
+                    entry.name,
+                    flag(kind)
+                );
+                tracing::error!("{message}");
+                self.set(kind, SlotState::Failed(message));
+            }
+        }
+    }
+
+    async fn load(&self, kind: ModelKind, path: PathBuf, plan: &ModelPlan) {
+        let model = path.display().to_string();
+        tracing::info!(%kind, %model, "loading model");
+        self.set(kind, SlotState::Loading(model.clone()));
+        let device = plan.device;
+        let max_context = plan.max_context;
+        let capacity = plan.queue_capacity;
+        let options = EmbedderOptions {
+            dimensions: plan.embed_dimensions,
+            ..EmbedderOptions::default()
+        };
+        let this = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || -> Result<(), InferenceError> {
+            let device = device.open()?;
+            match kind {
+                ModelKind::Chat => {
+                    let engine =
+                        ChatEngine::start(Llm::load(&path, &device, max_context)?, capacity);
+                    tracing::info!(info = ?engine.info(), "chat model ready");
+                    this.slots.lock().expect("slots").chat = Slot::Ready(engine);
+                }
+                ModelKind::Embedder => {
+                    let embedder = Embedder::load(&path, &device, &options)?;
+                    let engine = EmbedEngine::start(embedder, capacity);
+                    tracing::info!(info = ?engine.info(), "embedder ready");
+                    this.slots.lock().expect("slots").embedder = Slot::Ready(engine);
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(InferenceError::Load(format!("loading crashed: {e}"))));
+        if let Err(error) = outcome {
+            let message = format!("the {kind} model {model} failed to load: {error}");
+            tracing::error!("{message}");
+            self.set(kind, SlotState::Failed(message));
+        }
+    }
+
+    fn set(&self, kind: ModelKind, state: SlotState) {
+        let mut slots = self.slots.lock().expect("slots");
+        match kind {
+            ModelKind::Chat => slots.chat = state.into_slot(),
+            ModelKind::Embedder => slots.embedder = state.into_slot(),
+        }
+    }
+}
+
+/// A slot state without an engine, so one setter serves both kinds.
+enum SlotState {
+    Missing(String),
+    Downloading(String, u64, u64),
+    Loading(String),
+    Failed(String),
+}
+
+impl SlotState {
+    fn into_slot<E>(self) -> Slot<E> {
+        match self {
+            SlotState::Missing(hint) => Slot::Missing(hint),
+            SlotState::Downloading(model, done, total) => Slot::Downloading { model, done, total },
+            SlotState::Loading(model) => Slot::Loading { model },
+            SlotState::Failed(message) => Slot::Failed(message),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct SlotProgress {
+    inference: Inference,
+    kind: ModelKind,
+    model: String,
+}
+
+impl PullProgress for SlotProgress {
+    fn started(&self, file: &str, bytes: u64) {
+        tracing::info!(model = %self.model, %file, mb = bytes / 1_000_000, "downloading file");
+        self.inference.set(
+            self.kind,
+            SlotState::Downloading(self.model.clone(), 0, bytes),
+        );
+    }
+
+    fn advanced(&self, bytes: u64) {
+        let mut slots = self.inference.slots.lock().expect("slots");
+        let slot_done = match self.kind {
+            ModelKind::Chat => match &mut slots.chat {
+                Slot::Downloading { done, total, .. } => Some((done, *total)),
+                _ => None,
+            },
+            ModelKind::Embedder => match &mut slots.embedder {
+                Slot::Downloading { done, total, .. } => Some((done, *total)),
+                _ => None,
+            },
+        };
+        if let Some((done, total)) = slot_done {
+            let before = percent(*done, total) / 10;
+            *done += bytes;
+            if percent(*done, total) / 10 > before {
+                tracing::info!(model = %self.model, percent = percent(*done, total), "download progress");
+            }
+        }
+    }
+
+    fn finished_file(&self) {}
+}
+
+fn percent(done: u64, total: u64) -> u64 {
+    (done * 100).checked_div(total).unwrap_or(0)
+}
+
+enum Resolved {
+    Path(PathBuf),
+    Pull(&'static CatalogEntry),
+    Missing(String),
+}
+
+fn resolve(
+    kind: ModelKind,
+    requested: Option<&str>,
+    store: &ModelStore,
+    offline: bool,
+) -> Resolved {
+    if let Some(requested) = requested {
+        let path = Path::new(requested);
+        if path.exists() {
+            return Resolved::Path(path.to_path_buf());
+        }
+        if let Some(installed) = store.get(requested) {
+            return Resolved::Path(installed.load_path());
+        }
+        return match catalog::find(requested) {
+            Some(entry) if entry.kind != kind => Resolved::Missing(format!(
+                "'{requested}' is a {} model, not a {kind} model; see `companero models list`",
+                entry.kind
+            )),
+            Some(entry) if offline || entry.repo.is_none() => Resolved::Missing(format!(
+                "the {kind} model '{requested}' is not installed: run `companero models pull {}`",
+                entry.name
+            )),
+            Some(entry) => Resolved::Pull(entry),
+            None => Resolved::Missing(format!(
+                "--{} '{requested}' is neither an existing path nor a known model name; see \
+                 `companero models list`",
+                flag(kind)
+            )),
+        };
+    }
+    let default = catalog::default_for(kind);
+    let installed = store.list();
+    if let Some(model) = installed
+        .iter()
+        .find(|m| m.manifest.name == default.name)
+        .or_else(|| installed.iter().find(|m| m.manifest.kind == kind))
+    {
+        return Resolved::Path(model.load_path());
+    }
+    if offline {
+        Resolved::Missing(missing_hint(kind))
+    } else {
+        Resolved::Pull(default)
+    }
+}
+
+fn flag(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Chat => "llm",
+        ModelKind::Embedder => "embedder",
+    }
+}
+
+fn missing_hint(kind: ModelKind) -> String {
+    format!(
+        "no {kind} model is installed: run `companero models pull {}` (or import one with \
+         `companero models import PATH`), or start with --{} PATH",
+        catalog::default_for(kind).name,
+        flag(kind)
+    )
+}
+
+fn ready<E>(slot: &Slot<E>) -> bool {
+    matches!(slot, Slot::Ready(_))
+}
+
+fn describe<E>(slot: &Slot<E>, info: impl Fn(&E) -> Value) -> Value {
+    match slot {
+        Slot::Ready(engine) => {
+            let mut value = info(engine);
+            value["state"] = json!("ready");
+            value
+        }
+        Slot::Missing(hint) => json!({"state": "missing", "message": hint}),
+        Slot::Downloading { model, done, total } => json!({
+            "state": "downloading",
+            "model": model,
+            "downloaded_bytes": done,
+            "total_bytes": total,
+            "message": format!("downloading {model} ({}%)", percent(*done, *total)),
+        }),
+        Slot::Loading { model } => {
+            json!({"state": "loading", "model": model, "message": format!("loading {model}")})
+        }
+        Slot::Failed(message) => json!({"state": "failed", "message": message}),
+    }
+}
+
+fn not_ready<E>(kind: ModelKind, slot: &Slot<E>) -> InferenceError {
+    InferenceError::NotReady(match slot {
+        Slot::Missing(hint) => hint.clone(),
+        Slot::Downloading { model, done, total } => format!(
+            "the {kind} model {model} is still downloading ({}%); try again in a few minutes",
+            percent(*done, *total)
+        ),
+        Slot::Loading { model } => {
+            format!("the {kind} model {model} is loading; try again in a few seconds")
+        }
+        Slot::Failed(message) => message.clone(),
+        Slot::Ready(_) => unreachable!("ready slots are not errors"),
+    })
+}

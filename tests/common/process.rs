@@ -1,0 +1,110 @@
+//! Running the `companero` binary from tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_companero");
+
+/// A command for the binary with a clean `COMPANERO_*` and Hugging Face environment.
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("COMPANERO_") || key.starts_with("HF_") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+/// Runs the binary to completion.
+pub fn companero(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(args, env).output().expect("run companero")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A `companero serve` child process whose log lines are collected as they arrive.
+pub struct Served {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Served {
+    pub fn start(data_dir: &str, extra: &[&str]) -> Served {
+        Served::start_with_env(data_dir, extra, &[])
+    }
+
+    pub fn start_with_env(data_dir: &str, extra: &[&str], env: &[(&str, &str)]) -> Served {
+        let mut args = vec!["serve", "--data-dir", data_dir, "--bind", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut command = command(&args, env);
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Served { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the "listening" line and returns the base URL it names.
+    pub fn wait_for_address(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let log = self.log();
+            if let Some(at) = log.find("http://127.0.0.1:") {
+                let url: String = log[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || ":/.".contains(*c))
+                    .collect();
+                return url;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not report its address:\n{}", self.log());
+    }
+
+    pub fn terminate_and_wait(mut self) -> (std::process::ExitStatus, Duration, String) {
+        let started = Instant::now();
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let the reader thread drain
+                return (status, started.elapsed(), self.log());
+            }
+            if Instant::now() > deadline {
+                self.child.kill().ok();
+                panic!("server did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
