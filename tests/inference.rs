@@ -378,3 +378,142 @@ fn an_unknown_embedder_architecture_is_refused_by_name() {
         "{error}"
     );
 }
+
+/// Writes a 2-layer, 64-wide random-weight GGUF of `architecture`, with SmolLM2's vocabulary
+/// (tokenizer metadata copied, pre-tokenizer as the architecture's own models name it).
+fn tiny_gguf(dir: &std::path::Path, architecture: &str) -> std::path::PathBuf {
+    use candle_core::Tensor;
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+
+    let (hidden, heads, kv_heads, head_dim, ffn, layers) =
+        (64usize, 4usize, 2usize, 16usize, 128usize, 2);
+    let source = GgufFile::open(&smollm_gguf()).unwrap();
+    let vocab = source
+        .metadata()
+        .strings("tokenizer.ggml.tokens")
+        .unwrap()
+        .len();
+    let mut metadata: Vec<(String, Value)> = source
+        .content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer.") && *k != "tokenizer.chat_template")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if architecture.starts_with("qwen") {
+        metadata.retain(|(k, _)| k != "tokenizer.ggml.pre");
+        metadata.push(("tokenizer.ggml.pre".into(), Value::String("qwen2".into())));
+    }
+    let a = |key: &str| format!("{architecture}.{key}");
+    let u = |n: usize| Value::U32(n as u32);
+    metadata.extend([
+        (
+            "general.architecture".into(),
+            Value::String(architecture.into()),
+        ),
+        (a("attention.head_count"), u(heads)),
+        (a("attention.head_count_kv"), u(kv_heads)),
+        (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
+        (a("attention.key_length"), u(head_dim)),
+        (a("attention.value_length"), u(head_dim)),
+        (a("attention.sliding_window"), u(512)),
+        (a("block_count"), u(layers)),
+        (a("context_length"), u(512)),
+        (a("embedding_length"), u(hidden)),
+        (a("feed_forward_length"), u(ffn)),
+        (a("rope.freq_base"), Value::F32(10000.0)),
+        (a("rope.dimension_count"), u(head_dim)),
+    ]);
+
+    let random = |shape: &[usize]| Tensor::randn(0f32, 0.05, shape, &Device::Cpu).unwrap();
+    let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu).unwrap();
+    let mut tensors: Vec<(String, Tensor)> = vec![
+        ("token_embd.weight".into(), random(&[vocab, hidden])),
+        ("output_norm.weight".into(), ones(hidden)),
+        ("output.weight".into(), random(&[vocab, hidden])),
+    ];
+    for layer in 0..layers {
+        let p = |name: &str| format!("blk.{layer}.{name}");
+        tensors.push((p("attn_norm.weight"), ones(hidden)));
+        tensors.push((p("ffn_norm.weight"), ones(hidden)));
+        tensors.push((p("attn_output.weight"), random(&[hidden, heads * head_dim])));
+        tensors.push((p("ffn_down.weight"), random(&[hidden, ffn])));
+        if architecture == "phi3" {
+            tensors.push((
+                p("attn_qkv.weight"),
+                random(&[(heads + 2 * kv_heads) * head_dim, hidden]),
+            ));
+            tensors.push((p("ffn_up.weight"), random(&[2 * ffn, hidden])));
+            continue;
+        }
+        tensors.push((p("attn_q.weight"), random(&[heads * head_dim, hidden])));
+        tensors.push((p("attn_k.weight"), random(&[kv_heads * head_dim, hidden])));
+        tensors.push((p("attn_v.weight"), random(&[kv_heads * head_dim, hidden])));
+        tensors.push((p("ffn_gate.weight"), random(&[ffn, hidden])));
+        tensors.push((p("ffn_up.weight"), random(&[ffn, hidden])));
+        match architecture {
+            "qwen2" => {
+                tensors.push((p("attn_q.bias"), random(&[heads * head_dim])));
+                tensors.push((p("attn_k.bias"), random(&[kv_heads * head_dim])));
+                tensors.push((p("attn_v.bias"), random(&[kv_heads * head_dim])));
+            }
+            "qwen3" | "gemma3" => {
+                tensors.push((p("attn_q_norm.weight"), ones(head_dim)));
+                tensors.push((p("attn_k_norm.weight"), ones(head_dim)));
+                if architecture == "gemma3" {
+                    tensors.push((p("post_attention_norm.weight"), ones(hidden)));
+                    tensors.push((p("post_ffw_norm.weight"), ones(hidden)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let quantized: Vec<(String, QTensor)> = tensors
+        .iter()
+        .map(|(name, t)| (name.clone(), QTensor::quantize(t, GgmlDType::F32).unwrap()))
+        .collect();
+    let path = dir.join(format!("tiny-{architecture}.gguf"));
+    let mut file = std::fs::File::create(&path).unwrap();
+    let metadata_refs: Vec<(&str, &Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> =
+        quantized.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut file, &metadata_refs, &tensor_refs).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn qwen2_qwen3_gemma3_and_phi3_files_load_and_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    for architecture in ["qwen2", "qwen3", "gemma3", "phi3"] {
+        let path = tiny_gguf(tmp.path(), architecture);
+        let llm =
+            Llm::load(&path, &Device::Cpu, 4096).unwrap_or_else(|e| panic!("{architecture}: {e}"));
+        assert_eq!(llm.info.architecture, architecture);
+        assert_eq!(
+            llm.info.context_length, 512,
+            "{architecture}: the file's context length"
+        );
+        assert_eq!(llm.info.chat_template, "fallback");
+        let engine = ChatEngine::start(llm, 2);
+        let settings = GenerationSettings {
+            repeat_penalty: 1.0,
+            ..GenerationSettings::greedy(6)
+        };
+        let (_, summary) = engine
+            .chat("t", request("Hello there", settings))
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{architecture}: {e}"));
+        assert!(
+            summary.stats.completion_tokens >= 1,
+            "{architecture}: {summary:?}"
+        );
+        assert!(
+            summary.stats.prompt_tokens > 5,
+            "{architecture}: {summary:?}"
+        );
+    }
+}
