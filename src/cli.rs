@@ -48,6 +48,24 @@ enum Command {
     /// Measure inference speed (prints figures; `--json` for tools)
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Instance administration
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Create the instance owner (or make an existing account the owner). The password is
+    /// prompted for, or read from standard input when it is not a terminal.
+    CreateOwner {
+        #[arg(long)]
+        email: String,
+        /// Display name [default: from the email]
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,7 +176,54 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(&args),
         Command::Models(command) => models(command),
         Command::Bench(command) => bench(command),
+        Command::Admin(AdminCommand::CreateOwner { email, name, data }) => {
+            create_owner(&email, &name, &data)
+        }
     }
+}
+
+fn create_owner(email: &str, name: &str, data: &DataDirArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let email = &crate::auth::normalize_email(email)?;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password for the owner: ")?;
+        let again = rpassword::prompt_password("Again: ")?;
+        anyhow::ensure!(first == again, "the passwords differ");
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    let (root, _) = data.resolve()?;
+    // Works beside a running server: SQLite serialises the writes.
+    std::fs::create_dir_all(root.join("keys"))?;
+    let mut connection = db::connect(&data_dir::database_path(&root))?;
+    migrations::apply(&mut connection)?;
+    drop(connection);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let created = runtime.block_on(async {
+        let db = db::Db::open(&data_dir::database_path(&root), 2)?;
+        let keys = crate::auth::tokens::TokenKeys::load_or_create(&root.join("keys"))?;
+        let accounts = crate::auth::accounts::Accounts::new(
+            db,
+            std::sync::Arc::new(keys),
+            crate::auth::accounts::SignupPolicy::Closed,
+        );
+        accounts
+            .create_owner(email, &password, name)
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    println!(
+        "{} {email} is the instance owner",
+        if created {
+            "created account;"
+        } else {
+            "existing account:"
+        }
+    );
+    Ok(())
 }
 
 fn models(command: ModelsCommand) -> anyhow::Result<()> {

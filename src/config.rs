@@ -15,6 +15,10 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use serde::Deserialize;
 
+use ipnet::IpNet;
+
+use crate::auth::accounts::SignupPolicy;
+use crate::auth::rate_limit::RateLimits;
 use crate::inference::DeviceKind;
 
 /// Name of the optional configuration file inside the data directory.
@@ -128,6 +132,29 @@ pub struct ServeArgs {
     /// Model requests that may wait; more are refused with 429 and Retry-After [default: 32]
     #[arg(long, env = "COMPANERO_INFERENCE_QUEUE", value_name = "N")]
     pub inference_queue: Option<usize>,
+
+    /// Who may register: open, invite (an invitation is needed) or closed. The first account on
+    /// a fresh instance always may, and becomes its owner [default: invite]
+    #[arg(long, env = "COMPANERO_SIGNUP", value_enum)]
+    pub signup: Option<SignupPolicy>,
+
+    /// Reverse proxies (CIDR, repeatable or comma-separated) whose X-Forwarded-For is trusted
+    /// for the client's IP [default: none: the header is ignored]
+    #[arg(
+        long,
+        env = "COMPANERO_TRUSTED_PROXY",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxy: Vec<IpNet>,
+
+    /// Sign-in, registration and reset attempts per minute per client IP [default: 20]
+    #[arg(long, env = "COMPANERO_AUTH_RATE_LIMIT", value_name = "PER_MINUTE")]
+    pub auth_rate_limit: Option<u32>,
+
+    /// Authenticated API requests per minute per tenant [default: 6000]
+    #[arg(long, env = "COMPANERO_API_RATE_LIMIT", value_name = "PER_MINUTE")]
+    pub api_rate_limit: Option<u32>,
 }
 
 /// `companero.toml`: the same keys as the flags, in snake_case.
@@ -147,6 +174,10 @@ struct FileConfig {
     offline: Option<bool>,
     max_context: Option<usize>,
     inference_queue: Option<usize>,
+    signup: Option<SignupPolicy>,
+    trusted_proxy: Option<Vec<IpNet>>,
+    auth_rate_limit: Option<u32>,
+    api_rate_limit: Option<u32>,
 }
 
 /// Where an effective value came from.
@@ -200,6 +231,9 @@ pub struct Config {
     pub offline: bool,
     pub max_context: usize,
     pub inference_queue: usize,
+    pub signup: SignupPolicy,
+    pub trusted_proxies: Vec<IpNet>,
+    pub rate_limits: RateLimits,
     /// How each value was chosen, in display order.
     pub settings: Vec<Setting>,
 }
@@ -282,6 +316,27 @@ impl Config {
             file.inference_queue,
             32,
         );
+        let signup = layer.pick("signup", args.signup, file.signup, SignupPolicy::Invite);
+        let cli_proxies = (!args.trusted_proxy.is_empty()).then(|| args.trusted_proxy.clone());
+        let trusted_proxies = layer.pick(
+            "trusted_proxy",
+            cli_proxies.map(ProxyList),
+            file.trusted_proxy.map(ProxyList),
+            ProxyList(Vec::new()),
+        );
+        let defaults = RateLimits::default();
+        let auth_rate_limit = layer.pick(
+            "auth_rate_limit",
+            args.auth_rate_limit,
+            file.auth_rate_limit,
+            defaults.auth_per_ip,
+        );
+        let api_rate_limit = layer.pick(
+            "api_rate_limit",
+            args.api_rate_limit,
+            file.api_rate_limit,
+            defaults.api_per_tenant,
+        );
         if request_timeout_secs == 0 {
             bail!("request_timeout_secs must be at least 1");
         }
@@ -300,6 +355,14 @@ impl Config {
             offline,
             max_context,
             inference_queue,
+            signup,
+            trusted_proxies: trusted_proxies.0,
+            rate_limits: RateLimits {
+                auth_per_ip: auth_rate_limit,
+                // An account gets half its IP's budget: a guesser rotating IPs still stalls.
+                auth_per_account: (auth_rate_limit / 2).max(1),
+                api_per_tenant: api_rate_limit,
+            },
             settings,
         })
     }
@@ -424,6 +487,34 @@ impl TomlValue for String {
 impl TomlValue for SocketAddr {
     fn to_toml(&self) -> String {
         toml_string(&self.to_string())
+    }
+}
+
+impl TomlValue for u32 {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl TomlValue for SignupPolicy {
+    fn to_toml(&self) -> String {
+        toml_string(&self.to_string())
+    }
+}
+
+/// A list of proxy networks, printed as a TOML array.
+struct ProxyList(Vec<IpNet>);
+
+impl fmt::Display for ProxyList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_toml())
+    }
+}
+
+impl TomlValue for ProxyList {
+    fn to_toml(&self) -> String {
+        let items: Vec<String> = self.0.iter().map(|n| toml_string(&n.to_string())).collect();
+        format!("[{}]", items.join(", "))
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`server`]: start-up and graceful shutdown;
 //! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod config;

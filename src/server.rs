@@ -2,6 +2,7 @@
 //! and on shutdown let in-flight requests finish within the drain deadline.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,9 +19,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::auth::accounts::Accounts;
+use crate::auth::rate_limit::Limiters;
+use crate::auth::tokens::TokenKeys;
 use crate::config::Config;
 use crate::data_dir::DataDir;
 use crate::db::{self, Db};
+use crate::http::auth::AuthState;
 use crate::http::{self, AppState, Limits};
 use crate::inference::runtime::{Inference, ModelPlan};
 use crate::inference::store::HubOptions;
@@ -64,9 +69,21 @@ impl Server {
             max_context: config.max_context,
             embed_dimensions: None,
         });
+        let keys = TokenKeys::load_or_create(&data_dir.keys_dir()).with_context(|| {
+            format!(
+                "cannot load signing keys from {}",
+                data_dir.keys_dir().display()
+            )
+        })?;
+        let auth = AuthState {
+            accounts: Accounts::new(db.clone(), Arc::new(keys), config.signup),
+            limiters: Limiters::new(config.rate_limits),
+            trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+        };
         let state = AppState {
             db,
             inference,
+            auth,
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
             started_at: Instant::now(),
@@ -178,12 +195,13 @@ impl Server {
     }
 }
 
-/// Histograms keep raw samples until upkeep folds them into buckets; do it periodically so
-/// memory stays flat under load.
+/// Histograms keep raw samples until upkeep folds them into buckets, and rate limiters keep a
+/// state per key; tidy both periodically so memory stays flat under load.
 async fn metrics_upkeep(state: AppState) {
     let mut interval = tokio::time::interval(Duration::from_secs(5));
     loop {
         interval.tick().await;
         state.metrics.run_upkeep();
+        state.auth.limiters.prune();
     }
 }

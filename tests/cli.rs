@@ -120,7 +120,11 @@ fn migrate_applies_pending_migrations_and_reports_status() {
         &[],
     ));
     assert!(after.contains("applied 20"), "{after}");
-    assert!(after.contains("all 1 migrations applied"), "{after}");
+    let all = format!(
+        "all {} migrations applied",
+        companero::db::migrations::latest_version()
+    );
+    assert!(after.contains(&all), "{after}");
 }
 
 #[tokio::test]
@@ -194,4 +198,51 @@ async fn serve_starts_answers_logs_request_ids_as_json_and_stops_cleanly_on_sigt
         "the response line has the status:\n{log}"
     );
     assert!(log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn admin_create_owner_reads_the_password_from_stdin_and_refuses_weak_ones() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let run = |password: &str| {
+        let mut child = common::process::command(
+            &[
+                "admin",
+                "create-owner",
+                "--email",
+                "Owner@Example.com",
+                "--data-dir",
+                data,
+            ],
+            &[],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let weak = run("owner123");
+    assert!(!weak.status.success());
+    assert!(stderr(&weak).contains("at least 10"), "{}", stderr(&weak));
+
+    let created = run("granite meadow whistles softly");
+    assert!(created.status.success(), "{}", stderr(&created));
+    assert!(
+        stdout(&created).contains("owner@example.com is the instance owner"),
+        "{}",
+        stdout(&created)
+    );
+    let db = companero::db::connect(&dir.path().join("companero.db")).unwrap();
+    let owner: bool = db
+        .query_row(
+            "SELECT is_owner FROM users WHERE email = 'owner@example.com'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(owner);
 }

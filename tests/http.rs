@@ -29,7 +29,10 @@ async fn health_and_readiness_report_each_component() {
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["components"]["database"]["ready"], true);
-    assert_eq!(body["components"]["database"]["schema_version"], 1);
+    assert_eq!(
+        body["components"]["database"]["schema_version"],
+        companero::db::migrations::latest_version()
+    );
     for model in ["llm", "embedder"] {
         assert_eq!(body["components"][model]["ready"], false, "{body}");
         assert_eq!(body["components"][model]["state"], "missing", "{body}");
@@ -293,6 +296,19 @@ async fn the_landing_page_is_served_compressed_with_validators() {
     let icon = app.get("/favicon.svg").await;
     assert_eq!(icon.status(), 200);
     assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+}
+
+#[tokio::test]
+async fn every_response_carries_browser_protections() {
+    let app = TestApp::spawn().await;
+    for path in ["/", "/healthz", "/api/nope"] {
+        let response = app.get(path).await;
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+    }
 }
 
 #[tokio::test]

@@ -66,6 +66,18 @@ error_codes! {
     ModelUnavailable => (SERVICE_UNAVAILABLE, "model_unavailable"),
     /// The input does not fit the model's context window.
     ContextTooLong => (UNPROCESSABLE_ENTITY, "context_too_long"),
+    InvalidCredentials => (UNAUTHORIZED, "invalid_credentials"),
+    /// The password is too short or too easy to guess; the message says why.
+    WeakPassword => (UNPROCESSABLE_ENTITY, "weak_password"),
+    EmailTaken => (CONFLICT, "email_taken"),
+    /// Registration needs an invitation (or is closed) on this instance.
+    SignupClosed => (FORBIDDEN, "signup_closed"),
+    /// A refresh token was used twice; its whole sign-in was revoked.
+    TokenReused => (UNAUTHORIZED, "token_reused"),
+    /// A refresh, reset or invitation token that is unknown, used, revoked or expired.
+    InvalidToken => (UNAUTHORIZED, "invalid_token"),
+    /// A public request from an origin the creator has not allowed.
+    OriginNotAllowed => (FORBIDDEN, "origin_not_allowed"),
 }
 
 impl ErrorCode {
@@ -123,6 +135,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
         let mut response = (self.code.status(), Json(body)).into_response();
+        if self.code.status() == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(after) = self.retry_after {
             let seconds = after.as_secs().max(1);
             response

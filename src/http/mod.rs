@@ -2,6 +2,7 @@
 //! translation between HTTP and the domain. Domain modules never see axum types.
 
 pub mod assets;
+pub mod auth;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -33,6 +34,7 @@ pub struct AppState {
     pub db: Db,
     /// The chat model and the embedder, ready or on their way.
     pub inference: Inference,
+    pub auth: auth::AuthState,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down; long-lived streams watch it.
     pub shutdown: CancellationToken,
@@ -52,6 +54,7 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .merge(auth::routes())
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))
@@ -95,9 +98,35 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, limits: Limits
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(error::ensure_json_errors))
         .layer(middleware::from_fn(metrics::record))
+        .layer(middleware::from_fn(security_headers))
         .layer(trace)
         .layer(middleware::from_fn(request_id::assign))
         .with_state(state)
+}
+
+/// Browser protections on every response, unless a route set its own (the chat page and widget
+/// will allow framing by the creator's origins).
+async fn security_headers(request: Request, next: middleware::Next) -> Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let defaults = [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "strict-origin-when-cross-origin"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+             form-action 'self'",
+        ),
+    ];
+    for (name, value) in defaults {
+        headers
+            .entry(name)
+            .or_insert_with(|| HeaderValue::from_static(value));
+    }
+    response
 }
 
 async fn api_not_found(request: Request) -> ApiError {

@@ -36,6 +36,15 @@ fn is_acceptable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
+/// The request id, from request parts (extractors).
+pub fn of_parts(parts: &axum::http::request::Parts) -> &str {
+    parts
+        .headers
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+}
+
 /// The request id of a request that has passed through [`assign`].
 pub fn of(request: &Request) -> &str {
     request

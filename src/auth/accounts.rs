@@ -1,0 +1,839 @@
+//! Accounts and sessions: registration (which creates the creator's tenant and coach), sign-in
+//! with lock-out, refresh-token rotation with reuse detection, sign-out, password change and
+//! reset.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+use super::audit::{self, AuditEvent};
+use super::tokens::{self, TokenKeys};
+use super::{AuthError, Principal, RequestContext, Role, new_id, normalize_email, passwords};
+use crate::db::{Db, DbError};
+
+/// Consecutive failed sign-ins allowed before the account is locked for a while.
+const FREE_FAILURES: i64 = 5;
+const FIRST_LOCK: Duration = Duration::from_secs(30);
+const LONGEST_LOCK: Duration = Duration::from_secs(3600);
+const RESET_LIFETIME: &str = "+1 hour";
+const INVITATION_LIFETIME: &str = "+7 days";
+
+/// Who may register (`serve --signup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SignupPolicy {
+    /// Anyone may register and open a tenant.
+    Open,
+    /// Only with an invitation (the first account on a fresh instance always may).
+    Invite,
+    /// Nobody (except the first account).
+    Closed,
+}
+
+impl std::fmt::Display for SignupPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SignupPolicy::Open => "open",
+            SignupPolicy::Invite => "invite",
+            SignupPolicy::Closed => "closed",
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Registration {
+    pub email: String,
+    pub password: String,
+    pub full_name: String,
+    /// An invitation: to join a tenant as staff, or to open one when sign-up is by invitation.
+    #[serde(default)]
+    pub invitation: Option<String>,
+}
+
+/// What sign-in and refresh answer.
+#[derive(Debug, Serialize)]
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    pub expires_in: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Me {
+    pub id: String,
+    pub email: String,
+    pub full_name: String,
+    pub role: Role,
+    pub is_owner: bool,
+    pub tenant: TenantView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TenantView {
+    pub id: String,
+    pub name: String,
+    pub coach_slug: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Invitation {
+    pub id: String,
+    pub email: String,
+    pub role: Role,
+    /// Shown once; the invitee registers with it.
+    pub token: String,
+    pub expires_at: String,
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    db: Db,
+    keys: Arc<TokenKeys>,
+    policy: SignupPolicy,
+}
+
+impl Accounts {
+    pub fn new(db: Db, keys: Arc<TokenKeys>, policy: SignupPolicy) -> Accounts {
+        Accounts { db, keys, policy }
+    }
+
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Registers an account. The first account on an instance becomes its owner and a creator;
+    /// later ones follow the sign-up policy or an invitation.
+    pub async fn register(
+        &self,
+        input: Registration,
+        context: &RequestContext,
+    ) -> Result<Session, AuthError> {
+        let email = normalize_email(&input.email)?;
+        let full_name = input.full_name.trim().to_string();
+        if full_name.is_empty() || full_name.chars().count() > 200 {
+            return Err(AuthError::Invalid(
+                "enter your name (up to 200 characters)".into(),
+            ));
+        }
+        passwords::check_strength(&input.password, &[&email, &full_name])?;
+        let password_hash = hash_off_thread(input.password).await;
+        let policy = self.policy;
+        let invitation_hash = input.invitation.as_deref().map(tokens::secret_hash);
+        let context = context.clone();
+        let (user_id, tenant_id, role, owner) = self
+            .db
+            .call(move |c| -> Result<_, AuthError> {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let taken: Option<String> = tx
+                    .query_row("SELECT id FROM users WHERE email = ?1", [&email], |r| r.get(0))
+                    .optional()?;
+                if taken.is_some() {
+                    return Err(AuthError::EmailTaken);
+                }
+                let first = tx.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))? == 0;
+                let invitation = match &invitation_hash {
+                    Some(hash) => Some(take_invitation(&tx, hash, &email)?),
+                    None => None,
+                };
+                if !first && invitation.is_none() && policy != SignupPolicy::Open {
+                    return Err(AuthError::SignupClosed(match policy {
+                        SignupPolicy::Invite => "by invitation only",
+                        _ => "closed",
+                    }));
+                }
+                let user_id = new_id();
+                tx.execute(
+                    "INSERT INTO users (id, email, full_name, password_hash, is_owner) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![user_id, email, full_name, password_hash, first],
+                )?;
+                let (tenant_id, role) = match invitation {
+                    Some((Some(tenant_id), role)) => (tenant_id, role),
+                    _ => (create_tenant(&tx, &full_name)?, Role::Admin),
+                };
+                tx.execute(
+                    "INSERT INTO memberships (tenant_id, user_id, role) VALUES (?1, ?2, ?3)",
+                    params![tenant_id, user_id, role.as_str()],
+                )?;
+                audit::record(
+                    &tx,
+                    &AuditEvent::new("auth.registered", &email, &context)
+                        .tenant(&tenant_id)
+                        .actor(&user_id)
+                        .detail(serde_json::json!({"role": role, "owner": first})),
+                )?;
+                tx.commit()?;
+                Ok((user_id, tenant_id, role, first))
+            })
+            .await?;
+        self.start_session(user_id, tenant_id, role, owner).await
+    }
+
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        context: &RequestContext,
+    ) -> Result<Session, AuthError> {
+        let email = normalize_email(email).map_err(|_| AuthError::InvalidCredentials)?;
+        let lookup_email = email.clone();
+        let account = self
+            .db
+            .call(move |c| -> Result<_, AuthError> {
+                Ok(c.query_row(
+                    "SELECT u.id, u.password_hash, u.is_owner,
+                            CASE WHEN u.locked_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                                 THEN (julianday(u.locked_until) - julianday('now')) * 86400 END,
+                            (SELECT tenant_id FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1),
+                            (SELECT role FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1)
+                     FROM users u WHERE u.email = ?1",
+                    [&lookup_email],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, bool>(2)?,
+                            r.get::<_, Option<f64>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                        ))
+                    },
+                )
+                .optional()?)
+            })
+            .await?;
+        let Some((user_id, stored, owner, locked_for, tenant_id, role)) = account else {
+            // Same work as a real check, so timing does not reveal which emails exist.
+            let _ =
+                verify_off_thread(password.to_string(), passwords::dummy_hash().to_string()).await;
+            self.audit(
+                AuditEvent::new("auth.login_failed", &email, context)
+                    .detail(serde_json::json!({"reason": "unknown_email"})),
+            )
+            .await?;
+            return Err(AuthError::InvalidCredentials);
+        };
+        if let Some(seconds) = locked_for {
+            return Err(AuthError::RateLimited {
+                retry_after: Duration::from_secs_f64(seconds.max(1.0)),
+            });
+        }
+        if !verify_off_thread(password.to_string(), stored).await {
+            self.record_failure(&user_id, &email, tenant_id.as_deref(), context)
+                .await?;
+            return Err(AuthError::InvalidCredentials);
+        }
+        let (Some(tenant_id), Some(role)) = (tenant_id, role.as_deref().and_then(Role::parse))
+        else {
+            return Err(AuthError::Invalid(
+                "this account belongs to no tenant any more".into(),
+            ));
+        };
+        let id = user_id.clone();
+        self.db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?1",
+                    [&id],
+                )
+                .map_err(DbError::from)
+            })
+            .await?;
+        self.audit(
+            AuditEvent::new("auth.login", &email, context)
+                .tenant(&tenant_id)
+                .actor(&user_id),
+        )
+        .await?;
+        self.start_session(user_id, tenant_id, role, owner).await
+    }
+
+    /// Counts a failed sign-in; from the sixth in a row the account locks for 30 s, doubling
+    /// with each further failure up to an hour.
+    async fn record_failure(
+        &self,
+        user_id: &str,
+        email: &str,
+        tenant_id: Option<&str>,
+        context: &RequestContext,
+    ) -> Result<(), AuthError> {
+        let id = user_id.to_string();
+        let failures: i64 = self
+            .db
+            .call(move |c| -> Result<i64, AuthError> {
+                let failures: i64 = c.query_row(
+                    "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1 RETURNING failed_logins",
+                    [&id],
+                    |r| r.get(0),
+                )?;
+                if failures >= FREE_FAILURES {
+                    let doublings = (failures - FREE_FAILURES).min(16) as u32;
+                    let lock = FIRST_LOCK.saturating_mul(2u32.saturating_pow(doublings)).min(LONGEST_LOCK);
+                    c.execute(
+                        "UPDATE users SET locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2) WHERE id = ?1",
+                        params![id, format!("+{} seconds", lock.as_secs())],
+                    )?;
+                }
+                Ok(failures)
+            })
+            .await?;
+        let mut event = AuditEvent::new("auth.login_failed", email, context)
+            .actor(user_id)
+            .detail(
+                serde_json::json!({"reason": "wrong_password", "consecutive_failures": failures}),
+            );
+        if let Some(tenant_id) = tenant_id {
+            event = event.tenant(tenant_id);
+        }
+        self.audit(event).await
+    }
+
+    /// Exchanges a refresh token for a new pair. A token that was already exchanged is a sign
+    /// of theft: its whole family is revoked.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<Session, AuthError> {
+        let hash = tokens::secret_hash(token);
+        let context = context.clone();
+        let outcome = self
+            .db
+            .call(move |c| -> Result<_, AuthError> {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let row = tx
+                    .query_row(
+                        "SELECT r.id, r.family_id, r.user_id, r.tenant_id, r.rotated_at IS NOT NULL,
+                                r.revoked_at IS NOT NULL,
+                                r.expires_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                                u.email, u.is_owner, m.role
+                         FROM refresh_tokens r
+                         JOIN users u ON u.id = r.user_id
+                         LEFT JOIN memberships m ON m.user_id = r.user_id AND m.tenant_id = r.tenant_id
+                         WHERE r.token_hash = ?1",
+                        [&hash],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, String>(3)?,
+                                r.get::<_, bool>(4)?,
+                                r.get::<_, bool>(5)?,
+                                r.get::<_, bool>(6)?,
+                                r.get::<_, String>(7)?,
+                                r.get::<_, bool>(8)?,
+                                r.get::<_, Option<String>>(9)?,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let Some((id, family, user_id, tenant_id, rotated, revoked, expired, email, owner, role)) = row else {
+                    return Err(AuthError::InvalidToken);
+                };
+                if rotated && !revoked {
+                    revoke_family(&tx, &family)?;
+                    audit::record(
+                        &tx,
+                        &AuditEvent::new("auth.refresh_token_reused", &email, &context)
+                            .tenant(&tenant_id)
+                            .actor(&user_id),
+                    )?;
+                    tx.commit()?;
+                    return Err(AuthError::TokenReused);
+                }
+                let role = role.as_deref().and_then(Role::parse);
+                let (false, false, Some(role)) = (revoked, expired, role) else {
+                    return Err(AuthError::InvalidToken);
+                };
+                tx.execute(
+                    "UPDATE refresh_tokens SET rotated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                    [&id],
+                )?;
+                let refresh_token = insert_refresh_token(&tx, &family, &user_id, &tenant_id)?;
+                tx.commit()?;
+                Ok((user_id, tenant_id, role, owner, refresh_token))
+            })
+            .await?;
+        let (user_id, tenant_id, role, owner, refresh_token) = outcome;
+        Ok(Session {
+            access_token: self.keys.issue(&user_id, &tenant_id, role, owner),
+            refresh_token,
+            token_type: "Bearer",
+            expires_in: tokens::ACCESS_TOKEN_LIFETIME.as_secs(),
+        })
+    }
+
+    /// Ends the sign-in that `token` belongs to.
+    pub async fn logout(&self, token: &str, context: &RequestContext) -> Result<(), AuthError> {
+        let hash = tokens::secret_hash(token);
+        let context = context.clone();
+        self.db
+            .call(move |c| -> Result<(), AuthError> {
+                let row = c
+                    .query_row(
+                        "SELECT r.family_id, r.tenant_id, r.user_id, u.email FROM refresh_tokens r
+                         JOIN users u ON u.id = r.user_id
+                         WHERE r.token_hash = ?1 AND r.revoked_at IS NULL",
+                        [&hash],
+                        |r| {
+                            Ok((
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let Some((family, tenant_id, user_id, email)) = row else {
+                    return Err(AuthError::InvalidToken);
+                };
+                revoke_family(c, &family)?;
+                audit::record(
+                    c,
+                    &AuditEvent::new("auth.logout", &email, &context)
+                        .tenant(&tenant_id)
+                        .actor(&user_id),
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub async fn me(&self, principal: &Principal) -> Result<Me, AuthError> {
+        let user_id = principal
+            .user_id
+            .clone()
+            .ok_or(AuthError::NotFound("user"))?;
+        let tenant_id = principal.tenant_id().to_string();
+        let role = principal.role;
+        self.db
+            .call(move |c| -> Result<Me, AuthError> {
+                c.query_row(
+                    "SELECT u.id, u.email, u.full_name, u.is_owner, t.id, t.name, co.slug
+                     FROM users u, tenants t JOIN coaches co ON co.tenant_id = t.id
+                     WHERE u.id = ?1 AND t.id = ?2",
+                    [&user_id, &tenant_id],
+                    |r| {
+                        Ok(Me {
+                            id: r.get(0)?,
+                            email: r.get(1)?,
+                            full_name: r.get(2)?,
+                            is_owner: r.get(3)?,
+                            role,
+                            tenant: TenantView {
+                                id: r.get(4)?,
+                                name: r.get(5)?,
+                                coach_slug: r.get(6)?,
+                            },
+                        })
+                    },
+                )
+                .optional()?
+                .ok_or(AuthError::NotFound("user"))
+            })
+            .await
+    }
+
+    /// Changes the caller's password and ends their other sign-ins.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: &str,
+        new: &str,
+        context: &RequestContext,
+    ) -> Result<(), AuthError> {
+        let user_id = principal.user_id.clone().ok_or(AuthError::Forbidden)?;
+        let id = user_id.clone();
+        let (email, full_name, stored): (String, String, String) = self
+            .db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT email, full_name, password_hash FROM users WHERE id = ?1",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .map_err(AuthError::from)
+            })
+            .await?;
+        if !verify_off_thread(current.to_string(), stored).await {
+            return Err(AuthError::InvalidCredentials);
+        }
+        passwords::check_strength(new, &[&email, &full_name])?;
+        let hash = hash_off_thread(new.to_string()).await;
+        self.set_password(&user_id, hash).await?;
+        self.audit(
+            AuditEvent::new("auth.password_changed", &email, context)
+                .tenant(principal.tenant_id())
+                .actor(&user_id),
+        )
+        .await
+    }
+
+    /// Starts a password reset. Returns the token for the caller to deliver (email, or the log
+    /// when no mail server is configured), or `None` when no account has this email; callers
+    /// answer the same either way so that emails cannot be probed.
+    pub async fn request_reset(
+        &self,
+        email: &str,
+        context: &RequestContext,
+    ) -> Result<Option<String>, AuthError> {
+        let Ok(email) = normalize_email(email) else {
+            return Ok(None);
+        };
+        let token = tokens::secret_token("rs_");
+        let hash = tokens::secret_hash(&token);
+        let lookup = email.clone();
+        let user_id: Option<String> = self
+            .db
+            .call(move |c| -> Result<Option<String>, AuthError> {
+                let user_id: Option<String> = c
+                    .query_row("SELECT id FROM users WHERE email = ?1", [&lookup], |r| {
+                        r.get(0)
+                    })
+                    .optional()?;
+                if let Some(user_id) = &user_id {
+                    c.execute(
+                        "INSERT INTO password_resets (token_hash, user_id, expires_at)
+                         VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3))",
+                        params![hash, user_id, RESET_LIFETIME],
+                    )?;
+                }
+                Ok(user_id)
+            })
+            .await?;
+        let Some(user_id) = user_id else {
+            return Ok(None);
+        };
+        self.audit(
+            AuditEvent::new("auth.password_reset_requested", &email, context).actor(&user_id),
+        )
+        .await?;
+        Ok(Some(token))
+    }
+
+    /// Completes a reset: single use, within an hour; ends every sign-in of the account.
+    pub async fn confirm_reset(
+        &self,
+        token: &str,
+        new_password: &str,
+        context: &RequestContext,
+    ) -> Result<(), AuthError> {
+        let hash = tokens::secret_hash(token);
+        let row: Option<(String, String, String)> = self
+            .db
+            .call(move |c| -> Result<_, AuthError> {
+                Ok(c.query_row(
+                    "SELECT u.id, u.email, u.full_name FROM password_resets p JOIN users u ON u.id = p.user_id
+                     WHERE p.token_hash = ?1 AND p.used_at IS NULL
+                       AND p.expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                    [&hash],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?)
+            })
+            .await?;
+        let Some((user_id, email, full_name)) = row else {
+            return Err(AuthError::InvalidToken);
+        };
+        passwords::check_strength(new_password, &[&email, &full_name])?;
+        let new_hash = hash_off_thread(new_password.to_string()).await;
+        let token_hash = tokens::secret_hash(token);
+        let used = self
+            .db
+            .call(move |c| {
+                c.execute(
+                    "UPDATE password_resets SET used_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     WHERE token_hash = ?1 AND used_at IS NULL",
+                    [&token_hash],
+                )
+                .map_err(AuthError::from)
+            })
+            .await?;
+        if used == 0 {
+            return Err(AuthError::InvalidToken); // used concurrently
+        }
+        self.set_password(&user_id, new_hash).await?;
+        self.audit(AuditEvent::new("auth.password_reset", &email, context).actor(&user_id))
+            .await
+    }
+
+    /// Invites someone into the caller's tenant with a role (admins only; checked by the route).
+    pub async fn invite(
+        &self,
+        principal: &Principal,
+        email: &str,
+        role: Role,
+        context: &RequestContext,
+    ) -> Result<Invitation, AuthError> {
+        let email = normalize_email(email)?;
+        let token = tokens::secret_token("inv_");
+        let hash = tokens::secret_hash(&token);
+        let id = new_id();
+        let tenant_id = principal.tenant_id().to_string();
+        let invited_by = principal.user_id.clone();
+        let (invitation_id, invitee) = (id.clone(), email.clone());
+        let expires_at: String = self
+            .db
+            .call(move |c| {
+                c.query_row(
+                    "INSERT INTO invitations (id, tenant_id, email, role, token_hash, invited_by, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?7))
+                     RETURNING expires_at",
+                    params![invitation_id, tenant_id, invitee, role.as_str(), hash, invited_by, INVITATION_LIFETIME],
+                    |r| r.get(0),
+                )
+                .map_err(AuthError::from)
+            })
+            .await?;
+        let mut event = AuditEvent::new("team.invited", &principal.label, context)
+            .tenant(principal.tenant_id())
+            .target(&email)
+            .detail(serde_json::json!({"role": role}));
+        if let Some(actor) = &principal.user_id {
+            event = event.actor(actor);
+        }
+        self.audit(event).await?;
+        Ok(Invitation {
+            id,
+            email,
+            role,
+            token,
+            expires_at,
+        })
+    }
+
+    /// Makes an account the instance owner, creating it (with its own tenant) if needed.
+    pub async fn create_owner(
+        &self,
+        email: &str,
+        password: &str,
+        full_name: &str,
+    ) -> Result<bool, AuthError> {
+        let email = normalize_email(email)?;
+        passwords::check_strength(password, &[&email, full_name])?;
+        let hash = hash_off_thread(password.to_string()).await;
+        let full_name = if full_name.trim().is_empty() {
+            email.split('@').next().unwrap_or("Owner").to_string()
+        } else {
+            full_name.trim().to_string()
+        };
+        self.db
+            .call(move |c| -> Result<bool, AuthError> {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let existing: Option<String> = tx
+                    .query_row("SELECT id FROM users WHERE email = ?1", [&email], |r| r.get(0))
+                    .optional()?;
+                let created = existing.is_none();
+                match existing {
+                    Some(id) => {
+                        tx.execute(
+                            "UPDATE users SET is_owner = 1, password_hash = ?2 WHERE id = ?1",
+                            params![id, hash],
+                        )?;
+                    }
+                    None => {
+                        let id = new_id();
+                        tx.execute(
+                            "INSERT INTO users (id, email, full_name, password_hash, is_owner) VALUES (?1, ?2, ?3, ?4, 1)",
+                            params![id, email, full_name, hash],
+                        )?;
+                        let tenant_id = create_tenant(&tx, &full_name)?;
+                        tx.execute(
+                            "INSERT INTO memberships (tenant_id, user_id, role) VALUES (?1, ?2, 'admin')",
+                            params![tenant_id, id],
+                        )?;
+                    }
+                }
+                audit::record(
+                    &tx,
+                    &AuditEvent::new("admin.owner_created", &email, &RequestContext::default()),
+                )?;
+                tx.commit()?;
+                Ok(created)
+            })
+            .await
+    }
+
+    async fn start_session(
+        &self,
+        user_id: String,
+        tenant_id: String,
+        role: Role,
+        owner: bool,
+    ) -> Result<Session, AuthError> {
+        let access_token = self.keys.issue(&user_id, &tenant_id, role, owner);
+        let refresh_token = self
+            .db
+            .call(move |c| insert_refresh_token(c, &new_id(), &user_id, &tenant_id))
+            .await?;
+        Ok(Session {
+            access_token,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in: tokens::ACCESS_TOKEN_LIFETIME.as_secs(),
+        })
+    }
+
+    async fn set_password(&self, user_id: &str, hash: String) -> Result<(), AuthError> {
+        let id = user_id.to_string();
+        self.db
+            .call(move |c| -> Result<(), AuthError> {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute(
+                    "UPDATE users SET password_hash = ?2, failed_logins = 0, locked_until = NULL WHERE id = ?1",
+                    params![id, hash],
+                )?;
+                tx.execute(
+                    "UPDATE refresh_tokens SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                     WHERE user_id = ?1 AND revoked_at IS NULL",
+                    [&id],
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn audit(&self, event: AuditEvent) -> Result<(), AuthError> {
+        self.db
+            .call(move |c| audit::record(c, &event).map_err(AuthError::from))
+            .await
+    }
+}
+
+fn insert_refresh_token(
+    c: &Connection,
+    family: &str,
+    user_id: &str,
+    tenant_id: &str,
+) -> Result<String, AuthError> {
+    let token = tokens::secret_token("rt_");
+    c.execute(
+        "INSERT INTO refresh_tokens (id, family_id, user_id, tenant_id, token_hash, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?6))",
+        params![
+            new_id(),
+            family,
+            user_id,
+            tenant_id,
+            tokens::secret_hash(&token),
+            format!("+{} seconds", tokens::REFRESH_TOKEN_LIFETIME.as_secs())
+        ],
+    )?;
+    Ok(token)
+}
+
+fn revoke_family(c: &Connection, family: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "UPDATE refresh_tokens SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE family_id = ?1 AND revoked_at IS NULL",
+        [family],
+    )
+}
+
+/// Validates and consumes an invitation for `email`: (tenant to join, or None to open one; role).
+fn take_invitation(
+    c: &Connection,
+    token_hash: &str,
+    email: &str,
+) -> Result<(Option<String>, Role), AuthError> {
+    let row: Option<(String, Option<String>, String)> = c
+        .query_row(
+            "SELECT id, tenant_id, role FROM invitations
+             WHERE token_hash = ?1 AND email = ?2 AND accepted_at IS NULL
+               AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+            params![token_hash, email],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let (id, tenant_id, role) = row.ok_or(AuthError::InvalidToken)?;
+    c.execute(
+        "UPDATE invitations SET accepted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+        [&id],
+    )?;
+    Ok((tenant_id, Role::parse(&role).unwrap_or(Role::Analyst)))
+}
+
+/// Creates a tenant and its coach, whose public slug comes from the creator's name.
+fn create_tenant(c: &Connection, full_name: &str) -> Result<String, AuthError> {
+    let tenant_id = new_id();
+    c.execute(
+        "INSERT INTO tenants (id, name) VALUES (?1, ?2)",
+        params![tenant_id, full_name],
+    )?;
+    let base = slugify(full_name);
+    let mut slug = base.clone();
+    let mut n = 2;
+    while c
+        .query_row("SELECT 1 FROM coaches WHERE slug = ?1", [&slug], |_| Ok(()))
+        .optional()?
+        .is_some()
+    {
+        slug = format!("{base}-{n}");
+        n += 1;
+    }
+    c.execute(
+        "INSERT INTO coaches (tenant_id, slug, name) VALUES (?1, ?2, ?3)",
+        params![tenant_id, slug, full_name],
+    )?;
+    Ok(tenant_id)
+}
+
+/// "María José Núñez" → "maria-jose-nunez".
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        let c = match c {
+            'á' | 'à' | 'â' | 'ä' | 'ã' | 'å' => 'a',
+            'é' | 'è' | 'ê' | 'ë' => 'e',
+            'í' | 'ì' | 'î' | 'ï' => 'i',
+            'ó' | 'ò' | 'ô' | 'ö' | 'õ' | 'ø' => 'o',
+            'ú' | 'ù' | 'û' | 'ü' => 'u',
+            'ñ' => 'n',
+            'ç' => 'c',
+            other => other,
+        };
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug: String = slug.trim_end_matches('-').chars().take(40).collect();
+    let slug = slug.trim_end_matches('-').to_string();
+    if slug.is_empty() {
+        "coach".to_string()
+    } else {
+        slug
+    }
+}
+
+async fn hash_off_thread(password: String) -> String {
+    tokio::task::spawn_blocking(move || passwords::hash(&password))
+        .await
+        .expect("hashing does not panic")
+}
+
+async fn verify_off_thread(password: String, stored: String) -> bool {
+    tokio::task::spawn_blocking(move || passwords::verify(&password, &stored))
+        .await
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slugs_are_plain_ascii() {
+        assert_eq!(super::slugify("María José Núñez"), "maria-jose-nunez");
+        assert_eq!(super::slugify("  Dr. Ana   O'Neil!! "), "dr-ana-o-neil");
+        assert_eq!(super::slugify("李小龙"), "coach");
+    }
+}

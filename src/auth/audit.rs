@@ -1,0 +1,125 @@
+//! The audit log: who did what, in which tenant, from where, with which request.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::{RequestContext, TenantScope};
+
+/// An event to record. Build with [`AuditEvent::new`] and the setters.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    action: &'static str,
+    actor_label: String,
+    tenant_id: Option<String>,
+    actor_user_id: Option<String>,
+    target: Option<String>,
+    detail: serde_json::Value,
+    ip: Option<String>,
+    request_id: String,
+}
+
+impl AuditEvent {
+    pub fn new(action: &'static str, actor_label: &str, context: &RequestContext) -> AuditEvent {
+        AuditEvent {
+            action,
+            actor_label: actor_label.to_string(),
+            tenant_id: None,
+            actor_user_id: None,
+            target: None,
+            detail: serde_json::json!({}),
+            ip: context.ip.map(|ip| ip.to_string()),
+            request_id: context.request_id.clone(),
+        }
+    }
+
+    pub fn tenant(mut self, tenant_id: &str) -> AuditEvent {
+        self.tenant_id = Some(tenant_id.to_string());
+        self
+    }
+
+    pub fn actor(mut self, user_id: &str) -> AuditEvent {
+        self.actor_user_id = Some(user_id.to_string());
+        self
+    }
+
+    pub fn target(mut self, target: &str) -> AuditEvent {
+        self.target = Some(target.to_string());
+        self
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> AuditEvent {
+        self.detail = detail;
+        self
+    }
+}
+
+pub fn record(c: &Connection, event: &AuditEvent) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO audit_log (tenant_id, actor_user_id, actor_label, action, target, ip, request_id, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            event.tenant_id,
+            event.actor_user_id,
+            event.actor_label,
+            event.action,
+            event.target,
+            event.ip,
+            event.request_id,
+            event.detail.to_string()
+        ],
+    )?;
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub tenant_id: Option<String>,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub ip: Option<String>,
+    pub request_id: Option<String>,
+    pub detail: serde_json::Value,
+    pub created_at: String,
+}
+
+/// Which part of the log to read.
+pub enum AuditView<'a> {
+    Tenant(&'a TenantScope),
+    /// The whole instance (owners only; checked by the route).
+    Instance,
+}
+
+/// Newest first, `limit` entries with ids below `before` (for paging).
+pub fn list(
+    c: &Connection,
+    view: AuditView<'_>,
+    before: Option<i64>,
+    limit: u32,
+) -> rusqlite::Result<Vec<AuditEntry>> {
+    let tenant = match view {
+        AuditView::Tenant(scope) => Some(scope.tenant_id().to_string()),
+        AuditView::Instance => None,
+    };
+    let mut statement = c.prepare(
+        "SELECT id, tenant_id, actor_label, action, target, ip, request_id, detail, created_at
+         FROM audit_log
+         WHERE (?1 IS NULL OR tenant_id = ?1) AND id < ?2
+         ORDER BY id DESC LIMIT ?3",
+    )?;
+    let rows = statement.query_map(params![tenant, before.unwrap_or(i64::MAX), limit], |r| {
+        Ok(AuditEntry {
+            id: r.get(0)?,
+            tenant_id: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            ip: r.get(5)?,
+            request_id: r.get(6)?,
+            detail: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+            created_at: r.get(8)?,
+        })
+    })?;
+    rows.collect()
+}

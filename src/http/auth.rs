@@ -1,0 +1,485 @@
+//! Authentication at the HTTP edge: the [`Authenticated`] extractor (bearer access token or API
+//! key, plus the role the route requires: the one mechanism every route uses), the client's IP
+//! (from `X-Forwarded-For` only behind a trusted proxy), and the account routes.
+
+use std::marker::PhantomData;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router, routing::delete, routing::get, routing::post};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::{ApiError, ErrorCode};
+use super::request_id;
+use crate::auth::accounts::{Accounts, Registration};
+use crate::auth::audit::{self, AuditView};
+use crate::auth::rate_limit::Limiters;
+use crate::auth::{AuthError, Credential, Principal, RequestContext, Role, TenantScope, api_keys};
+
+/// Authentication state shared by the routes.
+#[derive(Clone)]
+pub struct AuthState {
+    pub accounts: Accounts,
+    pub limiters: Limiters,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+}
+
+/// What a route requires of its caller.
+pub trait Requirement: Send + Sync + 'static {
+    const MINIMUM: Role;
+    const OWNER: bool = false;
+}
+
+/// Any member of the tenant (analysts included).
+pub struct Member;
+impl Requirement for Member {
+    const MINIMUM: Role = Role::Analyst;
+}
+
+/// Coaches and admins.
+pub struct CoachRole;
+impl Requirement for CoachRole {
+    const MINIMUM: Role = Role::Coach;
+}
+
+/// The tenant's admins.
+pub struct AdminRole;
+impl Requirement for AdminRole {
+    const MINIMUM: Role = Role::Admin;
+}
+
+/// The instance owner.
+pub struct Owner;
+impl Requirement for Owner {
+    const MINIMUM: Role = Role::Analyst;
+    const OWNER: bool = true;
+}
+
+/// An authenticated caller who meets `R`. Missing or bad credentials give 401 `unauthorized`;
+/// too weak a role gives 403 `forbidden`.
+pub struct Authenticated<R: Requirement = Member> {
+    pub principal: Principal,
+    _requirement: PhantomData<R>,
+}
+
+impl<R: Requirement> Authenticated<R> {
+    pub fn scope(&self) -> &TenantScope {
+        &self.principal.scope
+    }
+}
+
+impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(AuthError::Unauthorized)?
+            .to_string();
+        let principal = if token.starts_with(api_keys::KEY_PREFIX) {
+            state
+                .db
+                .call(move |c| api_keys::authenticate(c, &token))
+                .await?
+        } else {
+            let claims = state.auth.accounts.keys().verify(&token)?;
+            Principal {
+                user_id: Some(claims.sub.clone()),
+                scope: TenantScope::new(claims.tid),
+                role: claims.role,
+                is_owner: claims.own,
+                label: claims.sub,
+                credential: Credential::AccessToken,
+            }
+        };
+        if (R::OWNER && !principal.is_owner) || principal.role < R::MINIMUM {
+            return Err(AuthError::Forbidden.into());
+        }
+        state.auth.limiters.check_tenant(principal.tenant_id())?;
+        Ok(Authenticated {
+            principal,
+            _requirement: PhantomData,
+        })
+    }
+}
+
+/// The client's address and the request id, for rate limits and the audit log.
+pub struct Client(pub RequestContext);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        Ok(Client(RequestContext {
+            ip: peer.map(|peer| client_ip(peer, forwarded, &state.auth.trusted_proxies)),
+            request_id: request_id::of_parts(parts).to_string(),
+        }))
+    }
+}
+
+/// Behind trusted proxies, the client is the right-most address in `X-Forwarded-For` that is
+/// not itself a trusted proxy; otherwise the header is ignored (anyone can send it).
+pub fn client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    forwarded
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .rev()
+        .filter_map(|part| part.trim().parse::<IpAddr>().ok())
+        .find(|ip| !is_trusted(ip))
+        .unwrap_or(peer)
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> ApiError {
+        let code = match &error {
+            AuthError::Unauthorized => ErrorCode::Unauthorized,
+            AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            AuthError::WeakPassword(_) => ErrorCode::WeakPassword,
+            AuthError::EmailTaken => ErrorCode::EmailTaken,
+            AuthError::SignupClosed(_) => ErrorCode::SignupClosed,
+            AuthError::TokenReused => ErrorCode::TokenReused,
+            AuthError::InvalidToken => ErrorCode::InvalidToken,
+            AuthError::Forbidden => ErrorCode::Forbidden,
+            AuthError::NotFound(_) => ErrorCode::NotFound,
+            AuthError::Invalid(_) => ErrorCode::InvalidRequest,
+            AuthError::RateLimited { retry_after } => {
+                return ApiError::new(ErrorCode::RateLimited, error.to_string())
+                    .with_retry_after(*retry_after);
+            }
+            AuthError::Db(db) => {
+                tracing::error!(error = %db, "database error");
+                return ApiError::internal();
+            }
+        };
+        ApiError::new(code, error.to_string())
+    }
+}
+
+/// The account and tenant-administration routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/auth/me", get(me))
+        .route("/api/v1/auth/password", post(change_password))
+        .route("/api/v1/auth/password-reset", post(request_reset))
+        .route("/api/v1/auth/password-reset/confirm", post(confirm_reset))
+        .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
+        .route("/api/v1/api-keys/{id}", delete(revoke_api_key))
+        .route("/api/v1/team/invitations", post(invite))
+        .route("/api/v1/audit-log", get(tenant_audit_log))
+        .route("/api/v1/admin/audit-log", get(instance_audit_log))
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Client(context): Client,
+    Json(input): Json<Registration>,
+) -> Result<Response, ApiError> {
+    state.auth.limiters.check_auth(context.ip, None)?;
+    let session = state.auth.accounts.register(input, &context).await?;
+    Ok((StatusCode::CREATED, Json(session)).into_response())
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    Client(context): Client,
+    Json(input): Json<Credentials>,
+) -> Result<Response, ApiError> {
+    state
+        .auth
+        .limiters
+        .check_auth(context.ip, Some(&input.email))?;
+    let session = state
+        .auth
+        .accounts
+        .login(&input.email, &input.password, &context)
+        .await?;
+    Ok(Json(session).into_response())
+}
+
+#[derive(Deserialize)]
+struct RefreshToken {
+    refresh_token: String,
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    Client(context): Client,
+    Json(input): Json<RefreshToken>,
+) -> Result<Response, ApiError> {
+    let session = state
+        .auth
+        .accounts
+        .refresh(&input.refresh_token, &context)
+        .await?;
+    Ok(Json(session).into_response())
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    Client(context): Client,
+    Json(input): Json<RefreshToken>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .accounts
+        .logout(&input.refresh_token, &context)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(state): State<AppState>, auth: Authenticated) -> Result<Json<Value>, ApiError> {
+    if let Credential::ApiKey { .. } = auth.principal.credential {
+        return Ok(Json(json!({
+            "api_key": auth.principal.label,
+            "role": auth.principal.role,
+            "tenant": {"id": auth.principal.tenant_id()},
+        })));
+    }
+    let me = state.auth.accounts.me(&auth.principal).await?;
+    Ok(Json(json!(me)))
+}
+
+#[derive(Deserialize)]
+struct PasswordChange {
+    current_password: String,
+    new_password: String,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated,
+    Json(input): Json<PasswordChange>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .accounts
+        .change_password(
+            &auth.principal,
+            &input.current_password,
+            &input.new_password,
+            &context,
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct ResetRequest {
+    email: String,
+}
+
+async fn request_reset(
+    State(state): State<AppState>,
+    Client(context): Client,
+    Json(input): Json<ResetRequest>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state
+        .auth
+        .limiters
+        .check_auth(context.ip, Some(&input.email))?;
+    if let Some(token) = state
+        .auth
+        .accounts
+        .request_reset(&input.email, &context)
+        .await?
+    {
+        // No mail server is configured: the instance owner relays the link from the log.
+        tracing::warn!(
+            email = %input.email.trim(),
+            link = %format!("/reset-password?token={token}"),
+            "password reset requested; no mail server is configured, send this link to the user"
+        );
+    }
+    // The same answer whether or not the email has an account.
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"status": "if an account exists for this email, a reset link is on its way"})),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ResetConfirmation {
+    token: String,
+    new_password: String,
+}
+
+async fn confirm_reset(
+    State(state): State<AppState>,
+    Client(context): Client,
+    Json(input): Json<ResetConfirmation>,
+) -> Result<StatusCode, ApiError> {
+    state.auth.limiters.check_auth(context.ip, None)?;
+    state
+        .auth
+        .accounts
+        .confirm_reset(&input.token, &input.new_password, &context)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_api_keys(
+    State(state): State<AppState>,
+    auth: Authenticated<AdminRole>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = auth.scope().clone();
+    let keys = state
+        .db
+        .call(move |c| api_keys::list(c, &scope).map_err(AuthError::from))
+        .await?;
+    Ok(Json(json!({"api_keys": keys})))
+}
+
+async fn create_api_key(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Json(input): Json<api_keys::NewApiKey>,
+) -> Result<(StatusCode, Json<api_keys::CreatedApiKey>), ApiError> {
+    let principal = auth.principal;
+    let created = state
+        .db
+        .call(move |c| api_keys::create(c, &principal, &input, &context))
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn revoke_api_key(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let principal = auth.principal;
+    state
+        .db
+        .call(move |c| api_keys::revoke(c, &principal, &id, &context))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct NewInvitation {
+    email: String,
+    role: Role,
+}
+
+async fn invite(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Json(input): Json<NewInvitation>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let invitation = state
+        .auth
+        .accounts
+        .invite(&auth.principal, &input.email, input.role, &context)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(invitation))))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn tenant_audit_log(
+    State(state): State<AppState>,
+    auth: Authenticated<AdminRole>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let scope = auth.scope().clone();
+    let entries = state
+        .db
+        .call(move |c| {
+            audit::list(
+                c,
+                AuditView::Tenant(&scope),
+                page.before,
+                page_size(page.limit),
+            )
+            .map_err(AuthError::from)
+        })
+        .await?;
+    Ok(Json(json!({"entries": entries})))
+}
+
+async fn instance_audit_log(
+    State(state): State<AppState>,
+    _owner: Authenticated<Owner>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let entries = state
+        .db
+        .call(move |c| {
+            audit::list(c, AuditView::Instance, page.before, page_size(page.limit))
+                .map_err(AuthError::from)
+        })
+        .await?;
+    Ok(Json(json!({"entries": entries})))
+}
+
+fn page_size(limit: Option<u32>) -> u32 {
+    limit.unwrap_or(50).clamp(1, 500)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.5".parse().unwrap();
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let header = Some("203.0.113.9, 198.51.100.7, 10.0.0.4");
+        assert_eq!(
+            client_ip(proxy, header, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let stranger: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(
+            client_ip(stranger, header, &trusted),
+            stranger,
+            "spoofed header ignored"
+        );
+        assert_eq!(client_ip(proxy, None, &trusted), proxy);
+    }
+}

@@ -1,0 +1,653 @@
+//! Accounts and isolation over HTTP: registration, sign-in, refresh rotation with reuse
+//! detection, sign-out, roles, API keys, rate limits and lock-out, password change and reset, the
+//! audit log, and the cross-tenant sweep.
+
+mod common;
+
+use common::{Options, TestApp, expect_error};
+use companero::auth::RequestContext;
+use companero::auth::accounts::SignupPolicy;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "violet tractor sings at noon";
+
+async fn open_app() -> TestApp {
+    TestApp::start(Options {
+        configure: Some(Box::new(|c| c.signup = SignupPolicy::Open)),
+        ..Options::default()
+    })
+    .await
+}
+
+impl TestApp {
+    async fn post(&self, path: &str, body: Value, token: Option<&str>) -> reqwest::Response {
+        self.call(Method::POST, path, Some(body), token).await
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Registers and returns (access token, refresh token).
+    async fn register(&self, email: &str, name: &str) -> (String, String) {
+        let response = self
+            .post(
+                "/api/v1/auth/register",
+                json!({"email": email, "password": PASSWORD, "full_name": name}),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        (
+            body["access_token"].as_str().unwrap().to_string(),
+            body["refresh_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post(
+            "/api/v1/auth/login",
+            json!({"email": email, "password": password}),
+            None,
+        )
+        .await
+    }
+
+    async fn get_with(&self, path: &str, token: &str) -> reqwest::Response {
+        self.call(Method::GET, path, None, Some(token)).await
+    }
+}
+
+#[tokio::test]
+async fn the_first_account_owns_the_instance_and_later_ones_need_an_invitation() {
+    let app = TestApp::spawn().await; // default policy: invite
+    let (owner, _) = app.register("Maria.Lopez@Example.com", "María López").await;
+    let me: Value = app
+        .get_with("/api/v1/auth/me", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["email"], "maria.lopez@example.com");
+    assert_eq!(me["is_owner"], true);
+    assert_eq!(me["role"], "admin");
+    assert_eq!(me["tenant"]["coach_slug"], "maria-lopez");
+
+    let refused = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "ana@example.com", "password": PASSWORD, "full_name": "Ana"}),
+            None,
+        )
+        .await;
+    expect_error(refused, 403, "signup_closed").await;
+
+    // An admin invites a coach, who registers into the same tenant.
+    let invitation: Value = app
+        .post(
+            "/api/v1/team/invitations",
+            json!({"email": "ana@example.com", "role": "coach"}),
+            Some(&owner),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = invitation["token"].as_str().unwrap();
+    let joined = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "ana@example.com", "password": PASSWORD, "full_name": "Ana", "invitation": token}),
+            None,
+        )
+        .await;
+    assert_eq!(joined.status(), 201);
+    let coach_token = joined.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let coach: Value = app
+        .get_with("/api/v1/auth/me", &coach_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(coach["role"], "coach");
+    assert_eq!(coach["is_owner"], false);
+    assert_eq!(coach["tenant"]["id"], me["tenant"]["id"]);
+    // Roles are checked: a coach cannot manage API keys or read the audit log.
+    expect_error(
+        app.get_with("/api/v1/api-keys", &coach_token).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        app.get_with("/api/v1/audit-log", &coach_token).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        app.get_with("/api/v1/admin/audit-log", &coach_token).await,
+        403,
+        "forbidden",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn registration_rejects_weak_passwords_taken_emails_and_bad_input_clearly() {
+    let app = open_app().await;
+    app.register("ana@example.com", "Ana Pérez").await;
+    let weak = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "bo@example.com", "password": "password123", "full_name": "Bo"}),
+            None,
+        )
+        .await;
+    let message = expect_error(weak, 422, "weak_password").await;
+    assert!(message.contains("too easy to guess"), "{message}");
+    let short = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "bo@example.com", "password": "short", "full_name": "Bo"}),
+            None,
+        )
+        .await;
+    assert!(
+        expect_error(short, 422, "weak_password")
+            .await
+            .contains("at least 10")
+    );
+    let taken = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": " ANA@example.com", "password": PASSWORD, "full_name": "Ana"}),
+            None,
+        )
+        .await;
+    expect_error(taken, 409, "email_taken").await;
+    let missing = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "x@example.com"}),
+            None,
+        )
+        .await;
+    assert!(missing.status().is_client_error());
+    let body: Value = missing.json().await.unwrap();
+    assert!(body["error"]["code"].is_string(), "{body}");
+}
+
+#[tokio::test]
+async fn login_refresh_rotation_reuse_detection_and_logout() {
+    let app = open_app().await;
+    app.register("ana@example.com", "Ana").await;
+    expect_error(
+        app.login("ana@example.com", "wrong password here").await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    expect_error(
+        app.login("nobody@example.com", PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+
+    let session: Value = app
+        .login("ANA@example.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["token_type"], "Bearer");
+    assert_eq!(session["expires_in"], 900);
+    let first = session["refresh_token"].as_str().unwrap().to_string();
+
+    let rotated = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": first}),
+            None,
+        )
+        .await;
+    assert_eq!(rotated.status(), 200);
+    let rotated: Value = rotated.json().await.unwrap();
+    let second = rotated["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second, first);
+    let access = rotated["access_token"].as_str().unwrap();
+    assert_eq!(app.get_with("/api/v1/auth/me", access).await.status(), 200);
+
+    // The first token again: theft is assumed and the whole family is revoked.
+    let reused = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": first}),
+            None,
+        )
+        .await;
+    expect_error(reused, 401, "token_reused").await;
+    let after = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": second}),
+            None,
+        )
+        .await;
+    expect_error(after, 401, "invalid_token").await;
+
+    // Logout ends a sign-in.
+    let session: Value = app
+        .login("ana@example.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let refresh = session["refresh_token"].as_str().unwrap();
+    let out = app
+        .post(
+            "/api/v1/auth/logout",
+            json!({"refresh_token": refresh}),
+            None,
+        )
+        .await;
+    assert_eq!(out.status(), 204);
+    let dead = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": refresh}),
+            None,
+        )
+        .await;
+    expect_error(dead, 401, "invalid_token").await;
+}
+
+#[tokio::test]
+async fn requests_without_valid_credentials_get_401_with_a_challenge() {
+    let app = open_app().await;
+    let none = app.get("/api/v1/auth/me").await;
+    assert_eq!(none.headers()["www-authenticate"], "Bearer");
+    expect_error(none, 401, "unauthorized").await;
+    expect_error(
+        app.get_with("/api/v1/auth/me", "not.a.jwt").await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    expect_error(
+        app.get_with("/api/v1/auth/me", "cmp_unknownkey").await,
+        401,
+        "unauthorized",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn api_keys_are_shown_once_work_as_bearer_tokens_and_can_be_revoked() {
+    let app = open_app().await;
+    let (admin, _) = app.register("ana@example.com", "Ana").await;
+    let created = app
+        .post(
+            "/api/v1/api-keys",
+            json!({"name": "CRM sync", "role": "coach", "expires_in_days": 30}),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("cmp_"));
+    assert!(key.starts_with(created["prefix"].as_str().unwrap()));
+    assert!(created["expires_at"].is_string());
+
+    let listed: Value = app
+        .get_with("/api/v1/api-keys", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["api_keys"].as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains(&key),
+        "the key is never shown again"
+    );
+
+    let me: Value = app
+        .get_with("/api/v1/auth/me", &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["role"], "coach");
+    // A coach key cannot manage keys.
+    expect_error(
+        app.get_with("/api/v1/api-keys", &key).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let listed: Value = app
+        .get_with("/api/v1/api-keys", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        listed["api_keys"][0]["last_used_at"].is_string(),
+        "{listed}"
+    );
+
+    let id = created["id"].as_str().unwrap();
+    let revoked = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/api-keys/{id}"),
+            None,
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(revoked.status(), 204);
+    expect_error(
+        app.get_with("/api/v1/auth/me", &key).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_rate_limited_per_ip() {
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(|c| {
+            c.signup = SignupPolicy::Open;
+            c.rate_limits.auth_per_ip = 4;
+            c.rate_limits.auth_per_account = 100;
+        })),
+        ..Options::default()
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            app.login("x@example.com", "whatever password")
+                .await
+                .status(),
+            401
+        );
+    }
+    let limited = app.login("x@example.com", "whatever password").await;
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    expect_error(limited, 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn repeated_failures_lock_the_account_even_for_the_right_password() {
+    let app = open_app().await;
+    app.register("ana@example.com", "Ana").await;
+    for _ in 0..5 {
+        expect_error(
+            app.login("ana@example.com", "not her password").await,
+            401,
+            "invalid_credentials",
+        )
+        .await;
+    }
+    let locked = app.login("ana@example.com", PASSWORD).await;
+    assert!(locked.headers().contains_key("retry-after"));
+    let message = expect_error(locked, 429, "rate_limited").await;
+    assert!(message.contains("try again"), "{message}");
+}
+
+#[tokio::test]
+async fn changing_the_password_ends_other_sessions() {
+    let app = open_app().await;
+    let (access, refresh) = app.register("ana@example.com", "Ana").await;
+    let wrong = app
+        .post(
+            "/api/v1/auth/password",
+            json!({"current_password": "not the password", "new_password": "quiet river under stone"}),
+            Some(&access),
+        )
+        .await;
+    expect_error(wrong, 401, "invalid_credentials").await;
+    let changed = app
+        .post(
+            "/api/v1/auth/password",
+            json!({"current_password": PASSWORD, "new_password": "quiet river under stone"}),
+            Some(&access),
+        )
+        .await;
+    assert_eq!(changed.status(), 204);
+    let old = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": refresh}),
+            None,
+        )
+        .await;
+    expect_error(old, 401, "invalid_token").await;
+    assert_eq!(app.login("ana@example.com", PASSWORD).await.status(), 401);
+    assert_eq!(
+        app.login("ana@example.com", "quiet river under stone")
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn password_reset_tokens_are_single_use_and_emails_cannot_be_probed() {
+    let app = open_app().await;
+    app.register("ana@example.com", "Ana").await;
+    for email in ["ana@example.com", "nobody@example.com"] {
+        let response = app
+            .post("/api/v1/auth/password-reset", json!({"email": email}), None)
+            .await;
+        assert_eq!(response.status(), 202, "same answer for {email}");
+    }
+    // The token normally travels by email or the log; take it from the domain directly.
+    let accounts = {
+        let db = companero::db::Db::open(&app.config.data_dir.join("companero.db"), 2).unwrap();
+        let keys =
+            companero::auth::tokens::TokenKeys::load_or_create(&app.config.data_dir.join("keys"))
+                .unwrap();
+        companero::auth::accounts::Accounts::new(db, std::sync::Arc::new(keys), SignupPolicy::Open)
+    };
+    let token = accounts
+        .request_reset("ana@example.com", &RequestContext::default())
+        .await
+        .unwrap()
+        .expect("account exists");
+    let confirm = |token: String| {
+        app.post(
+            "/api/v1/auth/password-reset/confirm",
+            json!({"token": token, "new_password": "maple lantern drifts east"}),
+            None,
+        )
+    };
+    assert_eq!(confirm(token.clone()).await.status(), 204);
+    expect_error(confirm(token).await, 401, "invalid_token").await;
+    assert_eq!(
+        app.login("ana@example.com", "maple lantern drifts east")
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_records_who_did_what_from_where_per_tenant() {
+    let app = open_app().await;
+    let (owner, _) = app.register("owner@example.com", "Owner").await;
+    let (other, _) = app.register("bo@example.com", "Bo").await;
+    app.login("bo@example.com", "a wrong password!").await;
+    let tagged = app
+        .client
+        .post(app.url("/api/v1/api-keys"))
+        .bearer_auth(&other)
+        .header("x-request-id", "audit-trail-1")
+        .json(&json!({"name": "export"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tagged.status(), 201);
+
+    let log: Value = app
+        .get_with("/api/v1/audit-log", &other)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for expected in ["auth.registered", "auth.login_failed", "api_key.created"] {
+        assert!(actions.contains(&expected), "{actions:?}");
+    }
+    let created = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "api_key.created")
+        .unwrap();
+    assert_eq!(created["request_id"], "audit-trail-1");
+    assert_eq!(created["ip"], "127.0.0.1");
+    assert!(
+        !log.to_string().contains("owner@example.com"),
+        "only this tenant's events"
+    );
+
+    let instance: Value = app
+        .get_with("/api/v1/admin/audit-log", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(instance.to_string().contains("owner@example.com"));
+    assert!(instance.to_string().contains("bo@example.com"));
+    expect_error(
+        app.get_with("/api/v1/admin/audit-log", &other).await,
+        403,
+        "forbidden",
+    )
+    .await;
+}
+
+/// Every route that names a tenant-owned resource, called by another tenant's admin with the
+/// first tenant's ids, must answer 404 and change nothing. Grow this list with every such route.
+#[tokio::test]
+async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
+    let app = open_app().await;
+    let (alice, _) = app.register("alice@example.com", "Alice").await;
+    let (bob, _) = app.register("bob@example.com", "Bob").await;
+    let key: Value = app
+        .post(
+            "/api/v1/api-keys",
+            json!({"name": "alice key", "role": "analyst"}),
+            Some(&alice),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let alice_key_id = key["id"].as_str().unwrap().to_string();
+    let alice_key = key["key"].as_str().unwrap().to_string();
+
+    let routes: Vec<(Method, String, Option<Value>)> = vec![(
+        Method::DELETE,
+        format!("/api/v1/api-keys/{alice_key_id}"),
+        None,
+    )];
+    for (method, path, body) in routes {
+        let response = app.call(method.clone(), &path, body, Some(&bob)).await;
+        expect_error(response, 404, "not_found").await;
+    }
+    // Alice's key still works: nothing was changed by Bob's attempts.
+    assert_eq!(
+        app.get_with("/api/v1/auth/me", &alice_key).await.status(),
+        200
+    );
+
+    // Collections never show another tenant's items.
+    for path in ["/api/v1/api-keys", "/api/v1/audit-log"] {
+        let body = app.get_with(path, &bob).await.text().await.unwrap();
+        assert!(
+            !body.contains(&alice_key_id) && !body.contains("alice"),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
+    let untrusted = open_app().await;
+    let (token, _) = untrusted.register("ana@example.com", "Ana").await;
+    untrusted
+        .client
+        .post(untrusted.url("/api/v1/api-keys"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.50")
+        .json(&json!({"name": "k"}))
+        .send()
+        .await
+        .unwrap();
+    let log = untrusted
+        .get_with("/api/v1/audit-log", &token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!log.contains("203.0.113.50"), "{log}");
+
+    let trusted = TestApp::start(Options {
+        configure: Some(Box::new(|c| {
+            c.signup = SignupPolicy::Open;
+            c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        })),
+        ..Options::default()
+    })
+    .await;
+    let (token, _) = trusted.register("ana@example.com", "Ana").await;
+    trusted
+        .client
+        .post(trusted.url("/api/v1/api-keys"))
+        .bearer_auth(&token)
+        .header("x-forwarded-for", "203.0.113.50")
+        .json(&json!({"name": "k"}))
+        .send()
+        .await
+        .unwrap();
+    let log = trusted
+        .get_with("/api/v1/audit-log", &token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("203.0.113.50"), "{log}");
+}
