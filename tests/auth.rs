@@ -579,11 +579,27 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
     let alice_key_id = key["id"].as_str().unwrap().to_string();
     let alice_key = key["key"].as_str().unwrap().to_string();
 
-    let routes: Vec<(Method, String, Option<Value>)> = vec![(
-        Method::DELETE,
-        format!("/api/v1/api-keys/{alice_key_id}"),
-        None,
-    )];
+    let alice_me: Value = app
+        .get_with("/api/v1/auth/me", &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let alice_id = alice_me["id"].as_str().unwrap().to_string();
+
+    let routes: Vec<(Method, String, Option<Value>)> = vec![
+        (
+            Method::DELETE,
+            format!("/api/v1/api-keys/{alice_key_id}"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/team/{alice_id}"),
+            Some(json!({"role": "analyst"})),
+        ),
+        (Method::DELETE, format!("/api/v1/team/{alice_id}"), None),
+    ];
     for (method, path, body) in routes {
         let response = app.call(method.clone(), &path, body, Some(&bob)).await;
         expect_error(response, 404, "not_found").await;
@@ -594,8 +610,19 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
         200
     );
 
+    let alice_after: Value = app
+        .get_with("/api/v1/auth/me", &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        alice_after["role"], "admin",
+        "Alice's membership is untouched"
+    );
+
     // Collections never show another tenant's items.
-    for path in ["/api/v1/api-keys", "/api/v1/audit-log"] {
+    for path in ["/api/v1/api-keys", "/api/v1/audit-log", "/api/v1/team"] {
         let body = app.get_with(path, &bob).await.text().await.unwrap();
         assert!(
             !body.contains(&alice_key_id) && !body.contains("alice"),
@@ -650,4 +677,103 @@ async fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
         .await
         .unwrap();
     assert!(log.contains("203.0.113.50"), "{log}");
+}
+
+#[tokio::test]
+async fn admins_manage_roles_and_members_and_a_tenant_keeps_an_admin() {
+    let app = TestApp::spawn().await;
+    let (admin, _) = app.register("lead@example.com", "Lead").await;
+    let invitation: Value = app
+        .post(
+            "/api/v1/team/invitations",
+            json!({"email": "sam@example.com", "role": "analyst"}),
+            Some(&admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let joined: Value = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "sam@example.com", "password": PASSWORD, "full_name": "Sam",
+                   "invitation": invitation["token"]}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sam_refresh = joined["refresh_token"].as_str().unwrap().to_string();
+    let team: Value = app
+        .get_with("/api/v1/team", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(team["members"].as_array().unwrap().len(), 2, "{team}");
+    let sam_id = team["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["email"] == "sam@example.com")
+        .unwrap()["user_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lead_id = team["members"][0]["user_id"].as_str().unwrap().to_string();
+
+    let promoted = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/team/{sam_id}"),
+            Some(json!({"role": "coach"})),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(promoted.status(), 200);
+    assert_eq!(promoted.json::<Value>().await.unwrap()["role"], "coach");
+
+    // The only admin cannot demote or remove themself.
+    let demote = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/team/{lead_id}"),
+            Some(json!({"role": "coach"})),
+            Some(&admin),
+        )
+        .await;
+    assert!(
+        expect_error(demote, 422, "invalid_request")
+            .await
+            .contains("at least one admin")
+    );
+
+    let removed = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/team/{sam_id}"),
+            None,
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(removed.status(), 204);
+    let dead = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": sam_refresh}),
+            None,
+        )
+        .await;
+    expect_error(dead, 401, "invalid_token").await;
+
+    let log = app
+        .get_with("/api/v1/audit-log", &admin)
+        .await
+        .text()
+        .await
+        .unwrap();
+    for action in ["team.invited", "team.role_changed", "team.member_removed"] {
+        assert!(log.contains(action), "{action}: {log}");
+    }
 }

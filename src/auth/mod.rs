@@ -10,6 +10,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod passwords;
 pub mod rate_limit;
+pub mod team;
 pub mod tokens;
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::db::DbError;
 
 /// What a member of a tenant may do. Ordered: each role can do what the ones below it can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Read-only: conversations, analytics, knowledge base.
@@ -87,6 +90,10 @@ pub struct Principal {
 impl Principal {
     pub fn tenant_id(&self) -> &str {
         self.scope.tenant_id()
+    }
+
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
     }
 }
 

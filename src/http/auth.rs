@@ -21,7 +21,9 @@ use super::request_id;
 use crate::auth::accounts::{Accounts, Registration};
 use crate::auth::audit::{self, AuditView};
 use crate::auth::rate_limit::Limiters;
-use crate::auth::{AuthError, Credential, Principal, RequestContext, Role, TenantScope, api_keys};
+use crate::auth::{
+    AuthError, Credential, Principal, RequestContext, Role, TenantScope, api_keys, team,
+};
 
 /// Authentication state shared by the routes.
 #[derive(Clone)]
@@ -195,7 +197,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/auth/password-reset/confirm", post(confirm_reset))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(revoke_api_key))
+        .route("/api/v1/team", get(list_team))
         .route("/api/v1/team/invitations", post(invite))
+        .route(
+            "/api/v1/team/{user_id}",
+            axum::routing::patch(change_role).delete(remove_member),
+        )
         .route("/api/v1/audit-log", get(tenant_audit_log))
         .route("/api/v1/admin/audit-log", get(instance_audit_log))
 }
@@ -413,6 +420,52 @@ async fn invite(
         .invite(&auth.principal, &input.email, input.role, &context)
         .await?;
     Ok((StatusCode::CREATED, Json(json!(invitation))))
+}
+
+async fn list_team(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<Json<team::Team>, ApiError> {
+    let scope = auth.scope().clone();
+    let team = state
+        .db
+        .call(move |c| team::list(c, &scope).map_err(AuthError::from))
+        .await?;
+    Ok(Json(team))
+}
+
+#[derive(Deserialize)]
+struct RoleChange {
+    role: Role,
+}
+
+async fn change_role(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Path(user_id): Path<String>,
+    Json(input): Json<RoleChange>,
+) -> Result<Json<team::Member>, ApiError> {
+    let principal = auth.principal;
+    let member = state
+        .db
+        .call(move |c| team::change_role(c, &principal, &user_id, input.role, &context))
+        .await?;
+    Ok(Json(member))
+}
+
+async fn remove_member(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Path(user_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let principal = auth.principal;
+    state
+        .db
+        .call(move |c| team::remove(c, &principal, &user_id, &context))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
