@@ -326,3 +326,77 @@ async fn unknown_pages_get_an_html_404_for_browsers() {
     let posted = app.client.post(app.url("/")).send().await.unwrap();
     expect_error(posted, 405, "method_not_allowed").await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_each_one_exists() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/api/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let paths = doc["paths"].as_object().unwrap();
+    for expected in [
+        "/api/v1/auth/register",
+        "/api/v1/auth/login",
+        "/api/v1/auth/refresh",
+        "/api/v1/auth/logout",
+        "/api/v1/auth/me",
+        "/api/v1/api-keys",
+        "/api/v1/api-keys/{id}",
+        "/api/v1/team/{user_id}",
+        "/api/v1/audit-log",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(paths.contains_key(expected), "{expected} is documented");
+    }
+    // Every documented operation is routed: nothing answers "no API route".
+    for (path, operations) in paths {
+        let concrete = path.replace("{id}", "x").replace("{user_id}", "x");
+        for method in operations.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = app
+                .client
+                .request(method.clone(), app.url(&concrete))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            assert!(
+                status != 405 && !body.contains("no API route"),
+                "{method} {path} is documented but not routed: {status} {body}"
+            );
+        }
+    }
+    // Referenced schemas exist.
+    let text = doc.to_string();
+    for reference in text.split("#/components/schemas/").skip(1) {
+        let name: String = reference.chars().take_while(|c| *c != '"').collect();
+        assert!(
+            doc["components"]["schemas"][&name].is_object(),
+            "schema {name} is defined"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_docs_page_loads_the_embedded_viewer() {
+    let app = TestApp::spawn().await;
+    let page = app.get("/docs").await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("spec-url=\"/api/openapi.json\""), "{html}");
+    let script = app.get("/docs/rapidoc-min.js").await;
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+}

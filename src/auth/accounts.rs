@@ -42,7 +42,7 @@ impl std::fmt::Display for SignupPolicy {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Registration {
     pub email: String,
     pub password: String,
@@ -53,7 +53,7 @@ pub struct Registration {
 }
 
 /// What sign-in and refresh answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Session {
     pub access_token: String,
     pub refresh_token: String,
@@ -61,7 +61,7 @@ pub struct Session {
     pub expires_in: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Me {
     pub id: String,
     pub email: String,
@@ -71,14 +71,14 @@ pub struct Me {
     pub tenant: TenantView,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TenantView {
     pub id: String,
     pub name: String,
     pub coach_slug: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Invitation {
     pub id: String,
     pub email: String,

@@ -10,7 +10,7 @@ use super::{AuthError, Credential, Principal, RequestContext, Role, TenantScope,
 
 pub const KEY_PREFIX: &str = "cmp_";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewApiKey {
     pub name: String,
     /// What the key may do [default: analyst, read-only]. Never more than its creator's role.
@@ -21,7 +21,7 @@ pub struct NewApiKey {
     pub expires_in_days: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyView {
     pub id: String,
     pub name: String,
@@ -33,7 +33,7 @@ pub struct ApiKeyView {
     pub revoked_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedApiKey {
     #[serde(flatten)]
     pub view: ApiKeyView,

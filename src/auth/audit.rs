@@ -71,7 +71,7 @@ pub fn record(c: &Connection, event: &AuditEvent) -> rusqlite::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub tenant_id: Option<String>,

@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::request_id;
-use crate::auth::accounts::{Accounts, Registration};
+use crate::auth::accounts::{Accounts, Invitation, Me, Registration, Session};
 use crate::auth::audit::{self, AuditView};
 use crate::auth::rate_limit::Limiters;
 use crate::auth::{
@@ -207,7 +207,20 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/admin/audit-log", get(instance_audit_log))
 }
 
-async fn register(
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "accounts",
+    request_body = Registration,
+    responses(
+        (status = 201, description = "Registered and signed in", body = Session),
+        (status = 403, description = "Sign-up needs an invitation", body = ErrorBody),
+        (status = 409, description = "Email already registered", body = ErrorBody),
+        (status = 422, description = "Weak password or invalid input", body = ErrorBody),
+        (status = 429, description = "Too many attempts", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn register(
     State(state): State<AppState>,
     Client(context): Client,
     Json(input): Json<Registration>,
@@ -217,13 +230,24 @@ async fn register(
     Ok((StatusCode::CREATED, Json(session)).into_response())
 }
 
-#[derive(Deserialize)]
-struct Credentials {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct Credentials {
     email: String,
     password: String,
 }
 
-async fn login(
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "accounts",
+    request_body = Credentials,
+    responses(
+        (status = 200, description = "Signed in", body = Session),
+        (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 429, description = "Too many attempts or account locked", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn login(
     State(state): State<AppState>,
     Client(context): Client,
     Json(input): Json<Credentials>,
@@ -240,12 +264,22 @@ async fn login(
     Ok(Json(session).into_response())
 }
 
-#[derive(Deserialize)]
-struct RefreshToken {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RefreshToken {
     refresh_token: String,
 }
 
-async fn refresh(
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    tag = "accounts",
+    request_body = RefreshToken,
+    responses(
+        (status = 200, description = "A new token pair; the old refresh token is spent", body = Session),
+        (status = 401, description = "Invalid, expired, revoked (invalid_token) or reused (token_reused) refresh token", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn refresh(
     State(state): State<AppState>,
     Client(context): Client,
     Json(input): Json<RefreshToken>,
@@ -258,7 +292,17 @@ async fn refresh(
     Ok(Json(session).into_response())
 }
 
-async fn logout(
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "accounts",
+    request_body = RefreshToken,
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 401, description = "Unknown or revoked refresh token", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn logout(
     State(state): State<AppState>,
     Client(context): Client,
     Json(input): Json<RefreshToken>,
@@ -271,7 +315,20 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn me(State(state): State<AppState>, auth: Authenticated) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/me",
+    tag = "accounts",
+    responses(
+        (status = 200, description = "The caller, their role and tenant", body = Me),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn me(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<Json<Value>, ApiError> {
     if let Credential::ApiKey { .. } = auth.principal.credential {
         return Ok(Json(json!({
             "api_key": auth.principal.label,
@@ -283,13 +340,25 @@ async fn me(State(state): State<AppState>, auth: Authenticated) -> Result<Json<V
     Ok(Json(json!(me)))
 }
 
-#[derive(Deserialize)]
-struct PasswordChange {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PasswordChange {
     current_password: String,
     new_password: String,
 }
 
-async fn change_password(
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/password",
+    tag = "accounts",
+    request_body = PasswordChange,
+    responses(
+        (status = 204, description = "Changed; other sign-ins ended"),
+        (status = 422, description = "Weak new password", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn change_password(
     State(state): State<AppState>,
     Client(context): Client,
     auth: Authenticated,
@@ -308,12 +377,22 @@ async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct ResetRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ResetRequest {
     email: String,
 }
 
-async fn request_reset(
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/password-reset",
+    tag = "accounts",
+    request_body = ResetRequest,
+    responses(
+        (status = 202, description = "A reset link is sent if the account exists"),
+        (status = 429, description = "Too many attempts", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn request_reset(
     State(state): State<AppState>,
     Client(context): Client,
     Json(input): Json<ResetRequest>,
@@ -342,13 +421,24 @@ async fn request_reset(
     ))
 }
 
-#[derive(Deserialize)]
-struct ResetConfirmation {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ResetConfirmation {
     token: String,
     new_password: String,
 }
 
-async fn confirm_reset(
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/password-reset/confirm",
+    tag = "accounts",
+    request_body = ResetConfirmation,
+    responses(
+        (status = 204, description = "Password set; all sign-ins ended"),
+        (status = 401, description = "Invalid, used or expired token", body = ErrorBody),
+        (status = 422, description = "Weak password", body = ErrorBody),
+    ),
+)]
+pub(crate) async fn confirm_reset(
     State(state): State<AppState>,
     Client(context): Client,
     Json(input): Json<ResetConfirmation>,
@@ -362,7 +452,18 @@ async fn confirm_reset(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn list_api_keys(
+#[utoipa::path(
+    get,
+    path = "/api/v1/api-keys",
+    tag = "api keys",
+    responses(
+        (status = 200, description = "The tenant's API keys (never the keys themselves)", body = ApiKeyList),
+        (status = 403, description = "Admins only", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
     auth: Authenticated<AdminRole>,
 ) -> Result<Json<Value>, ApiError> {
@@ -371,10 +472,22 @@ async fn list_api_keys(
         .db
         .call(move |c| api_keys::list(c, &scope).map_err(AuthError::from))
         .await?;
-    Ok(Json(json!({"api_keys": keys})))
+    Ok(Json(json!(ApiKeyList { api_keys: keys })))
 }
 
-async fn create_api_key(
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-keys",
+    tag = "api keys",
+    request_body = api_keys::NewApiKey,
+    responses(
+        (status = 201, description = "Created; the key is shown this once", body = api_keys::CreatedApiKey),
+        (status = 403, description = "Admins only, and never a stronger role than the creator's", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn create_api_key(
     State(state): State<AppState>,
     Client(context): Client,
     auth: Authenticated<AdminRole>,
@@ -388,7 +501,19 @@ async fn create_api_key(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-async fn revoke_api_key(
+#[utoipa::path(
+    delete,
+    path = "/api/v1/api-keys/{id}",
+    tag = "api keys",
+    params(("id" = String, Path, description = "API key id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such key in this tenant", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn revoke_api_key(
     State(state): State<AppState>,
     Client(context): Client,
     auth: Authenticated<AdminRole>,
@@ -402,13 +527,25 @@ async fn revoke_api_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct NewInvitation {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct NewInvitation {
     email: String,
     role: Role,
 }
 
-async fn invite(
+#[utoipa::path(
+    post,
+    path = "/api/v1/team/invitations",
+    tag = "team",
+    request_body = NewInvitation,
+    responses(
+        (status = 201, description = "Invitation created; its token is shown once", body = Invitation),
+        (status = 403, description = "Admins only", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn invite(
     State(state): State<AppState>,
     Client(context): Client,
     auth: Authenticated<AdminRole>,
@@ -422,7 +559,17 @@ async fn invite(
     Ok((StatusCode::CREATED, Json(json!(invitation))))
 }
 
-async fn list_team(
+#[utoipa::path(
+    get,
+    path = "/api/v1/team",
+    tag = "team",
+    responses(
+        (status = 200, description = "Members and pending invitations", body = team::Team),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn list_team(
     State(state): State<AppState>,
     auth: Authenticated,
 ) -> Result<Json<team::Team>, ApiError> {
@@ -434,12 +581,26 @@ async fn list_team(
     Ok(Json(team))
 }
 
-#[derive(Deserialize)]
-struct RoleChange {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct RoleChange {
     role: Role,
 }
 
-async fn change_role(
+#[utoipa::path(
+    patch,
+    path = "/api/v1/team/{user_id}",
+    tag = "team",
+    request_body = RoleChange,
+    params(("user_id" = String, Path, description = "Member's user id")),
+    responses(
+        (status = 200, description = "Role changed", body = team::Member),
+        (status = 404, description = "No such member in this tenant", body = ErrorBody),
+        (status = 422, description = "The tenant would have no admin left", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn change_role(
     State(state): State<AppState>,
     Client(context): Client,
     auth: Authenticated<AdminRole>,
@@ -454,7 +615,20 @@ async fn change_role(
     Ok(Json(member))
 }
 
-async fn remove_member(
+#[utoipa::path(
+    delete,
+    path = "/api/v1/team/{user_id}",
+    tag = "team",
+    params(("user_id" = String, Path, description = "Member's user id")),
+    responses(
+        (status = 204, description = "Removed; their sign-ins into this tenant ended"),
+        (status = 404, description = "No such member in this tenant", body = ErrorBody),
+        (status = 422, description = "The tenant would have no admin left", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn remove_member(
     State(state): State<AppState>,
     Client(context): Client,
     auth: Authenticated<AdminRole>,
@@ -468,13 +642,39 @@ async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-struct Page {
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct Page {
+    /// Entries with ids below this (the last id of the previous page).
     before: Option<i64>,
+    /// Page size, 1 to 500 [default: 50].
     limit: Option<u32>,
 }
 
-async fn tenant_audit_log(
+/// `{"api_keys": [...]}`
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ApiKeyList {
+    pub api_keys: Vec<api_keys::ApiKeyView>,
+}
+
+/// `{"entries": [...]}`
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AuditList {
+    pub entries: Vec<audit::AuditEntry>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit-log",
+    tag = "audit",
+    params(Page),
+    responses(
+        (status = 200, description = "Newest first", body = AuditList),
+        (status = 403, description = "Admins only", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn tenant_audit_log(
     State(state): State<AppState>,
     auth: Authenticated<AdminRole>,
     Query(page): Query<Page>,
@@ -492,10 +692,22 @@ async fn tenant_audit_log(
             .map_err(AuthError::from)
         })
         .await?;
-    Ok(Json(json!({"entries": entries})))
+    Ok(Json(json!(AuditList { entries })))
 }
 
-async fn instance_audit_log(
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/audit-log",
+    tag = "audit",
+    params(Page),
+    responses(
+        (status = 200, description = "The whole instance's log, newest first", body = AuditList),
+        (status = 403, description = "The instance owner only", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn instance_audit_log(
     State(state): State<AppState>,
     _owner: Authenticated<Owner>,
     Query(page): Query<Page>,
@@ -507,7 +719,7 @@ async fn instance_audit_log(
                 .map_err(AuthError::from)
         })
         .await?;
-    Ok(Json(json!({"entries": entries})))
+    Ok(Json(json!(AuditList { entries })))
 }
 
 fn page_size(limit: Option<u32>) -> u32 {

@@ -96,6 +96,20 @@ impl ErrorCode {
     }
 }
 
+/// The body of every error response.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code to match on, e.g. `not_found`, `weak_password`.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
+
 /// An error as the API returns it.
 #[derive(Debug, Clone)]
 pub struct ApiError {

@@ -15,6 +15,9 @@ use crate::db::DbError;
 /// A readiness check that takes longer than this counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\", \"version\"}`")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
 }
@@ -27,6 +30,12 @@ pub struct ComponentReport {
     pub detail: Value,
 }
 
+/// Readiness: each component (database, chat model, embedder) with its state; 503 names what is
+/// missing and how to get it.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Every component is ready"),
+    (status = 503, description = "Something is not ready; `components` says what and how to fix it"),
+))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let mut components = vec![("database", database(&state).await)];
     components.extend(

@@ -69,6 +69,9 @@ pub async fn record(request: Request, next: Next) -> Response {
     response
 }
 
+/// Prometheus metrics in text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain")))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod request_id;
 pub mod streams;
 
@@ -54,6 +55,8 @@ pub fn routes() -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::docs_page))
         .merge(auth::routes())
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))
