@@ -537,6 +537,7 @@ async fn the_audit_log_records_who_did_what_from_where_per_tenant() {
         .find(|e| e["action"] == "api_key.created")
         .unwrap();
     assert_eq!(created["request_id"], "audit-trail-1");
+    assert_eq!(created["actor"], "bo@example.com");
     assert_eq!(created["ip"], "127.0.0.1");
     assert!(
         !log.to_string().contains("owner@example.com"),

@@ -127,6 +127,7 @@ impl Accounts {
         let policy = self.policy;
         let invitation_hash = input.invitation.as_deref().map(tokens::secret_hash);
         let context = context.clone();
+        let registered_email = email.clone();
         let (user_id, tenant_id, role, owner) = self
             .db
             .call(move |c| -> Result<_, AuthError> {
@@ -172,7 +173,8 @@ impl Accounts {
                 Ok((user_id, tenant_id, role, first))
             })
             .await?;
-        self.start_session(user_id, tenant_id, role, owner).await
+        self.start_session(user_id, &registered_email, tenant_id, role, owner)
+            .await
     }
 
     pub async fn login(
@@ -251,7 +253,8 @@ impl Accounts {
                 .actor(&user_id),
         )
         .await?;
-        self.start_session(user_id, tenant_id, role, owner).await
+        self.start_session(user_id, &email, tenant_id, role, owner)
+            .await
     }
 
     /// Counts a failed sign-in; from the sixth in a row the account locks for 30 s, doubling
@@ -358,12 +361,12 @@ impl Accounts {
                 )?;
                 let refresh_token = insert_refresh_token(&tx, &family, &user_id, &tenant_id)?;
                 tx.commit()?;
-                Ok((user_id, tenant_id, role, owner, refresh_token))
+                Ok((user_id, email, tenant_id, role, owner, refresh_token))
             })
             .await?;
-        let (user_id, tenant_id, role, owner, refresh_token) = outcome;
+        let (user_id, email, tenant_id, role, owner, refresh_token) = outcome;
         Ok(Session {
-            access_token: self.keys.issue(&user_id, &tenant_id, role, owner),
+            access_token: self.keys.issue(&user_id, &email, &tenant_id, role, owner),
             refresh_token,
             token_type: "Bearer",
             expires_in: tokens::ACCESS_TOKEN_LIFETIME.as_secs(),
@@ -665,11 +668,12 @@ impl Accounts {
     async fn start_session(
         &self,
         user_id: String,
+        email: &str,
         tenant_id: String,
         role: Role,
         owner: bool,
     ) -> Result<Session, AuthError> {
-        let access_token = self.keys.issue(&user_id, &tenant_id, role, owner);
+        let access_token = self.keys.issue(&user_id, email, &tenant_id, role, owner);
         let refresh_token = self
             .db
             .call(move |c| insert_refresh_token(c, &new_id(), &user_id, &tenant_id))

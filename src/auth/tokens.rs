@@ -33,6 +33,9 @@ pub struct AccessClaims {
     /// Instance owner.
     #[serde(default)]
     pub own: bool,
+    /// Email, so logs and the audit trail can name the actor without a lookup.
+    #[serde(default)]
+    pub eml: String,
     pub iat: u64,
     pub exp: u64,
     pub iss: String,
@@ -85,13 +88,21 @@ impl TokenKeys {
         })
     }
 
-    pub fn issue(&self, user_id: &str, tenant_id: &str, role: Role, owner: bool) -> String {
+    pub fn issue(
+        &self,
+        user_id: &str,
+        email: &str,
+        tenant_id: &str,
+        role: Role,
+        owner: bool,
+    ) -> String {
         let now = unix_now();
         let claims = AccessClaims {
             sub: user_id.to_string(),
             tid: tenant_id.to_string(),
             role,
             own: owner,
+            eml: email.to_string(),
             iat: now,
             exp: now + ACCESS_TOKEN_LIFETIME.as_secs(),
             iss: ISSUER.to_string(),
@@ -170,7 +181,7 @@ mod tests {
     fn tokens_verify_with_the_same_keys_only_and_carry_a_kid() {
         let dir = tempfile::tempdir().unwrap();
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
-        let token = keys.issue("u1", "t1", Role::Admin, true);
+        let token = keys.issue("u1", "u1@example.com", "t1", Role::Admin, true);
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), Some(keys.signing_kid.as_str()));

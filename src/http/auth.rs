@@ -105,7 +105,11 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
                 scope: TenantScope::new(claims.tid),
                 role: claims.role,
                 is_owner: claims.own,
-                label: claims.sub,
+                label: if claims.eml.is_empty() {
+                    claims.sub
+                } else {
+                    claims.eml
+                },
                 credential: Credential::AccessToken,
             }
         };
