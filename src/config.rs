@@ -155,6 +155,20 @@ pub struct ServeArgs {
     /// Authenticated API requests per minute per tenant [default: 6000]
     #[arg(long, env = "COMPANERO_API_RATE_LIMIT", value_name = "PER_MINUTE")]
     pub api_rate_limit: Option<u32>,
+
+    /// Mail server for password resets and invitations, e.g.
+    /// smtp://user:pass@mail.example.com:587?tls=required [default: none: messages are logged]
+    #[arg(long, env = "COMPANERO_SMTP_URL", value_name = "URL")]
+    pub smtp_url: Option<String>,
+
+    /// Sender of those emails [default: Compañero <no-reply@localhost>]
+    #[arg(long, env = "COMPANERO_MAIL_FROM", value_name = "MAILBOX")]
+    pub mail_from: Option<String>,
+
+    /// The address people reach this server at, for links in emails
+    /// [default: http://<bind address>]
+    #[arg(long, env = "COMPANERO_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
 }
 
 /// `companero.toml`: the same keys as the flags, in snake_case.
@@ -178,6 +192,9 @@ struct FileConfig {
     trusted_proxy: Option<Vec<IpNet>>,
     auth_rate_limit: Option<u32>,
     api_rate_limit: Option<u32>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
+    public_url: Option<String>,
 }
 
 /// Where an effective value came from.
@@ -234,6 +251,9 @@ pub struct Config {
     pub signup: SignupPolicy,
     pub trusted_proxies: Vec<IpNet>,
     pub rate_limits: RateLimits,
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    pub public_url: String,
     /// How each value was chosen, in display order.
     pub settings: Vec<Setting>,
 }
@@ -337,6 +357,22 @@ impl Config {
             file.api_rate_limit,
             defaults.api_per_tenant,
         );
+        let smtp_url = layer.pick_optional("smtp_url", args.smtp_url.clone(), file.smtp_url);
+        if let Some(setting) = layer.settings.last_mut() {
+            setting.secret = smtp_url.is_some();
+        }
+        let mail_from = layer.pick(
+            "mail_from",
+            args.mail_from.clone(),
+            file.mail_from,
+            "Compañero <no-reply@localhost>".to_string(),
+        );
+        let public_url = layer.pick(
+            "public_url",
+            args.public_url.clone(),
+            file.public_url,
+            format!("http://{bind}"),
+        );
         if request_timeout_secs == 0 {
             bail!("request_timeout_secs must be at least 1");
         }
@@ -357,6 +393,9 @@ impl Config {
             inference_queue,
             signup,
             trusted_proxies: trusted_proxies.0,
+            smtp_url,
+            mail_from,
+            public_url: public_url.trim_end_matches('/').to_string(),
             rate_limits: RateLimits {
                 auth_per_ip: auth_rate_limit,
                 // An account gets half its IP's budget: a guesser rotating IPs still stalls.

@@ -15,6 +15,7 @@ pub mod data_dir;
 pub mod db;
 pub mod http;
 pub mod inference;
+pub mod mail;
 pub mod server;
 pub mod telemetry;
 

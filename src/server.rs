@@ -79,6 +79,8 @@ impl Server {
             accounts: Accounts::new(db.clone(), Arc::new(keys), config.signup),
             limiters: Limiters::new(config.rate_limits),
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
+            mailer: crate::mail::Mailer::new(config.smtp_url.as_deref(), &config.mail_from)?,
+            public_url: config.public_url.clone().into(),
         };
         let state = AppState {
             db,

@@ -778,3 +778,203 @@ async fn admins_manage_roles_and_members_and_a_tenant_keeps_an_admin() {
         assert!(log.contains(action), "{action}: {log}");
     }
 }
+
+#[tokio::test]
+async fn creators_set_their_allowed_origins_and_the_owner_sees_every_tenant() {
+    let app = open_app().await;
+    let (owner, _) = app.register("owner@example.com", "Owner").await;
+    let (creator, _) = app.register("ana@example.com", "Ana").await;
+
+    let settings: Value = app
+        .get_with("/api/v1/tenant", &creator)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(settings["coach_slug"], "ana");
+    assert_eq!(settings["allowed_origins"], json!([]));
+
+    let updated = app
+        .call(
+            Method::PATCH,
+            "/api/v1/tenant",
+            Some(json!({"name": "Ana Coaching", "allowed_origins": ["https://Ana.example.com:443/"]})),
+            Some(&creator),
+        )
+        .await;
+    assert_eq!(updated.status(), 200);
+    let updated: Value = updated.json().await.unwrap();
+    assert_eq!(
+        updated["allowed_origins"],
+        json!(["https://ana.example.com"])
+    );
+    assert_eq!(updated["name"], "Ana Coaching");
+
+    let bad = app
+        .call(
+            Method::PATCH,
+            "/api/v1/tenant",
+            Some(json!({"allowed_origins": ["ana.example.com"]})),
+            Some(&creator),
+        )
+        .await;
+    assert!(
+        expect_error(bad, 422, "invalid_request")
+            .await
+            .contains("https://www.example.com")
+    );
+
+    let tenants: Value = app
+        .get_with("/api/v1/admin/tenants", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tenants["tenants"].as_array().unwrap().len(), 2, "{tenants}");
+    expect_error(
+        app.get_with("/api/v1/admin/tenants", &creator).await,
+        403,
+        "forbidden",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn public_routes_accept_browsers_only_from_the_creators_allowed_origins() {
+    use axum::routing::get;
+    let ping = axum::Router::new().route(
+        "/api/v1/public/coaches/{slug}/ping",
+        get(|| async { "pong" }),
+    );
+    let app = TestApp::start(Options {
+        extra_routes: Some(ping),
+        configure: Some(Box::new(|c| c.signup = SignupPolicy::Open)),
+        ..Options::default()
+    })
+    .await;
+    let (creator, _) = app.register("ana@example.com", "Ana").await;
+    app.call(
+        Method::PATCH,
+        "/api/v1/tenant",
+        Some(json!({"allowed_origins": ["https://ana.example.com"]})),
+        Some(&creator),
+    )
+    .await;
+    let url = app.url("/api/v1/public/coaches/ana/ping");
+    let from = |origin: Option<&str>, method: Method| {
+        let mut request = app.client.request(method, &url);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send()
+    };
+
+    let server_side = from(None, Method::GET).await.unwrap();
+    assert_eq!(
+        server_side.status(),
+        200,
+        "no Origin: not a browser, no CORS"
+    );
+
+    let allowed = from(Some("https://ana.example.com"), Method::GET)
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://ana.example.com"
+    );
+    assert_eq!(allowed.headers()["vary"], "Origin");
+
+    let preflight = from(Some("https://ana.example.com"), Method::OPTIONS)
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert!(
+        preflight.headers()["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("POST")
+    );
+
+    let stranger = from(Some("https://evil.example.net"), Method::GET)
+        .await
+        .unwrap();
+    assert!(
+        stranger
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    expect_error(stranger, 403, "origin_not_allowed").await;
+
+    let same_origin = from(Some(&format!("http://{}", app.addr)), Method::GET)
+        .await
+        .unwrap();
+    assert_eq!(
+        same_origin.status(),
+        200,
+        "the served chat page is same-origin"
+    );
+}
+
+#[tokio::test]
+async fn reset_links_are_emailed_when_a_mail_server_is_configured() {
+    let smtp = common::smtp::FakeSmtp::start().await;
+    let smtp_url = smtp.url.clone();
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(move |c| {
+            c.signup = SignupPolicy::Open;
+            c.smtp_url = Some(smtp_url);
+            c.public_url = "https://coach.example.com".into();
+        })),
+        ..Options::default()
+    })
+    .await;
+    app.register("ana@example.com", "Ana").await;
+    let requested = app
+        .post(
+            "/api/v1/auth/password-reset",
+            json!({"email": "Ana@example.com"}),
+            None,
+        )
+        .await;
+    assert_eq!(requested.status(), 202);
+    let messages = smtp.wait_for(1).await;
+    assert_eq!(messages.len(), 1, "one email");
+    assert!(
+        messages[0].contains("To: ana@example.com"),
+        "{}",
+        messages[0]
+    );
+    let text = common::smtp::text_of(&messages[0]);
+    let link_start = text
+        .find("https://coach.example.com/reset-password?token=")
+        .expect("link in the email");
+    let token: String = text[link_start..]
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    let confirmed = app
+        .post(
+            "/api/v1/auth/password-reset/confirm",
+            json!({"token": token, "new_password": "copper kettle hums twice"}),
+            None,
+        )
+        .await;
+    assert_eq!(confirmed.status(), 204);
+    assert_eq!(
+        app.login("ana@example.com", "copper kettle hums twice")
+            .await
+            .status(),
+        200
+    );
+
+    // The page the link opens is served.
+    let page = app.get("/reset-password?token=x").await;
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("Choose a new password"));
+}

@@ -76,6 +76,18 @@ fn configuration_precedence_is_flag_then_env_then_file_then_default() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("companero.toml"), "{}", stderr(&bad));
 
+    // Secrets are masked.
+    std::fs::write(dir.path().join("companero.toml"), "").unwrap();
+    let masked = stdout(&companero(
+        &["config", "--data-dir", data],
+        &[(
+            "COMPANERO_SMTP_URL",
+            "smtp://mailer:hunter2@mail.example.com:587",
+        )],
+    ));
+    assert!(!masked.contains("hunter2"), "{masked}");
+    assert!(masked.contains("smtp_url = \"********\""), "{masked}");
+
     let bad_flag = companero(
         &["config", "--data-dir", data, "--bind", "not-an-address"],
         &[],

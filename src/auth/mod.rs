@@ -11,6 +11,7 @@ pub mod audit;
 pub mod passwords;
 pub mod rate_limit;
 pub mod team;
+pub mod tenant;
 pub mod tokens;
 
 use serde::{Deserialize, Serialize};

@@ -22,7 +22,7 @@ use crate::auth::accounts::{Accounts, Invitation, Me, Registration, Session};
 use crate::auth::audit::{self, AuditView};
 use crate::auth::rate_limit::Limiters;
 use crate::auth::{
-    AuthError, Credential, Principal, RequestContext, Role, TenantScope, api_keys, team,
+    AuthError, Credential, Principal, RequestContext, Role, TenantScope, api_keys, team, tenant,
 };
 
 /// Authentication state shared by the routes.
@@ -32,6 +32,9 @@ pub struct AuthState {
     pub limiters: Limiters,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Arc<Vec<IpNet>>,
+    pub mailer: crate::mail::Mailer,
+    /// Base of links in emails, e.g. `https://coach.example.com`.
+    pub public_url: Arc<str>,
 }
 
 /// What a route requires of its caller.
@@ -207,6 +210,8 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/team/{user_id}",
             axum::routing::patch(change_role).delete(remove_member),
         )
+        .route("/api/v1/tenant", get(get_tenant).patch(update_tenant))
+        .route("/api/v1/admin/tenants", get(list_tenants))
         .route("/api/v1/audit-log", get(tenant_audit_log))
         .route("/api/v1/admin/audit-log", get(instance_audit_log))
 }
@@ -411,12 +416,21 @@ pub(crate) async fn request_reset(
         .request_reset(&input.email, &context)
         .await?
     {
-        // No mail server is configured: the instance owner relays the link from the log.
-        tracing::warn!(
-            email = %input.email.trim(),
-            link = %format!("/reset-password?token={token}"),
-            "password reset requested; no mail server is configured, send this link to the user"
+        let link = format!("{}/reset-password?token={token}", state.auth.public_url);
+        let body = format!(
+            "Someone asked to reset the password of your Compañero account.\n\n\
+             Choose a new password here (the link works once, for one hour):\n{link}\n\n\
+             If it was not you, ignore this message; your password stays as it is.\n"
         );
+        let mailer = state.auth.mailer.clone();
+        let to = input.email.trim().to_lowercase();
+        // Sent in the background so the answer takes the same time whether or not the account
+        // exists.
+        tokio::spawn(async move {
+            mailer
+                .send(&to, "Reset your Compañero password", &body)
+                .await
+        });
     }
     // The same answer whether or not the email has an account.
     Ok((
@@ -560,6 +574,22 @@ pub(crate) async fn invite(
         .accounts
         .invite(&auth.principal, &input.email, input.role, &context)
         .await?;
+    let body = format!(
+        "You are invited to join a coaching team on Compañero as {role}.\n\n\
+         Register at {url}/api/v1/auth/register with this email and the invitation code:\n{token}\n\n\
+         The invitation expires on {expires}.\n",
+        role = invitation.role.as_str(),
+        url = state.auth.public_url,
+        token = invitation.token,
+        expires = invitation.expires_at,
+    );
+    let mailer = state.auth.mailer.clone();
+    let to = invitation.email.clone();
+    tokio::spawn(async move {
+        mailer
+            .send(&to, "Your invitation to Compañero", &body)
+            .await
+    });
     Ok((StatusCode::CREATED, Json(json!(invitation))))
 }
 
@@ -644,6 +674,66 @@ pub(crate) async fn remove_member(
         .call(move |c| team::remove(c, &principal, &user_id, &context))
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/tenant", tag = "team",
+    responses(
+        (status = 200, description = "The tenant's settings", body = tenant::TenantSettings),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn get_tenant(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<Json<tenant::TenantSettings>, ApiError> {
+    let scope = auth.scope().clone();
+    Ok(Json(state.db.call(move |c| tenant::get(c, &scope)).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/tenant", tag = "team", request_body = tenant::TenantUpdate,
+    responses(
+        (status = 200, description = "Updated settings", body = tenant::TenantSettings),
+        (status = 403, description = "Admins only", body = ErrorBody),
+        (status = 422, description = "An origin is not scheme://host[:port]", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn update_tenant(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Json(update): Json<tenant::TenantUpdate>,
+) -> Result<Json<tenant::TenantSettings>, ApiError> {
+    let principal = auth.principal;
+    let settings = state
+        .db
+        .call(move |c| tenant::update(c, &principal, &update, &context))
+        .await?;
+    Ok(Json(settings))
+}
+
+/// `{"tenants": [...]}`
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<tenant::TenantSummary>,
+}
+
+#[utoipa::path(get, path = "/api/v1/admin/tenants", tag = "team",
+    responses(
+        (status = 200, description = "Every tenant on the instance", body = TenantList),
+        (status = 403, description = "The instance owner only", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn list_tenants(
+    State(state): State<AppState>,
+    _owner: Authenticated<Owner>,
+) -> Result<Json<TenantList>, ApiError> {
+    let tenants = state
+        .db
+        .call(|c| tenant::list_all(c).map_err(AuthError::from))
+        .await?;
+    Ok(Json(TenantList { tenants }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

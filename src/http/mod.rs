@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod cors;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -101,6 +102,10 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, limits: Limits
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(error::ensure_json_errors))
         .layer(middleware::from_fn(metrics::record))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cors::check_origin,
+        ))
         .layer(middleware::from_fn(security_headers))
         .layer(trace)
         .layer(middleware::from_fn(request_id::assign))

@@ -4,6 +4,7 @@
 
 pub mod hub;
 pub mod process;
+pub mod smtp;
 
 use std::net::SocketAddr;
 use std::time::Duration;
