@@ -596,14 +596,12 @@ impl Accounts {
                 .map_err(AuthError::from)
             })
             .await?;
-        let mut event = AuditEvent::new("team.invited", &principal.label, context)
-            .tenant(principal.tenant_id())
-            .target(&email)
-            .detail(serde_json::json!({"role": role}));
-        if let Some(actor) = &principal.user_id {
-            event = event.actor(actor);
-        }
-        self.audit(event).await?;
+        self.audit(
+            AuditEvent::by(principal, "team.invited", context)
+                .target(&email)
+                .detail(serde_json::json!({"role": role})),
+        )
+        .await?;
         Ok(Invitation {
             id,
             email,

@@ -95,14 +95,12 @@ pub fn create(
         ],
         view,
     )?;
-    let mut event = AuditEvent::new("api_key.created", &principal.label, context)
-        .tenant(principal.tenant_id())
-        .target(&prefix)
-        .detail(serde_json::json!({"name": name, "role": role}));
-    if let Some(user) = &principal.user_id {
-        event = event.actor(user);
-    }
-    audit::record(c, &event)?;
+    audit::record(
+        c,
+        &AuditEvent::by(principal, "api_key.created", context)
+            .target(&prefix)
+            .detail(serde_json::json!({"name": name, "role": role})),
+    )?;
     Ok(CreatedApiKey { view, key })
 }
 
@@ -130,13 +128,10 @@ pub fn revoke(
         )
         .optional()?;
     let prefix = prefix.ok_or(AuthError::NotFound("API key"))?;
-    let mut event = AuditEvent::new("api_key.revoked", &principal.label, context)
-        .tenant(principal.tenant_id())
-        .target(&prefix);
-    if let Some(user) = &principal.user_id {
-        event = event.actor(user);
-    }
-    audit::record(c, &event)?;
+    audit::record(
+        c,
+        &AuditEvent::by(principal, "api_key.revoked", context).target(&prefix),
+    )?;
     Ok(())
 }
 

@@ -32,6 +32,20 @@ impl AuditEvent {
         }
     }
 
+    /// An event done by an authenticated caller, in their tenant.
+    pub fn by(
+        principal: &super::Principal,
+        action: &'static str,
+        context: &RequestContext,
+    ) -> AuditEvent {
+        let event =
+            AuditEvent::new(action, &principal.label, context).tenant(principal.tenant_id());
+        match &principal.user_id {
+            Some(user) => event.actor(user),
+            None => event,
+        }
+    }
+
     pub fn tenant(mut self, tenant_id: &str) -> AuditEvent {
         self.tenant_id = Some(tenant_id.to_string());
         self

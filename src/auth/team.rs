@@ -30,21 +30,23 @@ pub struct Team {
     pub invitations: Vec<PendingInvitation>,
 }
 
+const MEMBERS: &str = "SELECT u.id, u.email, u.full_name, m.role, m.created_at FROM memberships m
+     JOIN users u ON u.id = m.user_id WHERE m.tenant_id = ?1";
+
+fn member(r: &rusqlite::Row<'_>) -> rusqlite::Result<Member> {
+    Ok(Member {
+        user_id: r.get(0)?,
+        email: r.get(1)?,
+        full_name: r.get(2)?,
+        role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::Analyst),
+        joined_at: r.get(4)?,
+    })
+}
+
 pub fn list(c: &Connection, scope: &TenantScope) -> rusqlite::Result<Team> {
-    let mut members = c.prepare(
-        "SELECT u.id, u.email, u.full_name, m.role, m.created_at FROM memberships m
-         JOIN users u ON u.id = m.user_id WHERE m.tenant_id = ?1 ORDER BY m.created_at",
-    )?;
-    let members = members
-        .query_map([scope.tenant_id()], |r| {
-            Ok(Member {
-                user_id: r.get(0)?,
-                email: r.get(1)?,
-                full_name: r.get(2)?,
-                role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::Analyst),
-                joined_at: r.get(4)?,
-            })
-        })?
+    let members = c
+        .prepare(&format!("{MEMBERS} ORDER BY m.created_at"))?
+        .query_map([scope.tenant_id()], member)?
         .collect::<Result<_, _>>()?;
     let mut invitations = c.prepare(
         "SELECT id, email, role, expires_at FROM invitations
@@ -85,22 +87,13 @@ pub fn change_role(
         params![principal.tenant_id(), user_id, role.as_str()],
     )?;
     let member = tx.query_row(
-        "SELECT u.id, u.email, u.full_name, m.role, m.created_at FROM memberships m
-         JOIN users u ON u.id = m.user_id WHERE m.tenant_id = ?1 AND m.user_id = ?2",
+        &format!("{MEMBERS} AND m.user_id = ?2"),
         params![principal.tenant_id(), user_id],
-        |r| {
-            Ok(Member {
-                user_id: r.get(0)?,
-                email: r.get(1)?,
-                full_name: r.get(2)?,
-                role: Role::parse(&r.get::<_, String>(3)?).unwrap_or(Role::Analyst),
-                joined_at: r.get(4)?,
-            })
-        },
+        member,
     )?;
     audit::record(
         &tx,
-        &actor_event("team.role_changed", principal, context)
+        &AuditEvent::by(principal, "team.role_changed", context)
             .target(&member.email)
             .detail(serde_json::json!({"from": current, "to": role})),
     )?;
@@ -133,7 +126,7 @@ pub fn remove(
     )?;
     audit::record(
         &tx,
-        &actor_event("team.member_removed", principal, context).target(&email),
+        &AuditEvent::by(principal, "team.member_removed", context).target(&email),
     )?;
     tx.commit()?;
     Ok(())
@@ -162,16 +155,4 @@ fn ensure_another_admin(c: &Connection, scope: &TenantScope) -> Result<(), AuthE
         ));
     }
     Ok(())
-}
-
-fn actor_event(
-    action: &'static str,
-    principal: &Principal,
-    context: &RequestContext,
-) -> AuditEvent {
-    let event = AuditEvent::new(action, &principal.label, context).tenant(principal.tenant_id());
-    match &principal.user_id {
-        Some(user) => event.actor(user),
-        None => event,
-    }
 }

@@ -81,16 +81,13 @@ pub fn update(
             ],
         )?;
     }
-    let mut event = AuditEvent::new("tenant.updated", &principal.label, context)
-        .tenant(principal.tenant_id())
-        .detail(serde_json::json!({
+    audit::record(
+        &tx,
+        &AuditEvent::by(principal, "tenant.updated", context).detail(serde_json::json!({
             "name": update.name,
             "allowed_origins": update.allowed_origins,
-        }));
-    if let Some(user) = &principal.user_id {
-        event = event.actor(user);
-    }
-    audit::record(&tx, &event)?;
+        })),
+    )?;
     let settings = get(&tx, principal.scope())?;
     tx.commit()?;
     Ok(settings)
