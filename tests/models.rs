@@ -119,6 +119,47 @@ async fn pull_downloads_through_hf_endpoint_with_the_token_then_list_and_rm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_pull_resumes_where_it_stopped() {
+    const FAILS_AT: usize = 30_000_000;
+    let hub = StandInHub::start_failing_once(
+        minilm_files_as("sentence-transformers/all-MiniLM-L6-v2"),
+        Some(FAILS_AT),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let env = [("HF_ENDPOINT", hub.url.as_str())];
+
+    let interrupted = companero(
+        &["models", "pull", "all-minilm-l6-v2", "--data-dir", data],
+        &env,
+    );
+    assert!(!interrupted.status.success(), "the first pull breaks off");
+    assert!(!dir.path().join("models/all-minilm-l6-v2").exists());
+    hub.take_ranges();
+
+    let resumed = companero(
+        &["models", "pull", "all-minilm-l6-v2", "--data-dir", data],
+        &env,
+    );
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let ranges = hub.take_ranges();
+    let weights_from: Vec<usize> = ranges.into_iter().filter(|&start| start > 0).collect();
+    assert!(
+        weights_from
+            .first()
+            .is_some_and(|&start| start >= FAILS_AT - 10_000_000),
+        "the second pull continues from the last complete chunk, not from zero: {weights_from:?}"
+    );
+    let installed =
+        std::fs::read(dir.path().join("models/all-minilm-l6-v2/model.safetensors")).unwrap();
+    assert_eq!(
+        installed,
+        std::fs::read(minilm_dir().join("model.safetensors")).unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pull_says_what_failed_and_installs_nothing() {
     let hub = StandInHub::start(Vec::new()).await;
     let dir = tempfile::tempdir().unwrap();

@@ -16,16 +16,29 @@ use sha2::{Digest, Sha256};
 struct Files {
     by_path: Arc<HashMap<String, Vec<u8>>>,
     authorizations: Arc<Mutex<Vec<String>>>,
+    /// Range starts requested, in order.
+    ranges: Arc<Mutex<Vec<usize>>>,
+    /// The first request for bytes at or past this offset fails (a dropped download).
+    fail_once_from: Arc<Mutex<Option<usize>>>,
 }
 
 pub struct StandInHub {
     pub url: String,
     authorizations: Arc<Mutex<Vec<String>>>,
+    ranges: Arc<Mutex<Vec<usize>>>,
 }
 
 impl StandInHub {
     /// `files`: (repository, file name, content).
     pub async fn start(files: Vec<(&str, &str, Vec<u8>)>) -> StandInHub {
+        StandInHub::start_failing_once(files, None).await
+    }
+
+    /// Like `start`, but the first request for bytes at or past `offset` fails.
+    pub async fn start_failing_once(
+        files: Vec<(&str, &str, Vec<u8>)>,
+        offset: Option<usize>,
+    ) -> StandInHub {
         let by_path = files
             .into_iter()
             .map(|(repo, file, bytes)| (format!("{repo}/{file}"), bytes))
@@ -33,8 +46,11 @@ impl StandInHub {
         let state = Files {
             by_path: Arc::new(by_path),
             authorizations: Arc::default(),
+            ranges: Arc::default(),
+            fail_once_from: Arc::new(Mutex::new(offset)),
         };
         let authorizations = Arc::clone(&state.authorizations);
+        let ranges = Arc::clone(&state.ranges);
         let app = Router::new()
             .route("/{*path}", get(resolve))
             .with_state(state);
@@ -44,7 +60,13 @@ impl StandInHub {
         StandInHub {
             url,
             authorizations,
+            ranges,
         }
+    }
+
+    /// Start offsets of the range requests seen so far, and forgets them.
+    pub fn take_ranges(&self) -> Vec<usize> {
+        std::mem::take(&mut *self.ranges.lock().unwrap())
     }
 
     pub fn authorizations(&self) -> Vec<String> {
@@ -87,6 +109,14 @@ async fn resolve(
         .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
         .map(|(a, b)| (a.min(total), b.min(total.saturating_sub(1))))
         .unwrap_or((0, total.saturating_sub(1)));
+    files.ranges.lock().unwrap().push(start);
+    {
+        let mut fail = files.fail_once_from.lock().unwrap();
+        if fail.is_some_and(|offset| start >= offset) {
+            *fail = None;
+            return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
+        }
+    }
     let body = bytes[start..=end.max(start).min(total - 1)].to_vec();
     Response::builder()
         .status(StatusCode::PARTIAL_CONTENT)
