@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 struct Files {
     by_path: Arc<HashMap<String, Vec<u8>>>,
     authorizations: Arc<Mutex<Vec<String>>>,
-    /// Range starts requested, in order.
-    ranges: Arc<Mutex<Vec<usize>>>,
+    /// (file, first byte, last byte) of each request, in order.
+    ranges: Arc<Mutex<Vec<(String, usize, usize)>>>,
     /// The first request for bytes at or past this offset fails (a dropped download).
     fail_once_from: Arc<Mutex<Option<usize>>>,
 }
@@ -25,7 +25,7 @@ struct Files {
 pub struct StandInHub {
     pub url: String,
     authorizations: Arc<Mutex<Vec<String>>>,
-    ranges: Arc<Mutex<Vec<usize>>>,
+    ranges: Arc<Mutex<Vec<(String, usize, usize)>>>,
 }
 
 impl StandInHub {
@@ -64,8 +64,8 @@ impl StandInHub {
         }
     }
 
-    /// Start offsets of the range requests seen so far, and forgets them.
-    pub fn take_ranges(&self) -> Vec<usize> {
+    /// (file, first byte, last byte) of the range requests seen so far, and forgets them.
+    pub fn take_ranges(&self) -> Vec<(String, usize, usize)> {
         std::mem::take(&mut *self.ranges.lock().unwrap())
     }
 
@@ -109,7 +109,11 @@ async fn resolve(
         .and_then(|(a, b)| Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?)))
         .map(|(a, b)| (a.min(total), b.min(total.saturating_sub(1))))
         .unwrap_or((0, total.saturating_sub(1)));
-    files.ranges.lock().unwrap().push(start);
+    files
+        .ranges
+        .lock()
+        .unwrap()
+        .push((file.to_string(), start, end));
     {
         let mut fail = files.fail_once_from.lock().unwrap();
         if fail.is_some_and(|offset| start >= offset) {
