@@ -156,7 +156,8 @@ async fn stop_strings_max_tokens_and_deadlines_end_generation() {
     late.deadline = Some(Instant::now() + Duration::from_millis(300));
     let (_, summary) = engine.chat("t", late).unwrap().collect().await.unwrap();
     assert_eq!(summary.stats.finish_reason, FinishReason::Deadline);
-    assert!(summary.stats.total_s < 2.0, "{}", summary.stats.total_s);
+    // 2000 tokens would take 40 s or more; prefill itself cannot be interrupted.
+    assert!(summary.stats.total_s < 10.0, "{}", summary.stats.total_s);
 }
 
 #[tokio::test]
