@@ -16,7 +16,7 @@ use super::InferenceError;
 use super::chat_template::{ChatMessage, Role};
 use super::generate::{self, GenerationSettings, GenerationStats};
 use super::llm::{Llm, LlmInfo};
-use super::queue::FairQueue;
+use super::queue::{CloseOnDrop, FairQueue};
 
 /// Tokens always left for the answer when a long conversation is trimmed to fit the context.
 const MIN_ANSWER_TOKENS: usize = 64;
@@ -57,16 +57,7 @@ struct ChatJob {
 pub struct ChatEngine {
     queue: Arc<FairQueue<ChatJob>>,
     info: Arc<LlmInfo>,
-    _worker: Arc<WorkerGuard>,
-}
-
-/// Closes the queue (and so ends the worker) when the last handle is dropped.
-struct WorkerGuard(Arc<FairQueue<ChatJob>>);
-
-impl Drop for WorkerGuard {
-    fn drop(&mut self) {
-        self.0.close();
-    }
+    _worker: Arc<CloseOnDrop<ChatJob>>,
 }
 
 impl ChatEngine {
@@ -80,7 +71,7 @@ impl ChatEngine {
             .spawn(move || run_worker(llm, &worker_queue))
             .expect("spawn the model thread");
         ChatEngine {
-            _worker: Arc::new(WorkerGuard(Arc::clone(&queue))),
+            _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
             queue,
             info,
         }

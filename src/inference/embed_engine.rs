@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 
 use super::InferenceError;
 use super::embed::{EmbedKind, Embedder, EmbedderInfo};
-use super::queue::FairQueue;
+use super::queue::{CloseOnDrop, FairQueue};
 
 struct EmbedJob {
     texts: Vec<String>,
@@ -21,15 +21,7 @@ struct EmbedJob {
 pub struct EmbedEngine {
     queue: Arc<FairQueue<EmbedJob>>,
     info: Arc<EmbedderInfo>,
-    _guard: Arc<CloseOnDrop>,
-}
-
-struct CloseOnDrop(Arc<FairQueue<EmbedJob>>);
-
-impl Drop for CloseOnDrop {
-    fn drop(&mut self) {
-        self.0.close();
-    }
+    _worker: Arc<CloseOnDrop<EmbedJob>>,
 }
 
 impl EmbedEngine {
@@ -42,7 +34,7 @@ impl EmbedEngine {
             .spawn(move || run_worker(&embedder, &worker_queue))
             .expect("spawn the embedder thread");
         EmbedEngine {
-            _guard: Arc::new(CloseOnDrop(Arc::clone(&queue))),
+            _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
             queue,
             info,
         }

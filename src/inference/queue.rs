@@ -124,6 +124,16 @@ impl<J> FairQueue<J> {
     }
 }
 
+/// Closes a queue when dropped. Engine handles share one through an `Arc`, so the worker thread
+/// ends when the last handle goes away.
+pub struct CloseOnDrop<J>(pub std::sync::Arc<FairQueue<J>>);
+
+impl<J> Drop for CloseOnDrop<J> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
