@@ -634,23 +634,26 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
 
 #[tokio::test]
 async fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
+    /// Creates an API key with a forged `X-Forwarded-For` and returns the tenant's audit log.
+    async fn audit_log_after_forwarded_request(app: &TestApp) -> String {
+        let (token, _) = app.register("ana@example.com", "Ana").await;
+        app.client
+            .post(app.url("/api/v1/api-keys"))
+            .bearer_auth(&token)
+            .header("x-forwarded-for", "203.0.113.50")
+            .json(&json!({"name": "k"}))
+            .send()
+            .await
+            .unwrap();
+        app.get_with("/api/v1/audit-log", &token)
+            .await
+            .text()
+            .await
+            .unwrap()
+    }
+
     let untrusted = open_app().await;
-    let (token, _) = untrusted.register("ana@example.com", "Ana").await;
-    untrusted
-        .client
-        .post(untrusted.url("/api/v1/api-keys"))
-        .bearer_auth(&token)
-        .header("x-forwarded-for", "203.0.113.50")
-        .json(&json!({"name": "k"}))
-        .send()
-        .await
-        .unwrap();
-    let log = untrusted
-        .get_with("/api/v1/audit-log", &token)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let log = audit_log_after_forwarded_request(&untrusted).await;
     assert!(!log.contains("203.0.113.50"), "{log}");
 
     let trusted = TestApp::start(Options {
@@ -661,22 +664,7 @@ async fn forwarded_for_is_ignored_unless_the_proxy_is_trusted() {
         ..Options::default()
     })
     .await;
-    let (token, _) = trusted.register("ana@example.com", "Ana").await;
-    trusted
-        .client
-        .post(trusted.url("/api/v1/api-keys"))
-        .bearer_auth(&token)
-        .header("x-forwarded-for", "203.0.113.50")
-        .json(&json!({"name": "k"}))
-        .send()
-        .await
-        .unwrap();
-    let log = trusted
-        .get_with("/api/v1/audit-log", &token)
-        .await
-        .text()
-        .await
-        .unwrap();
+    let log = audit_log_after_forwarded_request(&trusted).await;
     assert!(log.contains("203.0.113.50"), "{log}");
 }
 
