@@ -51,6 +51,19 @@ enum Command {
     /// Instance administration
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Internal: read one document from stdin and print its text as JSON. The server runs this
+    /// in a child process so that a hostile file cannot harm it.
+    #[command(hide = true)]
+    Extract {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        limits: String,
+        #[arg(long)]
+        memory_bytes: u64,
+        #[arg(long)]
+        cpu_seconds: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -122,6 +135,18 @@ enum BenchCommand {
         #[command(flatten)]
         options: BenchOptions,
     },
+    /// Vector index memory, recall and search latency at scale (synthetic data)
+    Index(IndexBenchArgs),
+    /// Document ingestion throughput: read a generated PDF, chunk it, embed the chunks
+    Ingest {
+        /// The embedder: a folder with model.safetensors, config.json and tokenizer.json
+        #[arg(long)]
+        embedder: PathBuf,
+        #[arg(long, default_value_t = 100)]
+        pages: usize,
+        #[command(flatten)]
+        options: BenchOptions,
+    },
     /// Embedding throughput for 256-token chunks, one at a time and in batches of 32
     Embed {
         /// A folder with model.safetensors, config.json and tokenizer.json
@@ -133,6 +158,27 @@ enum BenchCommand {
         #[command(flatten)]
         options: BenchOptions,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct IndexBenchArgs {
+    /// Passages in the large index
+    #[arg(long, default_value_t = 100_000)]
+    chunks: usize,
+    #[arg(long, default_value_t = 384)]
+    dimensions: usize,
+    /// Searches timed per mode
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Small tenants, each with its own index
+    #[arg(long, default_value_t = 1000)]
+    tenants: usize,
+    /// Passages per small tenant
+    #[arg(long, default_value_t = 100)]
+    tenant_chunks: usize,
+    /// Print one JSON object instead of a table
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,6 +225,12 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::CreateOwner { email, name, data }) => {
             create_owner(&email, &name, &data)
         }
+        Command::Extract {
+            kind,
+            limits,
+            memory_bytes,
+            cpu_seconds,
+        } => crate::knowledge::sandbox::child_main(&kind, &limits, memory_bytes, cpu_seconds),
     }
 }
 
@@ -375,6 +427,86 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     report.gen_tokens, report.gen_tok_s
                 );
                 println!("peak memory    {:.0} MB", report.peak_rss_mb);
+            }
+            Ok(())
+        }
+        BenchCommand::Ingest {
+            embedder,
+            pages,
+            options,
+        } => {
+            let threads = threads_of(&options);
+            let report = crate::bench::ingest::run(&embedder, pages, threads, options.device)?;
+            if options.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{}-page PDF ({:.1} MB), {} threads",
+                    report.pages,
+                    report.pdf_bytes as f64 / 1e6,
+                    threads
+                );
+                println!(
+                    "read (sandboxed)  {:>7.2} s  {:>7.1} pages/s",
+                    report.extract_s, report.extract_pages_per_s
+                );
+                println!(
+                    "chunk             {:>7.2} s  {:>7} chunks",
+                    report.chunk_s, report.chunks
+                );
+                println!(
+                    "embed             {:>7.2} s  {:>7.1} chunks/s",
+                    report.embed_s, report.embed_chunks_per_s
+                );
+                println!(
+                    "total             {:>7.2} s  {:>7.1} pages/s",
+                    report.total_s, report.total_pages_per_s
+                );
+            }
+            Ok(())
+        }
+        BenchCommand::Index(args) => {
+            let report = crate::bench::index::run(crate::bench::index::IndexBenchOptions {
+                chunks: args.chunks,
+                dimensions: args.dimensions,
+                queries: args.queries,
+                tenants: args.tenants,
+                tenant_chunks: args.tenant_chunks,
+            })?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} chunks x {} dims: SQLite insert {:.1} s, index rebuild {:.1} s",
+                    report.chunks,
+                    report.dimensions,
+                    report.sqlite_insert_s,
+                    report.index_rebuild_s
+                );
+                println!(
+                    "index memory {:.1} MB f16 (RSS +{:.1} MB), {:.1} MB i8; recall@10 f16 {:.3}, i8 {:.3}",
+                    report.index_memory_mb,
+                    report.rss_growth_mb,
+                    report.index_memory_i8_mb,
+                    report.recall_at_10_f16,
+                    report.recall_at_10_i8
+                );
+                for l in &report.latency {
+                    println!(
+                        "search {:<8} p50 {:.2} ms  p95 {:.2} ms",
+                        format!("{:?}", l.mode).to_lowercase(),
+                        l.p50_ms,
+                        l.p95_ms
+                    );
+                }
+                println!(
+                    "{} tenants x {} chunks: per-tenant indexes {:.1} MB (RSS +{:.1} MB); one shared index {:.1} MB",
+                    report.tenants,
+                    report.tenant_chunks,
+                    report.tenants_index_memory_mb,
+                    report.tenants_rss_growth_mb,
+                    report.shared_index_memory_mb
+                );
             }
             Ok(())
         }

@@ -165,6 +165,42 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_MAIL_FROM", value_name = "MAILBOX")]
     pub mail_from: Option<String>,
 
+    /// Largest document upload, in MB [default: 50]
+    #[arg(long, env = "COMPANERO_MAX_UPLOAD_MB", value_name = "MB")]
+    pub max_upload_mb: Option<u64>,
+
+    /// Most pages a PDF may have [default: 2000]
+    #[arg(long, env = "COMPANERO_MAX_PDF_PAGES", value_name = "N")]
+    pub max_pdf_pages: Option<usize>,
+
+    /// Largest unpacked size of one part inside a .docx, in MB (guards against zip bombs) [default: 100]
+    #[arg(long, env = "COMPANERO_MAX_DOCX_PART_MB", value_name = "MB")]
+    pub max_docx_part_mb: Option<u64>,
+
+    /// Deepest element nesting accepted in Word and HTML documents [default: 256]
+    #[arg(long, env = "COMPANERO_MAX_XML_DEPTH", value_name = "N")]
+    pub max_xml_depth: Option<usize>,
+
+    /// Seconds reading one document may take before it fails [default: 300]
+    #[arg(long, env = "COMPANERO_INGEST_TIMEOUT_SECS", value_name = "SECS")]
+    pub ingest_timeout_secs: Option<u64>,
+
+    /// Memory the document reader process may use, in MB [default: 2048]
+    #[arg(long, env = "COMPANERO_INGEST_MEMORY_MB", value_name = "MB")]
+    pub ingest_memory_mb: Option<u64>,
+
+    /// Documents ingested at the same time [default: 2]
+    #[arg(long, env = "COMPANERO_INGEST_WORKERS", value_name = "N")]
+    pub ingest_workers: Option<usize>,
+
+    /// Passage size in embedder tokens (never more than the embedder accepts) [default: 200]
+    #[arg(long, env = "COMPANERO_CHUNK_TOKENS", value_name = "TOKENS")]
+    pub chunk_tokens: Option<usize>,
+
+    /// Tokens of whole sentences that consecutive passages share [default: 32]
+    #[arg(long, env = "COMPANERO_CHUNK_OVERLAP", value_name = "TOKENS")]
+    pub chunk_overlap: Option<usize>,
+
     /// The address people reach this server at, for links in emails
     /// [default: http://<bind address>]
     #[arg(long, env = "COMPANERO_PUBLIC_URL", value_name = "URL")]
@@ -195,6 +231,15 @@ struct FileConfig {
     smtp_url: Option<String>,
     mail_from: Option<String>,
     public_url: Option<String>,
+    max_upload_mb: Option<u64>,
+    max_pdf_pages: Option<usize>,
+    max_docx_part_mb: Option<u64>,
+    max_xml_depth: Option<usize>,
+    ingest_timeout_secs: Option<u64>,
+    ingest_memory_mb: Option<u64>,
+    ingest_workers: Option<usize>,
+    chunk_tokens: Option<usize>,
+    chunk_overlap: Option<usize>,
 }
 
 /// Where an effective value came from.
@@ -231,6 +276,23 @@ pub struct Setting {
     pub secret: bool,
 }
 
+/// Knowledge-base settings.
+#[derive(Debug, Clone)]
+pub struct KnowledgeConfig {
+    pub max_upload_bytes: u64,
+    pub max_pdf_pages: usize,
+    pub max_docx_part_bytes: u64,
+    pub max_xml_depth: usize,
+    pub ingest_timeout: Duration,
+    pub ingest_memory_bytes: u64,
+    pub ingest_workers: usize,
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    /// The program that runs `extract` for the sandbox [default: this executable]. Tests set
+    /// it to the built `companero` binary.
+    pub extractor: Option<PathBuf>,
+}
+
 /// The effective server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -254,6 +316,8 @@ pub struct Config {
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub public_url: String,
+    /// Document ingestion and chunking.
+    pub knowledge: KnowledgeConfig,
     /// How each value was chosen, in display order.
     pub settings: Vec<Setting>,
 }
@@ -373,6 +437,57 @@ impl Config {
             file.public_url,
             format!("http://{bind}"),
         );
+        let max_upload_mb = layer.pick("max_upload_mb", args.max_upload_mb, file.max_upload_mb, 50);
+        let max_pdf_pages = layer.pick(
+            "max_pdf_pages",
+            args.max_pdf_pages,
+            file.max_pdf_pages,
+            2000,
+        );
+        let max_docx_part_mb = layer.pick(
+            "max_docx_part_mb",
+            args.max_docx_part_mb,
+            file.max_docx_part_mb,
+            100,
+        );
+        let max_xml_depth =
+            layer.pick("max_xml_depth", args.max_xml_depth, file.max_xml_depth, 256);
+        let ingest_timeout_secs = layer.pick(
+            "ingest_timeout_secs",
+            args.ingest_timeout_secs,
+            file.ingest_timeout_secs,
+            300,
+        );
+        let ingest_memory_mb = layer.pick(
+            "ingest_memory_mb",
+            args.ingest_memory_mb,
+            file.ingest_memory_mb,
+            2048,
+        );
+        let ingest_workers = layer.pick(
+            "ingest_workers",
+            args.ingest_workers,
+            file.ingest_workers,
+            2,
+        );
+        let chunk_tokens = layer.pick(
+            "chunk_tokens",
+            args.chunk_tokens,
+            file.chunk_tokens,
+            crate::knowledge::DEFAULT_CHUNK_TOKENS,
+        );
+        let chunk_overlap = layer.pick(
+            "chunk_overlap",
+            args.chunk_overlap,
+            file.chunk_overlap,
+            crate::knowledge::DEFAULT_CHUNK_OVERLAP,
+        );
+        if chunk_tokens < 16 {
+            bail!("chunk_tokens must be at least 16");
+        }
+        if chunk_overlap * 2 > chunk_tokens {
+            bail!("chunk_overlap must be at most half of chunk_tokens");
+        }
         if request_timeout_secs == 0 {
             bail!("request_timeout_secs must be at least 1");
         }
@@ -401,6 +516,18 @@ impl Config {
                 // An account gets half its IP's budget: a guesser rotating IPs still stalls.
                 auth_per_account: (auth_rate_limit / 2).max(1),
                 api_per_tenant: api_rate_limit,
+            },
+            knowledge: KnowledgeConfig {
+                max_upload_bytes: max_upload_mb * 1024 * 1024,
+                max_pdf_pages,
+                max_docx_part_bytes: max_docx_part_mb * 1024 * 1024,
+                max_xml_depth,
+                ingest_timeout: Duration::from_secs(ingest_timeout_secs.max(1)),
+                ingest_memory_bytes: ingest_memory_mb.max(64) * 1024 * 1024,
+                ingest_workers: ingest_workers.max(1),
+                chunk_tokens,
+                chunk_overlap,
+                extractor: None,
             },
             settings,
         })

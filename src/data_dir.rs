@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow};
 
 const LOCK_FILE_NAME: &str = "companero.lock";
-const SUBDIRECTORIES: [&str; 3] = ["index", "models", "keys"];
+const SUBDIRECTORIES: [&str; 4] = ["index", "models", "keys", "originals"];
 
 /// An opened data directory. While this value lives, it holds the directory's exclusive lock.
 #[derive(Debug)]
@@ -61,6 +61,11 @@ impl DataDir {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.root.join("keys")
+    }
+
+    /// Uploaded documents, byte for byte, one folder per tenant.
+    pub fn originals_dir(&self) -> PathBuf {
+        self.root.join("originals")
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`cli`] and [`config`]: the command line and layered configuration;
 //! - [`http`]: routes, middleware, error catalogue, embedded web assets;
 //! - [`inference`]: the chat model and the embedder, in-process with candle;
+//! - [`knowledge`]: documents, chunks, the vector index and hybrid search;
 //! - [`server`]: start-up and graceful shutdown;
 //! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
 
@@ -15,6 +16,7 @@ pub mod data_dir;
 pub mod db;
 pub mod http;
 pub mod inference;
+pub mod knowledge;
 pub mod mail;
 pub mod server;
 pub mod telemetry;

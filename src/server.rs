@@ -29,6 +29,10 @@ use crate::http::auth::AuthState;
 use crate::http::{self, AppState, Limits};
 use crate::inference::runtime::{Inference, ModelPlan};
 use crate::inference::store::HubOptions;
+use crate::knowledge::chunk::ChunkSettings;
+use crate::knowledge::extract::ExtractLimits;
+use crate::knowledge::sandbox::Sandbox;
+use crate::knowledge::{Knowledge, KnowledgeSettings};
 
 /// Database connections in the pool: enough for concurrent readers on a small machine.
 const MAX_DB_CONNECTIONS: usize = 8;
@@ -82,10 +86,12 @@ impl Server {
             mailer: crate::mail::Mailer::new(config.smtp_url.as_deref(), &config.mail_from)?,
             public_url: config.public_url.clone().into(),
         };
+        let knowledge = knowledge_service(config, &data_dir, db.clone(), inference.clone())?;
         let state = AppState {
             db,
             inference,
             auth,
+            knowledge,
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
             started_at: Instant::now(),
@@ -137,6 +143,11 @@ impl Server {
     pub async fn run_with(self, app: Router) -> anyhow::Result<()> {
         let shutdown = self.state.shutdown.clone();
         let upkeep = tokio::spawn(metrics_upkeep(self.state.clone()));
+        self.state
+            .knowledge
+            .start(shutdown.clone())
+            .await
+            .context("cannot start document ingestion")?;
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -195,6 +206,44 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+fn knowledge_service(
+    config: &Config,
+    data_dir: &DataDir,
+    db: Db,
+    inference: Inference,
+) -> anyhow::Result<Knowledge> {
+    let settings = &config.knowledge;
+    let executable = match &settings.extractor {
+        Some(path) => path.clone(),
+        None => std::env::current_exe().context("cannot find this program's own path")?,
+    };
+    Ok(Knowledge::new(
+        db,
+        inference,
+        data_dir.index_dir(),
+        data_dir.originals_dir(),
+        KnowledgeSettings {
+            chunking: ChunkSettings {
+                target_tokens: settings.chunk_tokens,
+                overlap_tokens: settings.chunk_overlap,
+            },
+            max_upload_bytes: settings.max_upload_bytes,
+            workers: settings.ingest_workers,
+            sandbox: Sandbox {
+                executable,
+                limits: ExtractLimits {
+                    max_pages: settings.max_pdf_pages,
+                    max_part_bytes: settings.max_docx_part_bytes,
+                    max_depth: settings.max_xml_depth,
+                },
+                timeout: settings.ingest_timeout,
+                memory_bytes: settings.ingest_memory_bytes,
+            },
+            min_score: crate::knowledge::DEFAULT_MIN_SCORE,
+        },
+    ))
 }
 
 /// Histograms keep raw samples until upkeep folds them into buckets, and rate limiters keep a

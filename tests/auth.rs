@@ -588,7 +588,50 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
         .unwrap();
     let alice_id = alice_me["id"].as_str().unwrap().to_string();
 
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(b"Alice's notes on habits.".to_vec())
+            .file_name("notes.txt"),
+    );
+    let document: Value = app
+        .client
+        .post(app.url("/api/v1/documents"))
+        .bearer_auth(&alice)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let document_id = document["id"].as_str().unwrap().to_string();
+
     let routes: Vec<(Method, String, Option<Value>)> = vec![
+        (
+            Method::GET,
+            format!("/api/v1/documents/{document_id}"),
+            None,
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/documents/{document_id}"),
+            Some(json!({"title": "mine now"})),
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/documents/{document_id}/original"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/documents/{document_id}/reingest"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/documents/{document_id}"),
+            None,
+        ),
         (
             Method::DELETE,
             format!("/api/v1/api-keys/{alice_key_id}"),
@@ -623,7 +666,23 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
     );
 
     // Collections never show another tenant's items.
-    for path in ["/api/v1/api-keys", "/api/v1/audit-log", "/api/v1/team"] {
+    let alice_document: Value = app
+        .get_with(&format!("/api/v1/documents/{document_id}"), &alice)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        alice_document["title"], "notes.txt",
+        "Alice's document is untouched"
+    );
+    for path in [
+        "/api/v1/api-keys",
+        "/api/v1/audit-log",
+        "/api/v1/team",
+        "/api/v1/documents",
+        "/api/v1/collections",
+    ] {
         let body = app.get_with(path, &bob).await.text().await.unwrap();
         assert!(
             !body.contains(&alice_key_id) && !body.contains("alice"),

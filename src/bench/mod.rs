@@ -1,4 +1,4 @@
-//! `companero bench llm | embed`: the yardstick for inference speed. Field names are stable:
+//! `companero bench llm | embed | index`: the yardstick for inference speed. Field names are stable:
 //! `scripts/bench-compare` and other tools read them.
 //!
 //! Definitions (kept identical in scripts/bench-compare for the peers):
@@ -10,6 +10,10 @@
 //! - embed: the text is cut into consecutive 200-word windows (wrapping around a short text),
 //!   truncated to 256 tokens, 96 chunks, embedded after one warm-up batch, once one at a time and
 //!   once in batches of 32.
+
+pub mod index;
+pub mod ingest;
+pub mod sample_pdf;
 
 use std::path::Path;
 use std::time::Instant;

@@ -194,6 +194,25 @@ impl From<crate::inference::InferenceError> for ApiError {
     }
 }
 
+impl From<crate::knowledge::KnowledgeError> for ApiError {
+    fn from(error: crate::knowledge::KnowledgeError) -> ApiError {
+        use crate::knowledge::KnowledgeError as E;
+        match error {
+            E::NotFound => ApiError::not_found("no such document in this tenant"),
+            E::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
+            E::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            E::Unsupported(message) => ApiError::new(ErrorCode::UnsupportedMediaType, message),
+            E::TooLarge { .. } => ApiError::new(ErrorCode::PayloadTooLarge, error.to_string()),
+            E::Db(error) => error.into(),
+            E::Inference(error) => error.into(),
+            E::Index(_) | E::Io(_) => {
+                tracing::error!(%error, "knowledge base error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
 /// Middleware that rewrites any error response whose body is not JSON (axum's rejections and
 /// method mismatches are plain text or empty) into the `{"error": ...}` envelope, keeping its
 /// status and headers such as `Allow` and `Retry-After`. HTML pages (the asset 404) stay as

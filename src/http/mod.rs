@@ -6,6 +6,7 @@ pub mod auth;
 pub mod cors;
 pub mod error;
 pub mod health;
+pub mod knowledge;
 pub mod metrics;
 pub mod openapi;
 pub mod request_id;
@@ -37,6 +38,8 @@ pub struct AppState {
     /// The chat model and the embedder, ready or on their way.
     pub inference: Inference,
     pub auth: auth::AuthState,
+    /// Documents, ingestion and search.
+    pub knowledge: crate::knowledge::Knowledge,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down; long-lived streams watch it.
     pub shutdown: CancellationToken,
@@ -59,6 +62,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs_page))
         .merge(auth::routes())
+        .merge(knowledge::routes())
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))

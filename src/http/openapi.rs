@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, health, metrics};
+use super::{auth, health, knowledge, metrics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,12 +43,22 @@ use super::{auth, health, metrics};
         auth::list_tenants,
         auth::tenant_audit_log,
         auth::instance_audit_log,
+        knowledge::upload,
+        knowledge::list,
+        knowledge::get_document,
+        knowledge::update,
+        knowledge::delete,
+        knowledge::original,
+        knowledge::reingest,
+        knowledge::collections,
+        knowledge::search,
     ),
     modifiers(&BearerScheme),
     tags(
         (name = "accounts", description = "Registration, sign-in, tokens and passwords"),
         (name = "team", description = "Members, roles and invitations of a tenant"),
         (name = "api keys", description = "Keys for server-to-server use"),
+        (name = "knowledge", description = "Documents the coach answers from, and search over them"),
         (name = "audit", description = "Who did what, when and from where"),
         (name = "operations", description = "Health, readiness and metrics"),
     )

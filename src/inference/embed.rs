@@ -4,6 +4,7 @@
 //! config says and L2-normalised, so a dot product is the cosine similarity.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -243,6 +244,26 @@ impl Embedder {
         Ok(vectors)
     }
 
+    /// A tokenizer handle for chunking: counts and splits text in this embedder's tokens.
+    pub fn token_counter(&self) -> Result<TokenCounter, InferenceError> {
+        let mut tokenizer = self.tokenizer.clone();
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| InferenceError::Tokenizer(e.to_string()))?;
+        let count = |text: &str, special: bool| {
+            tokenizer
+                .encode(text, special)
+                .map(|e| e.len())
+                .map_err(|e| InferenceError::Tokenizer(e.to_string()))
+        };
+        // What every input costs besides its text: special tokens and the document prefix.
+        let overhead = count("", true)? + count(&self.document_prefix, false)?;
+        Ok(TokenCounter {
+            max_input: self.info.max_tokens.saturating_sub(overhead).max(8),
+            tokenizer: Arc::new(tokenizer),
+        })
+    }
+
     /// Token counts of `text` as this embedder sees it (before truncation), for chunking.
     pub fn count_tokens(&self, text: &str) -> Result<usize, InferenceError> {
         let mut tokenizer = self.tokenizer.clone();
@@ -299,6 +320,42 @@ fn read_json(path: &Path) -> serde_json::Value {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// Counts and splits text in an embedder's tokens (no special tokens, no truncation).
+#[derive(Clone)]
+pub struct TokenCounter {
+    tokenizer: Arc<Tokenizer>,
+    /// The most text tokens one embedder input can hold.
+    pub max_input: usize,
+}
+
+impl TokenCounter {
+    pub fn count(&self, text: &str) -> usize {
+        self.tokenizer
+            .encode(text, false)
+            .map(|e| e.len())
+            .unwrap_or_else(|_| text.split_whitespace().count() * 2)
+    }
+
+    /// Byte ranges of `text` that each hold at most `max` tokens, in order, covering it.
+    pub fn split(&self, text: &str, max: usize) -> Vec<std::ops::Range<usize>> {
+        let Ok(encoding) = self.tokenizer.encode(text, false) else {
+            return std::iter::once(0..text.len()).collect();
+        };
+        let offsets = encoding.get_offsets();
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        for window in offsets.chunks(max.max(1)).skip(1) {
+            let cut = window[0].0.clamp(start, text.len());
+            if cut > start && text.is_char_boundary(cut) {
+                ranges.push(start..cut);
+                start = cut;
+            }
+        }
+        ranges.push(start..text.len());
+        ranges
+    }
 }
 
 /// Cosine similarity of two unit vectors.

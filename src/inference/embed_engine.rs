@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::InferenceError;
-use super::embed::{EmbedKind, Embedder, EmbedderInfo};
+use super::embed::{EmbedKind, Embedder, EmbedderInfo, TokenCounter};
 use super::queue::{CloseOnDrop, FairQueue};
 
 struct EmbedJob {
@@ -21,11 +21,13 @@ struct EmbedJob {
 pub struct EmbedEngine {
     queue: Arc<FairQueue<EmbedJob>>,
     info: Arc<EmbedderInfo>,
+    tokens: TokenCounter,
     _worker: Arc<CloseOnDrop<EmbedJob>>,
 }
 
 impl EmbedEngine {
-    pub fn start(embedder: Embedder, queue_capacity: usize) -> EmbedEngine {
+    pub fn start(embedder: Embedder, queue_capacity: usize) -> Result<EmbedEngine, InferenceError> {
+        let tokens = embedder.token_counter()?;
         let queue = Arc::new(FairQueue::new("embedder", queue_capacity));
         let info = Arc::new(embedder.info.clone());
         let worker_queue = Arc::clone(&queue);
@@ -33,15 +35,27 @@ impl EmbedEngine {
             .name("companero-embed".into())
             .spawn(move || run_worker(&embedder, &worker_queue))
             .expect("spawn the embedder thread");
-        EmbedEngine {
+        Ok(EmbedEngine {
             _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
             queue,
             info,
-        }
+            tokens,
+        })
     }
 
     pub fn info(&self) -> &EmbedderInfo {
         &self.info
+    }
+
+    /// Counts and splits text in this embedder's tokens, for chunking.
+    pub fn tokens(&self) -> &TokenCounter {
+        &self.tokens
+    }
+
+    /// Names the vectors this embedder makes: "name:dimensions". Vectors from different
+    /// embedders are never compared.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.info.name, self.info.dimensions)
     }
 
     /// Embeds `texts` for `tenant`; fails at once with `Overloaded` when the queue is full.

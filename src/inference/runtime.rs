@@ -200,7 +200,7 @@ impl Inference {
                 }
                 ModelKind::Embedder => {
                     let embedder = Embedder::load(&path, &device, &options)?;
-                    let engine = EmbedEngine::start(embedder, capacity);
+                    let engine = EmbedEngine::start(embedder, capacity)?;
                     tracing::info!(info = ?engine.info(), "embedder ready");
                     this.slots.lock().expect("slots").embedder = Slot::Ready(engine);
                 }

@@ -2,6 +2,7 @@
 //! talks HTTP to it, as a client would.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod documents;
 pub mod hub;
 pub mod process;
 pub mod smtp;
@@ -54,6 +55,8 @@ impl TestApp {
         config.bind = "127.0.0.1:0".parse().unwrap();
         // Tests never reach for the Hub; those that need models load them from the test cache.
         config.offline = true;
+        // Documents are read by the real binary in a child process, as in production.
+        config.knowledge.extractor = Some(env!("CARGO_BIN_EXE_companero").into());
         if let Some(configure) = options.configure {
             configure(&mut config);
         }

@@ -1,0 +1,285 @@
+#!/usr/bin/env python3
+"""Retrieval evaluation through the real API: hit@1, hit@5 and MRR@10 for BM25 alone, vectors
+alone and hybrid, plus ingestion throughput and search latency.
+
+The benchmark is built from real question-and-answer documents that a package ships: the
+Python FAQ inside Debian's python3.11-doc (HTML). Each FAQ question is an <h3> heading over its
+answer. The question is removed from the corpus (its heading becomes a neutral "Entry N"), so
+a query must find its answer by meaning, not by copying the question; a result is relevant when
+its heading path contains that entry's label. The rest of the manual (the tutorial and the
+HOWTOs) is uploaded unchanged as the distractor pool.
+
+usage: scripts/eval-retrieval [--chunk-tokens N] [--chunk-overlap N] [--binary PATH]
+                              [--embedder DIR] [--weights 0,0.1,0.3] [--keep]
+Prints a table; --json prints one JSON object too.
+"""
+
+import argparse
+import glob
+import html
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "companero" / "eval"
+PACKAGE = "python3.11-doc"
+
+
+def fetch_manual() -> Path:
+    """Downloads and unpacks the Debian package once; returns the HTML root."""
+    root = CACHE / "python3.11-doc"
+    html_root = root / "usr/share/doc/python3.11/html"
+    if (html_root / "faq/general.html").exists():
+        return html_root
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deb = next(Path(tmp).glob("*.deb"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    return html_root
+
+
+QUESTION = re.compile(
+    r'(<section id="[^"]+">\s*<h3>)(.*?)(</h3>)', re.DOTALL)
+
+
+def build_corpus(html_root: Path, out: Path):
+    """Writes the FAQ pages with questions replaced by labels, and the distractor pages.
+    Returns [(label, question)]."""
+    out.mkdir(parents=True, exist_ok=True)
+    questions = []
+    for page in sorted(glob.glob(str(html_root / "faq/*.html"))):
+        if page.endswith("index.html"):
+            continue
+        text = Path(page).read_text(encoding="utf-8")
+
+        def relabel(match):
+            question = html.unescape(re.sub(r"<[^>]+>", "", match.group(2)))
+            question = question.replace("¶", "").strip()
+            label = f"Entry {len(questions) + 1}"
+            questions.append((label, question))
+            return f"{match.group(1)}{label}{match.group(3)}"
+
+        text = QUESTION.sub(relabel, text)
+        # The page's own table of contents repeats every question: drop it.
+        text = re.sub(r'<nav class="contents.*?</nav>', "", text, flags=re.DOTALL)
+        text = re.sub(r'<div class="contents.*?</div>', "", text, flags=re.DOTALL)
+        (out / f"faq-{Path(page).name}").write_text(text, encoding="utf-8")
+    distractors = sorted(glob.glob(str(html_root / "tutorial/*.html"))) + sorted(
+        glob.glob(str(html_root / "howto/*.html")))
+    for page in distractors:
+        if page.endswith("index.html"):
+            continue
+        shutil.copy(page, out / f"{Path(page).parent.name}-{Path(page).name}")
+    return questions
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api:
+    def __init__(self, base: str):
+        self.base = base
+        self.token = None
+
+    def call(self, method, path, body=None, headers=None, raw=None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
+        for k, v in (headers or {}).items():
+            request.add_header(k, v)
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def upload(self, path: Path):
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                f"filename=\"{path.name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+        return self.call("POST", "/api/v1/documents", raw=body,
+                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def first_relevant_rank(results, label):
+    for rank, result in enumerate(results, 1):
+        if label in result["heading_path"].split(" > "):
+            return rank
+    return None
+
+
+def metrics(ranks):
+    n = len(ranks)
+    return {
+        "hit@1": sum(1 for r in ranks if r == 1) / n,
+        "hit@5": sum(1 for r in ranks if r and r <= 5) / n,
+        "mrr@10": sum(1 / r for r in ranks if r and r <= 10) / n,
+    }
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chunk-tokens", type=int)
+    parser.add_argument("--chunk-overlap", type=int)
+    target = os.environ.get("CARGO_TARGET_DIR", "target")
+    parser.add_argument("--binary", default=f"{target}/release/companero")
+    models = os.environ.get("COMPANERO_TEST_MODELS",
+                            str(Path.home() / ".cache/companero/test-models"))
+    parser.add_argument("--embedder", default=f"{models}/all-minilm-l6-v2")
+    parser.add_argument("--weights", default="",
+                        help="also fuse vector and lexical rankings offline with these lexical weights")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    args = parser.parse_args()
+
+    html_root = fetch_manual()
+    work = Path(tempfile.mkdtemp(prefix="companero-eval-"))
+    corpus = work / "corpus"
+    questions = build_corpus(html_root, corpus)
+    files = sorted(corpus.iterdir())
+    port = free_port()
+    command = [args.binary, "serve", "--data-dir", str(work / "data"), "--bind",
+               f"127.0.0.1:{port}", "--embedder", args.embedder, "--offline", "--signup", "open",
+               "--log-level", "warn", "--api-rate-limit", "1000000"]
+    if args.chunk_tokens:
+        command += ["--chunk-tokens", str(args.chunk_tokens)]
+    if args.chunk_overlap is not None:
+        command += ["--chunk-overlap", str(args.chunk_overlap)]
+    server = subprocess.Popen(command)
+    try:
+        api = Api(f"http://127.0.0.1:{port}")
+        for _ in range(200):
+            try:
+                status, ready = api.call("GET", "/readyz")
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        status, body = api.call("POST", "/api/v1/auth/register", {
+            "email": "eval@example.com", "password": "violet tractor sings at noon",
+            "full_name": "Eval"})
+        assert status == 201, body
+        api.token = body["access_token"]
+
+        started = time.time()
+        ids = []
+        for path in files:
+            status, body = api.upload(path)
+            assert status == 202, (path, body)
+            ids.append(body["id"])
+        while True:
+            status, page = api.call("GET", "/api/v1/documents?limit=100")
+            documents = page["documents"]
+            while page["total"] > len(documents):
+                status, page = api.call("GET", f"/api/v1/documents?limit=100&offset={len(documents)}")
+                documents += page["documents"]
+            pending = [d for d in documents if d["status"] in ("queued", "processing")]
+            if not pending:
+                break
+            time.sleep(0.5)
+        ingest_seconds = time.time() - started
+        failed = [d for d in documents if d["status"] == "failed"]
+        chunks = sum(d["chunk_count"] for d in documents)
+
+        ranks = {}
+        latencies = {}
+        rankings = {}
+        for mode in ("lexical", "vector", "hybrid"):
+            ranks[mode] = []
+            latencies[mode] = []
+            for label, question in questions:
+                begun = time.perf_counter()
+                status, body = api.call("POST", "/api/v1/search",
+                                        {"query": question, "limit": 10 if mode == "hybrid" else 50,
+                                         "mode": mode})
+                latencies[mode].append((time.perf_counter() - begun) * 1000)
+                assert status == 200, body
+                rankings[(mode, label)] = body["results"]
+                ranks[mode].append(first_relevant_rank(body["results"][:10], label))
+
+        report = {
+            "questions": len(questions),
+            "documents": len(files),
+            "failed_documents": [d["filename"] for d in failed],
+            "chunks": chunks,
+            "chunk_tokens": args.chunk_tokens,
+            "chunk_overlap": args.chunk_overlap,
+            "ingest_seconds": round(ingest_seconds, 1),
+            "chunks_per_second": round(chunks / ingest_seconds, 1),
+            "modes": {mode: {**{k: round(v, 3) for k, v in metrics(ranks[mode]).items()},
+                             "p50_ms": round(percentile(latencies[mode], 50), 1),
+                             "p95_ms": round(percentile(latencies[mode], 95), 1)}
+                      for mode in ranks},
+        }
+        # Offline fusion of the two single-method rankings (top 50 each), to choose the
+        # weight: score = (cosine + w * bm25/max_bm25) / (1 + w); lexical-only candidates
+        # get cosine 0 here (the server computes their true cosine, so it does at least as well).
+        if args.weights:
+            report["offline_fusion"] = {}
+            for w in [float(x) for x in args.weights.split(",")]:
+                fused_ranks = []
+                for label, _ in questions:
+                    dense = {r["chunk_id"]: (r["score"], r) for r in rankings[("vector", label)]}
+                    lexical = {r["chunk_id"]: (r["score"], r) for r in rankings[("lexical", label)]}
+                    best = max((s for s, _ in lexical.values()), default=0) or 1
+                    scored = []
+                    for cid in set(dense) | set(lexical):
+                        d = dense.get(cid, (0, None))[0]
+                        lex = lexical.get(cid, (0, None))[0] / best
+                        result = (dense.get(cid) or lexical.get(cid))[1]
+                        scored.append(((d + w * lex) / (1 + w), result))
+                    scored.sort(key=lambda x: -x[0])
+                    fused_ranks.append(first_relevant_rank([r for _, r in scored[:10]], label))
+                report["offline_fusion"][str(w)] = {k: round(v, 3) for k, v in metrics(fused_ranks).items()}
+
+        print(f"\nRetrieval on the Python FAQ ({len(questions)} questions; {len(files)} documents, "
+              f"{chunks} chunks; chunk_tokens={args.chunk_tokens or 'default'}, "
+              f"overlap={args.chunk_overlap if args.chunk_overlap is not None else 'default'})")
+        print(f"ingestion: {ingest_seconds:.1f} s, {chunks / ingest_seconds:.1f} chunks/s; "
+              f"failed: {report['failed_documents'] or 'none'}")
+        print(f"{'mode':<10}{'hit@1':>8}{'hit@5':>8}{'MRR@10':>8}{'p50 ms':>9}{'p95 ms':>9}")
+        for mode, m in report["modes"].items():
+            print(f"{mode:<10}{m['hit@1']:>8.3f}{m['hit@5']:>8.3f}{m['mrr@10']:>8.3f}"
+                  f"{m['p50_ms']:>9.1f}{m['p95_ms']:>9.1f}")
+        for w, m in report.get("offline_fusion", {}).items():
+            print(f"offline fusion w={w}: hit@1 {m['hit@1']:.3f} hit@5 {m['hit@5']:.3f} "
+                  f"MRR@10 {m['mrr@10']:.3f}")
+        if args.json:
+            print(json.dumps(report))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
