@@ -10,7 +10,8 @@ its heading path contains that entry's label. The rest of the manual (the tutori
 HOWTOs) is uploaded unchanged as the distractor pool.
 
 usage: scripts/eval-retrieval [--chunk-tokens N] [--chunk-overlap N] [--binary PATH]
-                              [--embedder DIR] [--weights 0,0.1,0.3] [--keep]
+                              [--embedder DIR] [--lexical-weight W] [--weights 0,0.1,0.3]
+                              [--keep] [--reuse DIR]
 Prints a table; --json prints one JSON object too.
 """
 
@@ -153,13 +154,18 @@ def main():
     parser.add_argument("--embedder", default=f"{models}/all-minilm-l6-v2")
     parser.add_argument("--weights", default="",
                         help="also fuse vector and lexical rankings offline with these lexical weights")
+    parser.add_argument("--lexical-weight", type=float,
+                        help="the server's --search-lexical-weight [default: its default]")
+    parser.add_argument("--reuse", help="a data directory kept by an earlier --keep run: skip ingestion")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
 
     html_root = fetch_manual()
-    work = Path(tempfile.mkdtemp(prefix="companero-eval-"))
+    work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="companero-eval-"))
     corpus = work / "corpus"
+    if args.reuse:
+        shutil.rmtree(corpus, ignore_errors=True)
     questions = build_corpus(html_root, corpus)
     files = sorted(corpus.iterdir())
     port = free_port()
@@ -170,29 +176,33 @@ def main():
         command += ["--chunk-tokens", str(args.chunk_tokens)]
     if args.chunk_overlap is not None:
         command += ["--chunk-overlap", str(args.chunk_overlap)]
+    if args.lexical_weight is not None:
+        command += ["--search-lexical-weight", str(args.lexical_weight)]
     server = subprocess.Popen(command)
     try:
         api = Api(f"http://127.0.0.1:{port}")
-        for _ in range(200):
+        for _ in range(600):
             try:
                 status, ready = api.call("GET", "/readyz")
-                if status == 200:
+                if ready["components"]["embedder"]["ready"]:
                     break
-            except OSError:
+            except (OSError, KeyError, TypeError):
                 pass
             time.sleep(0.1)
-        status, body = api.call("POST", "/api/v1/auth/register", {
-            "email": "eval@example.com", "password": "violet tractor sings at noon",
-            "full_name": "Eval"})
-        assert status == 201, body
+        credentials = {"email": "eval@example.com", "password": "violet tractor sings at noon"}
+        if args.reuse:
+            status, body = api.call("POST", "/api/v1/auth/login", credentials)
+            assert status == 200, body
+        else:
+            status, body = api.call("POST", "/api/v1/auth/register",
+                                    {**credentials, "full_name": "Eval"})
+            assert status == 201, body
         api.token = body["access_token"]
 
         started = time.time()
-        ids = []
-        for path in files:
+        for path in files if not args.reuse else []:
             status, body = api.upload(path)
             assert status == 202, (path, body)
-            ids.append(body["id"])
         while True:
             status, page = api.call("GET", "/api/v1/documents?limit=100")
             documents = page["documents"]
@@ -223,15 +233,20 @@ def main():
                 rankings[(mode, label)] = body["results"]
                 ranks[mode].append(first_relevant_rank(body["results"][:10], label))
 
+        hybrid_texts = [r["text"] for (mode, _), results in rankings.items()
+                        if mode == "hybrid" for r in results[:4]]
+        passage_chars = statistics.mean(len(t) for t in hybrid_texts) if hybrid_texts else 0
         report = {
+            "passage_chars": round(passage_chars),
             "questions": len(questions),
             "documents": len(files),
             "failed_documents": [d["filename"] for d in failed],
             "chunks": chunks,
             "chunk_tokens": args.chunk_tokens,
             "chunk_overlap": args.chunk_overlap,
-            "ingest_seconds": round(ingest_seconds, 1),
-            "chunks_per_second": round(chunks / ingest_seconds, 1),
+            "lexical_weight": args.lexical_weight,
+            "ingest_seconds": None if args.reuse else round(ingest_seconds, 1),
+            "chunks_per_second": None if args.reuse else round(chunks / ingest_seconds, 1),
             "modes": {mode: {**{k: round(v, 3) for k, v in metrics(ranks[mode]).items()},
                              "p50_ms": round(percentile(latencies[mode], 50), 1),
                              "p95_ms": round(percentile(latencies[mode], 95), 1)}
@@ -261,8 +276,12 @@ def main():
         print(f"\nRetrieval on the Python FAQ ({len(questions)} questions; {len(files)} documents, "
               f"{chunks} chunks; chunk_tokens={args.chunk_tokens or 'default'}, "
               f"overlap={args.chunk_overlap if args.chunk_overlap is not None else 'default'})")
-        print(f"ingestion: {ingest_seconds:.1f} s, {chunks / ingest_seconds:.1f} chunks/s; "
-              f"failed: {report['failed_documents'] or 'none'}")
+        if not args.reuse:
+            print(f"ingestion: {ingest_seconds:.1f} s, {chunks / ingest_seconds:.1f} chunks/s; "
+                  f"failed: {report['failed_documents'] or 'none'}")
+        print(f"average passage: {passage_chars:.0f} characters (a 4-passage prompt holds "
+              f"about {4 * passage_chars / 4:.0f} tokens of passages)")
+        print(f"lexical weight: {args.lexical_weight if args.lexical_weight is not None else 'default'}")
         print(f"{'mode':<10}{'hit@1':>8}{'hit@5':>8}{'MRR@10':>8}{'p50 ms':>9}{'p95 ms':>9}")
         for mode, m in report["modes"].items():
             print(f"{mode:<10}{m['hit@1']:>8.3f}{m['hit@5']:>8.3f}{m['mrr@10']:>8.3f}"

@@ -201,6 +201,14 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_CHUNK_OVERLAP", value_name = "TOKENS")]
     pub chunk_overlap: Option<usize>,
 
+    /// Weight of BM25 against vector similarity in hybrid search [default: 0.15]
+    #[arg(long, env = "COMPANERO_SEARCH_LEXICAL_WEIGHT", value_name = "W")]
+    pub search_lexical_weight: Option<f64>,
+
+    /// Search results scoring below this (0 to 1) are left out [default: 0.2]
+    #[arg(long, env = "COMPANERO_SEARCH_MIN_SCORE", value_name = "SCORE")]
+    pub search_min_score: Option<f64>,
+
     /// The address people reach this server at, for links in emails
     /// [default: http://<bind address>]
     #[arg(long, env = "COMPANERO_PUBLIC_URL", value_name = "URL")]
@@ -240,6 +248,8 @@ struct FileConfig {
     ingest_workers: Option<usize>,
     chunk_tokens: Option<usize>,
     chunk_overlap: Option<usize>,
+    search_lexical_weight: Option<f64>,
+    search_min_score: Option<f64>,
 }
 
 /// Where an effective value came from.
@@ -288,6 +298,8 @@ pub struct KnowledgeConfig {
     pub ingest_workers: usize,
     pub chunk_tokens: usize,
     pub chunk_overlap: usize,
+    pub search_lexical_weight: f32,
+    pub search_min_score: f32,
     /// The program that runs `extract` for the sandbox [default: this executable]. Tests set
     /// it to the built `companero` binary.
     pub extractor: Option<PathBuf>,
@@ -482,6 +494,24 @@ impl Config {
             file.chunk_overlap,
             crate::knowledge::DEFAULT_CHUNK_OVERLAP,
         );
+        let search_lexical_weight = layer.pick(
+            "search_lexical_weight",
+            args.search_lexical_weight,
+            file.search_lexical_weight,
+            crate::knowledge::search::DEFAULT_LEXICAL_WEIGHT as f64,
+        );
+        let search_min_score = layer.pick(
+            "search_min_score",
+            args.search_min_score,
+            file.search_min_score,
+            crate::knowledge::DEFAULT_MIN_SCORE as f64,
+        );
+        if !(0.0..=10.0).contains(&search_lexical_weight) {
+            bail!("search_lexical_weight must be between 0 and 10");
+        }
+        if !(0.0..=1.0).contains(&search_min_score) {
+            bail!("search_min_score must be between 0 and 1");
+        }
         if chunk_tokens < 16 {
             bail!("chunk_tokens must be at least 16");
         }
@@ -527,6 +557,8 @@ impl Config {
                 ingest_workers: ingest_workers.max(1),
                 chunk_tokens,
                 chunk_overlap,
+                search_lexical_weight: search_lexical_weight as f32,
+                search_min_score: search_min_score as f32,
                 extractor: None,
             },
             settings,
@@ -630,6 +662,12 @@ fn refine(source: Source, matches: Option<&ArgMatches>, id: &str) -> Source {
 
 trait TomlValue {
     fn to_toml(&self) -> String;
+}
+
+impl TomlValue for f64 {
+    fn to_toml(&self) -> String {
+        format!("{self:?}")
+    }
 }
 
 impl TomlValue for u64 {

@@ -5,11 +5,13 @@
 //! - [`http`]: routes, middleware, error catalogue, embedded web assets;
 //! - [`inference`]: the chat model and the embedder, in-process with candle;
 //! - [`knowledge`]: documents, chunks, the vector index and hybrid search;
+//! - [`chat`]: conversations, grounded answers with citations and confidence;
 //! - [`server`]: start-up and graceful shutdown;
 //! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
 
 pub mod auth;
 pub mod bench;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod data_dir;

@@ -87,11 +87,13 @@ impl Server {
             public_url: config.public_url.clone().into(),
         };
         let knowledge = knowledge_service(config, &data_dir, db.clone(), inference.clone())?;
+        let chat = crate::chat::Chat::new(db.clone(), knowledge.clone(), inference.clone());
         let state = AppState {
             db,
             inference,
             auth,
             knowledge,
+            chat,
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
             started_at: Instant::now(),
@@ -241,7 +243,10 @@ fn knowledge_service(
                 timeout: settings.ingest_timeout,
                 memory_bytes: settings.ingest_memory_bytes,
             },
-            min_score: crate::knowledge::DEFAULT_MIN_SCORE,
+            fusion: crate::knowledge::search::Fusion {
+                lexical_weight: settings.search_lexical_weight,
+                min_score: settings.search_min_score,
+            },
         },
     ))
 }

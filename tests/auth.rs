@@ -605,6 +605,13 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
         .await
         .unwrap();
     let document_id = document["id"].as_str().unwrap().to_string();
+    let conversation: Value = app
+        .post("/api/v1/conversations", json!({}), Some(&alice))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let conversation_id = conversation["id"].as_str().unwrap().to_string();
 
     let routes: Vec<(Method, String, Option<Value>)> = vec![
         (
@@ -631,6 +638,16 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
             Method::DELETE,
             format!("/api/v1/documents/{document_id}"),
             None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/conversations/{conversation_id}/messages"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{conversation_id}/messages"),
+            Some(json!({"content": "hello", "stream": false})),
         ),
         (
             Method::DELETE,
@@ -682,6 +699,7 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
         "/api/v1/team",
         "/api/v1/documents",
         "/api/v1/collections",
+        "/api/v1/knowledge-gaps",
     ] {
         let body = app.get_with(path, &bob).await.text().await.unwrap();
         assert!(

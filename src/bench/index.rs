@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::auth::TenantScope;
 use crate::knowledge::index::{self, VectorIndexes, vector_to_blob};
-use crate::knowledge::search::{SearchMode, search_blocking};
+use crate::knowledge::search::{DEFAULT_LEXICAL_WEIGHT, Fusion, SearchMode, search_blocking};
 
 #[derive(Debug, Clone, Copy)]
 pub struct IndexBenchOptions {
@@ -148,7 +148,20 @@ pub fn run(options: IndexBenchOptions) -> anyhow::Result<IndexReport> {
         for (text, vector) in &queries {
             let embedded = (EMBEDDER.to_string(), vector.clone());
             let started = Instant::now();
-            search_blocking(&c, &indexes, &scope, text, mode, Some(&embedded), 0.0, 10)?;
+            let fusion = Fusion {
+                lexical_weight: DEFAULT_LEXICAL_WEIGHT,
+                min_score: 0.0,
+            };
+            search_blocking(
+                &c,
+                &indexes,
+                &scope,
+                text,
+                mode,
+                Some(&embedded),
+                fusion,
+                10,
+            )?;
             times.push(started.elapsed().as_secs_f64() * 1000.0);
         }
         times.sort_by(f64::total_cmp);

@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod chat;
 pub mod cors;
 pub mod error;
 pub mod health;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub auth: auth::AuthState,
     /// Documents, ingestion and search.
     pub knowledge: crate::knowledge::Knowledge,
+    /// Conversations and answers.
+    pub chat: crate::chat::Chat,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down; long-lived streams watch it.
     pub shutdown: CancellationToken,
@@ -63,6 +66,7 @@ pub fn routes() -> Router<AppState> {
         .route("/docs", get(openapi::docs_page))
         .merge(auth::routes())
         .merge(knowledge::routes())
+        .merge(chat::routes())
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))

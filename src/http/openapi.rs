@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, health, knowledge, metrics};
+use super::{auth, chat, health, knowledge, metrics};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -52,12 +52,20 @@ use super::{auth, health, knowledge, metrics};
         knowledge::reingest,
         knowledge::collections,
         knowledge::search,
+        chat::get_coach,
+        chat::update_coach,
+        chat::create_visitor,
+        chat::create_conversation,
+        chat::list_messages,
+        chat::send_message,
+        chat::knowledge_gaps,
     ),
     modifiers(&BearerScheme),
     tags(
         (name = "accounts", description = "Registration, sign-in, tokens and passwords"),
         (name = "team", description = "Members, roles and invitations of a tenant"),
         (name = "api keys", description = "Keys for server-to-server use"),
+        (name = "chat", description = "The coach, visitors, conversations and knowledge gaps"),
         (name = "knowledge", description = "Documents the coach answers from, and search over them"),
         (name = "audit", description = "Who did what, when and from where"),
         (name = "operations", description = "Health, readiness and metrics"),

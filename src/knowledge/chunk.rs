@@ -264,7 +264,7 @@ impl Chunker<'_> {
 
 /// Sentence ranges: cuts after `.`, `!`, `?` (and their CJK forms) followed by whitespace, and
 /// at line breaks. The ranges cover the text.
-fn sentences(text: &str) -> Vec<Range<usize>> {
+pub(crate) fn sentences(text: &str) -> Vec<Range<usize>> {
     let mut ranges = Vec::new();
     let mut start = 0;
     let mut chars = text.char_indices().peekable();

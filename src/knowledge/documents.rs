@@ -1,6 +1,6 @@
 //! The documents table and its chunks: every function takes the tenant's scope.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use super::KnowledgeError;
@@ -77,7 +77,7 @@ pub fn create(
     scope: &TenantScope,
     new: &NewDocument,
 ) -> Result<DocumentView, KnowledgeError> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
         "INSERT INTO documents (id, tenant_id, title, filename, kind, size_bytes, sha256, \
          collection, tags, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",
@@ -228,7 +228,7 @@ pub fn delete(
     scope: &TenantScope,
     id: &str,
 ) -> Result<Vec<i64>, KnowledgeError> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     get(&tx, scope, id)?;
     let ids = chunk_ids(&tx, id)?;
     tx.execute(
@@ -249,7 +249,7 @@ pub fn reingest(
     scope: &TenantScope,
     id: &str,
 ) -> Result<DocumentView, KnowledgeError> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current = get(&tx, scope, id)?;
     if current.status == "queued" || current.status == "processing" {
         return Err(KnowledgeError::Conflict(
@@ -352,7 +352,7 @@ pub(crate) fn replace_chunks(
     pages: Option<u32>,
     found_title: Option<&str>,
 ) -> rusqlite::Result<(Vec<i64>, Vec<i64>)> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let old = chunk_ids(&tx, document_id)?;
     tx.execute(
         "DELETE FROM chunks WHERE tenant_id = ?1 AND document_id = ?2",
@@ -397,7 +397,7 @@ pub(crate) fn store_vectors(
     embedder: &str,
     items: &[(i64, Vec<f32>)],
 ) -> rusqlite::Result<()> {
-    let tx = c.transaction()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR REPLACE INTO chunk_vectors (chunk_id, embedder, tenant_id, vector) \

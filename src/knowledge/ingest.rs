@@ -15,6 +15,9 @@ use crate::inference::InferenceError;
 use crate::inference::embed::EmbedKind;
 use crate::inference::embed_engine::EmbedEngine;
 
+/// Tries of one ingestion job before an internal error fails the document.
+const MAX_ATTEMPTS: i64 = 3;
+
 /// Chunks per embedding request: one batch of the embedder, so progress moves steadily.
 const EMBED_BATCH: usize = crate::inference::embed::BATCH_SIZE;
 
@@ -92,6 +95,12 @@ impl Knowledge {
                         .db
                         .call(move |c| jobs::requeue(c, id).map_err(KnowledgeError::from))
                         .await
+                }
+                Err(Interrupted::Internal(error)) if job.attempts < MAX_ATTEMPTS => {
+                    // Transient trouble (a busy database, a full disk being cleared): retry.
+                    tracing::warn!(%error, document = %job.subject_id, attempt = job.attempts, "ingestion will be retried");
+                    tokio::time::sleep(IDLE_POLL).await;
+                    self.inner.db.call(move |c| jobs::requeue(c, id).map_err(KnowledgeError::from)).await
                 }
                 Err(Interrupted::Internal(error)) => {
                     tracing::error!(%error, document = %job.subject_id, "ingestion failed");

@@ -76,8 +76,8 @@ pub struct KnowledgeSettings {
     /// Documents ingested at the same time; more than one so a slow file never blocks the rest.
     pub workers: usize,
     pub sandbox: Sandbox,
-    /// Fused scores below this are not returned by search.
-    pub min_score: f32,
+    /// How search combines BM25 and vectors.
+    pub fusion: search::Fusion,
 }
 
 /// The knowledge-base service. Cheap to clone.

@@ -20,7 +20,17 @@ use crate::inference::embed::{EmbedKind, cosine};
 const CANDIDATES: usize = 50;
 /// Weight of the normalised BM25 score against the cosine similarity (chosen on the
 /// evaluation set; see docs/architecture.md).
-pub const LEXICAL_WEIGHT: f32 = 0.3;
+pub const DEFAULT_LEXICAL_WEIGHT: f32 = 0.15;
+
+/// How the two rankings are combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fusion {
+    /// Weight of BM25 (normalised to the best candidate) against cosine similarity.
+    pub lexical_weight: f32,
+    /// Results below this fused score are dropped (lexical mode has no absolute scale: it
+    /// keeps every match).
+    pub min_score: f32,
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -95,7 +105,7 @@ impl Knowledge {
             SearchMode::Hybrid => self.embed_query(scope, &query).await.ok(),
         };
         let indexes = self.inner.indexes.clone();
-        let min_score = self.inner.settings.min_score;
+        let fusion = self.inner.settings.fusion;
         let scope = scope.clone();
         self.inner
             .db
@@ -107,7 +117,7 @@ impl Knowledge {
                     &query,
                     mode,
                     embedded.as_ref(),
-                    min_score,
+                    fusion,
                     limit,
                 )?;
                 Ok(SearchResults { results })
@@ -138,11 +148,11 @@ pub fn search_blocking(
     query: &str,
     mode: SearchMode,
     embedded: Option<&(String, Vec<f32>)>,
-    min_score: f32,
+    fusion: Fusion,
     limit: usize,
 ) -> Result<Vec<SearchHit>, KnowledgeError> {
     let candidates = candidates(c, indexes, scope, query, mode, embedded)?;
-    let ranked = rank(candidates, mode, min_score, limit);
+    let ranked = rank(candidates, mode, fusion, limit);
     Ok(hydrate(c, scope, &ranked)?)
 }
 
@@ -185,7 +195,7 @@ fn candidates(
 fn rank(
     candidates: HashMap<i64, Scores>,
     mode: SearchMode,
-    min_score: f32,
+    fusion: Fusion,
     limit: usize,
 ) -> Vec<(i64, f32)> {
     let best_lexical = candidates
@@ -204,12 +214,12 @@ fn rank(
                 (SearchMode::Lexical, _) | (SearchMode::Hybrid, None) => lexical,
                 (SearchMode::Vector, dense) => dense.unwrap_or(0.0),
                 (SearchMode::Hybrid, Some(dense)) => {
-                    (dense + LEXICAL_WEIGHT * lexical) / (1.0 + LEXICAL_WEIGHT)
+                    (dense + fusion.lexical_weight * lexical) / (1.0 + fusion.lexical_weight)
                 }
             };
             (id, score.clamp(0.0, 1.0))
         })
-        .filter(|(_, score)| mode == SearchMode::Lexical || *score >= min_score)
+        .filter(|(_, score)| mode == SearchMode::Lexical || *score >= fusion.min_score)
         .collect();
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(limit);
@@ -372,7 +382,11 @@ mod tests {
                 lexical: 9.0,
             },
         );
-        let ranked = rank(candidates, SearchMode::Hybrid, 0.2, 10);
+        let fusion = Fusion {
+            lexical_weight: 0.3,
+            min_score: 0.2,
+        };
+        let ranked = rank(candidates, SearchMode::Hybrid, fusion, 10);
         let order: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
         assert_eq!(order, [2, 1, 3]);
     }

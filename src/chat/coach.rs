@@ -1,0 +1,232 @@
+//! The tenant's coach: its public slug, name, persona and answering settings.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::ChatError;
+use crate::auth::TenantScope;
+
+/// How long answers may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AnswerLength {
+    Short,
+    Medium,
+    Long,
+}
+
+impl AnswerLength {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerLength::Short => "short",
+            AnswerLength::Medium => "medium",
+            AnswerLength::Long => "long",
+        }
+    }
+
+    fn parse(text: &str) -> AnswerLength {
+        match text {
+            "short" => AnswerLength::Short,
+            "long" => AnswerLength::Long,
+            _ => AnswerLength::Medium,
+        }
+    }
+
+    /// Most tokens the model may write.
+    pub fn max_tokens(self) -> usize {
+        match self {
+            AnswerLength::Short => 120,
+            AnswerLength::Medium => 240,
+            AnswerLength::Long => 480,
+        }
+    }
+
+    /// The instruction that goes with it.
+    pub fn instruction(self) -> &'static str {
+        match self {
+            AnswerLength::Short => "Answer in one to three sentences.",
+            AnswerLength::Medium => "Answer in a short paragraph.",
+            AnswerLength::Long => "Answer thoroughly, in a few paragraphs if needed.",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Coach {
+    /// Unique; used in public URLs such as `/api/v1/public/coaches/{slug}/visitors`.
+    pub slug: String,
+    pub name: String,
+    /// Tone and instructions, e.g. "Warm and direct. Use the client's first name."
+    pub persona: String,
+    /// The first message visitors see.
+    pub greeting: String,
+    /// Answers with a confidence below this (0 to 1) are replaced by the fallback message.
+    pub confidence_threshold: f64,
+    /// What the coach says when it does not know.
+    pub fallback_message: String,
+    pub answer_length: AnswerLength,
+    /// Sampling temperature, 0 (always the likeliest word) to 1.5.
+    pub temperature: f64,
+    /// Replace emails, phone and card numbers in end users' messages before the model sees
+    /// them (and store them masked).
+    pub redact_pii: bool,
+}
+
+const COLUMNS: &str = "slug, name, persona, greeting, confidence_threshold, fallback_message, \
+                       answer_length, temperature, redact_pii";
+
+/// Reads [`COLUMNS`] starting at column `at`.
+fn coach_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coach> {
+    Ok(Coach {
+        slug: r.get(at)?,
+        name: r.get(at + 1)?,
+        persona: r.get(at + 2)?,
+        greeting: r.get(at + 3)?,
+        confidence_threshold: r.get(at + 4)?,
+        fallback_message: r.get(at + 5)?,
+        answer_length: AnswerLength::parse(&r.get::<_, String>(at + 6)?),
+        temperature: r.get(at + 7)?,
+        redact_pii: r.get(at + 8)?,
+    })
+}
+
+pub fn get(c: &Connection, scope: &TenantScope) -> Result<Coach, ChatError> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM coaches WHERE tenant_id = ?1"),
+        params![scope.tenant_id()],
+        |r| coach_at(r, 0),
+    )
+    .optional()?
+    .ok_or(ChatError::NotFound("this tenant has no coach"))
+}
+
+/// The coach behind a public slug, with its tenant id.
+pub fn by_slug(c: &Connection, slug: &str) -> Result<(String, Coach), ChatError> {
+    c.query_row(
+        &format!("SELECT tenant_id, {COLUMNS} FROM coaches WHERE slug = ?1"),
+        params![slug],
+        |r| Ok((r.get(0)?, coach_at(r, 1)?)),
+    )
+    .optional()?
+    .ok_or(ChatError::NotFound("no coach has this address"))
+}
+
+/// A change to the coach; absent fields stay as they are.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoachUpdate {
+    pub slug: Option<String>,
+    pub name: Option<String>,
+    pub persona: Option<String>,
+    pub greeting: Option<String>,
+    pub confidence_threshold: Option<f64>,
+    pub fallback_message: Option<String>,
+    pub answer_length: Option<AnswerLength>,
+    pub temperature: Option<f64>,
+    pub redact_pii: Option<bool>,
+}
+
+pub fn update(
+    c: &Connection,
+    scope: &TenantScope,
+    change: &CoachUpdate,
+) -> Result<Coach, ChatError> {
+    let mut coach = get(c, scope)?;
+    if let Some(slug) = &change.slug {
+        coach.slug = clean_slug(slug)?;
+    }
+    if let Some(name) = &change.name {
+        coach.name = bounded("name", name, 1, 100)?;
+    }
+    if let Some(persona) = &change.persona {
+        coach.persona = bounded("persona", persona, 0, 4000)?;
+    }
+    if let Some(greeting) = &change.greeting {
+        coach.greeting = bounded("greeting", greeting, 1, 1000)?;
+    }
+    if let Some(fallback) = &change.fallback_message {
+        coach.fallback_message = bounded("fallback_message", fallback, 1, 1000)?;
+    }
+    if let Some(threshold) = change.confidence_threshold {
+        if !(0.0..=1.0).contains(&threshold) {
+            return Err(ChatError::Invalid(
+                "confidence_threshold must be between 0 and 1".into(),
+            ));
+        }
+        coach.confidence_threshold = threshold;
+    }
+    if let Some(temperature) = change.temperature {
+        if !(0.0..=1.5).contains(&temperature) {
+            return Err(ChatError::Invalid(
+                "temperature must be between 0 and 1.5".into(),
+            ));
+        }
+        coach.temperature = temperature;
+    }
+    if let Some(length) = change.answer_length {
+        coach.answer_length = length;
+    }
+    if let Some(redact) = change.redact_pii {
+        coach.redact_pii = redact;
+    }
+    let result = c.execute(
+        "UPDATE coaches SET slug = ?2, name = ?3, persona = ?4, greeting = ?5, \
+         confidence_threshold = ?6, fallback_message = ?7, answer_length = ?8, temperature = ?9, \
+         redact_pii = ?10 WHERE tenant_id = ?1",
+        params![
+            scope.tenant_id(),
+            coach.slug,
+            coach.name,
+            coach.persona,
+            coach.greeting,
+            coach.confidence_threshold,
+            coach.fallback_message,
+            coach.answer_length.as_str(),
+            coach.temperature,
+            coach.redact_pii
+        ],
+    );
+    match result {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(ChatError::Conflict(format!(
+                "the address '{}' is taken; choose another slug",
+                coach.slug
+            )))
+        }
+        other => {
+            other?;
+            Ok(coach)
+        }
+    }
+}
+
+fn bounded(field: &str, value: &str, min: usize, max: usize) -> Result<String, ChatError> {
+    let value = value.trim();
+    let length = value.chars().count();
+    if length < min || length > max {
+        return Err(ChatError::Invalid(format!(
+            "{field} needs {min} to {max} characters"
+        )));
+    }
+    Ok(value.to_string())
+}
+
+/// 3 to 50 lower-case letters, digits and single hyphens.
+fn clean_slug(slug: &str) -> Result<String, ChatError> {
+    let slug = slug.trim().to_lowercase();
+    let valid = (3..=50).contains(&slug.len())
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !slug.starts_with('-')
+        && !slug.ends_with('-')
+        && !slug.contains("--");
+    if !valid {
+        return Err(ChatError::Invalid(
+            "a slug has 3 to 50 lower-case letters, digits and single hyphens".into(),
+        ));
+    }
+    Ok(slug)
+}

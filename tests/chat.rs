@@ -1,0 +1,624 @@
+//! Grounded answers over HTTP with the real models (SmolLM2-135M and MiniLM): the coach's
+//! settings, visitor tokens, streamed answers with aligned citations, the fallback and knowledge
+//! gaps, isolation between visitors and tenants, personal data, and overload and absence.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Options, TestApp, expect_error, minilm_dir, smollm_gguf};
+use companero::auth::accounts::SignupPolicy;
+use companero::config::Config;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "violet tractor sings at noon";
+
+const GUIDE: &str = "# Refund policy\n\n\
+    Refunds are paid within 14 days of the request, to the card used for the purchase. \
+    To ask for a refund, write to the support team from the email address of your account.\n\n\
+    # Sleep\n\n\
+    Keep the bedroom cool, around 18 degrees, and dark. Stop using screens one hour before bed.\n";
+
+fn with_models(config: &mut Config) {
+    config.signup = SignupPolicy::Open;
+    config.embedder = Some(minilm_dir().display().to_string());
+    config.llm = Some(smollm_gguf().display().to_string());
+}
+
+async fn start(configure: impl FnOnce(&mut Config) + 'static) -> TestApp {
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(configure)),
+        ..Options::default()
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let body: Value = app.get("/readyz").await.json().await.unwrap();
+        let configured = |name: &str| match name {
+            "llm" => app.config.llm.is_some(),
+            _ => app.config.embedder.is_some(),
+        };
+        let ready = |name: &str| !configured(name) || body["components"][name]["ready"] == true;
+        if ready("embedder") && ready("llm") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "models not ready: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
+}
+
+/// One SSE event.
+#[derive(Debug)]
+struct Sse {
+    event: String,
+    data: Value,
+}
+
+fn parse_sse(body: &str) -> Vec<Sse> {
+    body.split("\n\n")
+        .filter_map(|block| {
+            let mut event = String::from("message");
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            (!data.is_empty()).then(|| Sse {
+                event,
+                data: serde_json::from_str(&data).unwrap_or(Value::String(data)),
+            })
+        })
+        .collect()
+}
+
+impl TestApp {
+    async fn register(&self, email: &str) -> String {
+        let response = self
+            .client
+            .post(self.url("/api/v1/auth/register"))
+            .json(&json!({"email": email, "password": PASSWORD, "full_name": "Creator"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn json_ok(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let response = self.send(method, path, token, body).await;
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    /// Uploads a Markdown guide and waits until it is searchable.
+    async fn teach(&self, token: &str, text: &str) -> String {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(text.as_bytes().to_vec()).file_name("guide.md"),
+        );
+        let response = self
+            .client
+            .post(self.url("/api/v1/documents"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let id = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let document = self
+                .json_ok(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/documents/{id}"),
+                    token,
+                    None,
+                )
+                .await;
+            if document["status"] == "ready" {
+                return id;
+            }
+            assert_ne!(document["status"], "failed", "{document}");
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn visitor(&self, slug: &str) -> String {
+        let response = self
+            .client
+            .post(self.url(&format!("/api/v1/public/coaches/{slug}/visitors")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        let body: Value = response.json().await.unwrap();
+        assert!(body["coach"]["greeting"].as_str().is_some());
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    async fn conversation(&self, token: &str) -> String {
+        let response = self
+            .send(reqwest::Method::POST, "/api/v1/conversations", token, None)
+            .await;
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    async fn ask(&self, token: &str, conversation: &str, content: &str) -> Value {
+        self.json_ok(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            token,
+            Some(json!({"content": content, "stream": false})),
+        )
+        .await
+    }
+
+    async fn slug(&self, token: &str) -> String {
+        self.json_ok(reqwest::Method::GET, "/api/v1/coach", token, None)
+            .await["slug"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// Every marker in the text has a citation and every citation is used in the text.
+fn assert_markers_match_citations(message: &Value) {
+    let content = message["content"].as_str().unwrap();
+    let citations = message["citations"].as_array().unwrap();
+    for citation in citations {
+        let marker = format!("[{}]", citation["marker"]);
+        assert!(content.contains(&marker), "{marker} unused in {content}");
+        assert!(!citation["snippet"].as_str().unwrap().is_empty());
+    }
+    for (i, _) in content.match_indices('[') {
+        let number: String = content[i + 1..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(n) = number.parse::<u64>() {
+            assert!(
+                citations.iter().any(|c| c["marker"] == n),
+                "[{n}] has no citation in {message}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_visitor_question_streams_back_a_grounded_answer_with_citations() {
+    let app = start(with_models).await;
+    let creator = app.register("creator@example.com").await;
+    let document = app.teach(&creator, GUIDE).await;
+    let slug = app.slug(&creator).await;
+    let visitor = app.visitor(&slug).await;
+    let conversation = app.conversation(&visitor).await;
+
+    let response = app
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &visitor,
+            Some(json!({"content": "How many days does it take to get a refund?"})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let events = parse_sse(&response.text().await.unwrap());
+    let deltas: Vec<&Sse> = events.iter().filter(|e| e.event == "delta").collect();
+    assert!(!deltas.is_empty(), "{events:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "message", "{events:?}");
+    let message = &last.data;
+    assert_eq!(message["role"], "assistant");
+    let confidence = message["confidence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&confidence));
+    assert_markers_match_citations(message);
+    if message["fallback"] == false {
+        let citations = message["citations"].as_array().unwrap();
+        assert!(
+            !citations.is_empty(),
+            "an answer from the guide cites it: {message}"
+        );
+        assert!(
+            citations
+                .iter()
+                .all(|c| c["document_id"] == document.as_str())
+        );
+    }
+
+    // The conversation keeps both turns, in order; a follow-up uses the history.
+    let follow_up = app
+        .ask(
+            &visitor,
+            &conversation,
+            "And where do I write to ask for it?",
+        )
+        .await;
+    assert_markers_match_citations(&follow_up);
+    let history = app
+        .json_ok(
+            reqwest::Method::GET,
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &visitor,
+            None,
+        )
+        .await;
+    let roles: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    assert_eq!(history["messages"][1]["id"], message["id"]);
+}
+
+#[tokio::test]
+async fn an_out_of_scope_question_gets_the_fallback_and_becomes_a_knowledge_gap() {
+    let app = start(with_models).await;
+    let creator = app.register("creator@example.com").await;
+    app.teach(&creator, GUIDE).await;
+    let response = app
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/coach",
+            &creator,
+            Some(json!({"fallback_message": "Good question! That is outside what I cover."})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let conversation = app.conversation(&creator).await;
+    let answer = app
+        .ask(
+            &creator,
+            &conversation,
+            "Which volcano erupted in Iceland in 2010? Reply to volcano.fan@example.com",
+        )
+        .await;
+    assert_eq!(answer["fallback"], true, "{answer}");
+    let content = answer["content"].as_str().unwrap();
+    assert!(content.starts_with("Good question! That is outside what I cover."));
+    assert!(content.contains("a person"), "offers a human: {content}");
+    assert_eq!(answer["citations"], json!([]));
+    assert!(answer["confidence"].as_f64().unwrap() < 0.35);
+
+    let gaps = app
+        .json_ok(
+            reqwest::Method::GET,
+            "/api/v1/knowledge-gaps",
+            &creator,
+            None,
+        )
+        .await;
+    let question = gaps["gaps"][0]["question"].as_str().unwrap();
+    assert!(question.contains("volcano erupted"), "{gaps}");
+    assert!(
+        question.contains("[email]") && !question.contains("volcano.fan@"),
+        "personal data is masked in gaps: {question}"
+    );
+}
+
+#[tokio::test]
+async fn visitors_see_only_their_own_conversations_and_tenants_stay_apart() {
+    let app = start(|c| c.signup = SignupPolicy::Open).await;
+    let alice = app.register("alice@example.com").await;
+    let bob = app.register("bob@example.com").await;
+    let slug = app.slug(&alice).await;
+    let first = app.visitor(&slug).await;
+    let second = app.visitor(&slug).await;
+    let conversation = app.conversation(&first).await;
+    let path = format!("/api/v1/conversations/{conversation}/messages");
+
+    for token in [&second, &bob] {
+        let read = app.send(reqwest::Method::GET, &path, token, None).await;
+        expect_error(read, 404, "not_found").await;
+        let write = app
+            .send(
+                reqwest::Method::POST,
+                &path,
+                token,
+                Some(json!({"content": "hi"})),
+            )
+            .await;
+        expect_error(write, 404, "not_found").await;
+    }
+    // Alice's staff may read the visitor's conversation but not speak in it.
+    assert_eq!(
+        app.send(reqwest::Method::GET, &path, &alice, None)
+            .await
+            .status(),
+        200
+    );
+    let write = app
+        .send(
+            reqwest::Method::POST,
+            &path,
+            &alice,
+            Some(json!({"content": "hi"})),
+        )
+        .await;
+    expect_error(write, 403, "forbidden").await;
+    // Visitor tokens are not staff credentials.
+    let staff_route = app
+        .send(reqwest::Method::GET, "/api/v1/documents", &first, None)
+        .await;
+    expect_error(staff_route, 401, "unauthorized").await;
+    let bogus = app
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/conversations",
+            "vis_made_up",
+            None,
+        )
+        .await;
+    expect_error(bogus, 401, "unauthorized").await;
+    let unknown = app
+        .client
+        .post(app.url("/api/v1/public/coaches/no-such-coach/visitors"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(unknown, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn creators_configure_their_coach_and_origins_gate_visitors() {
+    let app = start(|c| c.signup = SignupPolicy::Open).await;
+    let alice = app.register("alice@example.com").await;
+    let bob = app.register("bob@example.com").await;
+    let coach = app
+        .json_ok(reqwest::Method::GET, "/api/v1/coach", &alice, None)
+        .await;
+    assert_eq!(coach["answer_length"], "medium");
+    assert_eq!(coach["redact_pii"], false);
+    let updated = app
+        .json_ok(
+            reqwest::Method::PATCH,
+            "/api/v1/coach",
+            &alice,
+            Some(
+                json!({"slug": "sleep-coach", "name": "Luna", "persona": "Calm and kind.",
+                        "greeting": "Hello, I'm Luna.", "confidence_threshold": 0.5,
+                        "answer_length": "short", "temperature": 0.0, "redact_pii": true}),
+            ),
+        )
+        .await;
+    assert_eq!(updated["slug"], "sleep-coach");
+    assert_eq!(updated["confidence_threshold"], 0.5);
+    for (body, status, code) in [
+        (json!({"confidence_threshold": 2.0}), 422, "invalid_request"),
+        (json!({"slug": "Not A Slug!"}), 422, "invalid_request"),
+        (json!({"name": ""}), 422, "invalid_request"),
+        (json!({"slug": "sleep-coach"}), 409, "conflict"),
+    ] {
+        let response = app
+            .send(reqwest::Method::PATCH, "/api/v1/coach", &bob, Some(body))
+            .await;
+        expect_error(response, status, code).await;
+    }
+
+    let response = app
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/tenant",
+            &alice,
+            Some(json!({"allowed_origins": ["https://luna.example"]})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let from = |origin: &'static str| {
+        app.client
+            .post(app.url("/api/v1/public/coaches/sleep-coach/visitors"))
+            .header("origin", origin)
+            .send()
+    };
+    let allowed = from("https://luna.example").await.unwrap();
+    assert_eq!(allowed.status(), 201);
+    let body: Value = allowed.json().await.unwrap();
+    assert_eq!(body["coach"]["greeting"], "Hello, I'm Luna.");
+    expect_error(
+        from("https://evil.example").await.unwrap(),
+        403,
+        "origin_not_allowed",
+    )
+    .await;
+
+    // With redaction on, personal data never reaches the model or the stored message.
+    let visitor = body["token"].as_str().unwrap().to_string();
+    let conversation = app.conversation(&visitor).await;
+    let answer = app
+        .ask(
+            &visitor,
+            &conversation,
+            "My card is 4111 1111 1111 1111, call me on +34 612 345 678",
+        )
+        .await;
+    assert_eq!(
+        answer["fallback"], true,
+        "no knowledge, no model: the fallback"
+    );
+    let history = app
+        .json_ok(
+            reqwest::Method::GET,
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &visitor,
+            None,
+        )
+        .await;
+    assert_eq!(
+        history["messages"][0]["content"],
+        "My card is [card], call me on [phone]"
+    );
+}
+
+#[tokio::test]
+async fn without_a_model_in_scope_questions_get_503_naming_the_fix() {
+    let app = start(|c| {
+        c.signup = SignupPolicy::Open;
+        c.embedder = Some(minilm_dir().display().to_string());
+    })
+    .await;
+    let creator = app.register("creator@example.com").await;
+    app.teach(&creator, GUIDE).await;
+    let conversation = app.conversation(&creator).await;
+    let response = app
+        .send(
+            reqwest::Method::POST,
+            &format!("/api/v1/conversations/{conversation}/messages"),
+            &creator,
+            Some(json!({"content": "How long do refunds take to be paid?"})),
+        )
+        .await;
+    let message = expect_error(response, 503, "model_unavailable").await;
+    assert!(message.contains("companero models"), "{message}");
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_and_a_disconnect_stops_generation() {
+    let app = start(|c| {
+        with_models(c);
+        c.inference_queue = 1;
+        // A loaded test machine can take a while per answer; the queue is under test here.
+        c.request_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let creator = app.register("creator@example.com").await;
+    app.teach(&creator, GUIDE).await;
+    let response = app
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/coach",
+            &creator,
+            Some(json!({"answer_length": "short", "confidence_threshold": 0.05})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+
+    // Several questions at once: one is answered, one waits, the rest are turned away.
+    let mut requests = Vec::new();
+    for _ in 0..5 {
+        let conversation = app.conversation(&creator).await;
+        let request = app
+            .client
+            .post(app.url(&format!("/api/v1/conversations/{conversation}/messages")))
+            .bearer_auth(&creator)
+            .json(&json!({"content": "How are refunds paid and how long does it take?", "stream": false}))
+            .send();
+        requests.push(request);
+    }
+    let responses = futures_util::future::join_all(requests).await;
+    let responses: Vec<_> = responses.into_iter().map(Result::unwrap).collect();
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{statuses:?}"
+    );
+    let refused: Vec<_> = responses
+        .into_iter()
+        .filter(|r| r.status() == 429)
+        .collect();
+    assert!(!refused.is_empty(), "a full queue refuses: {statuses:?}");
+    for response in refused {
+        assert!(response.headers().contains_key("retry-after"));
+        expect_error(response, 429, "overloaded").await;
+    }
+
+    // A client that leaves mid-answer stops the model.
+    let response = app
+        .send(
+            reqwest::Method::PATCH,
+            "/api/v1/coach",
+            &creator,
+            Some(json!({"answer_length": "long"})),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let cancelled_before = cancelled_generations(&app).await;
+    let conversation = app.conversation(&creator).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let response = loop {
+        let response = app
+            .send(
+                reqwest::Method::POST,
+                &format!("/api/v1/conversations/{conversation}/messages"),
+                &creator,
+                Some(json!({"content": "Tell me everything about how refunds are paid."})),
+            )
+            .await;
+        if response.status() == 200 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "the queue never freed up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cancelled_generations(&app).await <= cancelled_before {
+        assert!(
+            Instant::now() < deadline,
+            "generation went on after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn cancelled_generations(app: &TestApp) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("inference_requests_total") && l.contains("cancelled"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
