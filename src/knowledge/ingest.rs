@@ -100,7 +100,10 @@ impl Knowledge {
                     // Transient trouble (a busy database, a full disk being cleared): retry.
                     tracing::warn!(%error, document = %job.subject_id, attempt = job.attempts, "ingestion will be retried");
                     tokio::time::sleep(IDLE_POLL).await;
-                    self.inner.db.call(move |c| jobs::requeue(c, id).map_err(KnowledgeError::from)).await
+                    self.inner
+                        .db
+                        .call(move |c| jobs::requeue(c, id).map_err(KnowledgeError::from))
+                        .await
                 }
                 Err(Interrupted::Internal(error)) => {
                     tracing::error!(%error, document = %job.subject_id, "ingestion failed");
