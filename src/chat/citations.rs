@@ -2,8 +2,9 @@
 //! against the passages and its markers are kept, fixed, added or dropped.
 //!
 //! A sentence is supported by a passage when enough of its content words (lower-cased, stemmed
-//! to their first five letters, without stop words) occur in the passage, or when fewer do but
-//! the sentence's embedding is close to the passage's. Markers the model wrote are kept when
+//! to their first five letters, without stop words) occur in two consecutive sentences of the
+//! passage, or when fewer do but the sentence's embedding is close to the passage's. Lines in
+//! code blocks are left as written and never cited. Markers the model wrote are kept when
 //! their passage supports the sentence; otherwise the best supporting passage is cited; a
 //! sentence nothing supports gets no marker. Markers are renumbered in order of first use.
 
@@ -56,26 +57,52 @@ pub struct Embeddings {
     pub passages: Vec<Vec<f32>>,
 }
 
-/// The answer's sentences with the model's markers removed, as aligned later; for embedding.
+/// The answer's prose sentences with the model's markers removed, in the order [`align`]
+/// visits them; for embedding.
 pub fn claims(answer: &str) -> Vec<String> {
-    split(answer).into_iter().map(|s| s.text).collect()
+    split(answer)
+        .into_iter()
+        .filter(|s| !s.code)
+        .map(|s| s.text)
+        .collect()
 }
 
+/// A piece of the answer: a sentence of prose, or a line inside a code block.
 struct Sentence {
     text: String,
+    /// What followed it in the answer (spaces, line breaks), kept so layout survives.
+    trailing: String,
     /// 0-based passage indices the model cited.
     cited: Vec<usize>,
+    /// Inside a fenced code block: copied as written, never cited.
+    code: bool,
 }
 
 fn split(answer: &str) -> Vec<Sentence> {
-    sentences(answer)
-        .into_iter()
-        .map(|range| {
-            let (text, cited) = strip_markers(&answer[range]);
-            Sentence { text, cited }
-        })
-        .filter(|s| !s.text.trim().is_empty())
-        .collect()
+    let mut in_code = false;
+    let mut out = Vec::new();
+    for range in sentences(answer) {
+        let piece = &answer[range];
+        let core = piece.trim_end();
+        let trailing = piece[core.len()..].to_string();
+        let fences = core.matches("```").count();
+        let code = in_code || fences > 0;
+        if fences % 2 == 1 {
+            in_code = !in_code;
+        }
+        let (text, cited) = if code {
+            (core.to_string(), Vec::new())
+        } else {
+            strip_markers(core)
+        };
+        out.push(Sentence {
+            text,
+            trailing,
+            cited,
+            code,
+        });
+    }
+    out
 }
 
 /// Removes `[1]`, `[1, 2]`, `[1][3]` markers; returns the text and the 0-based indices.
@@ -107,56 +134,65 @@ fn strip_markers(sentence: &str) -> (String, Vec<usize>) {
 
 /// Aligns the markers of `answer` with `passages` (numbered from 1 in the prompt).
 pub fn align(answer: &str, passages: &[SearchHit], embeddings: Option<&Embeddings>) -> Aligned {
-    let passage_words: Vec<HashSet<String>> =
-        passages.iter().map(|p| content_words(&p.text)).collect();
+    let windows: Vec<Vec<Window>> = passages.iter().map(|p| windows(&p.text)).collect();
     let mut used: Vec<usize> = Vec::new();
+    let mut snippets: Vec<String> = Vec::new();
     let mut out = String::new();
     let (mut claims, mut supported) = (0usize, 0usize);
     let (mut model_markers, mut model_markers_right) = (0usize, 0usize);
-    let mut snippets: Vec<String> = Vec::new();
-    for (i, sentence) in split(answer).into_iter().enumerate() {
+    let mut prose_index = 0;
+    for sentence in split(answer) {
+        if sentence.code {
+            out.push_str(&sentence.text);
+            out.push_str(&sentence.trailing);
+            continue;
+        }
+        let i = prose_index;
+        prose_index += 1;
         let words = content_words(&sentence.text);
-        let scores: Vec<f32> = passage_words
+        // Per passage: the support score (0 = none) and the window of it that supports.
+        let scores: Vec<(f32, usize)> = windows
             .iter()
             .enumerate()
-            .map(|(p, passage)| {
-                let lexical = overlap(&words, passage);
+            .map(|(p, passage_windows)| {
+                let (best, lexical) = passage_windows
+                    .iter()
+                    .enumerate()
+                    .map(|(w, window)| (w, overlap(&words, &window.words)))
+                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap_or((0, 0.0));
                 let semantic = embeddings
                     .and_then(|e| Some(cosine(e.sentences.get(i)?, e.passages.get(p)?)))
                     .unwrap_or(0.0);
-                if lexical >= LEXICAL_SUPPORT
-                    || (lexical >= LEXICAL_FLOOR && semantic >= SEMANTIC_SUPPORT)
-                {
-                    lexical + semantic
-                } else {
-                    0.0
-                }
+                let supports = lexical >= LEXICAL_SUPPORT
+                    || (lexical >= LEXICAL_FLOOR && semantic >= SEMANTIC_SUPPORT);
+                (if supports { lexical + semantic } else { 0.0 }, best)
             })
             .collect();
+        let supports = |p: usize| scores.get(p).is_some_and(|(s, _)| *s > 0.0);
         for &p in &sentence.cited {
             model_markers += 1;
-            if scores.get(p).is_some_and(|&s| s > 0.0) {
+            if supports(p) {
                 model_markers_right += 1;
             }
         }
-        let is_claim = words.len() >= MIN_CLAIM_WORDS;
         let mut chosen: Vec<usize> = sentence
             .cited
             .iter()
             .copied()
-            .filter(|&p| scores.get(p).is_some_and(|&s| s > 0.0))
+            .filter(|&p| supports(p))
             .collect();
         chosen.dedup();
         if chosen.is_empty()
             && let Some((best, _)) = scores
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| **s > 0.0)
-                .max_by(|a, b| a.1.total_cmp(b.1))
+                .filter(|(_, (s, _))| *s > 0.0)
+                .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
         {
             chosen.push(best);
         }
-        if is_claim {
+        if words.len() >= MIN_CLAIM_WORDS {
             claims += 1;
             if !chosen.is_empty() {
                 supported += 1;
@@ -168,16 +204,14 @@ pub fn align(answer: &str, passages: &[SearchHit], embeddings: Option<&Embedding
                 Some(position) => position + 1,
                 None => {
                     used.push(p);
-                    snippets.push(best_snippet(&passages[p].text, &words));
+                    snippets.push(snippet(&windows[p][scores[p].1].text));
                     used.len()
                 }
             };
             markers.push_str(&format!("[{marker}]"));
         }
-        if !out.is_empty() {
-            out.push(' ');
-        }
         out.push_str(&with_markers(&sentence.text, &markers));
+        out.push_str(&sentence.trailing);
     }
     let citations = used
         .iter()
@@ -194,7 +228,7 @@ pub fn align(answer: &str, passages: &[SearchHit], embeddings: Option<&Embedding
         })
         .collect();
     Aligned {
-        text: out,
+        text: out.trim_end().to_string(),
         citations,
         support: if claims == 0 {
             0.0
@@ -204,6 +238,37 @@ pub fn align(answer: &str, passages: &[SearchHit], embeddings: Option<&Embedding
         model_markers_correct: (model_markers > 0)
             .then(|| model_markers_right as f32 / model_markers as f32),
     }
+}
+
+/// Two consecutive sentences of a passage: support must come from one place in it, not from
+/// words scattered over the whole passage.
+struct Window {
+    text: String,
+    words: HashSet<String>,
+}
+
+fn windows(passage: &str) -> Vec<Window> {
+    let parts: Vec<&str> = sentences(passage)
+        .into_iter()
+        .map(|r| passage[r].trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if parts.len() <= 1 {
+        return vec![Window {
+            text: passage.trim().to_string(),
+            words: content_words(passage),
+        }];
+    }
+    parts
+        .windows(2)
+        .map(|pair| {
+            let text = format!("{} {}", pair[0], pair[1]);
+            Window {
+                words: content_words(&text),
+                text,
+            }
+        })
+        .collect()
 }
 
 /// "Drink water." + "[1]" → "Drink water [1]."
@@ -219,15 +284,10 @@ fn with_markers(sentence: &str, markers: &str) -> String {
     }
 }
 
-/// The passage sentence sharing most content words with the claim, at most 300 characters.
-fn best_snippet(passage: &str, claim: &HashSet<String>) -> String {
-    let best = sentences(passage)
-        .into_iter()
-        .map(|r| passage[r].trim())
-        .max_by_key(|s| content_words(s).intersection(claim).count())
-        .unwrap_or(passage);
-    let mut snippet: String = best.chars().take(300).collect();
-    if snippet.len() < best.len() {
+/// A quote of at most 300 characters.
+fn snippet(text: &str) -> String {
+    let mut snippet: String = text.chars().take(300).collect();
+    if snippet.len() < text.len() {
         snippet.push('…');
     }
     snippet
@@ -308,6 +368,18 @@ mod tests {
         // Three claims, two supported; both model markers were wrong.
         assert!((aligned.support - 2.0 / 3.0).abs() < 1e-6);
         assert_eq!(aligned.model_markers_correct, Some(0.0));
+    }
+
+    #[test]
+    fn code_blocks_and_line_breaks_survive_alignment() {
+        let answer =
+            "Refunds are paid within 14 days.\n\n```python\nrefund(days=14) [1]\n```\nDone.";
+        let aligned = align(answer, &passages(), None);
+        assert_eq!(
+            aligned.text,
+            "Refunds are paid within 14 days [1].\n\n```python\nrefund(days=14) [1]\n```\nDone."
+        );
+        assert_eq!(aligned.citations.len(), 1);
     }
 
     #[test]
