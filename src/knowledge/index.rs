@@ -47,7 +47,20 @@ type SharedIndex = Arc<Mutex<Index>>;
 pub struct VectorIndexes {
     dir: PathBuf,
     open: Arc<Mutex<HashMap<(String, String), SharedIndex>>>,
+    /// When each index was last written, and whether it has changed since. Writing a large
+    /// index after every batch would make ingestion quadratic; a stale file is safe (it is
+    /// checked against SQLite when loaded) and only costs a rebuild.
+    saves: Arc<Mutex<HashMap<(String, String), SaveState>>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct SaveState {
+    at: std::time::Instant,
+    dirty: bool,
+}
+
+/// An index with unsaved additions is written at most this often while it keeps changing.
+const SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Creates an empty index with our settings.
 pub fn new_index(dimensions: usize, quantization: ScalarKind) -> Result<Index, IndexError> {
@@ -83,6 +96,7 @@ impl VectorIndexes {
         VectorIndexes {
             dir,
             open: Arc::default(),
+            saves: Arc::default(),
         }
     }
 
@@ -165,7 +179,8 @@ impl VectorIndexes {
         Ok(index)
     }
 
-    /// Adds vectors already committed to SQLite, then saves the index.
+    /// Adds vectors already committed to SQLite. The file is written when the last write is
+    /// older than [`SAVE_INTERVAL`], and by [`VectorIndexes::flush`].
     pub fn add(
         &self,
         c: &Connection,
@@ -175,10 +190,52 @@ impl VectorIndexes {
         items: &[(i64, Vec<f32>)],
     ) -> Result<(), IndexError> {
         let tenant = scope.tenant_id();
-        let index = self.get(c, tenant, embedder, dimensions)?;
-        let index = index.lock().expect("index");
+        let shared = self.get(c, tenant, embedder, dimensions)?;
+        let index = shared.lock().expect("index");
         add_all(&index, items)?;
-        save(&index, &self.path(tenant, embedder))
+        let key = (tenant.to_string(), embedder.to_string());
+        let due = {
+            let mut saves = self.saves.lock().expect("saves");
+            let state = saves.entry(key.clone()).or_insert(SaveState {
+                at: std::time::Instant::now() - SAVE_INTERVAL,
+                dirty: false,
+            });
+            state.dirty = true;
+            state.at.elapsed() >= SAVE_INTERVAL
+        };
+        if due {
+            self.save_index(&key, &index)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the tenant's index for `embedder` if it has unsaved changes.
+    pub fn flush(&self, scope: &TenantScope, embedder: &str) -> Result<(), IndexError> {
+        let key = (scope.tenant_id().to_string(), embedder.to_string());
+        let dirty = self
+            .saves
+            .lock()
+            .expect("saves")
+            .get(&key)
+            .is_some_and(|s| s.dirty);
+        let shared = self.open.lock().expect("indexes").get(&key).cloned();
+        if let (true, Some(shared)) = (dirty, shared) {
+            let index = shared.lock().expect("index");
+            self.save_index(&key, &index)?;
+        }
+        Ok(())
+    }
+
+    fn save_index(&self, key: &(String, String), index: &Index) -> Result<(), IndexError> {
+        save(index, &self.path(&key.0, &key.1))?;
+        self.saves.lock().expect("saves").insert(
+            key.clone(),
+            SaveState {
+                at: std::time::Instant::now(),
+                dirty: false,
+            },
+        );
+        Ok(())
     }
 
     /// Removes chunks (already deleted from SQLite) from every open index of the tenant and
@@ -201,7 +258,7 @@ impl VectorIndexes {
             for &id in ids {
                 index.remove(id as u64)?;
             }
-            save(&index, &self.path(tenant, &embedder))?;
+            self.save_index(&(tenant.to_string(), embedder), &index)?;
         }
         Ok(())
     }

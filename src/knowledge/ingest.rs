@@ -217,8 +217,11 @@ impl Knowledge {
             self.progress(&scope, &id, 0.3 + 0.69 * fraction).await?;
         }
         let (scope_for_db, id_for_db) = (scope.clone(), id.clone());
+        let (indexes, key) = (self.inner.indexes.clone(), engine.key());
         db.call(move |c| {
-            documents::set_ready(c, &scope_for_db, &id_for_db).map_err(KnowledgeError::from)
+            indexes.flush(&scope_for_db, &key)?;
+            documents::set_ready(c, &scope_for_db, &id_for_db)?;
+            Ok::<_, KnowledgeError>(())
         })
         .await?;
         tracing::info!(document = %id, chunks = total, "document ready");
@@ -396,7 +399,17 @@ impl Knowledge {
             .collect();
         tracing::info!(tenant = %tenant, chunks = batch.len(), embedder = %key, "re-embedding");
         match self.embed_and_store(&engine, &scope, batch).await {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                // A tenant finished (the next batch is another tenant's or none) is saved now.
+                let more_of_tenant = self.tenant_needs_vectors(&scope, &key).await?;
+                if !more_of_tenant {
+                    let indexes = self.inner.indexes.clone();
+                    tokio::task::spawn_blocking(move || indexes.flush(&scope, &key))
+                        .await
+                        .map_err(|e| IndexError::Usearch(e.to_string()))??;
+                }
+                Ok(true)
+            }
             Err(Interrupted::Internal(error)) => Err(error),
             Err(_) => Ok(false),
         }
@@ -490,25 +503,52 @@ impl Knowledge {
         let Some(previous) = previous else {
             return Ok(current);
         };
-        let (tenant, current_key, previous_key) =
-            (scope.tenant_id().to_string(), current.key(), previous.key());
-        let use_previous = self
-            .inner
+        let use_previous = self.tenant_needs_vectors(scope, &current.key()).await?
+            && self.tenant_has_vectors(scope, &previous.key()).await?;
+        Ok(if use_previous { previous } else { current })
+    }
+
+    /// Whether some ready chunk of the tenant has no vector from embedder `key`.
+    async fn tenant_needs_vectors(
+        &self,
+        scope: &TenantScope,
+        key: &str,
+    ) -> Result<bool, KnowledgeError> {
+        let (tenant, key) = (scope.tenant_id().to_string(), key.to_string());
+        self.inner
             .db
             .call(move |c| {
                 c.query_row(
                     "SELECT EXISTS (SELECT 1 FROM chunks c \
                        JOIN documents d ON d.id = c.document_id AND d.status = 'ready' \
                        WHERE c.tenant_id = ?1 AND NOT EXISTS (SELECT 1 FROM chunk_vectors v \
-                         WHERE v.chunk_id = c.id AND v.embedder = ?2)) \
-                     AND EXISTS (SELECT 1 FROM chunk_vectors WHERE tenant_id = ?1 AND embedder = ?3)",
-                    params![tenant, current_key, previous_key],
+                         WHERE v.chunk_id = c.id AND v.embedder = ?2))",
+                    params![tenant, key],
                     |r| r.get::<_, bool>(0),
                 )
                 .map_err(KnowledgeError::from)
             })
-            .await?;
-        Ok(if use_previous { previous } else { current })
+            .await
+    }
+
+    /// Whether the tenant has any vector from embedder `key`.
+    async fn tenant_has_vectors(
+        &self,
+        scope: &TenantScope,
+        key: &str,
+    ) -> Result<bool, KnowledgeError> {
+        let (tenant, key) = (scope.tenant_id().to_string(), key.to_string());
+        self.inner
+            .db
+            .call(move |c| {
+                c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM chunk_vectors WHERE tenant_id = ?1 AND embedder = ?2)",
+                    params![tenant, key],
+                    |r| r.get::<_, bool>(0),
+                )
+                .map_err(KnowledgeError::from)
+            })
+            .await
     }
 
     /// Vectors of embedders other than `key`, in tenants that are fully embedded with `key`.
