@@ -12,8 +12,6 @@ use companero::config::Config;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "violet tractor sings at noon";
-
 const GUIDE: &str = "# Refund policy\n\n\
     Refunds are paid within 14 days of the request, to the card used for the purchase. \
     To ask for a refund, write to the support team from the email address of your account.\n\n\
@@ -32,20 +30,7 @@ async fn start(configure: impl FnOnce(&mut Config) + 'static) -> TestApp {
         ..Options::default()
     })
     .await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let body: Value = app.get("/readyz").await.json().await.unwrap();
-        let configured = |name: &str| match name {
-            "llm" => app.config.llm.is_some(),
-            _ => app.config.embedder.is_some(),
-        };
-        let ready = |name: &str| !configured(name) || body["components"][name]["ready"] == true;
-        if ready("embedder") && ready("llm") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "models not ready: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_models().await;
     app
 }
 
@@ -77,21 +62,6 @@ fn parse_sse(body: &str) -> Vec<Sse> {
 }
 
 impl TestApp {
-    async fn register(&self, email: &str) -> String {
-        let response = self
-            .client
-            .post(self.url("/api/v1/auth/register"))
-            .json(&json!({"email": email, "password": PASSWORD, "full_name": "Creator"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
-        response.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
     async fn send(
         &self,
         method: reqwest::Method,
@@ -232,7 +202,7 @@ fn assert_markers_match_citations(message: &Value) {
 #[tokio::test]
 async fn a_visitor_question_streams_back_a_grounded_answer_with_citations() {
     let app = start(with_models).await;
-    let creator = app.register("creator@example.com").await;
+    let creator = app.sign_up("creator@example.com").await;
     let document = app.teach(&creator, GUIDE).await;
     let slug = app.slug(&creator).await;
     let visitor = app.visitor(&slug).await;
@@ -306,7 +276,7 @@ async fn a_visitor_question_streams_back_a_grounded_answer_with_citations() {
 #[tokio::test]
 async fn an_out_of_scope_question_gets_the_fallback_and_becomes_a_knowledge_gap() {
     let app = start(with_models).await;
-    let creator = app.register("creator@example.com").await;
+    let creator = app.sign_up("creator@example.com").await;
     app.teach(&creator, GUIDE).await;
     let response = app
         .send(
@@ -351,8 +321,8 @@ async fn an_out_of_scope_question_gets_the_fallback_and_becomes_a_knowledge_gap(
 #[tokio::test]
 async fn visitors_see_only_their_own_conversations_and_tenants_stay_apart() {
     let app = start(|c| c.signup = SignupPolicy::Open).await;
-    let alice = app.register("alice@example.com").await;
-    let bob = app.register("bob@example.com").await;
+    let alice = app.sign_up("alice@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
     let slug = app.slug(&alice).await;
     let first = app.visitor(&slug).await;
     let second = app.visitor(&slug).await;
@@ -414,8 +384,8 @@ async fn visitors_see_only_their_own_conversations_and_tenants_stay_apart() {
 #[tokio::test]
 async fn creators_configure_their_coach_and_origins_gate_visitors() {
     let app = start(|c| c.signup = SignupPolicy::Open).await;
-    let alice = app.register("alice@example.com").await;
-    let bob = app.register("bob@example.com").await;
+    let alice = app.sign_up("alice@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
     let coach = app
         .json_ok(reqwest::Method::GET, "/api/v1/coach", &alice, None)
         .await;
@@ -508,7 +478,7 @@ async fn without_a_model_in_scope_questions_get_503_naming_the_fix() {
         c.embedder = Some(minilm_dir().display().to_string());
     })
     .await;
-    let creator = app.register("creator@example.com").await;
+    let creator = app.sign_up("creator@example.com").await;
     app.teach(&creator, GUIDE).await;
     let conversation = app.conversation(&creator).await;
     let response = app
@@ -532,7 +502,7 @@ async fn a_full_queue_answers_429_and_a_disconnect_stops_generation() {
         c.request_timeout = Duration::from_secs(600);
     })
     .await;
-    let creator = app.register("creator@example.com").await;
+    let creator = app.sign_up("creator@example.com").await;
     app.teach(&creator, GUIDE).await;
     let response = app
         .send(

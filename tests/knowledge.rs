@@ -12,8 +12,6 @@ use companero::auth::accounts::SignupPolicy;
 use companero::config::Config;
 use serde_json::{Value, json};
 
-const PASSWORD: &str = "violet tractor sings at noon";
-
 fn with_embedder(config: &mut Config) {
     config.signup = SignupPolicy::Open;
     config.embedder = Some(minilm_dir().display().to_string());
@@ -25,7 +23,7 @@ async fn start(configure: impl FnOnce(&mut Config) + 'static) -> TestApp {
         ..Options::default()
     })
     .await;
-    app.wait_for_embedder().await;
+    app.wait_for_models().await;
     app
 }
 
@@ -37,40 +35,11 @@ async fn restart(dir: tempfile::TempDir) -> TestApp {
         ..Options::default()
     })
     .await;
-    app.wait_for_embedder().await;
+    app.wait_for_models().await;
     app
 }
 
 impl TestApp {
-    /// Waits until the configured embedder has loaded (a no-op when none is configured).
-    async fn wait_for_embedder(&self) {
-        if self.config.embedder.is_none() {
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let body: Value = self.get("/readyz").await.json().await.unwrap();
-            if body["components"]["embedder"]["ready"] == true {
-                return;
-            }
-            assert!(Instant::now() < deadline, "embedder not ready: {body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn register(&self, email: &str) -> String {
-        let response = self
-            .client
-            .post(self.url("/api/v1/auth/register"))
-            .json(&json!({"email": email, "password": PASSWORD, "full_name": "Creator"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-        let body: Value = response.json().await.unwrap();
-        body["access_token"].as_str().unwrap().to_string()
-    }
-
     async fn upload_with(
         &self,
         token: &str,
@@ -165,7 +134,7 @@ const TEXT: &str = "Box breathing for busy days\n\nInhale for four counts, hold 
 #[tokio::test]
 async fn every_supported_type_becomes_ready_and_search_finds_its_passage() {
     let app = start(with_embedder).await;
-    let token = app.register("creator@example.com").await;
+    let token = app.sign_up("creator@example.com").await;
     let pdf = documents::pdf(&[
         vec![
             "Hydration basics.",
@@ -261,7 +230,7 @@ async fn bad_files_fail_with_a_reason_and_the_server_stays_healthy() {
         c.knowledge.max_upload_bytes = 2 * 1024 * 1024;
     })
     .await;
-    let token = app.register("creator@example.com").await;
+    let token = app.sign_up("creator@example.com").await;
     let page = vec!["Some perfectly ordinary text about habits."];
     let good_pdf = documents::pdf(std::slice::from_ref(&page));
     let bomb = format!(
@@ -361,7 +330,7 @@ async fn bad_files_fail_with_a_reason_and_the_server_stays_healthy() {
 #[tokio::test]
 async fn creators_list_rename_organise_download_reingest_and_delete_documents() {
     let app = start(with_embedder).await;
-    let token = app.register("creator@example.com").await;
+    let token = app.sign_up("creator@example.com").await;
     let mut ids = Vec::new();
     for (name, collection, tags) in [
         ("one.md", "Course A", "intro,week1"),
@@ -504,7 +473,7 @@ async fn creators_list_rename_organise_download_reingest_and_delete_documents() 
 async fn a_restart_during_ingestion_loses_nothing() {
     // Without an embedder, documents are stored and wait; a restart with one finishes them.
     let first = start(|c| c.signup = SignupPolicy::Open).await;
-    let token = first.register("creator@example.com").await;
+    let token = first.sign_up("creator@example.com").await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let text = format!("Lesson {i}: the secret ingredient number {i} is patience{i}.");
@@ -538,7 +507,7 @@ async fn a_restart_during_ingestion_loses_nothing() {
 #[tokio::test]
 async fn the_vector_index_is_rebuilt_from_the_database_and_never_returns_deleted_text() {
     let first = start(with_embedder).await;
-    let token = first.register("creator@example.com").await;
+    let token = first.sign_up("creator@example.com").await;
     let keep = first
         .upload(
             &token,
@@ -609,8 +578,8 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn tenants_never_see_each_others_passages_and_analysts_cannot_upload() {
     let app = start(with_embedder).await;
-    let alice = app.register("alice@example.com").await;
-    let bob = app.register("bob@example.com").await;
+    let alice = app.sign_up("alice@example.com").await;
+    let bob = app.sign_up("bob@example.com").await;
     let id = app
         .upload(
             &alice,
@@ -660,7 +629,7 @@ async fn tenants_never_see_each_others_passages_and_analysts_cannot_upload() {
 #[tokio::test]
 async fn search_rejects_bad_requests_clearly() {
     let app = start(with_embedder).await;
-    let token = app.register("creator@example.com").await;
+    let token = app.sign_up("creator@example.com").await;
     for body in [
         json!({"query": "   "}),
         json!({"query": "x", "limit": 0}),
@@ -738,7 +707,7 @@ async fn the_sandbox_survives_readers_that_hang_or_crash() {
 #[tokio::test]
 async fn changing_the_embedder_re_embeds_every_chunk_in_the_background() {
     let first = start(with_embedder).await;
-    let token = first.register("creator@example.com").await;
+    let token = first.sign_up("creator@example.com").await;
     let id = first
         .upload(
             &token,
@@ -768,7 +737,7 @@ async fn changing_the_embedder_re_embeds_every_chunk_in_the_background() {
         ..Options::default()
     })
     .await;
-    second.wait_for_embedder().await;
+    second.wait_for_models().await;
     let keys = || {
         let connection = rusqlite::Connection::open(data.join("companero.db")).unwrap();
         let mut statement = connection

@@ -514,21 +514,15 @@ impl Knowledge {
         scope: &TenantScope,
         key: &str,
     ) -> Result<bool, KnowledgeError> {
-        let (tenant, key) = (scope.tenant_id().to_string(), key.to_string());
-        self.inner
-            .db
-            .call(move |c| {
-                c.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM chunks c \
-                       JOIN documents d ON d.id = c.document_id AND d.status = 'ready' \
-                       WHERE c.tenant_id = ?1 AND NOT EXISTS (SELECT 1 FROM chunk_vectors v \
-                         WHERE v.chunk_id = c.id AND v.embedder = ?2))",
-                    params![tenant, key],
-                    |r| r.get::<_, bool>(0),
-                )
-                .map_err(KnowledgeError::from)
-            })
-            .await
+        self.tenant_check(
+            scope,
+            key,
+            "SELECT EXISTS (SELECT 1 FROM chunks c \
+               JOIN documents d ON d.id = c.document_id AND d.status = 'ready' \
+               WHERE c.tenant_id = ?1 AND NOT EXISTS (SELECT 1 FROM chunk_vectors v \
+                 WHERE v.chunk_id = c.id AND v.embedder = ?2))",
+        )
+        .await
     }
 
     /// Whether the tenant has any vector from embedder `key`.
@@ -537,16 +531,27 @@ impl Knowledge {
         scope: &TenantScope,
         key: &str,
     ) -> Result<bool, KnowledgeError> {
+        self.tenant_check(
+            scope,
+            key,
+            "SELECT EXISTS (SELECT 1 FROM chunk_vectors WHERE tenant_id = ?1 AND embedder = ?2)",
+        )
+        .await
+    }
+
+    /// Runs a yes/no `query` with the tenant id as ?1 and the embedder key as ?2.
+    async fn tenant_check(
+        &self,
+        scope: &TenantScope,
+        key: &str,
+        query: &'static str,
+    ) -> Result<bool, KnowledgeError> {
         let (tenant, key) = (scope.tenant_id().to_string(), key.to_string());
         self.inner
             .db
             .call(move |c| {
-                c.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM chunk_vectors WHERE tenant_id = ?1 AND embedder = ?2)",
-                    params![tenant, key],
-                    |r| r.get::<_, bool>(0),
-                )
-                .map_err(KnowledgeError::from)
+                c.query_row(query, params![tenant, key], |r| r.get::<_, bool>(0))
+                    .map_err(KnowledgeError::from)
             })
             .await
     }

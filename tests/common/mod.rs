@@ -91,6 +91,46 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Waits until every model the configuration names has loaded.
+    pub async fn wait_for_models(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let body: serde_json::Value = self.get("/readyz").await.json().await.unwrap();
+            let ready = |name: &str, configured: bool| {
+                !configured || body["components"][name]["ready"] == true
+            };
+            if ready("llm", self.config.llm.is_some())
+                && ready("embedder", self.config.embedder.is_some())
+            {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "models not ready: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Registers an account (sign-up must be open, or this the first account) and returns its
+    /// access token.
+    pub async fn sign_up(&self, email: &str) -> String {
+        let response = self
+            .client
+            .post(self.url("/api/v1/auth/register"))
+            .json(&serde_json::json!({
+                "email": email,
+                "password": "violet tractor sings at noon",
+                "full_name": "Creator",
+            }))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: serde_json::Value = response.json().await.expect("JSON");
+        body["access_token"].as_str().expect("token").to_string()
+    }
+
     /// Shuts the server down and waits for it, returning its result; keeps the data directory.
     pub async fn stop(self) -> (anyhow::Result<()>, TempDir) {
         self.shutdown.cancel();
