@@ -203,7 +203,9 @@ impl Chat {
                 stats["prompt_tokens"] = json!(summary.stats.prompt_tokens);
                 stats["completion_tokens"] = json!(summary.stats.completion_tokens);
                 stats["raw_answer"] = json!(answer);
-                if (confidence as f64) < coach.confidence_threshold || text.trim().is_empty() {
+                // An answer that no passage supports is not grounded, whatever retrieval scored.
+                let grounded = !citations.is_empty();
+                if (confidence as f64) < coach.confidence_threshold || !grounded {
                     (Chat::fallback_text(&coach), Vec::new(), confidence, true)
                 } else {
                     (text, citations, confidence, false)
