@@ -157,14 +157,34 @@ impl TestApp {
             .to_string()
     }
 
+    /// Posts a message; the raw response (an event stream unless the body says otherwise).
+    async fn post_message(
+        &self,
+        token: &str,
+        conversation: &str,
+        body: Value,
+    ) -> reqwest::Response {
+        let path = format!("/api/v1/conversations/{conversation}/messages");
+        self.send(reqwest::Method::POST, &path, token, Some(body))
+            .await
+    }
+
+    /// Asks without streaming and returns the stored answer.
     async fn ask(&self, token: &str, conversation: &str, content: &str) -> Value {
-        self.json_ok(
-            reqwest::Method::POST,
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            token,
-            Some(json!({"content": content, "stream": false})),
-        )
-        .await
+        let response = self
+            .post_message(
+                token,
+                conversation,
+                json!({"content": content, "stream": false}),
+            )
+            .await;
+        assert!(response.status().is_success(), "{}", response.status());
+        response.json().await.unwrap()
+    }
+
+    async fn history(&self, token: &str, conversation: &str) -> Value {
+        let path = format!("/api/v1/conversations/{conversation}/messages");
+        self.json_ok(reqwest::Method::GET, &path, token, None).await
     }
 
     async fn slug(&self, token: &str) -> String {
@@ -209,11 +229,10 @@ async fn a_visitor_question_streams_back_a_grounded_answer_with_citations() {
     let conversation = app.conversation(&visitor).await;
 
     let response = app
-        .send(
-            reqwest::Method::POST,
-            &format!("/api/v1/conversations/{conversation}/messages"),
+        .post_message(
             &visitor,
-            Some(json!({"content": "How many days does it take to get a refund?"})),
+            &conversation,
+            json!({"content": "How many days does it take to get a refund?"}),
         )
         .await;
     assert_eq!(response.status(), 200);
@@ -257,14 +276,7 @@ async fn a_visitor_question_streams_back_a_grounded_answer_with_citations() {
         )
         .await;
     assert_markers_match_citations(&follow_up);
-    let history = app
-        .json_ok(
-            reqwest::Method::GET,
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            &visitor,
-            None,
-        )
-        .await;
+    let history = app.history(&visitor, &conversation).await;
     let roles: Vec<&str> = history["messages"]
         .as_array()
         .unwrap()
@@ -459,14 +471,7 @@ async fn creators_configure_their_coach_and_origins_gate_visitors() {
         answer["fallback"], true,
         "no knowledge, no model: the fallback"
     );
-    let history = app
-        .json_ok(
-            reqwest::Method::GET,
-            &format!("/api/v1/conversations/{conversation}/messages"),
-            &visitor,
-            None,
-        )
-        .await;
+    let history = app.history(&visitor, &conversation).await;
     assert_eq!(
         history["messages"][0]["content"],
         "My card is [card], call me on [phone]"
@@ -484,11 +489,10 @@ async fn without_a_model_in_scope_questions_get_503_naming_the_fix() {
     app.teach(&creator, GUIDE).await;
     let conversation = app.conversation(&creator).await;
     let response = app
-        .send(
-            reqwest::Method::POST,
-            &format!("/api/v1/conversations/{conversation}/messages"),
+        .post_message(
             &creator,
-            Some(json!({"content": "How long do refunds take to be paid?"})),
+            &conversation,
+            json!({"content": "How long do refunds take to be paid?"}),
         )
         .await;
     let message = expect_error(response, 503, "model_unavailable").await;
@@ -560,11 +564,10 @@ async fn a_full_queue_answers_429_and_a_disconnect_stops_generation() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let response = loop {
         let response = app
-            .send(
-                reqwest::Method::POST,
-                &format!("/api/v1/conversations/{conversation}/messages"),
+            .post_message(
                 &creator,
-                Some(json!({"content": "Tell me everything about how refunds are paid."})),
+                &conversation,
+                json!({"content": "Tell me everything about how refunds are paid."}),
             )
             .await;
         if response.status() == 200 {

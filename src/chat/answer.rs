@@ -23,6 +23,8 @@ pub const PASSAGES: usize = 3;
 /// that prefill, which dominates the time to first token on a CPU, stays around 700 tokens.
 pub const PASSAGE_CHARS: usize = 1800;
 pub const HISTORY_CHARS: usize = 900;
+/// Most earlier messages read for the prompt (their text is then cut to `HISTORY_CHARS`).
+const HISTORY_MESSAGES: u32 = 12;
 /// Longest end-user message.
 pub const MAX_MESSAGE_CHARS: usize = 4000;
 /// How long one answer may take before generation stops.
@@ -79,7 +81,9 @@ impl Chat {
                 .call(move |c| {
                     conversations::open(c, &speaker, &id, Access::Write)?;
                     let coach = coach::get(c, speaker.scope())?;
-                    let history = conversations::messages(c, speaker.scope(), &id)?;
+                    // Only what the history budget can hold is read, however long the conversation.
+                    let history =
+                        conversations::recent_messages(c, speaker.scope(), &id, HISTORY_MESSAGES)?;
                     // The creator chose whether personal data reaches the model (and storage).
                     let question = if coach.redact_pii {
                         masked_text

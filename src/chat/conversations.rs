@@ -193,6 +193,24 @@ pub fn messages(
         .collect()
 }
 
+/// The conversation's last `count` messages, oldest first: what a prompt can hold.
+pub fn recent_messages(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    count: u32,
+) -> rusqlite::Result<Vec<Message>> {
+    let mut statement = c.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
+         ORDER BY rowid DESC LIMIT ?3"
+    ))?;
+    let mut messages = statement
+        .query_map(params![scope.tenant_id(), conversation_id, count], message)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    messages.reverse();
+    Ok(messages)
+}
+
 /// A message to store.
 pub struct NewMessage<'a> {
     pub role: &'a str,
