@@ -147,6 +147,18 @@ enum BenchCommand {
         #[command(flatten)]
         options: BenchOptions,
     },
+    /// Concurrent idle live-chat WebSockets against one server (a child process): its memory
+    /// per connection and the delivery time of staff messages to connected end users
+    Live {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Staff messages timed (one conversation each)
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Embedding throughput for 256-token chunks, one at a time and in batches of 32
     Embed {
         /// A folder with model.safetensors, config.json and tokenizer.json
@@ -461,6 +473,38 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 println!(
                     "total             {:>7.2} s  {:>7.1} pages/s",
                     report.total_s, report.total_pages_per_s
+                );
+            }
+            Ok(())
+        }
+        BenchCommand::Live {
+            connections,
+            samples,
+            json,
+        } => {
+            let report = crate::bench::live::run(crate::bench::live::LiveBenchOptions {
+                connections,
+                samples,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} idle WebSockets opened in {:.1} s, {} still open at the end",
+                    report.connections, report.connect_s, report.connected_at_end
+                );
+                println!(
+                    "server RSS {:.1} MB -> {:.1} MB: {:.1} KB per connection",
+                    report.server_rss_before_mb,
+                    report.server_rss_after_mb,
+                    report.rss_per_connection_kb
+                );
+                println!(
+                    "staff message to a connected end user ({} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    report.samples,
+                    report.delivery_p50_ms,
+                    report.delivery_p99_ms,
+                    report.delivery_max_ms
                 );
             }
             Ok(())

@@ -209,6 +209,18 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_SEARCH_MIN_SCORE", value_name = "SCORE")]
     pub search_min_score: Option<f64>,
 
+    /// Messages one end user may send per minute [default: 20]
+    #[arg(long, env = "COMPANERO_VISITOR_MESSAGES_PER_MINUTE", value_name = "N")]
+    pub visitor_messages_per_minute: Option<u32>,
+
+    /// Seconds between keep-alive pings on live chat connections [default: 20]
+    #[arg(long, env = "COMPANERO_LIVE_HEARTBEAT_SECS", value_name = "SECS")]
+    pub live_heartbeat_secs: Option<u64>,
+
+    /// A live chat connection silent this long (no pong either) is closed [default: 60]
+    #[arg(long, env = "COMPANERO_LIVE_IDLE_TIMEOUT_SECS", value_name = "SECS")]
+    pub live_idle_timeout_secs: Option<u64>,
+
     /// The address people reach this server at, for links in emails
     /// [default: http://<bind address>]
     #[arg(long, env = "COMPANERO_PUBLIC_URL", value_name = "URL")]
@@ -250,6 +262,9 @@ struct FileConfig {
     chunk_overlap: Option<usize>,
     search_lexical_weight: Option<f64>,
     search_min_score: Option<f64>,
+    visitor_messages_per_minute: Option<u32>,
+    live_heartbeat_secs: Option<u64>,
+    live_idle_timeout_secs: Option<u64>,
 }
 
 /// Where an effective value came from.
@@ -305,6 +320,14 @@ pub struct KnowledgeConfig {
     pub extractor: Option<PathBuf>,
 }
 
+/// Live chat connections (WebSocket and event streams).
+#[derive(Debug, Clone, Copy)]
+pub struct LiveConfig {
+    pub visitor_messages_per_minute: u32,
+    pub heartbeat: Duration,
+    pub idle_timeout: Duration,
+}
+
 /// The effective server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -330,6 +353,7 @@ pub struct Config {
     pub public_url: String,
     /// Document ingestion and chunking.
     pub knowledge: KnowledgeConfig,
+    pub live: LiveConfig,
     /// How each value was chosen, in display order.
     pub settings: Vec<Setting>,
 }
@@ -506,6 +530,30 @@ impl Config {
             file.search_min_score,
             crate::knowledge::DEFAULT_MIN_SCORE as f64,
         );
+        let visitor_messages_per_minute = layer.pick(
+            "visitor_messages_per_minute",
+            args.visitor_messages_per_minute,
+            file.visitor_messages_per_minute,
+            20,
+        );
+        let live_heartbeat_secs = layer.pick(
+            "live_heartbeat_secs",
+            args.live_heartbeat_secs,
+            file.live_heartbeat_secs,
+            20,
+        );
+        let live_idle_timeout_secs = layer.pick(
+            "live_idle_timeout_secs",
+            args.live_idle_timeout_secs,
+            file.live_idle_timeout_secs,
+            60,
+        );
+        if visitor_messages_per_minute == 0 {
+            bail!("visitor_messages_per_minute must be at least 1");
+        }
+        if live_heartbeat_secs == 0 || live_idle_timeout_secs <= live_heartbeat_secs {
+            bail!("live_heartbeat_secs must be at least 1 and less than live_idle_timeout_secs");
+        }
         if !(0.0..=10.0).contains(&search_lexical_weight) {
             bail!("search_lexical_weight must be between 0 and 10");
         }
@@ -560,6 +608,11 @@ impl Config {
                 search_lexical_weight: search_lexical_weight as f32,
                 search_min_score: search_min_score as f32,
                 extractor: None,
+            },
+            live: LiveConfig {
+                visitor_messages_per_minute,
+                heartbeat: Duration::from_secs(live_heartbeat_secs),
+                idle_timeout: Duration::from_secs(live_idle_timeout_secs),
             },
             settings,
         })

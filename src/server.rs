@@ -87,7 +87,12 @@ impl Server {
             public_url: config.public_url.clone().into(),
         };
         let knowledge = knowledge_service(config, &data_dir, db.clone(), inference.clone())?;
-        let chat = crate::chat::Chat::new(db.clone(), knowledge.clone(), inference.clone());
+        let chat = crate::chat::Chat::new(
+            db.clone(),
+            knowledge.clone(),
+            inference.clone(),
+            crate::chat::live::VisitorLimits::new(config.live.visitor_messages_per_minute),
+        );
         let state = AppState {
             db,
             inference,
@@ -96,6 +101,7 @@ impl Server {
             chat,
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
+            live: config.live,
             started_at: Instant::now(),
         };
         Ok(Server {
@@ -259,5 +265,6 @@ async fn metrics_upkeep(state: AppState) {
         interval.tick().await;
         state.metrics.run_upkeep();
         state.auth.limiters.prune();
+        state.chat.limits().prune();
     }
 }

@@ -650,6 +650,41 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
             Some(json!({"content": "hello", "stream": false})),
         ),
         (
+            Method::GET,
+            format!("/api/v1/conversations/{conversation_id}"),
+            None,
+        ),
+        (
+            Method::GET,
+            format!("/api/v1/conversations/{conversation_id}/events"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{conversation_id}/typing"),
+            Some(json!({"active": true})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{conversation_id}/receipts"),
+            Some(json!({"seq": 1, "status": "read"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{conversation_id}/handoff"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{conversation_id}/takeover"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{conversation_id}/handback"),
+            None,
+        ),
+        (
             Method::DELETE,
             format!("/api/v1/api-keys/{alice_key_id}"),
             None,
@@ -700,10 +735,13 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
         "/api/v1/documents",
         "/api/v1/collections",
         "/api/v1/knowledge-gaps",
+        "/api/v1/inbox",
     ] {
         let body = app.get_with(path, &bob).await.text().await.unwrap();
         assert!(
-            !body.contains(&alice_key_id) && !body.contains("alice"),
+            !body.contains(&alice_key_id)
+                && !body.contains("alice")
+                && !body.contains(&conversation_id),
             "{path}: {body}"
         );
     }
@@ -962,14 +1000,13 @@ async fn public_routes_accept_browsers_only_from_the_creators_allowed_origins() 
             .contains("POST")
     );
 
+    // Refused, readably: the widget on that page can tell its creator why it stays hidden.
     let stranger = from(Some("https://evil.example.net"), Method::GET)
         .await
         .unwrap();
-    assert!(
-        stranger
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
+    assert_eq!(
+        stranger.headers()["access-control-allow-origin"],
+        "https://evil.example.net"
     );
     expect_error(stranger, 403, "origin_not_allowed").await;
 

@@ -13,6 +13,7 @@
 
 pub mod index;
 pub mod ingest;
+pub mod live;
 pub mod sample_pdf;
 
 use std::path::Path;
@@ -165,12 +166,18 @@ pub fn windows(text: &str, count: usize, words: usize) -> Option<Vec<String>> {
 
 /// The process's peak resident memory, from /proc (0 where unavailable).
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    memory_mb("self", "VmHWM")
+}
+
+/// A memory figure (`VmRSS`, `VmHWM`...) of a process (`self` or a pid) from
+/// /proc/PROCESS/status, in MB; 0 where unavailable.
+pub fn memory_mb(process: &str, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::citations::{self, Aligned, Embeddings};
 use super::coach::{self, Coach};
 use super::conversations::{self, Access, Message, NewMessage, Speaker};
+use super::live::asks_for_a_person;
 use super::pii;
 use super::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatRequest, ChatStream, ChatSummary};
@@ -31,12 +32,14 @@ pub const MAX_MESSAGE_CHARS: usize = 4000;
 const ANSWER_DEADLINE: Duration = Duration::from_secs(120);
 /// Added to the creator's fallback message.
 pub const HANDOFF_OFFER: &str =
-    "If you like, I can pass your question on to the team so a person can get back to you.";
+    "If you like, ask to talk to a person and someone from the team will pick this up.";
 
 /// A turn ready to be answered.
 pub struct Prepared {
     pub speaker: Speaker,
     pub conversation_id: String,
+    /// The sequence number of the question.
+    pub reply_to: i64,
     pub coach: Coach,
     /// The question as logged and recorded in knowledge gaps (personal data masked).
     pub masked_question: String,
@@ -53,15 +56,36 @@ pub enum Reply {
     Generate(ChatStream),
 }
 
+/// A stored message and what follows it.
+pub struct Asked {
+    pub message: Message,
+    /// The message had been stored before (resent with the same client id).
+    pub duplicate: bool,
+    /// `Some` when the coach should answer it.
+    pub pending: Option<Pending>,
+}
+
+/// A question the coach is to answer.
+pub struct Pending {
+    coach: Coach,
+    history: Vec<Message>,
+    question: Message,
+    masked_question: String,
+    started: Instant,
+}
+
 impl Chat {
-    /// Stores the visitor's message and starts the answer. Errors that the client must see as
-    /// a status (no model, queue full) happen here, before any streaming starts.
-    pub async fn prepare(
+    /// Stores a participant's message (once per `client_id`) and publishes it. The coach is to
+    /// answer (`pending`) when it is in charge of the conversation and the message is a new
+    /// question from the end user (or staff in a test conversation) that does not ask for a
+    /// person. Errors that a client must see as a status happen here.
+    pub async fn ask(
         &self,
-        speaker: Speaker,
+        speaker: &Speaker,
         conversation_id: &str,
         content: &str,
-    ) -> Result<Prepared, ChatError> {
+        client_id: Option<&str>,
+    ) -> Result<Asked, ChatError> {
         let started = Instant::now();
         let content = content.trim();
         if content.is_empty() || content.chars().count() > MAX_MESSAGE_CHARS {
@@ -69,50 +93,119 @@ impl Chat {
                 "a message needs 1 to {MAX_MESSAGE_CHARS} characters"
             )));
         }
+        if let Some(client_id) = client_id
+            && (client_id.is_empty() || client_id.len() > 100)
+        {
+            return Err(ChatError::Invalid(
+                "client_id needs 1 to 100 characters".into(),
+            ));
+        }
+        if let Speaker::Visitor { visitor_id, .. } = speaker {
+            self.limits.check_visitor(visitor_id)?;
+        }
         let masked = pii::mask(content);
-        let (history, coach, stored_question) = {
-            let (speaker, id, content, masked_text) = (
+        let wants_person = matches!(speaker, Speaker::Visitor { .. }) && asks_for_a_person(content);
+        let stored = {
+            let (speaker, id, content, masked_text, client_id) = (
                 speaker.clone(),
                 conversation_id.to_string(),
                 content.to_string(),
                 masked.text.clone(),
+                client_id.map(str::to_string),
             );
             self.db
                 .call(move |c| {
-                    conversations::open(c, &speaker, &id, Access::Write)?;
+                    let conversation = conversations::open(c, &speaker, &id, Access::Write)?;
                     let coach = coach::get(c, speaker.scope())?;
                     // Only what the history budget can hold is read, however long the conversation.
                     let history =
                         conversations::recent_messages(c, speaker.scope(), &id, HISTORY_MESSAGES)?;
                     // The creator chose whether personal data reaches the model (and storage).
-                    let question = if coach.redact_pii {
+                    let text = if coach.redact_pii && matches!(speaker, Speaker::Visitor { .. }) {
                         masked_text
                     } else {
                         content
                     };
-                    conversations::add_message(
+                    let staff_reply = matches!(speaker, Speaker::Staff { .. })
+                        && conversation.started_by == "visitor";
+                    let author = match (&speaker, staff_reply) {
+                        (
+                            Speaker::Staff {
+                                user_id: Some(user),
+                                ..
+                            },
+                            true,
+                        ) => Some((user.clone(), conversations::staff_name(c, user)?)),
+                        _ => None,
+                    };
+                    let stored = conversations::add_message(
                         c,
                         speaker.scope(),
                         &id,
                         &NewMessage {
-                            role: "user",
-                            content: &question,
-                            citations: &[],
-                            confidence: None,
-                            fallback: false,
-                            stats: None,
+                            role: if staff_reply { "staff" } else { "user" },
+                            content: &text,
+                            client_id: client_id.as_deref(),
+                            author: author
+                                .as_ref()
+                                .map(|(id, name)| (id.as_str(), name.as_str())),
+                            ..NewMessage::default()
                         },
                     )?;
-                    Ok::<_, ChatError>((history, coach, question))
+                    Ok::<_, ChatError>((stored, conversation, coach, history))
                 })
                 .await?
         };
+        let (stored, conversation, coach, history) = stored;
+        let tenant_id = speaker.scope().tenant_id();
+        if stored.duplicate {
+            return Ok(Asked {
+                message: stored.message,
+                duplicate: true,
+                pending: None,
+            });
+        }
+        self.publish_message(tenant_id, &stored.message);
         tracing::info!(
             conversation = %conversation_id,
             question = %masked.text,
             personal_data = ?masked.kinds,
-            "question"
+            "message"
         );
+        let coach_answers = stored.message.role == "user" && !conversation.is_human();
+        if coach_answers && wants_person {
+            self.request_person(speaker, conversation_id).await?;
+        }
+        let pending = (coach_answers && !wants_person).then(|| Pending {
+            coach,
+            history,
+            masked_question: masked.text,
+            question: stored.message.clone(),
+            started,
+        });
+        Ok(Asked {
+            message: stored.message,
+            duplicate: false,
+            pending,
+        })
+    }
+
+    /// Retrieves passages and starts the answer: the fallback when nothing is relevant enough,
+    /// otherwise the model's stream.
+    pub async fn start_answer(
+        &self,
+        speaker: Speaker,
+        conversation_id: &str,
+        pending: Pending,
+    ) -> Result<Prepared, ChatError> {
+        let Pending {
+            coach,
+            history,
+            question,
+            masked_question,
+            started,
+        } = pending;
+        let stored_question = question.content;
         let query = retrieval_query(&stored_question, &history);
         let passages = self
             .knowledge
@@ -150,8 +243,9 @@ impl Chat {
         Ok(Prepared {
             speaker,
             conversation_id: conversation_id.to_string(),
+            reply_to: question.seq,
             coach,
-            masked_question: masked.text,
+            masked_question,
             passages,
             retrieval_score,
             reply,
@@ -181,6 +275,7 @@ impl Chat {
             started,
             ..
         } = prepared;
+        let tenant_id = speaker.scope().tenant_id().to_string();
         let mut stats = json!({
             "retrieval_score": retrieval_score,
             "passages": passages.len(),
@@ -218,7 +313,8 @@ impl Chat {
         };
         stats["total_s"] = json!(started.elapsed().as_secs_f64());
         let confidence = ((confidence as f64) * 1000.0).round() / 1000.0;
-        self.db
+        let message = self
+            .db
             .call(move |c| {
                 let scope = speaker.scope();
                 let message = conversations::add_message(
@@ -232,8 +328,10 @@ impl Chat {
                         confidence: Some(confidence),
                         fallback,
                         stats: Some(stats),
+                        ..NewMessage::default()
                     },
-                )?;
+                )?
+                .message;
                 if fallback {
                     conversations::record_gap(
                         c,
@@ -246,7 +344,9 @@ impl Chat {
                 }
                 Ok::<_, ChatError>(message)
             })
-            .await
+            .await?;
+        self.publish_message(&tenant_id, &message);
+        Ok(message)
     }
 
     /// Embeddings of the answer's sentences and the passages, when the embedder is there.
@@ -318,7 +418,12 @@ fn prompt(
     // (they refer to earlier passages) and fallbacks are left out.
     let mut recent = Vec::new();
     let mut budget = HISTORY_CHARS;
-    for message in history.iter().rev().filter(|m| !m.fallback) {
+    // Staff replies count as the coach's side; events (someone joined) are not dialogue.
+    for message in history
+        .iter()
+        .rev()
+        .filter(|m| !m.fallback && m.role != "event")
+    {
         let text: String = message.content.chars().take(budget).collect();
         if text.is_empty() {
             break;
@@ -373,7 +478,10 @@ mod tests {
         let previous = Message {
             id: "m".into(),
             conversation_id: "c".into(),
+            seq: 1,
             role: "user".into(),
+            client_id: None,
+            author_name: None,
             content: "How long do refunds take?".into(),
             citations: vec![],
             confidence: None,

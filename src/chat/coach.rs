@@ -70,10 +70,36 @@ pub struct Coach {
     /// Replace emails, phone and card numbers in end users' messages before the model sees
     /// them (and store them masked).
     pub redact_pii: bool,
+    /// Picture shown beside the coach's messages: an https URL, or empty for the initial.
+    pub avatar_url: String,
+    /// The chat page's and widget's main colour, `#rrggbb`.
+    pub brand_color: String,
+    /// Where the widget's bubble sits: `left` or `right` (bottom corner).
+    pub widget_position: WidgetPosition,
+    /// Shown next to the widget's closed bubble to invite a first question; empty for none.
+    pub opening_message: String,
+}
+
+/// The bottom corner the widget sits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WidgetPosition {
+    Left,
+    Right,
+}
+
+impl WidgetPosition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WidgetPosition::Left => "left",
+            WidgetPosition::Right => "right",
+        }
+    }
 }
 
 const COLUMNS: &str = "slug, name, persona, greeting, confidence_threshold, fallback_message, \
-                       answer_length, temperature, redact_pii";
+                       answer_length, temperature, redact_pii, avatar_url, brand_color, \
+                       widget_position, opening_message";
 
 /// Reads [`COLUMNS`] starting at column `at`.
 fn coach_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coach> {
@@ -87,6 +113,14 @@ fn coach_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coach> {
         answer_length: AnswerLength::parse(&r.get::<_, String>(at + 6)?),
         temperature: r.get(at + 7)?,
         redact_pii: r.get(at + 8)?,
+        avatar_url: r.get(at + 9)?,
+        brand_color: r.get(at + 10)?,
+        widget_position: if r.get::<_, String>(at + 11)? == "left" {
+            WidgetPosition::Left
+        } else {
+            WidgetPosition::Right
+        },
+        opening_message: r.get(at + 12)?,
     })
 }
 
@@ -124,6 +158,10 @@ pub struct CoachUpdate {
     pub answer_length: Option<AnswerLength>,
     pub temperature: Option<f64>,
     pub redact_pii: Option<bool>,
+    pub avatar_url: Option<String>,
+    pub brand_color: Option<String>,
+    pub widget_position: Option<WidgetPosition>,
+    pub opening_message: Option<String>,
 }
 
 pub fn update(
@@ -169,10 +207,23 @@ pub fn update(
     if let Some(redact) = change.redact_pii {
         coach.redact_pii = redact;
     }
+    if let Some(url) = &change.avatar_url {
+        coach.avatar_url = clean_avatar_url(url)?;
+    }
+    if let Some(color) = &change.brand_color {
+        coach.brand_color = clean_color(color)?;
+    }
+    if let Some(position) = change.widget_position {
+        coach.widget_position = position;
+    }
+    if let Some(opening) = &change.opening_message {
+        coach.opening_message = bounded("opening_message", opening, 0, 300)?;
+    }
     let result = c.execute(
         "UPDATE coaches SET slug = ?2, name = ?3, persona = ?4, greeting = ?5, \
          confidence_threshold = ?6, fallback_message = ?7, answer_length = ?8, temperature = ?9, \
-         redact_pii = ?10 WHERE tenant_id = ?1",
+         redact_pii = ?10, avatar_url = ?11, brand_color = ?12, widget_position = ?13, \
+         opening_message = ?14 WHERE tenant_id = ?1",
         params![
             scope.tenant_id(),
             coach.slug,
@@ -183,7 +234,11 @@ pub fn update(
             coach.fallback_message,
             coach.answer_length.as_str(),
             coach.temperature,
-            coach.redact_pii
+            coach.redact_pii,
+            coach.avatar_url,
+            coach.brand_color,
+            coach.widget_position.as_str(),
+            coach.opening_message,
         ],
     );
     match result {
@@ -229,4 +284,54 @@ fn clean_slug(slug: &str) -> Result<String, ChatError> {
         ));
     }
     Ok(slug)
+}
+
+/// `#rgb` or `#rrggbb`, stored as lower-case `#rrggbb`.
+fn clean_color(color: &str) -> Result<String, ChatError> {
+    let hex = color.trim().trim_start_matches('#').to_ascii_lowercase();
+    let expanded = match hex.len() {
+        3 => hex.chars().flat_map(|c| [c, c]).collect(),
+        6 => hex,
+        _ => String::new(),
+    };
+    if expanded.len() != 6 || !expanded.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ChatError::Invalid(
+            "brand_color must be a colour like #2f6f5e".into(),
+        ));
+    }
+    Ok(format!("#{expanded}"))
+}
+
+/// An `https://` (or, for local set-ups, `http://`) address of an image; empty removes it.
+fn clean_avatar_url(url: &str) -> Result<String, ChatError> {
+    let url = url.trim();
+    let valid = url.is_empty()
+        || ((url.starts_with("https://") || url.starts_with("http://"))
+            && url.len() <= 2000
+            && !url
+                .chars()
+                .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '<'));
+    if !valid {
+        return Err(ChatError::Invalid(
+            "avatar_url must be an https:// address of an image, or empty".into(),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_and_avatars_are_checked() {
+        assert_eq!(clean_color("#ABC").unwrap(), "#aabbcc");
+        assert_eq!(clean_color(" 2f6f5e ").unwrap(), "#2f6f5e");
+        assert!(clean_color("red").is_err());
+        assert!(clean_color("#12345g").is_err());
+        assert_eq!(clean_avatar_url("").unwrap(), "");
+        assert!(clean_avatar_url("https://example.com/me.png").is_ok());
+        assert!(clean_avatar_url("javascript:alert(1)").is_err());
+        assert!(clean_avatar_url("https://x/\"onerror=\"").is_err());
+    }
 }

@@ -2,7 +2,7 @@
 //! a tenant, and conversation access goes through [`Speaker`], so a visitor only ever reaches
 //! its own conversations.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
 use super::ChatError;
@@ -73,8 +73,54 @@ pub struct Conversation {
     pub id: String,
     /// `visitor` or `staff` (a test conversation).
     pub started_by: String,
+    /// `ai` (the coach answers) or `human` (a person of the team took it over).
+    pub mode: String,
+    /// The person who took it over.
+    pub assigned_user_id: Option<String>,
+    pub assigned_name: Option<String>,
+    /// When the end user asked for a person (cleared when someone takes over).
+    pub handoff_requested_at: Option<String>,
+    /// The sequence number of the newest message.
+    pub last_seq: i64,
+    /// Receipts: the newest message each side has received and read.
+    pub visitor_delivered_seq: i64,
+    pub visitor_read_seq: i64,
+    pub staff_delivered_seq: i64,
+    pub staff_read_seq: i64,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Conversation {
+    pub fn is_human(&self) -> bool {
+        self.mode == MODE_HUMAN
+    }
+}
+
+pub const MODE_AI: &str = "ai";
+pub const MODE_HUMAN: &str = "human";
+
+const CONVERSATION_COLUMNS: &str = "c.id, CASE WHEN c.visitor_id IS NULL THEN 'staff' ELSE 'visitor' END, \
+     c.mode, c.assigned_user_id, (SELECT full_name FROM users u WHERE u.id = c.assigned_user_id), \
+     c.handoff_requested_at, c.last_seq, c.visitor_delivered_seq, c.visitor_read_seq, \
+     c.staff_delivered_seq, c.staff_read_seq, c.created_at, c.updated_at, c.visitor_id, c.user_id";
+
+fn conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
+    Ok(Conversation {
+        id: r.get(0)?,
+        started_by: r.get(1)?,
+        mode: r.get(2)?,
+        assigned_user_id: r.get(3)?,
+        assigned_name: r.get(4)?,
+        handoff_requested_at: r.get(5)?,
+        last_seq: r.get(6)?,
+        visitor_delivered_seq: r.get(7)?,
+        visitor_read_seq: r.get(8)?,
+        staff_delivered_seq: r.get(9)?,
+        staff_read_seq: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+    })
 }
 
 pub fn create(c: &Connection, speaker: &Speaker) -> rusqlite::Result<Conversation> {
@@ -83,21 +129,25 @@ pub fn create(c: &Connection, speaker: &Speaker) -> rusqlite::Result<Conversatio
         Speaker::Visitor { visitor_id, .. } => (Some(visitor_id.as_str()), None),
         Speaker::Staff { user_id, .. } => (None, user_id.as_deref()),
     };
-    c.query_row(
-        "INSERT INTO conversations (id, tenant_id, visitor_id, user_id) VALUES (?1, ?2, ?3, ?4) \
-         RETURNING id, CASE WHEN visitor_id IS NULL THEN 'staff' ELSE 'visitor' END, created_at, updated_at",
+    c.execute(
+        "INSERT INTO conversations (id, tenant_id, visitor_id, user_id) VALUES (?1, ?2, ?3, ?4)",
         params![id, speaker.scope().tenant_id(), visitor, user],
-        conversation,
-    )
+    )?;
+    get(c, speaker.scope(), &id).map(|found| found.expect("just inserted"))
 }
 
-fn conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
-    Ok(Conversation {
-        id: r.get(0)?,
-        started_by: r.get(1)?,
-        created_at: r.get(2)?,
-        updated_at: r.get(3)?,
-    })
+/// The tenant's conversation, without access checks (the caller has made them).
+pub fn get(
+    c: &Connection,
+    scope: &TenantScope,
+    id: &str,
+) -> rusqlite::Result<Option<Conversation>> {
+    c.query_row(
+        &format!("SELECT {CONVERSATION_COLUMNS} FROM conversations c WHERE c.tenant_id = ?1 AND c.id = ?2"),
+        params![scope.tenant_id(), id],
+        conversation,
+    )
+    .optional()
 }
 
 /// What a speaker may do with a conversation.
@@ -108,8 +158,9 @@ pub enum Access {
 }
 
 /// Finds the conversation if the speaker may use it: visitors their own; staff read any of the
-/// tenant's and write only their own test conversations. Others are "not found" (404), except
-/// staff writing into a visitor's conversation, which is forbidden.
+/// tenant's, and write in their own test conversations and in visitors' conversations they
+/// took over. Others are "not found" (404), except staff writing where they may only read,
+/// which is forbidden.
 pub fn open(
     c: &Connection,
     speaker: &Speaker,
@@ -118,10 +169,12 @@ pub fn open(
 ) -> Result<Conversation, ChatError> {
     let row: Option<(Conversation, Option<String>, Option<String>)> = c
         .query_row(
-            "SELECT id, CASE WHEN visitor_id IS NULL THEN 'staff' ELSE 'visitor' END, created_at, \
-             updated_at, visitor_id, user_id FROM conversations WHERE tenant_id = ?1 AND id = ?2",
+            &format!(
+                "SELECT {CONVERSATION_COLUMNS} FROM conversations c \
+                 WHERE c.tenant_id = ?1 AND c.id = ?2"
+            ),
             params![speaker.scope().tenant_id(), id],
-            |r| Ok((conversation(r)?, r.get(4)?, r.get(5)?)),
+            |r| Ok((conversation(r)?, r.get(13)?, r.get(14)?)),
         )
         .optional()?;
     let (conversation, visitor, user) = row.ok_or(ChatError::NotFound("no such conversation"))?;
@@ -129,24 +182,58 @@ pub fn open(
         Speaker::Visitor { visitor_id, .. } if visitor.as_deref() != Some(visitor_id) => {
             Err(ChatError::NotFound("no such conversation"))
         }
-        Speaker::Staff { user_id, .. }
-            if access == Access::Write && (visitor.is_some() || user != *user_id) =>
-        {
-            Err(ChatError::Forbidden(
-                "staff can write only in their own test conversations",
-            ))
+        Speaker::Staff { user_id, .. } if access == Access::Write => {
+            let own_test = visitor.is_none() && user == *user_id;
+            let taken_over = visitor.is_some()
+                && conversation.is_human()
+                && user_id.is_some()
+                && conversation.assigned_user_id == *user_id;
+            if own_test || taken_over {
+                Ok(conversation)
+            } else if visitor.is_some() {
+                Err(ChatError::Forbidden(
+                    "take the conversation over before replying in it",
+                ))
+            } else {
+                Err(ChatError::Forbidden(
+                    "staff can write only in their own test conversations",
+                ))
+            }
         }
         _ => Ok(conversation),
     }
+}
+
+/// The end user's newest conversation, if any.
+pub fn latest_of_visitor(
+    c: &Connection,
+    scope: &TenantScope,
+    visitor_id: &str,
+) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT id FROM conversations WHERE tenant_id = ?1 AND visitor_id = ?2 \
+         ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+        params![scope.tenant_id(), visitor_id],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Message {
     pub id: String,
     pub conversation_id: String,
-    /// `user` or `assistant`.
+    /// 1, 2, 3... within the conversation: a client that reconnects asks for what follows the
+    /// last one it saw.
+    pub seq: i64,
+    /// `user` (the end user), `assistant` (the AI coach), `staff` (a person of the team) or
+    /// `event` (someone joined or left, a person was asked for).
     pub role: String,
     pub content: String,
+    /// The id the sending client gave the message, if any.
+    pub client_id: Option<String>,
+    /// Staff messages: the person's name.
+    pub author_name: Option<String>,
     pub citations: Vec<Citation>,
     /// Assistant messages: how well retrieval and the passages support the answer, 0 to 1.
     pub confidence: Option<f64>,
@@ -154,26 +241,29 @@ pub struct Message {
     pub fallback: bool,
     pub created_at: String,
     /// Assistant messages: retrieval score, support, timings, token counts and the model's
-    /// raw answer before its citations were aligned.
+    /// raw answer before its citations were aligned. Events: what happened (`event`).
     #[schema(value_type = Option<Object>)]
     pub stats: Option<serde_json::Value>,
 }
 
-const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, role, content, citations, confidence, fallback, created_at, stats";
+const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, client_id, author_name, \
+                               citations, confidence, fallback, created_at, stats";
 
 fn message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         id: r.get(0)?,
         conversation_id: r.get(1)?,
-        role: r.get(2)?,
-        content: r.get(3)?,
-        citations: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
-        confidence: r.get(5)?,
-        fallback: r.get(6)?,
-        created_at: r.get(7)?,
+        seq: r.get(2)?,
+        role: r.get(3)?,
+        content: r.get(4)?,
+        client_id: r.get(5)?,
+        author_name: r.get(6)?,
+        citations: serde_json::from_str(&r.get::<_, String>(7)?).unwrap_or_default(),
+        confidence: r.get(8)?,
+        fallback: r.get(9)?,
+        created_at: r.get(10)?,
         stats: r
-            .get::<_, Option<String>>(8)?
+            .get::<_, Option<String>>(11)?
             .and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
@@ -184,12 +274,27 @@ pub fn messages(
     scope: &TenantScope,
     conversation_id: &str,
 ) -> rusqlite::Result<Vec<Message>> {
+    messages_after(c, scope, conversation_id, 0, u32::MAX)
+}
+
+/// Messages numbered after `after_seq`, oldest first, at most `limit`: what a reconnecting
+/// client missed.
+pub fn messages_after(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    after_seq: i64,
+    limit: u32,
+) -> rusqlite::Result<Vec<Message>> {
     let mut statement = c.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
-         ORDER BY rowid"
+         AND seq > ?3 ORDER BY seq LIMIT ?4"
     ))?;
     statement
-        .query_map(params![scope.tenant_id(), conversation_id], message)?
+        .query_map(
+            params![scope.tenant_id(), conversation_id, after_seq, limit],
+            message,
+        )?
         .collect()
 }
 
@@ -202,7 +307,7 @@ pub fn recent_messages(
 ) -> rusqlite::Result<Vec<Message>> {
     let mut statement = c.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
-         ORDER BY rowid DESC LIMIT ?3"
+         ORDER BY seq DESC LIMIT ?3"
     ))?;
     let mut messages = statement
         .query_map(params![scope.tenant_id(), conversation_id, count], message)?
@@ -212,6 +317,7 @@ pub fn recent_messages(
 }
 
 /// A message to store.
+#[derive(Default)]
 pub struct NewMessage<'a> {
     pub role: &'a str,
     pub content: &'a str,
@@ -219,38 +325,264 @@ pub struct NewMessage<'a> {
     pub confidence: Option<f64>,
     pub fallback: bool,
     pub stats: Option<serde_json::Value>,
+    /// The sender's id for the message: a second message with the same id is not stored again.
+    pub client_id: Option<&'a str>,
+    /// Staff messages: (user id, name).
+    pub author: Option<(&'a str, &'a str)>,
 }
 
+/// A stored message, and whether it was already there (same `client_id`).
+pub struct Stored {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+/// Numbers and stores a message in one transaction, so sequence numbers are committed in order.
 pub fn add_message(
-    c: &Connection,
+    c: &mut Connection,
     scope: &TenantScope,
     conversation_id: &str,
     new: &NewMessage<'_>,
-) -> rusqlite::Result<Message> {
-    c.execute(
-        "UPDATE conversations SET updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-         WHERE tenant_id = ?1 AND id = ?2",
+) -> rusqlite::Result<Stored> {
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some(client_id) = new.client_id {
+        let existing = tx
+            .query_row(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 \
+                     AND conversation_id = ?2 AND client_id = ?3"
+                ),
+                params![scope.tenant_id(), conversation_id, client_id],
+                message,
+            )
+            .optional()?;
+        if let Some(message) = existing {
+            return Ok(Stored {
+                message,
+                duplicate: true,
+            });
+        }
+    }
+    let seq: i64 = tx.query_row(
+        "UPDATE conversations SET last_seq = last_seq + 1, \
+         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+         WHERE tenant_id = ?1 AND id = ?2 RETURNING last_seq",
         params![scope.tenant_id(), conversation_id],
+        |r| r.get(0),
     )?;
-    c.query_row(
+    let message = tx.query_row(
         &format!(
-            "INSERT INTO messages (id, conversation_id, tenant_id, role, content, citations, \
-             confidence, fallback, stats) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+            "INSERT INTO messages (id, conversation_id, tenant_id, seq, role, content, citations, \
+             confidence, fallback, stats, client_id, author_id, author_name) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
              RETURNING {MESSAGE_COLUMNS}"
         ),
         params![
             new_id(),
             conversation_id,
             scope.tenant_id(),
+            seq,
             new.role,
             new.content,
             serde_json::to_string(new.citations).expect("citations serialise"),
             new.confidence,
             new.fallback,
             new.stats.as_ref().map(|s| s.to_string()),
+            new.client_id,
+            new.author.map(|(id, _)| id),
+            new.author.map(|(_, name)| name),
         ],
         message,
+    )?;
+    tx.commit()?;
+    Ok(Stored {
+        message,
+        duplicate: false,
+    })
+}
+
+/// Hands the conversation to a person (`Some(user)`) or back to the coach (`None`). A takeover
+/// answers the end user's request for a person, so the request is cleared.
+pub fn set_mode(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    assigned: Option<&str>,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE conversations SET mode = ?3, assigned_user_id = ?4, \
+         handoff_requested_at = CASE WHEN ?4 IS NULL THEN handoff_requested_at ELSE NULL END \
+         WHERE tenant_id = ?1 AND id = ?2",
+        params![
+            scope.tenant_id(),
+            conversation_id,
+            if assigned.is_some() {
+                MODE_HUMAN
+            } else {
+                MODE_AI
+            },
+            assigned
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records that the end user asked for a person; false when a request was already open.
+pub fn request_handoff(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+) -> rusqlite::Result<bool> {
+    Ok(c.execute(
+        "UPDATE conversations SET handoff_requested_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+         WHERE tenant_id = ?1 AND id = ?2 AND handoff_requested_at IS NULL AND mode = 'ai'",
+        params![scope.tenant_id(), conversation_id],
+    )? == 1)
+}
+
+/// Which side of a conversation a receipt comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Visitor,
+    Staff,
+}
+
+/// `delivered` (the client has it) or `read` (it was shown to the person).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReceiptStatus {
+    Delivered,
+    Read,
+}
+
+/// Moves a receipt forward (never back, never past the newest message); returns the new value.
+/// Reading implies delivery.
+pub fn record_receipt(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    side: Side,
+    status: ReceiptStatus,
+    seq: i64,
+) -> rusqlite::Result<i64> {
+    let (delivered, read) = match side {
+        Side::Visitor => ("visitor_delivered_seq", "visitor_read_seq"),
+        Side::Staff => ("staff_delivered_seq", "staff_read_seq"),
+    };
+    let sql = match status {
+        ReceiptStatus::Delivered => format!(
+            "UPDATE conversations SET {delivered} = MAX({delivered}, MIN(?3, last_seq)) \
+             WHERE tenant_id = ?1 AND id = ?2 RETURNING {delivered}"
+        ),
+        ReceiptStatus::Read => format!(
+            "UPDATE conversations SET {read} = MAX({read}, MIN(?3, last_seq)), \
+             {delivered} = MAX({delivered}, MIN(?3, last_seq)) \
+             WHERE tenant_id = ?1 AND id = ?2 RETURNING {read}"
+        ),
+    };
+    c.query_row(
+        &sql,
+        params![scope.tenant_id(), conversation_id, seq],
+        |r| r.get(0),
     )
+}
+
+/// The display name of a member of the team.
+pub fn staff_name(c: &Connection, user_id: &str) -> rusqlite::Result<String> {
+    Ok(c.query_row(
+        "SELECT full_name FROM users WHERE id = ?1",
+        params![user_id],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()?
+    .filter(|name| !name.trim().is_empty())
+    .unwrap_or_else(|| "Someone from the team".to_string()))
+}
+
+/// A conversation as the staff inbox lists it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InboxItem {
+    pub conversation: Conversation,
+    /// The newest message that is not an event.
+    pub last_message: Option<InboxPreview>,
+    /// End-user messages after the staff's read receipt.
+    pub unread: i64,
+    /// Whether the end user is connected right now.
+    pub visitor_online: bool,
+    pub visitor_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InboxPreview {
+    pub role: String,
+    /// The first 200 characters.
+    pub content: String,
+    pub created_at: String,
+}
+
+/// Which conversations the inbox shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxFilter {
+    /// Every end-user conversation.
+    #[default]
+    All,
+    /// The end user asked for a person and nobody has taken over yet.
+    NeedsHuman,
+    /// Taken over by a person.
+    Human,
+    /// The coach answers.
+    Ai,
+}
+
+/// End users' conversations: those waiting for a person first, then the most recently active.
+pub fn inbox(
+    c: &Connection,
+    scope: &TenantScope,
+    filter: InboxFilter,
+    limit: u32,
+    offset: u32,
+) -> rusqlite::Result<Vec<InboxItem>> {
+    let condition = match filter {
+        InboxFilter::All => "",
+        InboxFilter::NeedsHuman => " AND c.handoff_requested_at IS NOT NULL AND c.mode = 'ai'",
+        InboxFilter::Human => " AND c.mode = 'human'",
+        InboxFilter::Ai => " AND c.mode = 'ai'",
+    };
+    let mut statement = c.prepare_cached(&format!(
+        "SELECT {CONVERSATION_COLUMNS}, \
+           (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.role = 'user' \
+              AND m.seq > c.staff_read_seq), \
+           (SELECT json_array(m.role, substr(m.content, 1, 200), m.created_at) FROM messages m \
+              WHERE m.conversation_id = c.id AND m.role != 'event' ORDER BY m.seq DESC LIMIT 1) \
+         FROM conversations c WHERE c.tenant_id = ?1 AND c.visitor_id IS NOT NULL{condition} \
+         ORDER BY (c.handoff_requested_at IS NOT NULL AND c.mode = 'ai') DESC, c.updated_at DESC \
+         LIMIT ?2 OFFSET ?3"
+    ))?;
+    statement
+        .query_map(
+            params![scope.tenant_id(), limit.clamp(1, 200), offset],
+            |r| {
+                let visitor_id: String = r.get(13)?;
+                let preview = r
+                    .get::<_, Option<String>>(16)?
+                    .and_then(|json| serde_json::from_str::<(String, String, String)>(&json).ok())
+                    .map(|(role, content, created_at)| InboxPreview {
+                        role,
+                        content,
+                        created_at,
+                    });
+                Ok(InboxItem {
+                    conversation: conversation(r)?,
+                    last_message: preview,
+                    unread: r.get(15)?,
+                    visitor_online: false,
+                    visitor_id,
+                })
+            },
+        )?
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

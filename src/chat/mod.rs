@@ -5,7 +5,10 @@ pub mod answer;
 pub mod citations;
 pub mod coach;
 pub mod conversations;
+pub mod hub;
+pub mod live;
 pub mod pii;
+pub mod protocol;
 
 use crate::db::{Db, DbError};
 use crate::inference::InferenceError;
@@ -24,6 +27,8 @@ pub enum ChatError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("too many messages; wait {} s before sending another", .0.as_secs().max(1))]
+    RateLimited(std::time::Duration),
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -44,14 +49,32 @@ pub struct Chat {
     db: Db,
     knowledge: Knowledge,
     inference: Inference,
+    hub: hub::Hub,
+    limits: live::VisitorLimits,
 }
 
 impl Chat {
-    pub fn new(db: Db, knowledge: Knowledge, inference: Inference) -> Chat {
+    pub fn new(
+        db: Db,
+        knowledge: Knowledge,
+        inference: Inference,
+        limits: live::VisitorLimits,
+    ) -> Chat {
         Chat {
             db,
             knowledge,
             inference,
+            hub: hub::Hub::new(),
+            limits,
         }
+    }
+
+    /// Live connections and the fan-out of events to them.
+    pub fn hub(&self) -> &hub::Hub {
+        &self.hub
+    }
+
+    pub fn limits(&self) -> &live::VisitorLimits {
+        &self.limits
     }
 }

@@ -96,26 +96,7 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
             .map(str::trim)
             .ok_or(AuthError::Unauthorized)?
             .to_string();
-        let principal = if token.starts_with(api_keys::KEY_PREFIX) {
-            state
-                .db
-                .call(move |c| api_keys::authenticate(c, &token))
-                .await?
-        } else {
-            let claims = state.auth.accounts.keys().verify(&token)?;
-            Principal {
-                user_id: Some(claims.sub.clone()),
-                scope: TenantScope::new(claims.tid),
-                role: claims.role,
-                is_owner: claims.own,
-                label: if claims.eml.is_empty() {
-                    claims.sub
-                } else {
-                    claims.eml
-                },
-                credential: Credential::AccessToken,
-            }
-        };
+        let principal = principal_from_token(state, token).await?;
         if (R::OWNER && !principal.is_owner) || principal.role < R::MINIMUM {
             return Err(AuthError::Forbidden.into());
         }
@@ -125,6 +106,29 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
             _requirement: PhantomData,
         })
     }
+}
+
+/// The member behind an access token or API key (no role check).
+pub async fn principal_from_token(state: &AppState, token: String) -> Result<Principal, ApiError> {
+    if token.starts_with(api_keys::KEY_PREFIX) {
+        return Ok(state
+            .db
+            .call(move |c| api_keys::authenticate(c, &token))
+            .await?);
+    }
+    let claims = state.auth.accounts.keys().verify(&token)?;
+    Ok(Principal {
+        user_id: Some(claims.sub.clone()),
+        scope: TenantScope::new(claims.tid),
+        role: claims.role,
+        is_owner: claims.own,
+        label: if claims.eml.is_empty() {
+            claims.sub
+        } else {
+            claims.eml
+        },
+        credential: Credential::AccessToken,
+    })
 }
 
 /// The client's address and the request id, for rate limits and the audit log.

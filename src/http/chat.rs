@@ -13,13 +13,16 @@ use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::auth::{AdminRole, Authenticated, Client, Member};
+use super::auth::{AdminRole, Authenticated, Client, principal_from_token};
+use super::cors;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::streams::sse_until_shutdown;
+use crate::auth::{Principal, Role};
 use crate::chat::answer::{Prepared, Reply};
-use crate::chat::coach::{self, Coach, CoachUpdate};
+use crate::chat::coach::{self, Coach, CoachUpdate, WidgetPosition};
 use crate::chat::conversations::{
-    self, Access, Conversation, KnowledgeGap, Message, Speaker, VISITOR_TOKEN_PREFIX,
+    self, Access, Conversation, InboxFilter, InboxItem, KnowledgeGap, Message, ReceiptStatus,
+    Speaker, VISITOR_TOKEN_PREFIX,
 };
 use crate::chat::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatEvent, ChatStream};
@@ -27,21 +30,30 @@ use crate::inference::chat_engine::{ChatEvent, ChatStream};
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/coach", get(get_coach).patch(update_coach))
+        .route("/api/v1/public/coaches/{slug}", get(public_coach))
         .route(
             "/api/v1/public/coaches/{slug}/visitors",
             post(create_visitor),
         )
         .route("/api/v1/conversations", post(create_conversation))
+        .route("/api/v1/conversations/{id}", get(get_conversation))
         .route(
             "/api/v1/conversations/{id}/messages",
             get(list_messages).post(send_message),
         )
+        .route("/api/v1/conversations/{id}/typing", post(typing))
+        .route("/api/v1/conversations/{id}/receipts", post(receipt))
+        .route("/api/v1/conversations/{id}/handoff", post(request_person))
+        .route("/api/v1/conversations/{id}/takeover", post(take_over))
+        .route("/api/v1/conversations/{id}/handback", post(hand_back))
+        .route("/api/v1/inbox", get(inbox))
         .route("/api/v1/knowledge-gaps", get(knowledge_gaps))
 }
 
 /// Whoever calls a conversation route: a visitor (token `vis_...`) or a member of the tenant
-/// (access token or API key).
-pub struct Caller(pub Speaker);
+/// (access token or API key, with its principal). A browser calling from another website must
+/// come from an origin the tenant allowed.
+pub struct Caller(pub Speaker, pub Option<Principal>);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
@@ -51,26 +63,64 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
-            .unwrap_or_default()
+            .ok_or(ApiError::new(
+                ErrorCode::Unauthorized,
+                "send a visitor token or an access token as 'Authorization: Bearer ...'",
+            ))?
             .to_string();
-        if token.starts_with(VISITOR_TOKEN_PREFIX) {
-            let speaker = state
-                .db
-                .call(move |c| conversations::authenticate_visitor(c, &token))
-                .await?;
-            state
-                .auth
-                .limiters
-                .check_tenant(speaker.scope().tenant_id())?;
-            return Ok(Caller(speaker));
-        }
-        let member = Authenticated::<Member>::from_request_parts(parts, state).await?;
-        Ok(Caller(Speaker::Staff {
-            scope: member.scope().clone(),
-            user_id: member.principal.user_id.clone(),
-        }))
+        let (speaker, principal) = speaker_from_token(state, token).await?;
+        let origin = cors::foreign_origin(&parts.headers);
+        cors::check_caller_origin(state, speaker.scope().tenant_id(), origin.as_deref()).await?;
+        Ok(Caller(speaker, principal))
+    }
+}
+
+/// The participant behind a token: an end user (`vis_...`) or a member of the team.
+pub async fn speaker_from_token(
+    state: &AppState,
+    token: String,
+) -> Result<(Speaker, Option<Principal>), ApiError> {
+    if token.starts_with(VISITOR_TOKEN_PREFIX) {
+        let speaker = state
+            .db
+            .call(move |c| conversations::authenticate_visitor(c, &token))
+            .await?;
+        state
+            .auth
+            .limiters
+            .check_tenant(speaker.scope().tenant_id())?;
+        return Ok((speaker, None));
+    }
+    let principal = principal_from_token(state, token).await?;
+    state.auth.limiters.check_tenant(principal.tenant_id())?;
+    let speaker = Speaker::Staff {
+        scope: principal.scope().clone(),
+        user_id: principal.user_id.clone(),
+    };
+    Ok((speaker, Some(principal)))
+}
+
+/// The member of the team behind a caller who may answer conversations (coach role or above).
+pub fn answering_member(principal: Option<&Principal>) -> Result<(&Principal, &str), ApiError> {
+    let principal = principal.ok_or(ApiError::new(
+        ErrorCode::Forbidden,
+        "only members of the team can take conversations over",
+    ))?;
+    let user = principal
+        .user_id
+        .as_deref()
+        .filter(|_| principal.role >= Role::Coach);
+    match user {
+        Some(user) => Ok((principal, user)),
+        None => Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "taking a conversation over needs a signed-in member with the coach role or above",
+        )),
     }
 }
 
@@ -118,11 +168,49 @@ pub(crate) struct NewVisitor {
     coach: PublicCoach,
 }
 
+/// What the chat page and the widget show of a coach.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct PublicCoach {
     slug: String,
     name: String,
     greeting: String,
+    avatar_url: String,
+    brand_color: String,
+    widget_position: WidgetPosition,
+    opening_message: String,
+    /// Whether a person of the team is online right now.
+    staff_online: bool,
+}
+
+impl PublicCoach {
+    fn new(coach: Coach, staff_online: bool) -> PublicCoach {
+        PublicCoach {
+            slug: coach.slug,
+            name: coach.name,
+            greeting: coach.greeting,
+            avatar_url: coach.avatar_url,
+            brand_color: coach.brand_color,
+            widget_position: coach.widget_position,
+            opening_message: coach.opening_message,
+            staff_online,
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/public/coaches/{slug}", tag = "chat",
+    params(("slug" = String, Path, description = "The coach's public slug")),
+    responses(
+        (status = 200, description = "The coach's name, greeting and branding", body = PublicCoach),
+        (status = 403, description = "The browser's origin is not allowed by the creator", body = ErrorBody),
+        (status = 404, description = "No coach has this slug", body = ErrorBody),
+    ))]
+pub(crate) async fn public_coach(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<PublicCoach>, ApiError> {
+    let (tenant_id, coach) = state.db.call(move |c| coach::by_slug(c, &slug)).await?;
+    let online = state.chat.hub().is_staff_online(&tenant_id);
+    Ok(Json(PublicCoach::new(coach, online)))
 }
 
 #[utoipa::path(post, path = "/api/v1/public/coaches/{slug}/visitors", tag = "chat",
@@ -150,17 +238,15 @@ pub(crate) async fn create_visitor(
             let (tenant_id, coach) = coach::by_slug(c, &slug)?;
             let (visitor_id, token) =
                 conversations::create_visitor(c, &tenant_id, origin.as_deref())?;
-            Ok::<_, ChatError>(NewVisitor {
-                visitor_id,
-                token,
-                coach: PublicCoach {
-                    slug: coach.slug,
-                    name: coach.name,
-                    greeting: coach.greeting,
-                },
-            })
+            Ok::<_, ChatError>((tenant_id, visitor_id, token, coach))
         })
         .await?;
+    let (tenant_id, visitor_id, token, coach) = visitor;
+    let visitor = NewVisitor {
+        visitor_id,
+        token,
+        coach: PublicCoach::new(coach, state.chat.hub().is_staff_online(&tenant_id)),
+    };
     Ok((StatusCode::CREATED, Json(visitor)))
 }
 
@@ -172,7 +258,7 @@ pub(crate) async fn create_visitor(
     security(("bearer" = [])))]
 pub(crate) async fn create_conversation(
     State(state): State<AppState>,
-    Caller(speaker): Caller,
+    Caller(speaker, _): Caller,
 ) -> Result<(StatusCode, Json<Conversation>), ApiError> {
     let conversation = state
         .db
@@ -195,7 +281,7 @@ pub(crate) struct MessageList {
     security(("bearer" = [])))]
 pub(crate) async fn list_messages(
     State(state): State<AppState>,
-    Caller(speaker): Caller,
+    Caller(speaker, _): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<MessageList>, ApiError> {
     let messages = state
@@ -215,6 +301,13 @@ pub(crate) struct SendMessage {
     /// true]; false answers with the stored message as JSON.
     #[serde(default = "yes")]
     stream: bool,
+    /// Chosen by the client, unique in the conversation: a message resent with the same id
+    /// (after a network error) is stored and answered once.
+    client_id: Option<String>,
+    /// Answer with 202 and the stored question at once; the answer arrives on the
+    /// conversation's event stream or live connection [default: false].
+    #[serde(default)]
+    background: bool,
 }
 
 fn yes() -> bool {
@@ -225,7 +318,9 @@ fn yes() -> bool {
     request_body = SendMessage,
     params(("id" = String, Path, description = "Conversation id")),
     responses(
-        (status = 200, description = "The answer: JSON (`stream: false`) or an event stream of `delta` {text} events and a final `message` event with the stored answer, whose content and citations are authoritative (markers are aligned and a low-confidence answer is replaced by the fallback after generation)", body = Message),
+        (status = 200, description = "The answer: JSON (`stream: false`) or an event stream of `delta` {text} events and a final `message` event with the stored answer, whose content and citations are authoritative (markers are aligned and a low-confidence answer is replaced by the fallback after generation). A resend of a known `client_id` gets the stored message it had.", body = Message),
+        (status = 201, description = "Stored, and nobody answers automatically: a person took the conversation over, the message is a staff reply, or it asked for a person", body = Message),
+        (status = 202, description = "`background: true`: the stored question; the answer follows on the conversation's events", body = Message),
         (status = 404, description = "No such conversation for this caller", body = ErrorBody),
         (status = 422, description = "Empty or too long", body = ErrorBody),
         (status = 429, description = "The model's queue is full; retry after Retry-After", body = ErrorBody),
@@ -234,12 +329,27 @@ fn yes() -> bool {
     security(("bearer" = [])))]
 pub(crate) async fn send_message(
     State(state): State<AppState>,
-    Caller(speaker): Caller,
+    Caller(speaker, _): Caller,
     Path(id): Path<String>,
     Json(input): Json<SendMessage>,
 ) -> Result<Response, ApiError> {
     let chat = state.chat.clone();
-    let mut prepared = chat.prepare(speaker, &id, &input.content).await?;
+    let asked = chat
+        .ask(&speaker, &id, &input.content, input.client_id.as_deref())
+        .await?;
+    let Some(pending) = asked.pending else {
+        let status = if asked.duplicate {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        return Ok((status, Json(asked.message)).into_response());
+    };
+    if input.background {
+        chat.answer_in_background(speaker, id, pending);
+        return Ok((StatusCode::ACCEPTED, Json(asked.message)).into_response());
+    }
+    let mut prepared = chat.start_answer(speaker, &id, pending).await?;
     let reply = std::mem::replace(&mut prepared.reply, Reply::Fallback);
     if !input.stream {
         let generated = match reply {
@@ -377,9 +487,178 @@ impl From<ChatError> for ApiError {
             ChatError::Unauthorized => ApiError::new(ErrorCode::Unauthorized, error.to_string()),
             ChatError::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
             ChatError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            ChatError::RateLimited(after) => {
+                ApiError::new(ErrorCode::RateLimited, error.to_string()).with_retry_after(after)
+            }
             ChatError::Db(error) => error.into(),
             ChatError::Knowledge(error) => error.into(),
             ChatError::Inference(error) => error.into(),
         }
     }
+}
+
+#[utoipa::path(get, path = "/api/v1/conversations/{id}", tag = "chat",
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "Its state: who is answering, receipts, the newest sequence number", body = Conversation),
+        (status = 404, description = "No such conversation for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn get_conversation(
+    State(state): State<AppState>,
+    Caller(speaker, _): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Conversation>, ApiError> {
+    Ok(Json(state.chat.conversation(&speaker, &id).await?))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct TypingInput {
+    /// true while the person types; send false when they stop (or it lapses after 10 s).
+    active: bool,
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/typing", tag = "chat",
+    request_body = TypingInput,
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 204, description = "The other side is told"),
+        (status = 404, description = "No such conversation for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn typing(
+    State(state): State<AppState>,
+    Caller(speaker, _): Caller,
+    Path(id): Path<String>,
+    Json(input): Json<TypingInput>,
+) -> Result<StatusCode, ApiError> {
+    state.chat.typing(&speaker, &id, input.active, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ReceiptInput {
+    /// The newest message received or read.
+    seq: i64,
+    status: ReceiptStatus,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ReceiptOutput {
+    /// The caller's side's receipt now (receipts never move back).
+    seq: i64,
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/receipts", tag = "chat",
+    request_body = ReceiptInput,
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "Recorded and passed on to the other side", body = ReceiptOutput),
+        (status = 404, description = "No such conversation for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn receipt(
+    State(state): State<AppState>,
+    Caller(speaker, _): Caller,
+    Path(id): Path<String>,
+    Json(input): Json<ReceiptInput>,
+) -> Result<Json<ReceiptOutput>, ApiError> {
+    let seq = state
+        .chat
+        .receipt(&speaker, &id, input.seq, input.status, None)
+        .await?;
+    Ok(Json(ReceiptOutput { seq }))
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/handoff", tag = "chat",
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "The end user's request for a person is in the staff inbox", body = Conversation),
+        (status = 404, description = "No such conversation for this caller", body = ErrorBody),
+        (status = 422, description = "Not an end user's conversation", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn request_person(
+    State(state): State<AppState>,
+    Caller(speaker, _): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Conversation>, ApiError> {
+    Ok(Json(state.chat.request_person(&speaker, &id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/takeover", tag = "chat",
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "The caller answers the conversation now; the coach is silent and the end user sees who joined", body = Conversation),
+        (status = 403, description = "Needs a signed-in member with the coach role or above", body = ErrorBody),
+        (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
+        (status = 409, description = "Someone else is handling it", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn take_over(
+    State(state): State<AppState>,
+    Caller(speaker, principal): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Conversation>, ApiError> {
+    let (_, user) = answering_member(principal.as_ref())?;
+    Ok(Json(
+        state.chat.take_over(speaker.scope(), user, &id).await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/handback", tag = "chat",
+    params(("id" = String, Path, description = "Conversation id")),
+    responses(
+        (status = 200, description = "The coach answers the conversation again", body = Conversation),
+        (status = 403, description = "Needs a signed-in member with the coach role or above", body = ErrorBody),
+        (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
+        (status = 409, description = "The coach is already answering it", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn hand_back(
+    State(state): State<AppState>,
+    Caller(speaker, principal): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Conversation>, ApiError> {
+    let (_, user) = answering_member(principal.as_ref())?;
+    Ok(Json(
+        state.chat.hand_back(speaker.scope(), user, &id).await?,
+    ))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct InboxQuery {
+    /// `all` (default), `needs_human` (asked for a person, nobody took over), `human`, `ai`.
+    filter: Option<InboxFilter>,
+    /// 1 to 200 [default: 50].
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Inbox {
+    conversations: Vec<InboxItem>,
+}
+
+#[utoipa::path(get, path = "/api/v1/inbox", tag = "chat", params(InboxQuery),
+    responses(
+        (status = 200, description = "End users' conversations: those waiting for a person first, then the most recently active", body = Inbox),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn inbox(
+    State(state): State<AppState>,
+    auth: Authenticated,
+    Query(query): Query<InboxQuery>,
+) -> Result<Json<Inbox>, ApiError> {
+    let conversations = state
+        .chat
+        .inbox(
+            auth.scope(),
+            query.filter.unwrap_or_default(),
+            query.limit.unwrap_or(50),
+            query.offset.unwrap_or(0),
+        )
+        .await?;
+    Ok(Json(Inbox { conversations }))
 }

@@ -10,6 +10,8 @@ pub mod health;
 pub mod knowledge;
 pub mod metrics;
 pub mod openapi;
+pub mod pages;
+pub mod realtime;
 pub mod request_id;
 pub mod streams;
 
@@ -46,6 +48,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down; long-lived streams watch it.
     pub shutdown: CancellationToken,
+    /// Keep-alive and idle limits of live connections.
+    pub live: crate::config::LiveConfig,
     pub started_at: Instant,
 }
 
@@ -67,6 +71,8 @@ pub fn routes() -> Router<AppState> {
         .merge(auth::routes())
         .merge(knowledge::routes())
         .merge(chat::routes())
+        .merge(realtime::routes())
+        .merge(pages::routes())
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))

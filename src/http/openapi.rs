@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, chat, health, knowledge, metrics};
+use super::{auth, chat, health, knowledge, metrics, realtime};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,7 +59,19 @@ use super::{auth, chat, health, knowledge, metrics};
         chat::list_messages,
         chat::send_message,
         chat::knowledge_gaps,
+        chat::public_coach,
+        chat::get_conversation,
+        chat::typing,
+        chat::receipt,
+        chat::request_person,
+        chat::take_over,
+        chat::hand_back,
+        chat::inbox,
+        realtime::websocket,
+        realtime::events,
     ),
+    // Types used only in query strings are not collected from the paths.
+    components(schemas(crate::chat::conversations::InboxFilter)),
     modifiers(&BearerScheme),
     tags(
         (name = "accounts", description = "Registration, sign-in, tokens and passwords"),

@@ -2,8 +2,10 @@
 //! talks HTTP to it, as a client would.
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod chat;
 pub mod documents;
 pub mod hub;
+pub mod live;
 pub mod process;
 pub mod smtp;
 

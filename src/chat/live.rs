@@ -1,0 +1,616 @@
+//! The live side of conversations, shared by the WebSocket and the event-stream fallback:
+//! publishing stored messages, answers generated in the background with streamed pieces,
+//! typing, receipts, human handoff, the staff inbox, and per-connection ordering of messages.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::json;
+
+use super::answer::{Pending, Reply};
+use super::conversations::{
+    self, Access, Conversation, InboxFilter, InboxItem, Message, NewMessage, ReceiptStatus, Side,
+    Speaker,
+};
+use super::hub::{Audience, Event};
+use super::protocol::ServerEvent;
+use super::{Chat, ChatError};
+use crate::auth::TenantScope;
+use crate::inference::chat_engine::ChatEvent;
+
+/// Limits on what one end user may send.
+#[derive(Clone)]
+pub struct VisitorLimits {
+    pub messages_per_minute: u32,
+    messages: Arc<DefaultKeyedRateLimiter<String>>,
+}
+
+impl VisitorLimits {
+    pub fn new(messages_per_minute: u32) -> VisitorLimits {
+        let per_minute = NonZeroU32::new(messages_per_minute.max(1)).expect("at least one");
+        // A burst of a third of the minute's budget, so a quick follow-up is never refused.
+        let burst = NonZeroU32::new((messages_per_minute / 3).max(1)).expect("at least one");
+        VisitorLimits {
+            messages_per_minute,
+            messages: Arc::new(RateLimiter::keyed(
+                Quota::per_minute(per_minute).allow_burst(burst),
+            )),
+        }
+    }
+
+    pub fn check_visitor(&self, visitor_id: &str) -> Result<(), ChatError> {
+        self.messages
+            .check_key(&visitor_id.to_string())
+            .map_err(|not_until| {
+                ChatError::RateLimited(
+                    not_until
+                        .wait_time_from(DefaultClock::default().now())
+                        .max(Duration::from_secs(1)),
+                )
+            })
+    }
+
+    /// Forgets idle visitors so memory stays bounded; call now and then.
+    pub fn prune(&self) {
+        self.messages.retain_recent();
+    }
+}
+
+/// Who is typing, as the other side sees it.
+fn side_name(speaker: &Speaker) -> &'static str {
+    match speaker {
+        Speaker::Visitor { .. } => "visitor",
+        Speaker::Staff { .. } => "staff",
+    }
+}
+
+fn side(speaker: &Speaker) -> Side {
+    match speaker {
+        Speaker::Visitor { .. } => Side::Visitor,
+        Speaker::Staff { .. } => Side::Staff,
+    }
+}
+
+/// "Can I talk to a person?" and the like. Deliberately narrow: a false positive silences the
+/// coach, so only explicit requests count (the chat page also has a button).
+pub fn asks_for_a_person(text: &str) -> bool {
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)\b(talk|speak|chat|connect me)\s+(to|with)\s+(a|an|some|the)?\s*(real\s+|actual\s+)?(human|person|people|someone|somebody|agent|staff|team member)\b|\b(human|real person|live agent),?\s+please\b",
+        )
+        .expect("valid pattern")
+    });
+    PATTERN.is_match(text)
+}
+
+impl Chat {
+    /// Delivers a stored message to the conversation's followers and the tenant's staff.
+    pub fn publish_message(&self, tenant_id: &str, message: &Message) {
+        let event = ServerEvent::Message {
+            message: message.clone(),
+        };
+        self.hub
+            .publish(tenant_id, Event::new(&event), Audience::FollowersAndStaff);
+    }
+
+    fn publish_conversation(&self, tenant_id: &str, conversation: Conversation) {
+        let event = ServerEvent::Conversation { conversation };
+        self.hub
+            .publish(tenant_id, Event::new(&event), Audience::FollowersAndStaff);
+    }
+
+    /// Stores an event message ("Ana joined") and publishes it with the conversation's state.
+    async fn record_event(
+        &self,
+        scope: &TenantScope,
+        conversation_id: &str,
+        kind: &'static str,
+        text: String,
+    ) -> Result<(), ChatError> {
+        let (scope_moved, id) = (scope.clone(), conversation_id.to_string());
+        let (message, conversation) = self
+            .db
+            .call(move |c| {
+                let stored = conversations::add_message(
+                    c,
+                    &scope_moved,
+                    &id,
+                    &NewMessage {
+                        role: "event",
+                        content: &text,
+                        stats: Some(json!({ "event": kind })),
+                        ..NewMessage::default()
+                    },
+                )?;
+                let conversation = conversations::get(c, &scope_moved, &id)?
+                    .ok_or(ChatError::NotFound("no such conversation"))?;
+                Ok::<_, ChatError>((stored.message, conversation))
+            })
+            .await?;
+        self.publish_message(scope.tenant_id(), &message);
+        self.publish_conversation(scope.tenant_id(), conversation);
+        Ok(())
+    }
+
+    /// The end user asks for a person: the request shows in the staff inbox, and the end user
+    /// is told. Asking twice is harmless.
+    pub async fn request_person(
+        &self,
+        speaker: &Speaker,
+        conversation_id: &str,
+    ) -> Result<Conversation, ChatError> {
+        let (who, id) = (speaker.clone(), conversation_id.to_string());
+        let newly = self
+            .db
+            .call(move |c| {
+                let conversation = conversations::open(c, &who, &id, Access::Read)?;
+                if conversation.started_by != "visitor" {
+                    return Err(ChatError::Invalid(
+                        "only end users' conversations can be handed to a person".into(),
+                    ));
+                }
+                Ok(conversations::request_handoff(c, who.scope(), &id)?)
+            })
+            .await?;
+        if newly {
+            let text = if self.hub.is_staff_online(speaker.scope().tenant_id()) {
+                "You asked to talk to a person. Someone from the team will join here shortly."
+            } else {
+                "You asked to talk to a person. The team has been told and will reply here as \
+                 soon as someone is available."
+            };
+            self.record_event(
+                speaker.scope(),
+                conversation_id,
+                "handoff_requested",
+                text.into(),
+            )
+            .await?;
+        }
+        self.conversation(speaker, conversation_id).await
+    }
+
+    /// A person takes the conversation over: the coach stops answering it.
+    pub async fn take_over(
+        &self,
+        scope: &TenantScope,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<Conversation, ChatError> {
+        let (scope_moved, user, id) = (
+            scope.clone(),
+            user_id.to_string(),
+            conversation_id.to_string(),
+        );
+        let (name, changed) = self
+            .db
+            .call(move |c| {
+                let conversation = conversations::get(c, &scope_moved, &id)?
+                    .ok_or(ChatError::NotFound("no such conversation"))?;
+                if conversation.started_by != "visitor" {
+                    return Err(ChatError::Invalid(
+                        "test conversations cannot be taken over".into(),
+                    ));
+                }
+                if conversation.is_human()
+                    && conversation.assigned_user_id.as_deref() != Some(&user)
+                {
+                    return Err(ChatError::Conflict(format!(
+                        "{} is already handling this conversation",
+                        conversation
+                            .assigned_name
+                            .unwrap_or_else(|| "someone".into())
+                    )));
+                }
+                let changed = !conversation.is_human();
+                conversations::set_mode(c, &scope_moved, &id, Some(&user))?;
+                Ok((conversations::staff_name(c, &user)?, changed))
+            })
+            .await?;
+        if changed {
+            let text = format!("{name} from the team joined the conversation.");
+            self.record_event(scope, conversation_id, "staff_joined", text)
+                .await?;
+        }
+        self.conversation_in(scope, conversation_id).await
+    }
+
+    /// The person hands the conversation back to the coach.
+    pub async fn hand_back(
+        &self,
+        scope: &TenantScope,
+        user_id: &str,
+        conversation_id: &str,
+    ) -> Result<Conversation, ChatError> {
+        let (scope_moved, user, id) = (
+            scope.clone(),
+            user_id.to_string(),
+            conversation_id.to_string(),
+        );
+        let name = self
+            .db
+            .call(move |c| {
+                let conversation = conversations::get(c, &scope_moved, &id)?
+                    .ok_or(ChatError::NotFound("no such conversation"))?;
+                if !conversation.is_human() {
+                    return Err(ChatError::Conflict(
+                        "the coach is already answering this conversation".into(),
+                    ));
+                }
+                conversations::set_mode(c, &scope_moved, &id, None)?;
+                Ok::<_, ChatError>(conversations::staff_name(c, &user)?)
+            })
+            .await?;
+        let text = format!("{name} handed the conversation back to the coach.");
+        self.record_event(scope, conversation_id, "staff_left", text)
+            .await?;
+        self.conversation_in(scope, conversation_id).await
+    }
+
+    /// The conversation, if the speaker may read it.
+    pub async fn conversation(
+        &self,
+        speaker: &Speaker,
+        conversation_id: &str,
+    ) -> Result<Conversation, ChatError> {
+        let (speaker, id) = (speaker.clone(), conversation_id.to_string());
+        self.db
+            .call(move |c| conversations::open(c, &speaker, &id, Access::Read))
+            .await
+    }
+
+    async fn conversation_in(
+        &self,
+        scope: &TenantScope,
+        conversation_id: &str,
+    ) -> Result<Conversation, ChatError> {
+        let (scope, id) = (scope.clone(), conversation_id.to_string());
+        self.db
+            .call(move |c| {
+                conversations::get(c, &scope, &id)?
+                    .ok_or(ChatError::NotFound("no such conversation"))
+            })
+            .await
+    }
+
+    /// The conversation to follow. Visitors without an id continue their newest conversation
+    /// (or start one); `new` always starts one.
+    pub async fn open_conversation(
+        &self,
+        speaker: &Speaker,
+        conversation_id: Option<String>,
+        new: bool,
+    ) -> Result<Conversation, ChatError> {
+        let speaker = speaker.clone();
+        self.db
+            .call(move |c| {
+                let id = match (&speaker, conversation_id, new) {
+                    (Speaker::Visitor { .. }, _, true) => conversations::create(c, &speaker)?.id,
+                    (_, Some(id), _) => id,
+                    (Speaker::Visitor { visitor_id, .. }, None, false) => {
+                        match conversations::latest_of_visitor(c, speaker.scope(), visitor_id)? {
+                            Some(id) => id,
+                            None => conversations::create(c, &speaker)?.id,
+                        }
+                    }
+                    (Speaker::Staff { .. }, None, _) => {
+                        return Err(ChatError::Invalid(
+                            "staff open a conversation by its id".into(),
+                        ));
+                    }
+                };
+                conversations::open(c, &speaker, &id, Access::Read)
+            })
+            .await
+    }
+
+    /// The messages numbered after `after_seq` (the caller has checked access).
+    pub async fn messages_after(
+        &self,
+        scope: &TenantScope,
+        conversation_id: &str,
+        after_seq: i64,
+    ) -> Result<Vec<Message>, ChatError> {
+        let (scope, id) = (scope.clone(), conversation_id.to_string());
+        self.db
+            .call(move |c| {
+                Ok::<_, ChatError>(conversations::messages_after(
+                    c,
+                    &scope,
+                    &id,
+                    after_seq,
+                    u32::MAX,
+                )?)
+            })
+            .await
+    }
+
+    /// Tells the other side that someone is (or stopped) typing.
+    pub async fn typing(
+        &self,
+        speaker: &Speaker,
+        conversation_id: &str,
+        active: bool,
+        from_connection: Option<u64>,
+    ) -> Result<(), ChatError> {
+        let (who, id) = (speaker.clone(), conversation_id.to_string());
+        let name = self
+            .db
+            .call(move |c| {
+                conversations::open(c, &who, &id, Access::Read)?;
+                match &who {
+                    Speaker::Staff {
+                        user_id: Some(user),
+                        ..
+                    } => Ok::<_, ChatError>(Some(conversations::staff_name(c, user)?)),
+                    _ => Ok(None),
+                }
+            })
+            .await?;
+        let event = ServerEvent::Typing {
+            conversation_id: conversation_id.to_string(),
+            from: side_name(speaker).to_string(),
+            name,
+            active,
+        };
+        self.hub.publish(
+            speaker.scope().tenant_id(),
+            Event::new(&event).from_connection(from_connection),
+            Audience::Followers,
+        );
+        Ok(())
+    }
+
+    /// Records that the speaker's side received or read the messages up to `seq`.
+    pub async fn receipt(
+        &self,
+        speaker: &Speaker,
+        conversation_id: &str,
+        seq: i64,
+        status: ReceiptStatus,
+        from_connection: Option<u64>,
+    ) -> Result<i64, ChatError> {
+        let (who, id) = (speaker.clone(), conversation_id.to_string());
+        let by = side(speaker);
+        let seq = self
+            .db
+            .call(move |c| {
+                conversations::open(c, &who, &id, Access::Read)?;
+                Ok::<_, ChatError>(conversations::record_receipt(
+                    c,
+                    who.scope(),
+                    &id,
+                    by,
+                    status,
+                    seq,
+                )?)
+            })
+            .await?;
+        let event = ServerEvent::Receipt {
+            conversation_id: conversation_id.to_string(),
+            by,
+            status,
+            seq,
+        };
+        self.hub.publish(
+            speaker.scope().tenant_id(),
+            Event::new(&event).from_connection(from_connection),
+            Audience::FollowersAndStaff,
+        );
+        Ok(seq)
+    }
+
+    /// End users' conversations for the staff inbox, with who is online.
+    pub async fn inbox(
+        &self,
+        scope: &TenantScope,
+        filter: InboxFilter,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<InboxItem>, ChatError> {
+        let scope_moved = scope.clone();
+        let mut items = self
+            .db
+            .call(move |c| {
+                Ok::<_, ChatError>(conversations::inbox(
+                    c,
+                    &scope_moved,
+                    filter,
+                    limit,
+                    offset,
+                )?)
+            })
+            .await?;
+        for item in &mut items {
+            item.visitor_online = self
+                .hub
+                .is_visitor_online(scope.tenant_id(), &item.visitor_id);
+        }
+        Ok(items)
+    }
+
+    /// Answers in a task of its own, so the answer is stored (and reaches the end user when they
+    /// come back) even if the connection that asked drops. Pieces are published as they come.
+    pub fn answer_in_background(
+        &self,
+        speaker: Speaker,
+        conversation_id: String,
+        pending: Pending,
+    ) {
+        let chat = self.clone();
+        tokio::spawn(async move {
+            let tenant_id = speaker.scope().tenant_id().to_string();
+            let typing = |active: bool| ServerEvent::Typing {
+                conversation_id: conversation_id.clone(),
+                from: "coach".into(),
+                name: None,
+                active,
+            };
+            chat.hub
+                .publish(&tenant_id, Event::new(&typing(true)), Audience::Followers);
+            let result = chat
+                .answer_published(speaker, &conversation_id, pending)
+                .await;
+            chat.hub
+                .publish(&tenant_id, Event::new(&typing(false)), Audience::Followers);
+            if let Err(error) = result {
+                tracing::warn!(conversation = %conversation_id, %error, "answer failed");
+                // Model errors say what to do ("install a model..."); others stay internal.
+                let message = match &error {
+                    ChatError::Inference(error) => error.to_string(),
+                    _ => "the coach could not answer just now; please try again".to_string(),
+                };
+                let event = ServerEvent::Error {
+                    code: "answer_failed".into(),
+                    message,
+                    reference: None,
+                    retry_after_s: None,
+                };
+                let mut event = Event::new(&event);
+                event.conversation_id = Some(conversation_id.clone());
+                chat.hub.publish(&tenant_id, event, Audience::Followers);
+            }
+        });
+    }
+
+    async fn answer_published(
+        &self,
+        speaker: Speaker,
+        conversation_id: &str,
+        pending: Pending,
+    ) -> Result<Message, ChatError> {
+        let tenant_id = speaker.scope().tenant_id().to_string();
+        let mut prepared = self.start_answer(speaker, conversation_id, pending).await?;
+        let generated = match std::mem::replace(&mut prepared.reply, Reply::Fallback) {
+            Reply::Fallback => None,
+            Reply::Generate(mut stream) => {
+                let mut text = String::new();
+                let mut index = 0;
+                let mut summary = None;
+                while let Some(event) = stream.next().await {
+                    match event? {
+                        ChatEvent::Delta(delta) => {
+                            let event = ServerEvent::Delta {
+                                conversation_id: conversation_id.to_string(),
+                                reply_to: prepared.reply_to,
+                                index,
+                                text: delta.clone(),
+                            };
+                            self.hub
+                                .publish(&tenant_id, Event::new(&event), Audience::Followers);
+                            text.push_str(&delta);
+                            index += 1;
+                        }
+                        ChatEvent::Done(done) => {
+                            summary = Some(done);
+                            break;
+                        }
+                    }
+                }
+                let summary = summary.ok_or_else(|| {
+                    ChatError::Invalid("the model stopped before finishing its answer".into())
+                })?;
+                Some((text, summary))
+            }
+        };
+        self.finish(prepared, generated).await
+    }
+}
+
+/// Orders the message events one connection receives: drops those it already has and fills a
+/// gap (a message published out of order, or while the connection was being set up) from
+/// SQLite, so each message is delivered exactly once and in sequence.
+#[derive(Default)]
+pub struct Follower {
+    /// conversation id → the last sequence number delivered.
+    delivered: HashMap<String, i64>,
+}
+
+impl Follower {
+    /// The conversation is followed and everything up to `seq` has been delivered.
+    pub fn delivered_up_to(&mut self, conversation_id: &str, seq: i64) {
+        let last = self
+            .delivered
+            .entry(conversation_id.to_string())
+            .or_insert(0);
+        *last = (*last).max(seq);
+    }
+
+    pub fn follows(&self, conversation_id: &str) -> bool {
+        self.delivered.contains_key(conversation_id)
+    }
+
+    /// What to send for `event`: nothing, the event, or missing messages and then the event.
+    pub async fn admit(
+        &mut self,
+        chat: &Chat,
+        scope: &TenantScope,
+        event: Arc<Event>,
+    ) -> Result<Vec<Arc<Event>>, ChatError> {
+        let (Some(conversation_id), Some(seq)) = (event.conversation_id.clone(), event.seq) else {
+            return Ok(vec![event]);
+        };
+        let conversation_id = conversation_id.as_str();
+        // Staff receive every conversation's messages for their inbox, unordered.
+        let Some(&last) = self.delivered.get(conversation_id) else {
+            return Ok(vec![event]);
+        };
+        if seq <= last {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        if seq > last + 1 {
+            let (scope, id) = (scope.clone(), conversation_id.to_string());
+            let missing = chat
+                .db
+                .call(move |c| {
+                    Ok::<_, ChatError>(conversations::messages_after(
+                        c,
+                        &scope,
+                        &id,
+                        last,
+                        (seq - last - 1) as u32,
+                    )?)
+                })
+                .await?;
+            out.extend(
+                missing
+                    .into_iter()
+                    .filter(|m| m.seq < seq)
+                    .map(|message| Arc::new(Event::new(&ServerEvent::Message { message }))),
+            );
+        }
+        out.push(event);
+        self.delivered.insert(conversation_id.to_string(), seq);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_requests_for_a_person_are_recognised() {
+        for yes in [
+            "Can I talk to a human?",
+            "I want to speak with someone",
+            "please connect me to a real person",
+            "Human, please",
+        ] {
+            assert!(asks_for_a_person(yes), "{yes}");
+        }
+        for no in [
+            "How do I talk to my kids about sleep?",
+            "Is the coach a real person?",
+            "What should a human eat before a run?",
+        ] {
+            assert!(!asks_for_a_person(no), "{no}");
+        }
+    }
+}

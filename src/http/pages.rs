@@ -1,0 +1,94 @@
+//! Pages rendered by the server: the coach's chat page at `/c/{slug}`.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+
+use super::AppState;
+use crate::chat::ChatError;
+use crate::chat::coach;
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/c/{slug}", get(chat_page))
+}
+
+/// The chat page: a shell named after the coach that runs the same script as the widget, full
+/// window. Avatars may live on any https host, so images are allowed from there.
+async fn chat_page(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
+    let lookup = slug.clone();
+    let found = state.db.call(move |c| coach::by_slug(c, &lookup)).await;
+    let coach = match found {
+        Ok((_, coach)) => coach,
+        Err(ChatError::NotFound(_)) => return not_found(),
+        Err(error) => {
+            tracing::error!(%error, "chat page");
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    };
+    let name = escape(&coach.name);
+    let page = format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1, viewport-fit=cover\">\n\
+         <title>{name}</title>\n<meta name=\"description\" content=\"Chat with {name}\">\n\
+         <meta name=\"theme-color\" content=\"{color}\">\n\
+         <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\">\n\
+         <style>html,body{{margin:0;height:100%;background:#f8fafc}}</style>\n</head>\n<body>\n\
+         <noscript>This chat needs JavaScript.</noscript>\n\
+         <script src=\"/widget.js\" data-coach=\"{slug}\" data-mode=\"page\" defer></script>\n\
+         </body>\n</html>\n",
+        color = escape(&coach.brand_color),
+        slug = escape(&coach.slug),
+    );
+    let mut response = Html(page).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data: https:; connect-src 'self'; frame-ancestors 'none'; \
+             base-uri 'none'; form-action 'self'",
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn not_found() -> Response {
+    let page = "<!doctype html><html lang=\"en\"><meta charset=\"utf-8\">\
+        <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+        <title>No coach here · Compañero</title>\
+        <body style=\"font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem\">\
+        <h1>No coach here</h1><p>This chat address does not exist (any more). Check the link you \
+        were given.</p></body></html>";
+    (StatusCode::NOT_FOUND, Html(page)).into_response()
+}
+
+/// Text for HTML content and double-quoted attributes.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_are_escaped() {
+        assert_eq!(
+            super::escape("<b>\"Ana\" & 'co'</b>"),
+            "&lt;b&gt;&quot;Ana&quot; &amp; &#39;co&#39;&lt;/b&gt;"
+        );
+    }
+}

@@ -1,0 +1,528 @@
+//! Live chat: the WebSocket (`GET /api/v1/live`) and, for clients that cannot use one, a
+//! Server-Sent Events stream per conversation (`GET /api/v1/conversations/{id}/events`) whose
+//! commands are the plain conversation routes. Protocol: docs/websocket-protocol.md.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::stream;
+use serde::Deserialize;
+
+use super::AppState;
+use super::chat::{Caller, answering_member, speaker_from_token};
+use super::cors;
+use super::error::{ApiError, ErrorBody};
+use super::streams::sse_until_shutdown;
+use crate::auth::Principal;
+use crate::chat::answer::MAX_MESSAGE_CHARS;
+use crate::chat::conversations::Speaker;
+use crate::chat::hub::{Connection, Event, Participant};
+use crate::chat::live::Follower;
+use crate::chat::protocol::{ClientCommand, PROTOCOL_VERSION, ServerEvent};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/live", get(websocket))
+        .route("/api/v1/conversations/{id}/events", get(events))
+}
+
+/// Largest frame a client may send: a message of `MAX_MESSAGE_CHARS` (up to 4 bytes each) and
+/// its envelope. Larger frames close the connection (1009).
+const MAX_FRAME_BYTES: usize = 4 * MAX_MESSAGE_CHARS + 1024;
+/// A connection must say hello this soon.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused commands (bad JSON, rate limits, errors) tolerated before the connection is closed.
+const MAX_STRIKES: u32 = 10;
+/// Typing notices passed on per conversation, at most one per this interval unless the state
+/// changes: a client that sends one per keystroke costs nothing.
+const TYPING_INTERVAL: Duration = Duration::from_secs(2);
+
+#[utoipa::path(get, path = "/api/v1/live", tag = "chat",
+    responses(
+        (status = 101, description = "WebSocket; the first frame must be `hello` with a token. See docs/websocket-protocol.md"),
+        (status = 400, description = "Not a WebSocket upgrade", body = ErrorBody),
+    ))]
+pub(crate) async fn websocket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let origin = cors::foreign_origin(&headers);
+    upgrade
+        // Small buffers: most connections sit idle, and 10,000 of them must fit in memory.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .max_message_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            if let Some(session) = Session::start(socket, state, origin).await {
+                session.run().await;
+            }
+        })
+}
+
+/// One authenticated WebSocket connection.
+struct Session {
+    socket: WebSocket,
+    state: AppState,
+    speaker: Speaker,
+    principal: Option<Principal>,
+    connection: Connection,
+    follower: Follower,
+    strikes: u32,
+    typing_sent: HashMap<String, (bool, Instant)>,
+}
+
+/// How a session ends.
+enum Ending {
+    Gone,
+    Close(u16, &'static str),
+}
+
+fn json(event: &ServerEvent) -> String {
+    serde_json::to_string(event).expect("events serialise")
+}
+
+fn error_event(error: ApiError, reference: Option<String>) -> ServerEvent {
+    ServerEvent::Error {
+        code: error.code.as_str().to_string(),
+        message: error.message,
+        reference,
+        retry_after_s: error.retry_after.map(|d| d.as_secs().max(1)),
+    }
+}
+
+impl Session {
+    /// Waits for `hello`, authenticates, checks the origin and registers the connection.
+    async fn start(
+        mut socket: WebSocket,
+        state: AppState,
+        origin: Option<String>,
+    ) -> Option<Session> {
+        let hello = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await;
+        let token = match hello {
+            Ok(Some(Ok(Frame::Text(text)))) => match serde_json::from_str(&text) {
+                Ok(ClientCommand::Hello { token, protocol }) => {
+                    if protocol.is_some_and(|p| p != PROTOCOL_VERSION) {
+                        let error = ApiError::new(
+                            super::error::ErrorCode::BadRequest,
+                            format!("this server speaks protocol {PROTOCOL_VERSION}"),
+                        );
+                        refuse(socket, error).await;
+                        return None;
+                    }
+                    token
+                }
+                _ => {
+                    let error = ApiError::new(
+                        super::error::ErrorCode::Unauthorized,
+                        "the first frame must be {\"type\":\"hello\",\"token\":\"...\"}",
+                    );
+                    refuse(socket, error).await;
+                    return None;
+                }
+            },
+            _ => {
+                let error = ApiError::new(
+                    super::error::ErrorCode::Unauthorized,
+                    "no hello within 10 s",
+                );
+                refuse(socket, error).await;
+                return None;
+            }
+        };
+        let authenticated = async {
+            let (speaker, principal) = speaker_from_token(&state, token).await?;
+            cors::check_caller_origin(&state, speaker.scope().tenant_id(), origin.as_deref())
+                .await?;
+            Ok::<_, ApiError>((speaker, principal))
+        };
+        let (speaker, principal) = match authenticated.await {
+            Ok(found) => found,
+            Err(error) => {
+                refuse(socket, error).await;
+                return None;
+            }
+        };
+        let tenant_id = speaker.scope().tenant_id().to_string();
+        let (participant, role, visitor_id) = match &speaker {
+            Speaker::Visitor { visitor_id, .. } => (
+                Participant::Visitor {
+                    visitor_id: visitor_id.clone(),
+                },
+                "visitor",
+                Some(visitor_id.clone()),
+            ),
+            Speaker::Staff { .. } => (Participant::Staff, "staff", None),
+        };
+        let connection = state.chat.hub().connect(&tenant_id, participant);
+        let mut session = Session {
+            socket,
+            speaker,
+            principal,
+            connection,
+            follower: Follower::default(),
+            strikes: 0,
+            typing_sent: HashMap::new(),
+            state,
+        };
+        let welcome = ServerEvent::Welcome {
+            protocol: PROTOCOL_VERSION,
+            role: role.into(),
+            visitor_id,
+            user_id: session.principal.as_ref().and_then(|p| p.user_id.clone()),
+            heartbeat_s: session.state.live.heartbeat.as_secs(),
+            idle_timeout_s: session.state.live.idle_timeout.as_secs(),
+            max_message_chars: MAX_MESSAGE_CHARS,
+            messages_per_minute: session.state.chat.limits().messages_per_minute,
+        };
+        let presence = ServerEvent::Presence {
+            staff_online: session.state.chat.hub().is_staff_online(&tenant_id),
+        };
+        for event in [welcome, presence] {
+            if session.send(json(&event)).await.is_err() {
+                return None;
+            }
+        }
+        Some(session)
+    }
+
+    async fn send(&mut self, text: String) -> Result<(), axum::Error> {
+        self.socket.send(Frame::Text(text.into())).await
+    }
+
+    async fn run(mut self) {
+        let live = self.state.live;
+        let mut heartbeat = tokio::time::interval(live.heartbeat);
+        heartbeat.tick().await;
+        let mut last_heard = Instant::now();
+        let shutdown = self.state.shutdown.clone();
+        let ending = loop {
+            tokio::select! {
+                frame = self.socket.recv() => match frame {
+                    None | Some(Err(_)) | Some(Ok(Frame::Close(_))) => break Ending::Gone,
+                    Some(Ok(Frame::Text(text))) => {
+                        last_heard = Instant::now();
+                        let replies = self.handle(&text).await;
+                        if self.deliver(replies).await.is_err() {
+                            break Ending::Gone;
+                        }
+                        if self.strikes >= MAX_STRIKES {
+                            break Ending::Close(close_code::POLICY, "too many refused commands");
+                        }
+                    }
+                    Some(Ok(Frame::Binary(_))) => {
+                        self.strikes += 1;
+                        let error = ApiError::new(
+                            super::error::ErrorCode::BadRequest,
+                            "frames are JSON text",
+                        );
+                        if self.deliver(vec![error_event(error, None)]).await.is_err() {
+                            break Ending::Gone;
+                        }
+                        if self.strikes >= MAX_STRIKES {
+                            break Ending::Close(close_code::POLICY, "too many refused commands");
+                        }
+                    }
+                    Some(Ok(Frame::Ping(_) | Frame::Pong(_))) => last_heard = Instant::now(),
+                },
+                event = self.connection.events.recv() => match event {
+                    // The hub cut this connection off: it fell behind. The client resumes.
+                    None => break Ending::Close(close_code::AGAIN, "fell behind; reconnect and resume"),
+                    Some(event) => {
+                        if self.forward(event).await.is_err() {
+                            break Ending::Gone;
+                        }
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= live.idle_timeout {
+                        break Ending::Close(close_code::AWAY, "idle");
+                    }
+                    if self.socket.send(Frame::Ping(Default::default())).await.is_err() {
+                        break Ending::Gone;
+                    }
+                }
+                _ = shutdown.cancelled() => break Ending::Close(close_code::RESTART, "server restarting"),
+            }
+        };
+        if let Ending::Close(code, reason) = ending {
+            let _ = self
+                .socket
+                .send(Frame::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                })))
+                .await;
+        }
+    }
+
+    async fn deliver(&mut self, events: Vec<ServerEvent>) -> Result<(), axum::Error> {
+        for event in events {
+            self.send(json(&event)).await?;
+        }
+        Ok(())
+    }
+
+    /// Passes a hub event on, in order and without duplicates.
+    async fn forward(&mut self, event: Arc<Event>) -> Result<(), axum::Error> {
+        let scope = self.speaker.scope().clone();
+        let admitted = match self.follower.admit(&self.state.chat, &scope, event).await {
+            Ok(admitted) => admitted,
+            Err(error) => {
+                tracing::warn!(%error, "could not fill a gap in a live conversation");
+                return Ok(());
+            }
+        };
+        for event in admitted {
+            self.send(event.json.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out one command; returns the replies for this connection only (everything
+    /// others see goes through the hub).
+    async fn handle(&mut self, text: &str) -> Vec<ServerEvent> {
+        let command = match serde_json::from_str::<ClientCommand>(text) {
+            Ok(command) => command,
+            Err(error) => {
+                self.strikes += 1;
+                let error = ApiError::new(
+                    super::error::ErrorCode::BadRequest,
+                    format!("not a command: {error}"),
+                );
+                return vec![error_event(error, None)];
+            }
+        };
+        let reference = match &command {
+            ClientCommand::Send { client_id, .. } => Some(client_id.clone()),
+            _ => None,
+        };
+        match self.command(command).await {
+            Ok(replies) => replies,
+            Err(error) => {
+                self.strikes += 1;
+                vec![error_event(error, reference)]
+            }
+        }
+    }
+
+    async fn command(&mut self, command: ClientCommand) -> Result<Vec<ServerEvent>, ApiError> {
+        let chat = self.state.chat.clone();
+        let speaker = self.speaker.clone();
+        match command {
+            ClientCommand::Hello { .. } => Err(ApiError::new(
+                super::error::ErrorCode::BadRequest,
+                "already authenticated",
+            )),
+            ClientCommand::Ping => Ok(vec![ServerEvent::Pong]),
+            ClientCommand::Open {
+                conversation_id,
+                after_seq,
+                new,
+            } => {
+                let conversation = chat
+                    .open_conversation(&speaker, conversation_id, new)
+                    .await?;
+                // Follow first, then read: a message stored in between arrives both ways and
+                // the follower drops the second copy.
+                chat.hub().follow(&self.connection, &conversation.id);
+                let missed = chat
+                    .messages_after(speaker.scope(), &conversation.id, after_seq)
+                    .await?;
+                let up_to = missed
+                    .last()
+                    .map_or(after_seq.min(conversation.last_seq), |m| m.seq);
+                self.follower.delivered_up_to(&conversation.id, up_to);
+                let mut replies = vec![ServerEvent::Opened { conversation }];
+                replies.extend(
+                    missed
+                        .into_iter()
+                        .map(|message| ServerEvent::Message { message }),
+                );
+                Ok(replies)
+            }
+            ClientCommand::Send {
+                conversation_id,
+                client_id,
+                content,
+            } => {
+                let asked = chat
+                    .ask(&speaker, &conversation_id, &content, Some(&client_id))
+                    .await?;
+                let ack = ServerEvent::Ack {
+                    client_id,
+                    conversation_id: conversation_id.clone(),
+                    message_id: asked.message.id.clone(),
+                    seq: asked.message.seq,
+                    duplicate: asked.duplicate,
+                };
+                if let Some(pending) = asked.pending {
+                    chat.answer_in_background(speaker, conversation_id, pending);
+                }
+                Ok(vec![ack])
+            }
+            ClientCommand::Typing {
+                conversation_id,
+                active,
+            } => {
+                let last = self.typing_sent.get(&conversation_id);
+                let repeat =
+                    last.is_some_and(|(was, at)| *was == active && at.elapsed() < TYPING_INTERVAL);
+                if !repeat {
+                    chat.typing(&speaker, &conversation_id, active, Some(self.connection.id))
+                        .await?;
+                    self.typing_sent
+                        .insert(conversation_id, (active, Instant::now()));
+                }
+                Ok(Vec::new())
+            }
+            ClientCommand::Receipt {
+                conversation_id,
+                seq,
+                status,
+            } => {
+                chat.receipt(
+                    &speaker,
+                    &conversation_id,
+                    seq,
+                    status,
+                    Some(self.connection.id),
+                )
+                .await?;
+                Ok(Vec::new())
+            }
+            ClientCommand::RequestHuman { conversation_id } => {
+                chat.request_person(&speaker, &conversation_id).await?;
+                Ok(Vec::new())
+            }
+            ClientCommand::Takeover { conversation_id } => {
+                let (_, user) = answering_member(self.principal.as_ref())?;
+                chat.take_over(speaker.scope(), user, &conversation_id)
+                    .await?;
+                Ok(Vec::new())
+            }
+            ClientCommand::Handback { conversation_id } => {
+                let (_, user) = answering_member(self.principal.as_ref())?;
+                chat.hand_back(speaker.scope(), user, &conversation_id)
+                    .await?;
+                Ok(Vec::new())
+            }
+        }
+    }
+}
+
+/// Tells an unauthenticated connection why it is refused, and closes it.
+async fn refuse(mut socket: WebSocket, error: ApiError) {
+    let event = error_event(error, None);
+    let _ = socket.send(Frame::Text(json(&event).into())).await;
+    let _ = socket
+        .send(Frame::Close(Some(CloseFrame {
+            code: close_code::POLICY,
+            reason: "refused".into(),
+        })))
+        .await;
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct EventsQuery {
+    /// Replay messages numbered after this one (the `Last-Event-ID` header wins) [default: 0].
+    after: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/conversations/{id}/events", tag = "chat",
+    params(("id" = String, Path, description = "Conversation id"), EventsQuery),
+    responses(
+        (status = 200, description = "Server-Sent Events with the WebSocket's server events (`event:` is the type; messages carry `id:` = their sequence number, so a reconnecting EventSource resumes by itself)"),
+        (status = 404, description = "No such conversation for this caller", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn events(
+    State(state): State<AppState>,
+    Caller(speaker, _): Caller,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .or(query.after)
+        .unwrap_or(0);
+    let chat = state.chat.clone();
+    let conversation = chat.conversation(&speaker, &id).await?;
+    let tenant_id = speaker.scope().tenant_id().to_string();
+    let participant = match &speaker {
+        Speaker::Visitor { visitor_id, .. } => Participant::Visitor {
+            visitor_id: visitor_id.clone(),
+        },
+        Speaker::Staff { .. } => Participant::Staff,
+    };
+    let connection = chat.hub().connect(&tenant_id, participant);
+    chat.hub().follow(&connection, &id);
+    let missed = chat.messages_after(speaker.scope(), &id, after).await?;
+    let mut follower = Follower::default();
+    follower.delivered_up_to(
+        &id,
+        missed
+            .last()
+            .map_or(after.min(conversation.last_seq), |m| m.seq),
+    );
+    let mut first = vec![
+        ServerEvent::Opened { conversation },
+        ServerEvent::Presence {
+            staff_online: chat.hub().is_staff_online(&tenant_id),
+        },
+    ];
+    first.extend(
+        missed
+            .into_iter()
+            .map(|message| ServerEvent::Message { message }),
+    );
+    let first: Vec<SseEvent> = first
+        .iter()
+        .map(|event| sse_event(&Event::new(event)))
+        .collect();
+    let scope = speaker.scope().clone();
+    let live = stream::unfold(
+        (connection, follower, chat, scope, id),
+        |(mut connection, mut follower, chat, scope, id)| async move {
+            loop {
+                let event = connection.events.recv().await?;
+                // Only this conversation (and presence), not the staff's whole inbox.
+                if event.conversation_id.as_deref().is_some_and(|c| c != id) {
+                    continue;
+                }
+                let admitted = follower
+                    .admit(&chat, &scope, event)
+                    .await
+                    .unwrap_or_default();
+                let events: Vec<SseEvent> = admitted.iter().map(|e| sse_event(e)).collect();
+                return Some((
+                    stream::iter(events),
+                    (connection, follower, chat, scope, id),
+                ));
+            }
+        },
+    );
+    use futures_util::StreamExt;
+    let events = stream::iter(first).chain(live.flatten());
+    Ok(sse_until_shutdown(events, state.shutdown.clone()).into_response())
+}
+
+fn sse_event(event: &Event) -> SseEvent {
+    let sse = SseEvent::default().event(event.name).data(&event.json);
+    match event.seq {
+        Some(seq) => sse.id(seq.to_string()),
+        None => sse,
+    }
+}

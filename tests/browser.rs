@@ -1,0 +1,59 @@
+//! Browser tests: headless Chromium (Debian's `chromium`) driven by `playwright-core` from npm,
+//! against a real server with the real test models. The scenario lives in
+//! `tests/browser/chat.mjs`; `scripts/test` installs its dependencies.
+
+mod common;
+
+use std::path::Path;
+
+use common::chat::{GUIDE, start, with_models};
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_chat_page_and_the_widget_work_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let scenario = root.join("tests/browser/chat.mjs");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core")
+            .is_dir(),
+        "browser tests need playwright-core: run `npm ci --prefix tests/browser` \
+         (scripts/test does it, and installs Debian's chromium)"
+    );
+    let app = start(with_models).await;
+    let staff = app.sign_up("coach@example.com").await;
+    app.teach(&staff, GUIDE).await;
+    app.json_ok(
+        Method::PATCH,
+        "/api/v1/coach",
+        &staff,
+        Some(json!({
+            "greeting": "Hi! Ask me about refunds or sleep.",
+            "brand_color": "#5b21b6",
+            "opening_message": "Questions about your order?",
+            // Greedy decoding: the same answer on every run.
+            "temperature": 0.0,
+        })),
+    )
+    .await;
+    let slug = app.slug(&staff).await;
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let output = tokio::process::Command::new("node")
+        .arg(&scenario)
+        .env("COMPANERO_URL", app.url(""))
+        .env("COMPANERO_SLUG", &slug)
+        .env("COMPANERO_TOKEN", &staff)
+        .env("COMPANERO_SCREENSHOTS", &screenshots)
+        .output()
+        .await
+        .expect("node runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{log}");
+    println!("screenshots: {}", screenshots.display());
+    assert!(output.status.success(), "browser scenario failed:\n{log}");
+}

@@ -1,0 +1,240 @@
+// The chat page and the widget in headless Chromium, against a running server (started by
+// tests/browser.rs with the real test models). Exits non-zero on the first failed check.
+//
+// Environment: COMPANERO_URL (server), COMPANERO_SLUG (coach), COMPANERO_TOKEN (the creator's
+// access token), COMPANERO_SCREENSHOTS (a folder), CHROMIUM (default /usr/bin/chromium).
+import http from 'node:http';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const base = process.env.COMPANERO_URL.replace(/\/$/, '');
+const slug = process.env.COMPANERO_SLUG;
+const token = process.env.COMPANERO_TOKEN;
+const shots = process.env.COMPANERO_SCREENSHOTS;
+const host = `companero-chat#companero-chat-${slug}`;
+const ANSWER_MS = 120_000;
+
+function check(condition, message) {
+  if (!condition) throw new Error(`check failed: ${message}`);
+}
+
+async function api(route, { method = 'GET', body } = {}) {
+  const response = await fetch(base + route, {
+    method,
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(`${method} ${route}: ${response.status} ${JSON.stringify(data)}`);
+  return data;
+}
+
+async function until(what, probe, ms = 30_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** A website on its own origin (another port) that embeds the widget, with hostile CSS. */
+function website(title, attributes = '') {
+  const page = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>${title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+  * { font-size: 40px !important; color: red !important; font-family: serif !important; }
+  div, section, button, form, textarea { display: none !important; }
+  h1 { letter-spacing: 3px; }
+</style></head>
+<body><h1>${title}</h1><p>A creator's own website.</p>
+<script src="${base}/widget.js" data-coach="${slug}" ${attributes} async></script></body></html>`;
+  const server = http.createServer((request, response) => {
+    response.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' });
+    response.end(page);
+  });
+  return new Promise((resolve) => {
+    server.listen(0, '127.0.0.1', () => {
+      resolve({ origin: `http://127.0.0.1:${server.address().port}`, close: () => server.close() });
+    });
+  });
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-quic'],
+});
+const pageErrors = [];
+async function open(viewport) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  page.on('pageerror', (error) => pageErrors.push(error.message));
+  return { context, page };
+}
+const desktop = { width: 1280, height: 820 };
+const phone = { width: 375, height: 740 };
+
+/** The chat is connected. (The host element has no box of its own: its UI is fixed-position.) */
+function ready(page) {
+  return page.waitForSelector(`${host}[data-state="ready"]`, { state: 'attached' });
+}
+
+async function step(name, body) {
+  const started = Date.now();
+  await body();
+  console.log(`ok  ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+}
+
+try {
+  const { context, page } = await open(desktop);
+
+  await step('the chat page streams an answer from the model and shows its citation', async () => {
+    await page.goto(`${base}/c/${slug}`);
+    const coach = await api('/api/v1/coach');
+    check((await page.title()) === coach.name, 'the page is named after the coach');
+    await ready(page);
+    await page.waitForSelector('text=Ask me about refunds or sleep.');
+    const input = page.getByLabel('Your message');
+    await input.fill('How many days does it take to get a refund?');
+    await input.press('Enter');
+    await page.waitForSelector('[data-role="draft"]', { timeout: ANSWER_MS });
+    await page.waitForSelector('.msg.assistant[data-role="assistant"]', { timeout: ANSWER_MS });
+    check(await page.locator('[data-role="draft"]').count() === 0, 'the stored answer replaced the draft');
+    const answer = await page.locator('.msg.assistant[data-role="assistant"]').innerText();
+    check(await page.locator('.msg.assistant[data-role="assistant"] .cite').count() > 0, `a cited answer: ${answer}`);
+    const cite = page.locator('.msg.assistant[data-role="assistant"] .cite').first();
+    await cite.click();
+    const source = page.locator('.source').first();
+    await source.waitFor();
+    const text = await source.innerText();
+    check(text.includes('Refund policy') && text.includes('14 days'), `the source is quoted: ${text}`);
+    check(await cite.getAttribute('aria-expanded') === 'true', 'the citation says it is open');
+    await page.screenshot({ path: path.join(shots, 'chat-page-desktop.png') });
+  });
+
+  await step('a reload keeps the history', async () => {
+    await page.reload();
+    await ready(page);
+    await page.waitForSelector('.msg.assistant[data-role="assistant"]');
+    check(await page.locator('.msg.user').count() === 1, 'one question');
+    check(await page.locator('.msg.assistant[data-role="assistant"]').count() === 1, 'one answer');
+  });
+
+  await step('handoff is visible on both sides', async () => {
+    await page.getByRole('button', { name: 'Talk to a person' }).click();
+    await page.waitForSelector('.event:has-text("talk to a person")');
+    const inbox = await until('the request in the inbox', async () => {
+      const list = await api('/api/v1/inbox?filter=needs_human');
+      return list.conversations[0];
+    });
+    const id = inbox.conversation.id;
+    check(inbox.visitor_online === true, 'the inbox shows the end user online');
+    await api(`/api/v1/conversations/${id}/takeover`, { method: 'POST' });
+    await page.waitForSelector('.event:has-text("joined the conversation")');
+    await page.waitForSelector('text=You are talking with a person from the team');
+    await api(`/api/v1/conversations/${id}/messages`, { method: 'POST', body: { content: 'Hi, I am here to help.', stream: false } });
+    const reply = page.locator('.msg.staff');
+    await reply.waitFor();
+    check((await reply.innerText()).includes('Creator'), 'the reply names the person');
+    const input = page.getByLabel('Your message');
+    await input.fill('Thank you!');
+    await input.press('Enter');
+    await until('the end user\'s reply reaches the team', async () => {
+      const history = await api(`/api/v1/conversations/${id}/messages`);
+      return history.messages.some((m) => m.role === 'user' && m.content === 'Thank you!');
+    });
+    const last = (await api(`/api/v1/conversations/${id}`)).last_seq;
+    await api(`/api/v1/conversations/${id}/receipts`, { method: 'POST', body: { seq: last, status: 'read' } });
+    await page.waitForSelector('.msg.user >> text=Read');
+    check(await page.locator('.msg.assistant[data-role="assistant"]').count() === 1, 'the coach stayed silent');
+    await api(`/api/v1/conversations/${id}/handback`, { method: 'POST' });
+    await page.waitForSelector('.event:has-text("handed the conversation back")');
+    await page.screenshot({ path: path.join(shots, 'chat-page-handoff.png') });
+  });
+  await context.close();
+
+  await step('the chat page fits a phone', async () => {
+    const { context: small, page: mobile } = await open(phone);
+    await mobile.goto(`${base}/c/${slug}`);
+    await ready(mobile);
+    const overflow = await mobile.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+    check(!overflow, 'no horizontal scrolling');
+    await mobile.screenshot({ path: path.join(shots, 'chat-page-phone.png') });
+    await small.close();
+  });
+
+  const allowed = await website('Allowed site');
+  const noSockets = await website('Site behind a proxy', 'data-transport="events"');
+  const refused = await website('Other site');
+  await api('/api/v1/tenant', { method: 'PATCH', body: { allowed_origins: [allowed.origin, noSockets.origin] } });
+
+  await step('the widget works on another, allowed origin, untouched by its CSS', async () => {
+    const { context: visit, page: site } = await open(desktop);
+    await site.goto(allowed.origin);
+    const launcher = site.locator('.launcher');
+    await launcher.waitFor();
+    await site.waitForSelector('.teaser:has-text("Questions about your order?")');
+    const look = await launcher.evaluate((node) => {
+      const style = getComputedStyle(node);
+      return { display: style.display, background: style.backgroundColor };
+    });
+    check(look.display !== 'none', 'the page cannot hide the widget');
+    check(look.background === 'rgb(91, 33, 182)', `brand colour: ${look.background}`);
+    const heading = await site.locator('body > h1').evaluate((node) => getComputedStyle(node).letterSpacing);
+    check(heading === '3px', 'the widget leaves the page alone');
+    await site.screenshot({ path: path.join(shots, 'widget-closed.png') });
+    await launcher.click();
+    check(await launcher.getAttribute('aria-expanded') === 'true', 'the launcher says it is open');
+    await ready(site);
+    const fontSize = await site.locator('.panel').evaluate((node) => getComputedStyle(node).fontSize);
+    check(fontSize === '15px', `the page's font rules do not leak in (${fontSize})`);
+    const input = site.getByLabel('Your message');
+    await input.fill('Can I get a refund for a gift card?');
+    await input.press('Enter');
+    await site.waitForSelector('.msg.user[data-seq="1"]');
+    await site.waitForSelector('.msg.assistant[data-role="assistant"]', { timeout: ANSWER_MS });
+    await site.screenshot({ path: path.join(shots, 'widget-open.png') });
+    await site.keyboard.press('Escape');
+    check(await launcher.getAttribute('aria-expanded') === 'false', 'Escape closes the widget');
+    await visit.close();
+  });
+
+  await step('without WebSockets the widget falls back to the event stream, across origins', async () => {
+    const { context: visit, page: site } = await open(desktop);
+    const sockets = [];
+    site.on('websocket', (socket) => sockets.push(socket.url()));
+    await site.goto(noSockets.origin);
+    await site.locator('.launcher').click();
+    await ready(site);
+    const input = site.getByLabel('Your message');
+    await input.fill('Can I talk to a human?');
+    await input.press('Enter');
+    await site.waitForSelector('.msg.user[data-seq="1"]');
+    await site.waitForSelector('.event:has-text("talk to a person")');
+    check(sockets.length === 0, `no WebSocket was used: ${sockets}`);
+    await visit.close();
+  });
+
+  await step('the widget refuses an origin the creator did not allow', async () => {
+    const { context: visit, page: site } = await open(desktop);
+    await site.goto(refused.origin);
+    await site.waitForSelector(`${host}[data-state="refused"]`, { state: 'attached' });
+    check(await site.locator('.launcher').count() === 0, 'no bubble');
+    const status = await site.evaluate(async ([url, coach]) => {
+      const response = await fetch(`${url}/api/v1/public/coaches/${coach}/visitors`, { method: 'POST' });
+      return [response.status, (await response.json()).error.code];
+    }, [base, slug]);
+    check(status[0] === 403 && status[1] === 'origin_not_allowed', `no visitor token: ${status}`);
+    await visit.close();
+  });
+
+  allowed.close();
+  noSockets.close();
+  refused.close();
+  check(pageErrors.length === 0, `no script errors: ${pageErrors.join('; ')}`);
+} finally {
+  await browser.close();
+}
