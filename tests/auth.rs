@@ -1080,3 +1080,42 @@ async fn reset_links_are_emailed_when_a_mail_server_is_configured() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("Choose a new password"));
 }
+
+#[tokio::test]
+async fn the_instance_tells_sign_in_pages_its_policy_and_sign_out_can_end_every_session() {
+    let app = TestApp::spawn().await;
+    let info: Value = app.get("/api/v1/instance").await.json().await.unwrap();
+    assert_eq!(
+        info["needs_owner"], true,
+        "a fresh server waits for its owner"
+    );
+    assert_eq!(info["signup"], "invite");
+    let (_, laptop) = app.register("ana@example.com", "Ana").await;
+    let info: Value = app.get("/api/v1/instance").await.json().await.unwrap();
+    assert_eq!(info["needs_owner"], false);
+
+    let phone: Value = app
+        .login("ana@example.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let phone = phone["refresh_token"].as_str().unwrap().to_string();
+    let response = app
+        .post(
+            "/api/v1/auth/logout",
+            json!({"refresh_token": laptop, "everywhere": true}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    // The other device's sign-in ended too.
+    let response = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": phone}),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 401);
+}

@@ -1,25 +1,48 @@
 //! Browser tests: headless Chromium (Debian's `chromium`) driven by `playwright-core` from npm,
 //! against a real server with the real test models. The scenario lives in
-//! `tests/browser/chat.mjs`; `scripts/test` installs its dependencies.
+//! `tests/browser/*.mjs`; `scripts/test` installs their dependencies.
 
 mod common;
 
 use std::path::Path;
 
+use common::TestApp;
 use common::chat::{GUIDE, start, with_models};
 use reqwest::Method;
 use serde_json::json;
 
-#[tokio::test]
-async fn the_chat_page_and_the_widget_work_in_a_real_browser() {
+/// Runs `tests/browser/<scenario>` with node against `app`, with `env`, and asserts it passed.
+/// Screenshots go to a folder the test prints.
+async fn run_scenario(app: &TestApp, scenario: &str, env: &[(&str, &str)]) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let scenario = root.join("tests/browser/chat.mjs");
     assert!(
         root.join("tests/browser/node_modules/playwright-core")
             .is_dir(),
         "browser tests need playwright-core: run `npm ci --prefix tests/browser` \
          (scripts/test does it, and installs Debian's chromium)"
     );
+    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser").join(scenario))
+        .env("COMPANERO_URL", app.url(""))
+        .env("COMPANERO_SCREENSHOTS", &screenshots)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("node runs");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{log}");
+    println!("screenshots: {}", screenshots.display());
+    assert!(output.status.success(), "{scenario} failed:\n{log}");
+}
+
+#[tokio::test]
+async fn the_chat_page_and_the_widget_work_in_a_real_browser() {
     let app = start(with_models).await;
     let staff = app.sign_up("coach@example.com").await;
     app.teach(&staff, GUIDE).await;
@@ -37,23 +60,17 @@ async fn the_chat_page_and_the_widget_work_in_a_real_browser() {
     )
     .await;
     let slug = app.slug(&staff).await;
-    let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
-    std::fs::create_dir_all(&screenshots).unwrap();
-    let output = tokio::process::Command::new("node")
-        .arg(&scenario)
-        .env("COMPANERO_URL", app.url(""))
-        .env("COMPANERO_SLUG", &slug)
-        .env("COMPANERO_TOKEN", &staff)
-        .env("COMPANERO_SCREENSHOTS", &screenshots)
-        .output()
-        .await
-        .expect("node runs");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    println!("{log}");
-    println!("screenshots: {}", screenshots.display());
-    assert!(output.status.success(), "browser scenario failed:\n{log}");
+    run_scenario(
+        &app,
+        "chat.mjs",
+        &[("COMPANERO_SLUG", &slug), ("COMPANERO_TOKEN", &staff)],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_dashboard_takes_a_new_creator_from_sign_up_to_a_working_coach() {
+    // A fresh server: its first visitor sets it up.
+    let app = start(with_models).await;
+    run_scenario(&app, "dashboard.mjs", &[]).await;
 }

@@ -7,7 +7,9 @@
  * the page. It talks to the server over the live WebSocket (docs/websocket-protocol.md) and falls
  * back to the event stream and plain requests when a WebSocket cannot be opened.
  * Options (data- attributes): data-coach (required), data-mode="page" (full window),
- * data-transport="events" (skip the WebSocket).
+ * data-transport="events" (skip the WebSocket), data-preview + data-mount="#selector" (the
+ * dashboard's live preview: drawn inside that element, offline, restyled by `companero-preview`
+ * events carrying coach settings).
  */
 (() => {
   'use strict';
@@ -20,6 +22,8 @@
   const pageMode = script.dataset.mode === 'page';
   const base = new URL(script.src, location.href).origin;
   const forceEvents = script.dataset.transport === 'events';
+  const preview = script.dataset.preview !== undefined;
+  const mount = (preview && document.querySelector(script.dataset.mount)) || null;
   const storeKey = `companero:${base}:${slug}`;
 
   // ---- storage: the visitor token and conversation survive a reload ----
@@ -164,7 +168,9 @@
     .panel[hidden], .teaser[hidden] { display: none; }
     .page .panel { position: fixed; inset: 0; width: 100%; height: 100%; border-radius: 0; box-shadow: none; }
     .page .panel .inner { max-width: 760px; width: 100%; margin: 0 auto; }
-    @media (max-width: 480px) { .bubble .panel { inset: 0; width: 100%; height: 100%; border-radius: 0; } }
+    @media (max-width: 480px) { .bubble:not(.preview) .panel { inset: 0; width: 100%; height: 100%; border-radius: 0; } }
+    .preview .launcher, .preview .teaser, .preview .panel { position: absolute; z-index: 1; }
+    .preview .panel { height: auto; top: 16px; bottom: 150px; max-width: calc(100% - 40px); }
     header { background: var(--brand); color: var(--on-brand); padding: 12px 16px; display: flex; align-items: center; gap: 12px; }
     header .who { flex: 1; min-width: 0; }
     header .name { font-size: 16px; margin: 0; font-weight: 650; }
@@ -218,7 +224,7 @@
   host.id = `companero-chat-${slug}`;
   host.dataset.state = 'loading';
   const shadow = host.attachShadow({ mode: 'open' });
-  const root = el('div', { class: `root ${pageMode ? 'page' : 'bubble'} right` });
+  const root = el('div', { class: `root ${pageMode ? 'page' : 'bubble'}${preview ? ' preview' : ''} right` });
   shadow.append(el('style', {}, css), root);
 
   const state = {
@@ -304,12 +310,17 @@
     launcher.style.setProperty('--brand', coach.brand_color);
     state.staffOnline = coach.staff_online;
     renderStatus();
-    if (!pageMode && coach.opening_message && !memory.teaserSeen) {
+    if (preview) {
+      teaser.textContent = coach.opening_message;
+      teaser.hidden = !coach.opening_message;
+      greetingNode.replaceChildren(...markdown(coach.greeting || ''));
+    } else if (!pageMode && coach.opening_message && !memory.teaserSeen) {
       teaser.textContent = coach.opening_message;
       teaser.hidden = false;
       store.save({ teaserSeen: true });
     }
   }
+  const greetingNode = el('div', { class: 'msg assistant', 'data-role': 'greeting' });
 
   function citationBox(message, marker, button) {
     const citation = message.citations.find((c) => c.marker === marker);
@@ -707,11 +718,21 @@
       root.append(teaser, launcher, panel);
     }
     if (state.coach) {
-      const greeting = el('div', { class: 'msg assistant', 'data-role': 'greeting' });
-      greeting.append(...markdown(state.coach.greeting));
-      inner.prepend(greeting);
+      greetingNode.replaceChildren(...markdown(state.coach.greeting));
+      inner.prepend(greetingNode);
     }
     host.dataset.state = 'idle';
+    if (preview && mount) {
+      // The dashboard's preview: open, offline, with a sample question, restyled live.
+      panel.hidden = false;
+      launcher.setAttribute('aria-expanded', 'true');
+      input.disabled = true;
+      input.placeholder = 'Preview';
+      inner.append(renderMessage({ id: 'sample', role: 'user', content: 'How do I get started?', seq: 1, citations: [] }));
+      mount.addEventListener('companero-preview', (event) => applyCoach({ ...state.coach, ...event.detail }));
+      mount.append(host);
+      return;
+    }
     document.body.append(host);
     // The chat page connects at once; the widget when it is first opened (or was open before).
     if (pageMode || memory.conversationId) start();

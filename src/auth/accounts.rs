@@ -373,8 +373,26 @@ impl Accounts {
         })
     }
 
-    /// Ends the sign-in that `token` belongs to.
-    pub async fn logout(&self, token: &str, context: &RequestContext) -> Result<(), AuthError> {
+    /// Who may register, and whether the instance still waits for its first account (its owner).
+    pub async fn instance(&self) -> Result<(SignupPolicy, bool), AuthError> {
+        let policy = self.policy;
+        self.db
+            .call(move |c| {
+                let empty: bool =
+                    c.query_row("SELECT NOT EXISTS (SELECT 1 FROM users)", [], |r| r.get(0))?;
+                Ok((policy, empty))
+            })
+            .await
+    }
+
+    /// Ends the sign-in that `token` belongs to; `everywhere` ends every sign-in of its user
+    /// (access tokens already issued lapse within their short lifetime).
+    pub async fn logout(
+        &self,
+        token: &str,
+        everywhere: bool,
+        context: &RequestContext,
+    ) -> Result<(), AuthError> {
         let hash = tokens::secret_hash(token);
         let context = context.clone();
         self.db
@@ -398,10 +416,23 @@ impl Accounts {
                 let Some((family, tenant_id, user_id, email)) = row else {
                     return Err(AuthError::InvalidToken);
                 };
-                revoke_family(c, &family)?;
+                if everywhere {
+                    c.execute(
+                        "UPDATE refresh_tokens SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+                         WHERE user_id = ?1 AND revoked_at IS NULL",
+                        [&user_id],
+                    )?;
+                } else {
+                    revoke_family(c, &family)?;
+                }
+                let action = if everywhere {
+                    "auth.logout_everywhere"
+                } else {
+                    "auth.logout"
+                };
                 audit::record(
                     c,
-                    &AuditEvent::new("auth.logout", &email, &context)
+                    &AuditEvent::new(action, &email, &context)
                         .tenant(&tenant_id)
                         .actor(&user_id),
                 )?;

@@ -276,9 +276,23 @@ impl Chat {
             ..
         } = prepared;
         let tenant_id = speaker.scope().tenant_id().to_string();
+        // What retrieval found, so the creator's test chat can show why the coach said what it did.
+        let retrieved: Vec<_> = passages
+            .iter()
+            .map(|p| {
+                json!({
+                    "document_title": p.document_title,
+                    "heading_path": p.heading_path,
+                    "page": p.page,
+                    "score": (p.score * 1000.0).round() / 1000.0,
+                    "excerpt": p.text.chars().take(300).collect::<String>(),
+                })
+            })
+            .collect();
         let mut stats = json!({
             "retrieval_score": retrieval_score,
             "passages": passages.len(),
+            "retrieved": retrieved,
         });
         let (content, citations, confidence, fallback) = match generated {
             None => (

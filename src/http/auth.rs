@@ -12,13 +12,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, routing::delete, routing::get, routing::post};
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::request_id;
-use crate::auth::accounts::{Accounts, Invitation, Me, Registration, Session};
+use crate::auth::accounts::{Accounts, Invitation, Me, Registration, Session, SignupPolicy};
 use crate::auth::audit::{self, AuditView};
 use crate::auth::rate_limit::Limiters;
 use crate::auth::{
@@ -198,6 +198,7 @@ impl From<AuthError> for ApiError {
 /// The account and tenant-administration routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
+        .route("/api/v1/instance", get(instance))
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))
         .route("/api/v1/auth/refresh", post(refresh))
@@ -282,6 +283,38 @@ pub(crate) struct RefreshToken {
     refresh_token: String,
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct Logout {
+    refresh_token: String,
+    /// End every sign-in of this account, on every device [default: false].
+    #[serde(default)]
+    everywhere: bool,
+}
+
+/// What a sign-in page needs to know before anyone is signed in.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct InstanceInfo {
+    version: &'static str,
+    /// `open`, `invite` or `closed`.
+    #[schema(value_type = String)]
+    signup: SignupPolicy,
+    /// No account exists yet: the first one to register becomes the instance owner.
+    needs_owner: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/instance", tag = "accounts",
+    responses((status = 200, description = "Sign-up policy and first-run state", body = InstanceInfo)))]
+pub(crate) async fn instance(
+    State(state): State<AppState>,
+) -> Result<Json<InstanceInfo>, ApiError> {
+    let (signup, needs_owner) = state.auth.accounts.instance().await?;
+    Ok(Json(InstanceInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        signup,
+        needs_owner,
+    }))
+}
+
 #[utoipa::path(
     post,
     path = "/api/v1/auth/refresh",
@@ -309,21 +342,21 @@ pub(crate) async fn refresh(
     post,
     path = "/api/v1/auth/logout",
     tag = "accounts",
-    request_body = RefreshToken,
+    request_body = Logout,
     responses(
-        (status = 204, description = "Signed out"),
+        (status = 204, description = "Signed out (everywhere, with `everywhere: true`)"),
         (status = 401, description = "Unknown or revoked refresh token", body = ErrorBody),
     ),
 )]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     Client(context): Client,
-    Json(input): Json<RefreshToken>,
+    Json(input): Json<Logout>,
 ) -> Result<StatusCode, ApiError> {
     state
         .auth
         .accounts
-        .logout(&input.refresh_token, &context)
+        .logout(&input.refresh_token, input.everywhere, &context)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -139,7 +139,7 @@ async fn security_headers(request: Request, next: middleware::Next) -> Response 
         (
             header::CONTENT_SECURITY_POLICY,
             "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
-             img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+             img-src 'self' data: https:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
              form-action 'self'",
         ),
     ];

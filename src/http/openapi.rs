@@ -23,6 +23,7 @@ use super::{auth, chat, health, knowledge, metrics, realtime};
         health::healthz,
         health::readyz,
         metrics::render,
+        auth::instance,
         auth::register,
         auth::login,
         auth::refresh,

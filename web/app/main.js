@@ -1,0 +1,94 @@
+// The dashboard: a hash router, the signed-in shell (navigation) and the screens.
+import { signedIn, signOut, get, explain } from './api.js';
+import { el, toast } from './ui.js';
+import { authScreen } from './auth.js';
+import { onboarding } from './onboarding.js';
+import { knowledge } from './knowledge.js';
+import { settings } from './settings.js';
+import { testChat } from './testchat.js';
+import { home } from './home.js';
+
+const app = document.getElementById('app');
+const screens = {
+  '': { title: 'Overview', render: home },
+  welcome: { title: 'Get started', render: onboarding },
+  knowledge: { title: 'Knowledge', render: knowledge },
+  settings: { title: 'Coach settings', render: settings },
+  test: { title: 'Test chat', render: testChat },
+};
+const publicScreens = ['signin', 'signup', 'forgot'];
+
+let me = null;
+/** The signed-in member, loaded once per sign-in. */
+export async function currentUser(reload = false) {
+  if (!me || reload) me = await get('/api/v1/auth/me');
+  return me;
+}
+
+export function navigate(route) {
+  if (location.hash === `#/${route}`) render();
+  else location.hash = `#/${route}`;
+}
+
+function parseHash() {
+  const [path, query] = location.hash.replace(/^#\/?/, '').split('?');
+  return { route: path || '', params: new URLSearchParams(query || '') };
+}
+
+let cleanup = null;
+async function render() {
+  const { route, params } = parseHash();
+  if (cleanup) { cleanup(); cleanup = null; }
+  if (publicScreens.includes(route)) {
+    if (signedIn() && route !== 'signup') return navigate('');
+    app.className = '';
+    app.replaceChildren(await authScreen(route, params));
+    document.title = 'Compañero';
+    focusHeading();
+    return;
+  }
+  if (!signedIn()) return navigate(`signin${route ? `?next=${encodeURIComponent(route)}` : ''}`);
+  const screen = screens[route] || screens[''];
+  let user;
+  try {
+    user = await currentUser();
+  } catch (error) {
+    if (error.status === 401) { await signOut(); return navigate('signin'); }
+    app.replaceChildren(el('main', { class: 'content', id: 'main' }, el('div', { class: 'alert error', role: 'alert' }, explain(error))));
+    return;
+  }
+  const main = el('main', { class: 'content', id: 'main', tabindex: '-1' });
+  app.className = 'shell';
+  app.replaceChildren(shell(route, user), main);
+  document.title = `${screen.title} · Compañero`;
+  try {
+    cleanup = await screen.render(main, { user, params, navigate }) || null;
+  } catch (error) {
+    main.replaceChildren(el('div', { class: 'alert error', role: 'alert' }, explain(error)));
+  }
+  focusHeading();
+}
+
+function focusHeading() {
+  const heading = app.querySelector('h1');
+  if (heading) { heading.setAttribute('tabindex', '-1'); heading.focus({ preventScroll: true }); }
+}
+
+function shell(route, user) {
+  const link = (to, label) => el('a', { class: 'item', href: `#/${to}`, 'aria-current': route === to ? 'page' : false }, label);
+  return el('nav', { class: 'nav', 'aria-label': 'Dashboard' },
+    el('a', { class: 'logo', href: '#/' }, el('img', { src: '/favicon.svg', alt: '' }), 'Compañero'),
+    link('', 'Overview'), link('welcome', 'Get started'), link('knowledge', 'Knowledge'),
+    link('settings', 'Coach settings'), link('test', 'Test chat'),
+    el('div', { class: 'spacer' }),
+    el('div', { class: 'who' }, `${user.full_name} · ${user.role}`),
+    el('button', { class: 'btn small', type: 'button', onclick: async () => { await signOut(); me = null; toast('Signed out.'); navigate('signin'); } }, 'Sign out'),
+    el('button', { class: 'btn small', type: 'button', onclick: async () => { await signOut(true); me = null; toast('Signed out on every device.'); navigate('signin'); } }, 'Sign out everywhere'));
+}
+
+export function resetUser() {
+  me = null;
+}
+
+window.addEventListener('hashchange', render);
+render();
