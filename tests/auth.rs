@@ -4,13 +4,11 @@
 
 mod common;
 
-use common::{Options, TestApp, expect_error};
+use common::{Options, PASSWORD, TestApp, expect_error};
 use companero::auth::RequestContext;
 use companero::auth::accounts::SignupPolicy;
 use reqwest::Method;
 use serde_json::{Value, json};
-
-const PASSWORD: &str = "violet tractor sings at noon";
 
 async fn open_app() -> TestApp {
     TestApp::start(Options {
@@ -736,6 +734,8 @@ async fn cross_tenant_sweep_every_route_answers_404_for_another_tenants_ids() {
         "/api/v1/collections",
         "/api/v1/knowledge-gaps",
         "/api/v1/inbox",
+        "/api/v1/knowledge-gaps/groups",
+        "/api/v1/analytics",
     ] {
         let body = app.get_with(path, &bob).await.text().await.unwrap();
         assert!(

@@ -74,3 +74,28 @@ async fn the_dashboard_takes_a_new_creator_from_sign_up_to_a_working_coach() {
     let app = start(with_models).await;
     run_scenario(&app, "dashboard.mjs", &[]).await;
 }
+
+#[tokio::test]
+async fn the_team_runs_a_live_coach_from_the_dashboard() {
+    let app = start(with_models).await;
+    let staff = app.sign_up("coach@example.com").await;
+    app.teach(&staff, GUIDE).await;
+    app.json_ok(
+        Method::PATCH,
+        "/api/v1/coach",
+        &staff,
+        Some(json!({"temperature": 0.0})),
+    )
+    .await;
+    let slug = app.slug(&staff).await;
+    run_scenario(
+        &app,
+        "operations.mjs",
+        &[
+            ("COMPANERO_SLUG", &slug),
+            ("COMPANERO_EMAIL", "coach@example.com"),
+            ("COMPANERO_PASSWORD", common::PASSWORD),
+        ],
+    )
+    .await;
+}

@@ -105,12 +105,22 @@ pub enum AuditView<'a> {
     Instance,
 }
 
-/// Newest first, `limit` entries with ids below `before` (for paging).
+/// Which entries to read: newest first, `limit` of them with ids below `before` (for paging),
+/// optionally only some actions or actors.
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    pub before: Option<i64>,
+    pub limit: u32,
+    /// Actions starting with this.
+    pub action: Option<String>,
+    /// Actors whose label contains this.
+    pub actor: Option<String>,
+}
+
 pub fn list(
     c: &Connection,
     view: AuditView<'_>,
-    before: Option<i64>,
-    limit: u32,
+    filter: &AuditFilter,
 ) -> rusqlite::Result<Vec<AuditEntry>> {
     let tenant = match view {
         AuditView::Tenant(scope) => Some(scope.tenant_id().to_string()),
@@ -120,9 +130,18 @@ pub fn list(
         "SELECT id, tenant_id, actor_label, action, target, ip, request_id, detail, created_at
          FROM audit_log
          WHERE (?1 IS NULL OR tenant_id = ?1) AND id < ?2
+           AND (?4 IS NULL OR substr(action, 1, length(?4)) = ?4)
+           AND (?5 IS NULL OR instr(lower(actor_label), lower(?5)) > 0)
          ORDER BY id DESC LIMIT ?3",
     )?;
-    let rows = statement.query_map(params![tenant, before.unwrap_or(i64::MAX), limit], |r| {
+    let parameters = params![
+        tenant,
+        filter.before.unwrap_or(i64::MAX),
+        filter.limit,
+        filter.action,
+        filter.actor
+    ];
+    let rows = statement.query_map(parameters, |r| {
         Ok(AuditEntry {
             id: r.get(0)?,
             tenant_id: r.get(1)?,

@@ -346,8 +346,9 @@ impl Chat {
                     },
                 )?
                 .message;
-                if fallback {
-                    conversations::record_gap(
+                // Gaps are what end users missed; the team's own tests are not counted.
+                if fallback && matches!(speaker, Speaker::Visitor { .. }) {
+                    super::gaps::record(
                         c,
                         scope,
                         &conversation_id,

@@ -73,6 +73,8 @@ pub struct Conversation {
     pub id: String,
     /// `visitor` or `staff` (a test conversation).
     pub started_by: String,
+    /// The end user's id (their profile: `GET /api/v1/inbox?visitor=...`); null for tests.
+    pub visitor_id: Option<String>,
     /// `ai` (the coach answers) or `human` (a person of the team took it over).
     pub mode: String,
     /// The person who took it over.
@@ -120,6 +122,7 @@ fn conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
         staff_read_seq: r.get(10)?,
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
+        visitor_id: r.get(13)?,
     })
 }
 
@@ -534,21 +537,37 @@ pub enum InboxFilter {
     Human,
     /// The coach answers.
     Ai,
+    /// The coach fell back, or answered with a confidence under 0.5, at least once.
+    LowConfidence,
+}
+
+/// Which end-user conversations to list.
+#[derive(Debug, Clone, Default)]
+pub struct InboxQuery {
+    pub filter: InboxFilter,
+    /// Only this end user's conversations (their profile).
+    pub visitor_id: Option<String>,
+    /// Only conversations active on or after this day (`YYYY-MM-DD`).
+    pub since: Option<String>,
+    pub limit: u32,
+    pub offset: u32,
 }
 
 /// End users' conversations: those waiting for a person first, then the most recently active.
 pub fn inbox(
     c: &Connection,
     scope: &TenantScope,
-    filter: InboxFilter,
-    limit: u32,
-    offset: u32,
+    query: &InboxQuery,
 ) -> rusqlite::Result<Vec<InboxItem>> {
-    let condition = match filter {
+    let condition = match query.filter {
         InboxFilter::All => "",
         InboxFilter::NeedsHuman => " AND c.handoff_requested_at IS NOT NULL AND c.mode = 'ai'",
         InboxFilter::Human => " AND c.mode = 'human'",
         InboxFilter::Ai => " AND c.mode = 'ai'",
+        InboxFilter::LowConfidence => {
+            " AND EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id \
+               AND m.role = 'assistant' AND (m.fallback = 1 OR m.confidence < 0.5))"
+        }
     };
     let mut statement = c.prepare_cached(&format!(
         "SELECT {CONVERSATION_COLUMNS}, \
@@ -557,12 +576,19 @@ pub fn inbox(
            (SELECT json_array(m.role, substr(m.content, 1, 200), m.created_at) FROM messages m \
               WHERE m.conversation_id = c.id AND m.role != 'event' ORDER BY m.seq DESC LIMIT 1) \
          FROM conversations c WHERE c.tenant_id = ?1 AND c.visitor_id IS NOT NULL{condition} \
+           AND (?4 IS NULL OR c.visitor_id = ?4) AND (?5 IS NULL OR c.updated_at >= ?5) \
          ORDER BY (c.handoff_requested_at IS NOT NULL AND c.mode = 'ai') DESC, c.updated_at DESC \
          LIMIT ?2 OFFSET ?3"
     ))?;
     statement
         .query_map(
-            params![scope.tenant_id(), limit.clamp(1, 200), offset],
+            params![
+                scope.tenant_id(),
+                query.limit.clamp(1, 200),
+                query.offset,
+                query.visitor_id,
+                query.since
+            ],
             |r| {
                 let visitor_id: String = r.get(13)?;
                 let preview = r
@@ -582,54 +608,5 @@ pub fn inbox(
                 })
             },
         )?
-        .collect()
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct KnowledgeGap {
-    pub id: String,
-    /// The question, with personal data masked.
-    pub question: String,
-    /// The best retrieval score it got (0 to 1).
-    pub best_score: f64,
-    pub conversation_id: Option<String>,
-    pub created_at: String,
-}
-
-pub fn record_gap(
-    c: &Connection,
-    scope: &TenantScope,
-    conversation_id: &str,
-    message_id: &str,
-    question: &str,
-    best_score: f64,
-) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO knowledge_gaps (id, tenant_id, conversation_id, message_id, question, best_score) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![new_id(), scope.tenant_id(), conversation_id, message_id, question, best_score],
-    )?;
-    Ok(())
-}
-
-pub fn gaps(
-    c: &Connection,
-    scope: &TenantScope,
-    limit: u32,
-) -> rusqlite::Result<Vec<KnowledgeGap>> {
-    let mut statement = c.prepare_cached(
-        "SELECT id, question, best_score, conversation_id, created_at FROM knowledge_gaps \
-         WHERE tenant_id = ?1 ORDER BY created_at DESC, rowid DESC LIMIT ?2",
-    )?;
-    statement
-        .query_map(params![scope.tenant_id(), limit.clamp(1, 500)], |r| {
-            Ok(KnowledgeGap {
-                id: r.get(0)?,
-                question: r.get(1)?,
-                best_score: r.get(2)?,
-                conversation_id: r.get(3)?,
-                created_at: r.get(4)?,
-            })
-        })?
         .collect()
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::answer::{Pending, Reply};
 use super::conversations::{
-    self, Access, Conversation, InboxFilter, InboxItem, Message, NewMessage, ReceiptStatus, Side,
+    self, Access, Conversation, InboxItem, InboxQuery, Message, NewMessage, ReceiptStatus, Side,
     Speaker,
 };
 use super::hub::{Audience, Event};
@@ -409,22 +409,12 @@ impl Chat {
     pub async fn inbox(
         &self,
         scope: &TenantScope,
-        filter: InboxFilter,
-        limit: u32,
-        offset: u32,
+        query: InboxQuery,
     ) -> Result<Vec<InboxItem>, ChatError> {
         let scope_moved = scope.clone();
         let mut items = self
             .db
-            .call(move |c| {
-                Ok::<_, ChatError>(conversations::inbox(
-                    c,
-                    &scope_moved,
-                    filter,
-                    limit,
-                    offset,
-                )?)
-            })
+            .call(move |c| Ok::<_, ChatError>(conversations::inbox(c, &scope_moved, &query)?))
             .await?;
         for item in &mut items {
             item.visitor_online = self

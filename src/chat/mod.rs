@@ -1,10 +1,12 @@
 //! Conversations with the coach: visitors, grounded answers with citations and confidence,
 //! the fallback and knowledge gaps, personal-data masking.
 
+pub mod analytics;
 pub mod answer;
 pub mod citations;
 pub mod coach;
 pub mod conversations;
+pub mod gaps;
 pub mod hub;
 pub mod live;
 pub mod pii;

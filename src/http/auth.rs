@@ -19,7 +19,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::request_id;
 use crate::auth::accounts::{Accounts, Invitation, Me, Registration, Session, SignupPolicy};
-use crate::auth::audit::{self, AuditView};
+use crate::auth::audit::{self, AuditFilter, AuditView};
 use crate::auth::rate_limit::Limiters;
 use crate::auth::{
     AuthError, Credential, Principal, RequestContext, Role, TenantScope, api_keys, team, tenant,
@@ -779,6 +779,10 @@ pub(crate) struct Page {
     before: Option<i64>,
     /// Page size, 1 to 500 [default: 50].
     limit: Option<u32>,
+    /// Only actions starting with this, e.g. `auth.` or `document.uploaded`.
+    action: Option<String>,
+    /// Only entries whose actor (email or key prefix) contains this.
+    actor: Option<String>,
 }
 
 /// `{"api_keys": [...]}`
@@ -817,8 +821,12 @@ pub(crate) async fn tenant_audit_log(
             audit::list(
                 c,
                 AuditView::Tenant(&scope),
-                page.before,
-                page_size(page.limit),
+                &AuditFilter {
+                    before: page.before,
+                    limit: page_size(page.limit),
+                    action: page.action,
+                    actor: page.actor,
+                },
             )
             .map_err(AuthError::from)
         })
@@ -846,8 +854,13 @@ pub(crate) async fn instance_audit_log(
     let entries = state
         .db
         .call(move |c| {
-            audit::list(c, AuditView::Instance, page.before, page_size(page.limit))
-                .map_err(AuthError::from)
+            let filter = AuditFilter {
+                before: page.before,
+                limit: page_size(page.limit),
+                action: page.action,
+                actor: page.actor,
+            };
+            audit::list(c, AuditView::Instance, &filter).map_err(AuthError::from)
         })
         .await?;
     Ok(Json(json!(AuditList { entries })))

@@ -21,7 +21,7 @@ use crate::auth::{Principal, Role};
 use crate::chat::answer::{Prepared, Reply};
 use crate::chat::coach::{self, Coach, CoachUpdate, WidgetPosition};
 use crate::chat::conversations::{
-    self, Access, Conversation, InboxFilter, InboxItem, KnowledgeGap, Message, ReceiptStatus,
+    self, Access, Conversation, InboxFilter, InboxItem, InboxQuery, Message, ReceiptStatus,
     Speaker, VISITOR_TOKEN_PREFIX,
 };
 use crate::chat::{Chat, ChatError};
@@ -47,7 +47,6 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/conversations/{id}/takeover", post(take_over))
         .route("/api/v1/conversations/{id}/handback", post(hand_back))
         .route("/api/v1/inbox", get(inbox))
-        .route("/api/v1/knowledge-gaps", get(knowledge_gaps))
 }
 
 /// Whoever calls a conversation route: a visitor (token `vis_...`) or a member of the tenant
@@ -448,37 +447,6 @@ fn final_event(result: Result<Message, ChatError>) -> Event {
     }
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-pub(crate) struct GapQuery {
-    /// Most recent first, 1 to 500 [default: 100].
-    limit: Option<u32>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct GapList {
-    gaps: Vec<KnowledgeGap>,
-}
-
-#[utoipa::path(get, path = "/api/v1/knowledge-gaps", tag = "chat", params(GapQuery),
-    responses(
-        (status = 200, description = "Questions the coach could not answer from the knowledge base", body = GapList),
-        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
-    ),
-    security(("bearer" = [])))]
-pub(crate) async fn knowledge_gaps(
-    State(state): State<AppState>,
-    auth: Authenticated,
-    Query(query): Query<GapQuery>,
-) -> Result<Json<GapList>, ApiError> {
-    let scope = auth.scope().clone();
-    let limit = query.limit.unwrap_or(100);
-    let gaps = state
-        .db
-        .call(move |c| conversations::gaps(c, &scope, limit).map_err(ChatError::from))
-        .await?;
-    Ok(Json(GapList { gaps }))
-}
-
 impl From<ChatError> for ApiError {
     fn from(error: ChatError) -> ApiError {
         match error {
@@ -627,9 +595,14 @@ pub(crate) async fn hand_back(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
-pub(crate) struct InboxQuery {
-    /// `all` (default), `needs_human` (asked for a person, nobody took over), `human`, `ai`.
+pub(crate) struct InboxParams {
+    /// `all` (default), `needs_human` (asked for a person, nobody took over), `human`, `ai`,
+    /// `low_confidence` (a fallback or an answer under 0.5).
     filter: Option<InboxFilter>,
+    /// One end user's conversations (their `visitor_id`).
+    visitor: Option<String>,
+    /// Active on or after this day, `YYYY-MM-DD`.
+    since: Option<String>,
     /// 1 to 200 [default: 50].
     limit: Option<u32>,
     offset: Option<u32>,
@@ -640,7 +613,7 @@ pub(crate) struct Inbox {
     conversations: Vec<InboxItem>,
 }
 
-#[utoipa::path(get, path = "/api/v1/inbox", tag = "chat", params(InboxQuery),
+#[utoipa::path(get, path = "/api/v1/inbox", tag = "chat", params(InboxParams),
     responses(
         (status = 200, description = "End users' conversations: those waiting for a person first, then the most recently active", body = Inbox),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
@@ -649,15 +622,19 @@ pub(crate) struct Inbox {
 pub(crate) async fn inbox(
     State(state): State<AppState>,
     auth: Authenticated,
-    Query(query): Query<InboxQuery>,
+    Query(query): Query<InboxParams>,
 ) -> Result<Json<Inbox>, ApiError> {
     let conversations = state
         .chat
         .inbox(
             auth.scope(),
-            query.filter.unwrap_or_default(),
-            query.limit.unwrap_or(50),
-            query.offset.unwrap_or(0),
+            InboxQuery {
+                filter: query.filter.unwrap_or_default(),
+                visitor_id: query.visitor,
+                since: query.since,
+                limit: query.limit.unwrap_or(50),
+                offset: query.offset.unwrap_or(0),
+            },
         )
         .await?;
     Ok(Json(Inbox { conversations }))

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cors;
 pub mod error;
 pub mod health;
+pub mod insights;
 pub mod knowledge;
 pub mod metrics;
 pub mod openapi;
@@ -72,6 +73,7 @@ pub fn routes() -> Router<AppState> {
         .merge(knowledge::routes())
         .merge(chat::routes())
         .merge(realtime::routes())
+        .merge(insights::routes())
         .merge(pages::routes())
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))

@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, chat, health, knowledge, metrics, realtime};
+use super::{auth, chat, health, insights, knowledge, metrics, realtime};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,7 +59,10 @@ use super::{auth, chat, health, knowledge, metrics, realtime};
         chat::create_conversation,
         chat::list_messages,
         chat::send_message,
-        chat::knowledge_gaps,
+        insights::knowledge_gaps,
+        insights::gap_groups,
+        insights::resolve_gaps,
+        insights::analytics_report,
         chat::public_coach,
         chat::get_conversation,
         chat::typing,

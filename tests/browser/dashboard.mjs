@@ -104,7 +104,7 @@ try {
   });
 
   await step('knowledge: both documents ready, search shows the passages', async () => {
-    await page.getByRole('link', { name: 'Knowledge' }).click();
+    await page.getByRole('link', { name: 'Knowledge', exact: true }).click();
     await page.locator('tr[data-document="refunds.md"] [data-status="ready"]').waitFor();
     await page.locator('tr[data-document="sleep.md"] [data-status="ready"]').waitFor();
     await page.getByLabel('Search the knowledge base').fill('how cool should the bedroom be');

@@ -20,6 +20,9 @@ use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The password `sign_up` gives every account.
+pub const PASSWORD: &str = "violet tractor sings at noon";
+
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
@@ -122,7 +125,7 @@ impl TestApp {
             .post(self.url("/api/v1/auth/register"))
             .json(&serde_json::json!({
                 "email": email,
-                "password": "violet tractor sings at noon",
+                "password": PASSWORD,
                 "full_name": "Creator",
             }))
             .send()

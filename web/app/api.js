@@ -105,8 +105,9 @@ export function publicPost(path, body) {
   return raw('POST', path, body);
 }
 
-/** Uploads one file with progress (fetch cannot report upload progress; XHR can). */
-export function upload(file, onProgress) {
+/** Uploads one file with progress (fetch cannot report upload progress; XHR can); `fields` adds
+ * form fields such as `title` and `collection`. */
+export function upload(file, onProgress, fields = {}) {
   return new Promise((resolve, reject) => {
     const send = () => {
       const xhr = new XMLHttpRequest();
@@ -124,6 +125,7 @@ export function upload(file, onProgress) {
       };
       xhr.onerror = () => reject(new TypeError('network'));
       const form = new FormData();
+      for (const [name, value] of Object.entries(fields)) form.append(name, value);
       form.append('file', file, file.name);
       xhr.send(form);
     };

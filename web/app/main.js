@@ -7,6 +7,11 @@ import { knowledge } from './knowledge.js';
 import { settings } from './settings.js';
 import { testChat } from './testchat.js';
 import { home } from './home.js';
+import { inbox } from './inbox.js';
+import { gaps } from './gaps.js';
+import { analytics } from './analytics.js';
+import { team } from './team.js';
+import { owner } from './owner.js';
 
 const app = document.getElementById('app');
 const screens = {
@@ -15,6 +20,11 @@ const screens = {
   knowledge: { title: 'Knowledge', render: knowledge },
   settings: { title: 'Coach settings', render: settings },
   test: { title: 'Test chat', render: testChat },
+  inbox: { title: 'Inbox', render: inbox },
+  gaps: { title: 'Knowledge gaps', render: gaps },
+  analytics: { title: 'Analytics', render: analytics },
+  team: { title: 'Team and keys', render: team },
+  server: { title: 'This server', render: owner },
 };
 const publicScreens = ['signin', 'signup', 'forgot'];
 
@@ -78,8 +88,10 @@ function shell(route, user) {
   const link = (to, label) => el('a', { class: 'item', href: `#/${to}`, 'aria-current': route === to ? 'page' : false }, label);
   return el('nav', { class: 'nav', 'aria-label': 'Dashboard' },
     el('a', { class: 'logo', href: '#/' }, el('img', { src: '/favicon.svg', alt: '' }), 'Compañero'),
-    link('', 'Overview'), link('welcome', 'Get started'), link('knowledge', 'Knowledge'),
-    link('settings', 'Coach settings'), link('test', 'Test chat'),
+    link('', 'Overview'), link('inbox', 'Inbox'), link('knowledge', 'Knowledge'), link('gaps', 'Knowledge gaps'),
+    link('analytics', 'Analytics'), link('settings', 'Coach settings'), link('test', 'Test chat'),
+    user.role === 'admin' ? link('team', 'Team and keys') : null, user.is_owner ? link('server', 'This server') : null,
+    link('welcome', 'Get started'),
     el('div', { class: 'spacer' }),
     el('div', { class: 'who' }, `${user.full_name} · ${user.role}`),
     el('button', { class: 'btn small', type: 'button', onclick: async () => { await signOut(); me = null; toast('Signed out.'); navigate('signin'); } }, 'Sign out'),
