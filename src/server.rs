@@ -102,6 +102,10 @@ impl Server {
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
             live: config.live,
+            downloads: crate::inference::downloads::Downloads::new(
+                crate::inference::store::ModelStore::new(data_dir.models_dir()),
+                HubOptions::from_env(),
+            ),
             started_at: Instant::now(),
         };
         Ok(Server {

@@ -1119,3 +1119,135 @@ async fn the_instance_tells_sign_in_pages_its_policy_and_sign_out_can_end_every_
         .await;
     assert_eq!(response.status(), 401);
 }
+
+#[tokio::test]
+async fn the_owner_sets_the_sign_up_policy_and_suspends_resumes_and_deletes_creators() {
+    let app = open_app().await;
+    let (owner, _) = app.register("owner@example.com", "Olga").await;
+    let (creator, refresh) = app.register("cleo@example.com", "Cleo").await;
+    let tenants: Value = app
+        .get_with("/api/v1/admin/tenants", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let cleo = tenants["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] != tenants["tenants"][0]["name"])
+        .unwrap()
+        .clone();
+    let (id, slug) = (
+        cleo["id"].as_str().unwrap().to_string(),
+        cleo["coach_slug"].as_str().unwrap().to_string(),
+    );
+    let suspend = format!("/api/v1/admin/tenants/{id}/suspend");
+    // Only the owner, and never their own tenant.
+    expect_error(
+        app.post(&suspend, json!({}), Some(&creator)).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let me: Value = app
+        .get_with("/api/v1/auth/me", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let own = format!(
+        "/api/v1/admin/tenants/{}/suspend",
+        me["tenant"]["id"].as_str().unwrap()
+    );
+    expect_error(
+        app.post(&own, json!({}), Some(&owner)).await,
+        409,
+        "conflict",
+    )
+    .await;
+
+    assert_eq!(
+        app.post(&suspend, json!({}), Some(&owner)).await.status(),
+        204
+    );
+    expect_error(
+        app.login("cleo@example.com", PASSWORD).await,
+        403,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        app.post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": refresh}),
+            None,
+        )
+        .await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(app.get(&format!("/c/{slug}")).await.status(), 404);
+    let visitors = format!("/api/v1/public/coaches/{slug}/visitors");
+    expect_error(app.post(&visitors, json!({}), None).await, 404, "not_found").await;
+    let listed: Value = app
+        .get_with("/api/v1/admin/tenants", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(listed.to_string().contains("suspended_at\":\"20"));
+
+    let resume = format!("/api/v1/admin/tenants/{id}/resume");
+    assert_eq!(
+        app.post(&resume, json!({}), Some(&owner)).await.status(),
+        204
+    );
+    assert_eq!(app.login("cleo@example.com", PASSWORD).await.status(), 200);
+    assert_eq!(app.get(&format!("/c/{slug}")).await.status(), 200);
+
+    // The sign-up policy changes without a restart.
+    let closed = app
+        .call(
+            Method::PATCH,
+            "/api/v1/admin/instance",
+            Some(json!({"signup": "closed"})),
+            Some(&owner),
+        )
+        .await;
+    assert_eq!(closed.status(), 200);
+    let info: Value = app.get("/api/v1/instance").await.json().await.unwrap();
+    assert_eq!(info["signup"], "closed");
+    let refused = app
+        .post(
+            "/api/v1/auth/register",
+            json!({"email": "new@example.com", "password": PASSWORD, "full_name": "New"}),
+            None,
+        )
+        .await;
+    expect_error(refused, 403, "signup_closed").await;
+
+    let response = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/admin/tenants/{id}"),
+            None,
+            Some(&owner),
+        )
+        .await;
+    assert_eq!(response.status(), 204);
+    expect_error(
+        app.login("cleo@example.com", PASSWORD).await,
+        401,
+        "invalid_credentials",
+    )
+    .await;
+    let listed: Value = app
+        .get_with("/api/v1/admin/tenants", &owner)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["tenants"].as_array().unwrap().len(), 1);
+}

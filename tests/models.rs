@@ -401,3 +401,80 @@ async fn a_model_that_fails_to_load_is_reported_not_fatal() {
     );
     served.terminate_and_wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_pulls_a_catalog_model_from_the_api_and_follows_its_progress() {
+    let hub = StandInHub::start(minilm_files_as("sentence-transformers/all-MiniLM-L6-v2")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let served = Served::start_with_env(data, &["--offline"], &[("HF_ENDPOINT", hub.url.as_str())]);
+    let base = served.wait_for_address();
+    let client = reqwest::Client::new();
+    let registered: Value = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"email": "owner@example.com",
+            "password": "violet tractor sings at noon", "full_name": "Owner"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["access_token"].as_str().unwrap();
+    let models = format!("{base}/api/v1/admin/models");
+    let listing = |body: &Value| {
+        body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "all-minilm-l6-v2")
+            .unwrap()
+            .clone()
+    };
+    let before: Value = client
+        .get(&models)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listing(&before)["installed"], false);
+
+    let pull = format!("{base}/api/v1/admin/models/all-minilm-l6-v2/pull");
+    let started = client.post(&pull).bearer_auth(token).send().await.unwrap();
+    assert_eq!(started.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let installed = loop {
+        let body: Value = client
+            .get(&models)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let model = listing(&body);
+        assert_ne!(model["download"]["state"], "failed", "{model}");
+        if model["installed"] == true {
+            break model;
+        }
+        assert!(Instant::now() < deadline, "{model}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(installed["download"]["state"], "installed");
+    assert!(installed["download"]["done_bytes"].as_u64().unwrap() > 1_000_000);
+    let again = client.post(&pull).bearer_auth(token).send().await.unwrap();
+    assert_eq!(again.status(), 409);
+    let unknown = client
+        .post(format!("{base}/api/v1/admin/models/no-such-model/pull"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 422);
+    let (status, _, log) = served.terminate_and_wait();
+    assert!(status.success(), "{log}");
+}

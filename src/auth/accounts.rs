@@ -124,7 +124,7 @@ impl Accounts {
         }
         passwords::check_strength(&input.password, &[&email, &full_name])?;
         let password_hash = hash_off_thread(input.password).await;
-        let policy = self.policy;
+        let configured = self.policy;
         let invitation_hash = input.invitation.as_deref().map(tokens::secret_hash);
         let context = context.clone();
         let registered_email = email.clone();
@@ -143,6 +143,7 @@ impl Accounts {
                     Some(hash) => Some(take_invitation(&tx, hash, &email)?),
                     None => None,
                 };
+                let policy = super::instance::signup_policy(&tx, configured)?;
                 if !first && invitation.is_none() && policy != SignupPolicy::Open {
                     return Err(AuthError::SignupClosed(match policy {
                         SignupPolicy::Invite => "by invitation only",
@@ -355,6 +356,9 @@ impl Accounts {
                 let (false, false, Some(role)) = (revoked, expired, role) else {
                     return Err(AuthError::InvalidToken);
                 };
+                if super::instance::is_suspended(&tx, &tenant_id)? {
+                    return Err(AuthError::Suspended);
+                }
                 tx.execute(
                     "UPDATE refresh_tokens SET rotated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
                     [&id],
@@ -373,14 +377,15 @@ impl Accounts {
         })
     }
 
-    /// Who may register, and whether the instance still waits for its first account (its owner).
+    /// Who may register (the owner's choice in the dashboard, else the configuration), and
+    /// whether the instance still waits for its first account (its owner).
     pub async fn instance(&self) -> Result<(SignupPolicy, bool), AuthError> {
-        let policy = self.policy;
+        let configured = self.policy;
         self.db
             .call(move |c| {
                 let empty: bool =
                     c.query_row("SELECT NOT EXISTS (SELECT 1 FROM users)", [], |r| r.get(0))?;
-                Ok((policy, empty))
+                Ok((super::instance::signup_policy(c, configured)?, empty))
             })
             .await
     }
@@ -702,6 +707,14 @@ impl Accounts {
         role: Role,
         owner: bool,
     ) -> Result<Session, AuthError> {
+        let tenant = tenant_id.clone();
+        let suspended = self
+            .db
+            .call(move |c| super::instance::is_suspended(c, &tenant).map_err(AuthError::from))
+            .await?;
+        if suspended {
+            return Err(AuthError::Suspended);
+        }
         let access_token = self.keys.issue(&user_id, email, &tenant_id, role, owner);
         let refresh_token = self
             .db

@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
+pub mod instance;
 pub mod passwords;
 pub mod rate_limit;
 pub mod team;
@@ -125,6 +126,10 @@ pub enum AuthError {
     InvalidToken,
     #[error("your role does not allow this")]
     Forbidden,
+    #[error("this coach was suspended by the owner of this server; contact them")]
+    Suspended,
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]

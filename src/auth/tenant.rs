@@ -29,6 +29,8 @@ pub struct TenantSummary {
     pub coach_slug: String,
     pub members: i64,
     pub created_at: String,
+    /// When the owner suspended it; null while active.
+    pub suspended_at: Option<String>,
 }
 
 pub fn get(c: &Connection, scope: &TenantScope) -> Result<TenantSettings, AuthError> {
@@ -112,7 +114,8 @@ pub fn allowed_origins_for_slug(
 pub fn list_all(c: &Connection) -> rusqlite::Result<Vec<TenantSummary>> {
     let mut statement = c.prepare(
         "SELECT t.id, t.name, co.slug,
-                (SELECT count(*) FROM memberships m WHERE m.tenant_id = t.id), t.created_at
+                (SELECT count(*) FROM memberships m WHERE m.tenant_id = t.id), t.created_at,
+                t.suspended_at
          FROM tenants t JOIN coaches co ON co.tenant_id = t.id ORDER BY t.created_at",
     )?;
     let rows = statement.query_map([], |r| {
@@ -122,6 +125,7 @@ pub fn list_all(c: &Connection) -> rusqlite::Result<Vec<TenantSummary>> {
             coach_slug: r.get(2)?,
             members: r.get(3)?,
             created_at: r.get(4)?,
+            suspended_at: r.get(5)?,
         })
     })?;
     rows.collect()

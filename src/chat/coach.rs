@@ -137,7 +137,11 @@ pub fn get(c: &Connection, scope: &TenantScope) -> Result<Coach, ChatError> {
 /// The coach behind a public slug, with its tenant id.
 pub fn by_slug(c: &Connection, slug: &str) -> Result<(String, Coach), ChatError> {
     c.query_row(
-        &format!("SELECT tenant_id, {COLUMNS} FROM coaches WHERE slug = ?1"),
+        // A suspended creator's coach is not reachable.
+        &format!(
+            "SELECT tenant_id, {COLUMNS} FROM coaches WHERE slug = ?1 AND tenant_id IN \
+             (SELECT id FROM tenants WHERE suspended_at IS NULL)"
+        ),
         params![slug],
         |r| Ok((r.get(0)?, coach_at(r, 1)?)),
     )

@@ -56,7 +56,8 @@ pub fn authenticate_visitor(c: &Connection, token: &str) -> Result<Speaker, Chat
     let found: Option<(String, String)> = c
         .query_row(
             "UPDATE visitors SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-             WHERE token_hash = ?1 RETURNING id, tenant_id",
+             WHERE token_hash = ?1 AND tenant_id IN (SELECT id FROM tenants WHERE suspended_at IS NULL) \
+             RETURNING id, tenant_id",
             params![secret_hash(token)],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

@@ -179,7 +179,8 @@ impl From<AuthError> for ApiError {
             AuthError::SignupClosed(_) => ErrorCode::SignupClosed,
             AuthError::TokenReused => ErrorCode::TokenReused,
             AuthError::InvalidToken => ErrorCode::InvalidToken,
-            AuthError::Forbidden => ErrorCode::Forbidden,
+            AuthError::Forbidden | AuthError::Suspended => ErrorCode::Forbidden,
+            AuthError::Conflict(_) => ErrorCode::Conflict,
             AuthError::NotFound(_) => ErrorCode::NotFound,
             AuthError::Invalid(_) => ErrorCode::InvalidRequest,
             AuthError::RateLimited { retry_after } => {
@@ -293,7 +294,7 @@ pub(crate) struct Logout {
 
 /// What a sign-in page needs to know before anyone is signed in.
 #[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct InstanceInfo {
+pub struct InstanceInfo {
     version: &'static str,
     /// `open`, `invite` or `closed`.
     #[schema(value_type = String)]
@@ -304,9 +305,7 @@ pub(crate) struct InstanceInfo {
 
 #[utoipa::path(get, path = "/api/v1/instance", tag = "accounts",
     responses((status = 200, description = "Sign-up policy and first-run state", body = InstanceInfo)))]
-pub(crate) async fn instance(
-    State(state): State<AppState>,
-) -> Result<Json<InstanceInfo>, ApiError> {
+pub async fn instance(State(state): State<AppState>) -> Result<Json<InstanceInfo>, ApiError> {
     let (signup, needs_owner) = state.auth.accounts.instance().await?;
     Ok(Json(InstanceInfo {
         version: env!("CARGO_PKG_VERSION"),

@@ -1,6 +1,7 @@
 //! The HTTP layer: the route table, the middleware every request passes through, and the
 //! translation between HTTP and the domain. Domain modules never see axum types.
 
+pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod chat;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Keep-alive and idle limits of live connections.
     pub live: crate::config::LiveConfig,
+    /// Catalog models the owner pulls from the dashboard.
+    pub downloads: crate::inference::downloads::Downloads,
     pub started_at: Instant,
 }
 
@@ -74,6 +77,7 @@ pub fn routes() -> Router<AppState> {
         .merge(chat::routes())
         .merge(realtime::routes())
         .merge(insights::routes())
+        .merge(admin::routes())
         .merge(pages::routes())
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))

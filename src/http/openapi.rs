@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, chat, health, insights, knowledge, metrics, realtime};
+use super::{admin, auth, chat, health, insights, knowledge, metrics, realtime};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,12 @@ use super::{auth, chat, health, insights, knowledge, metrics, realtime};
         health::readyz,
         metrics::render,
         auth::instance,
+        admin::update_instance,
+        admin::suspend_tenant,
+        admin::resume_tenant,
+        admin::delete_tenant,
+        admin::list_models,
+        admin::pull_model,
         auth::register,
         auth::login,
         auth::refresh,

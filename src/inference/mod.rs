@@ -10,6 +10,7 @@
 pub mod catalog;
 pub mod chat_engine;
 pub mod chat_template;
+pub mod downloads;
 pub mod embed;
 pub mod embed_engine;
 pub mod generate;

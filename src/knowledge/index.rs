@@ -296,6 +296,20 @@ impl VectorIndexes {
             .sum()
     }
 
+    /// Forgets every index of a deleted tenant, and their files.
+    pub fn drop_tenant(&self, tenant: &str) -> Result<(), IndexError> {
+        self.open
+            .lock()
+            .expect("indexes")
+            .retain(|(t, _), _| t != tenant);
+        if let Some(dir) = self.path(tenant, "any").parent()
+            && dir.exists()
+        {
+            std::fs::remove_dir_all(dir)?;
+        }
+        Ok(())
+    }
+
     /// Forgets a tenant's indexes for other embedders (after re-embedding) and their files.
     pub fn drop_others(&self, tenant: &str, keep_embedder: &str) -> Result<(), IndexError> {
         self.open

@@ -163,6 +163,19 @@ impl Knowledge {
         }
     }
 
+    /// Removes the files of a tenant whose rows were deleted: originals and vector indexes.
+    pub async fn forget_tenant(&self, tenant_id: &str) -> Result<(), KnowledgeError> {
+        let indexes = self.inner.indexes.clone();
+        let tenant = tenant_id.to_string();
+        tokio::task::spawn_blocking(move || indexes.drop_tenant(&tenant))
+            .await
+            .map_err(|e| IndexError::Usearch(e.to_string()))??;
+        match tokio::fs::remove_dir_all(self.inner.originals.join(tenant_id)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Re-queues jobs a previous run left unfinished, then starts the ingestion workers and
     /// the background embedder (which embeds chunks that lack a vector from the current
     /// embedder, e.g. after the embedder changed).

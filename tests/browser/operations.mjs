@@ -167,6 +167,8 @@ try {
     await screenshots(page, 'team');
     await page.getByRole('link', { name: 'This server' }).click();
     await page.getByRole('heading', { name: /^Creators/ }).waitFor();
+    await page.locator('tr[data-model]').first().waitFor();
+    check(await page.getByLabel('Who may sign up').count() === 1, 'the sign-up policy can be changed here');
     await screenshots(page, 'server');
   });
 
