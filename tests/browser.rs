@@ -7,8 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::TestApp;
-use common::chat::{GUIDE, start, with_models};
-use reqwest::Method;
+use common::chat::{start, with_models};
 use serde_json::json;
 
 /// Runs `tests/browser/<scenario>` with node against `app`, with `env`, and asserts it passed.
@@ -44,22 +43,13 @@ async fn run_scenario(app: &TestApp, scenario: &str, env: &[(&str, &str)]) {
 #[tokio::test]
 async fn the_chat_page_and_the_widget_work_in_a_real_browser() {
     let app = start(with_models).await;
-    let staff = app.sign_up("coach@example.com").await;
-    app.teach(&staff, GUIDE).await;
-    app.json_ok(
-        Method::PATCH,
-        "/api/v1/coach",
-        &staff,
-        Some(json!({
+    let (staff, slug) = app
+        .coach_taught_the_guide(json!({
             "greeting": "Hi! Ask me about refunds or sleep.",
             "brand_color": "#5b21b6",
             "opening_message": "Questions about your order?",
-            // Greedy decoding: the same answer on every run.
-            "temperature": 0.0,
-        })),
-    )
-    .await;
-    let slug = app.slug(&staff).await;
+        }))
+        .await;
     run_scenario(
         &app,
         "chat.mjs",
@@ -78,16 +68,7 @@ async fn the_dashboard_takes_a_new_creator_from_sign_up_to_a_working_coach() {
 #[tokio::test]
 async fn the_team_runs_a_live_coach_from_the_dashboard() {
     let app = start(with_models).await;
-    let staff = app.sign_up("coach@example.com").await;
-    app.teach(&staff, GUIDE).await;
-    app.json_ok(
-        Method::PATCH,
-        "/api/v1/coach",
-        &staff,
-        Some(json!({"temperature": 0.0})),
-    )
-    .await;
-    let slug = app.slug(&staff).await;
+    let (_, slug) = app.coach_taught_the_guide(json!({})).await;
     run_scenario(
         &app,
         "operations.mjs",

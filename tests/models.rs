@@ -422,31 +422,8 @@ async fn the_owner_pulls_a_catalog_model_from_the_api_and_follows_its_progress()
         .unwrap();
     let token = registered["access_token"].as_str().unwrap();
     let models = format!("{base}/api/v1/admin/models");
-    let listing = |body: &Value| {
-        body["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == "all-minilm-l6-v2")
-            .unwrap()
-            .clone()
-    };
-    let before: Value = client
-        .get(&models)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listing(&before)["installed"], false);
-
-    let pull = format!("{base}/api/v1/admin/models/all-minilm-l6-v2/pull");
-    let started = client.post(&pull).bearer_auth(token).send().await.unwrap();
-    assert_eq!(started.status(), 202);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let installed = loop {
+    // The catalog entry of the model, as the owner's screen lists it now.
+    let minilm = async || {
         let body: Value = client
             .get(&models)
             .bearer_auth(token)
@@ -456,7 +433,22 @@ async fn the_owner_pulls_a_catalog_model_from_the_api_and_follows_its_progress()
             .json()
             .await
             .unwrap();
-        let model = listing(&body);
+        body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "all-minilm-l6-v2")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(minilm().await["installed"], false);
+
+    let pull = format!("{base}/api/v1/admin/models/all-minilm-l6-v2/pull");
+    let started = client.post(&pull).bearer_auth(token).send().await.unwrap();
+    assert_eq!(started.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let installed = loop {
+        let model = minilm().await;
         assert_ne!(model["download"]["state"], "failed", "{model}");
         if model["installed"] == true {
             break model;

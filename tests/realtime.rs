@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::chat::{GUIDE, parse_sse, start, with_models};
+use common::chat::{parse_sse, start, with_models};
 use common::live::{LiveClient, seqs};
 use common::{Options, TestApp};
 use companero::auth::accounts::SignupPolicy;
@@ -504,17 +504,7 @@ async fn the_event_stream_fallback_resumes_from_the_last_event_id() {
 #[tokio::test]
 async fn a_question_over_the_websocket_streams_a_cited_answer_from_the_model() {
     let app = start(with_models).await;
-    let staff = app.sign_up("coach@example.com").await;
-    app.teach(&staff, GUIDE).await;
-    // Greedy decoding, so the test model's answer is the same on every run.
-    app.json_ok(
-        Method::PATCH,
-        "/api/v1/coach",
-        &staff,
-        Some(json!({"temperature": 0.0})),
-    )
-    .await;
-    let slug = app.slug(&staff).await;
+    let (_, slug) = app.coach_taught_the_guide(json!({})).await;
     let visitor = app.visitor(&slug).await;
     let (mut client, _) = LiveClient::connect(&app, &visitor).await;
     let id = open(&mut client, None, 0).await["id"]

@@ -61,6 +61,15 @@ impl VisitorLimits {
     }
 }
 
+/// Who answers a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hands {
+    /// A person of the team (the one asking).
+    Person,
+    /// The AI coach.
+    Coach,
+}
+
 /// Who is typing, as the other side sees it.
 fn side_name(speaker: &Speaker) -> &'static str {
     match speaker {
@@ -175,12 +184,14 @@ impl Chat {
         self.conversation(speaker, conversation_id).await
     }
 
-    /// A person takes the conversation over: the coach stops answering it.
-    pub async fn take_over(
+    /// A person takes the conversation over (the coach stops answering it), or hands it back
+    /// to the coach. The end user sees an event message either way.
+    pub async fn hand_to(
         &self,
         scope: &TenantScope,
         user_id: &str,
         conversation_id: &str,
+        hands: Hands,
     ) -> Result<Conversation, ChatError> {
         let (scope_moved, user, id) = (
             scope.clone(),
@@ -194,61 +205,51 @@ impl Chat {
                     .ok_or(ChatError::NotFound("no such conversation"))?;
                 if conversation.started_by != "visitor" {
                     return Err(ChatError::Invalid(
-                        "test conversations cannot be taken over".into(),
+                        "test conversations cannot change hands".into(),
                     ));
                 }
-                if conversation.is_human()
-                    && conversation.assigned_user_id.as_deref() != Some(&user)
-                {
-                    return Err(ChatError::Conflict(format!(
-                        "{} is already handling this conversation",
-                        conversation
-                            .assigned_name
-                            .unwrap_or_else(|| "someone".into())
-                    )));
-                }
-                let changed = !conversation.is_human();
-                conversations::set_mode(c, &scope_moved, &id, Some(&user))?;
+                let changed = match hands {
+                    Hands::Person => {
+                        if conversation.is_human()
+                            && conversation.assigned_user_id.as_deref() != Some(&user)
+                        {
+                            return Err(ChatError::Conflict(format!(
+                                "{} is already handling this conversation",
+                                conversation
+                                    .assigned_name
+                                    .unwrap_or_else(|| "someone".into())
+                            )));
+                        }
+                        conversations::set_mode(c, &scope_moved, &id, Some(&user))?;
+                        !conversation.is_human()
+                    }
+                    Hands::Coach => {
+                        if !conversation.is_human() {
+                            return Err(ChatError::Conflict(
+                                "the coach is already answering this conversation".into(),
+                            ));
+                        }
+                        conversations::set_mode(c, &scope_moved, &id, None)?;
+                        true
+                    }
+                };
                 Ok((conversations::staff_name(c, &user)?, changed))
             })
             .await?;
         if changed {
-            let text = format!("{name} from the team joined the conversation.");
-            self.record_event(scope, conversation_id, "staff_joined", text)
+            let (kind, text) = match hands {
+                Hands::Person => (
+                    "staff_joined",
+                    format!("{name} from the team joined the conversation."),
+                ),
+                Hands::Coach => (
+                    "staff_left",
+                    format!("{name} handed the conversation back to the coach."),
+                ),
+            };
+            self.record_event(scope, conversation_id, kind, text)
                 .await?;
         }
-        self.conversation_in(scope, conversation_id).await
-    }
-
-    /// The person hands the conversation back to the coach.
-    pub async fn hand_back(
-        &self,
-        scope: &TenantScope,
-        user_id: &str,
-        conversation_id: &str,
-    ) -> Result<Conversation, ChatError> {
-        let (scope_moved, user, id) = (
-            scope.clone(),
-            user_id.to_string(),
-            conversation_id.to_string(),
-        );
-        let name = self
-            .db
-            .call(move |c| {
-                let conversation = conversations::get(c, &scope_moved, &id)?
-                    .ok_or(ChatError::NotFound("no such conversation"))?;
-                if !conversation.is_human() {
-                    return Err(ChatError::Conflict(
-                        "the coach is already answering this conversation".into(),
-                    ));
-                }
-                conversations::set_mode(c, &scope_moved, &id, None)?;
-                Ok::<_, ChatError>(conversations::staff_name(c, &user)?)
-            })
-            .await?;
-        let text = format!("{name} handed the conversation back to the coach.");
-        self.record_event(scope, conversation_id, "staff_left", text)
-            .await?;
         self.conversation_in(scope, conversation_id).await
     }
 

@@ -24,6 +24,7 @@ use crate::chat::conversations::{
     self, Access, Conversation, InboxFilter, InboxItem, InboxQuery, Message, ReceiptStatus,
     Speaker, VISITOR_TOKEN_PREFIX,
 };
+use crate::chat::live::Hands;
 use crate::chat::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatEvent, ChatStream};
 
@@ -568,10 +569,22 @@ pub(crate) async fn take_over(
     Caller(speaker, principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Conversation>, ApiError> {
+    change_hands(state, speaker, principal, id, Hands::Person).await
+}
+
+async fn change_hands(
+    state: AppState,
+    speaker: Speaker,
+    principal: Option<Principal>,
+    id: String,
+    hands: Hands,
+) -> Result<Json<Conversation>, ApiError> {
     let (_, user) = answering_member(principal.as_ref())?;
-    Ok(Json(
-        state.chat.take_over(speaker.scope(), user, &id).await?,
-    ))
+    let conversation = state
+        .chat
+        .hand_to(speaker.scope(), user, &id, hands)
+        .await?;
+    Ok(Json(conversation))
 }
 
 #[utoipa::path(post, path = "/api/v1/conversations/{id}/handback", tag = "chat",
@@ -588,10 +601,7 @@ pub(crate) async fn hand_back(
     Caller(speaker, principal): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Conversation>, ApiError> {
-    let (_, user) = answering_member(principal.as_ref())?;
-    Ok(Json(
-        state.chat.hand_back(speaker.scope(), user, &id).await?,
-    ))
+    change_hands(state, speaker, principal, id, Hands::Coach).await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

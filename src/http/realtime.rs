@@ -25,7 +25,7 @@ use crate::auth::Principal;
 use crate::chat::answer::MAX_MESSAGE_CHARS;
 use crate::chat::conversations::Speaker;
 use crate::chat::hub::{Connection, Event, Participant};
-use crate::chat::live::Follower;
+use crate::chat::live::{Follower, Hands};
 use crate::chat::protocol::{ClientCommand, PROTOCOL_VERSION, ServerEvent};
 
 pub fn routes() -> Router<AppState> {
@@ -406,13 +406,13 @@ impl Session {
             }
             ClientCommand::Takeover { conversation_id } => {
                 let (_, user) = answering_member(self.principal.as_ref())?;
-                chat.take_over(speaker.scope(), user, &conversation_id)
+                chat.hand_to(speaker.scope(), user, &conversation_id, Hands::Person)
                     .await?;
                 Ok(Vec::new())
             }
             ClientCommand::Handback { conversation_id } => {
                 let (_, user) = answering_member(self.principal.as_ref())?;
-                chat.hand_back(speaker.scope(), user, &conversation_id)
+                chat.hand_to(speaker.scope(), user, &conversation_id, Hands::Coach)
                     .await?;
                 Ok(Vec::new())
             }

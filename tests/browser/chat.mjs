@@ -5,7 +5,7 @@
 // access token), COMPANERO_SCREENSHOTS (a folder), CHROMIUM (default /usr/bin/chromium).
 import http from 'node:http';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { check, launch, step, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
 const slug = process.env.COMPANERO_SLUG;
@@ -13,10 +13,6 @@ const token = process.env.COMPANERO_TOKEN;
 const shots = process.env.COMPANERO_SCREENSHOTS;
 const host = `companero-chat#companero-chat-${slug}`;
 const ANSWER_MS = 120_000;
-
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-}
 
 async function api(route, { method = 'GET', body } = {}) {
   const response = await fetch(base + route, {
@@ -61,17 +57,11 @@ function website(title, attributes = '') {
   });
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-quic'],
-});
-const pageErrors = [];
+const browser = await launch();
+const problems = [];
 async function open(viewport) {
   const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.on('pageerror', (error) => pageErrors.push(error.message));
+  const page = watch(await context.newPage(), problems);
   return { context, page };
 }
 const desktop = { width: 1280, height: 820 };
@@ -80,12 +70,6 @@ const phone = { width: 375, height: 740 };
 /** The chat is connected. (The host element has no box of its own: its UI is fixed-position.) */
 function ready(page) {
   return page.waitForSelector(`${host}[data-state="ready"]`, { state: 'attached' });
-}
-
-async function step(name, body) {
-  const started = Date.now();
-  await body();
-  console.log(`ok  ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 }
 
 try {
@@ -234,7 +218,7 @@ try {
   allowed.close();
   noSockets.close();
   refused.close();
-  check(pageErrors.length === 0, `no script errors: ${pageErrors.join('; ')}`);
+  check(problems.length === 0, `no console errors: ${problems.join('; ')}`);
 } finally {
   await browser.close();
 }

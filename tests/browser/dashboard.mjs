@@ -4,11 +4,9 @@
 // main screen at desktop and phone width.
 //
 // Environment: COMPANERO_URL, COMPANERO_SCREENSHOTS, CHROMIUM (default /usr/bin/chromium).
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { check, launch, screenshots as shoot, step, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
-const shots = process.env.COMPANERO_SCREENSHOTS;
 const ANSWER_MS = 120_000;
 const REFUNDS = `# Refund policy
 
@@ -20,41 +18,14 @@ const SLEEP = `# Sleep
 Keep the bedroom cool, around 18 degrees, and dark. Stop using screens one hour before bed.
 `;
 
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-quic'],
-});
+const browser = await launch();
 const problems = [];
 const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
 await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
 const page = await context.newPage();
-page.on('pageerror', (error) => problems.push(`script error: ${error.message}`));
-page.on('console', (message) => {
-  // The browser logs every 4xx response; the forms below provoke some on purpose.
-  if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) problems.push(message.text());
-});
+watch(page, problems);
 
-async function step(name, body) {
-  const started = Date.now();
-  await body();
-  console.log(`ok  ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
-}
-
-async function screenshots(name) {
-  await page.screenshot({ path: path.join(shots, `dashboard-${name}-desktop.png`), fullPage: true });
-  await page.setViewportSize({ width: 375, height: 740 });
-  await page.waitForTimeout(150);
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
-  check(!overflow, `${name}: no sideways scrolling on a phone`);
-  await page.screenshot({ path: path.join(shots, `dashboard-${name}-phone.png`), fullPage: true });
-  await page.setViewportSize({ width: 1280, height: 860 });
-}
+const screenshots = (name) => shoot(page, name);
 
 try {
   await step('first run: the first person sets the server up, with clear validation', async () => {

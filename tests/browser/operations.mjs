@@ -5,50 +5,19 @@
 //
 // Environment: COMPANERO_URL, COMPANERO_SLUG, COMPANERO_EMAIL and COMPANERO_PASSWORD (the
 // creator, an admin), COMPANERO_SCREENSHOTS, CHROMIUM (default /usr/bin/chromium).
-import path from 'node:path';
-import { chromium } from 'playwright-core';
+import { check, launch, screenshots, step, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
 const slug = process.env.COMPANERO_SLUG;
-const shots = process.env.COMPANERO_SCREENSHOTS;
 const ANSWER_MS = 120_000;
 const host = `companero-chat#companero-chat-${slug}`;
 
-function check(condition, message) {
-  if (!condition) throw new Error(`check failed: ${message}`);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-quic'],
-});
+const browser = await launch();
 const problems = [];
 async function open(viewport = { width: 1280, height: 860 }) {
   const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  page.on('pageerror', (error) => problems.push(`script error: ${error.message}`));
-  page.on('console', (message) => {
-    if (message.type() === 'error' && !message.text().startsWith('Failed to load resource')) problems.push(message.text());
-  });
+  const page = watch(await context.newPage(), problems);
   return { context, page };
-}
-
-async function step(name, body) {
-  const started = Date.now();
-  await body();
-  console.log(`ok  ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
-}
-
-async function screenshots(page, name) {
-  await page.screenshot({ path: path.join(shots, `dashboard-${name}-desktop.png`), fullPage: true });
-  await page.setViewportSize({ width: 375, height: 740 });
-  await page.waitForTimeout(150);
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
-  check(!overflow, `${name}: no sideways scrolling on a phone`);
-  await page.screenshot({ path: path.join(shots, `dashboard-${name}-phone.png`), fullPage: true });
-  await page.setViewportSize({ width: 1280, height: 860 });
 }
 
 async function signIn(page, email, password) {

@@ -191,4 +191,24 @@ impl TestApp {
             .unwrap()
             .to_string()
     }
+
+    /// A creator whose coach knows [`GUIDE`] and decodes greedily (the test model then answers
+    /// the same on every run), with `settings` applied too; returns (access token, slug).
+    pub async fn coach_taught_the_guide(&self, settings: Value) -> (String, String) {
+        let staff = self.sign_up("coach@example.com").await;
+        self.teach(&staff, GUIDE).await;
+        let mut change = json!({"temperature": 0.0});
+        if let (Some(change), Some(extra)) = (change.as_object_mut(), settings.as_object()) {
+            change.extend(extra.clone());
+        }
+        self.json_ok(
+            reqwest::Method::PATCH,
+            "/api/v1/coach",
+            &staff,
+            Some(change),
+        )
+        .await;
+        let slug = self.slug(&staff).await;
+        (staff, slug)
+    }
 }
