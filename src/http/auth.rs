@@ -85,17 +85,7 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(AuthError::Unauthorized)?
-            .to_string();
+        let token = bearer_token(&parts.headers).ok_or(AuthError::Unauthorized)?;
         let principal = principal_from_token(state, token).await?;
         if (R::OWNER && !principal.is_owner) || principal.role < R::MINIMUM {
             return Err(AuthError::Forbidden.into());
@@ -106,6 +96,18 @@ impl<R: Requirement> FromRequestParts<AppState> for Authenticated<R> {
             _requirement: PhantomData,
         })
     }
+}
+
+/// The credential in `Authorization: Bearer ...`, if any.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|token| token.trim().to_string())
 }
 
 /// The member behind an access token or API key (no role check).

@@ -13,7 +13,7 @@ use futures_util::{StreamExt, stream};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
-use super::auth::{AdminRole, Authenticated, Client, principal_from_token};
+use super::auth::{AdminRole, Authenticated, Client, bearer_token, principal_from_token};
 use super::cors;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::streams::sse_until_shutdown;
@@ -59,20 +59,10 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(ApiError::new(
-                ErrorCode::Unauthorized,
-                "send a visitor token or an access token as 'Authorization: Bearer ...'",
-            ))?
-            .to_string();
+        let token = bearer_token(&parts.headers).ok_or(ApiError::new(
+            ErrorCode::Unauthorized,
+            "send a visitor token or an access token as 'Authorization: Bearer ...'",
+        ))?;
         let (speaker, principal) = speaker_from_token(state, token).await?;
         let origin = cors::foreign_origin(&parts.headers);
         cors::check_caller_origin(state, speaker.scope().tenant_id(), origin.as_deref()).await?;
