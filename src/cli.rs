@@ -12,6 +12,7 @@ use crate::data_dir::{self, DataDir};
 use crate::db::{self, migrations};
 use crate::inference::catalog;
 use crate::inference::store::{HubOptions, ModelStore, PullProgress};
+use crate::inference::llm::Kernels;
 use crate::inference::{self, DeviceKind};
 use crate::server::Server;
 
@@ -119,6 +120,10 @@ struct BenchOptions {
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
+    /// Which implementation runs the models: Compañero's own CPU kernels where they apply
+    /// (auto), or candle's (the reference)
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    kernels: Kernels,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +196,10 @@ struct IndexBenchArgs {
     /// Print one JSON object instead of a table
     #[arg(long)]
     json: bool,
+    /// Which implementation runs the models: Compañero's own CPU kernels where they apply
+    /// (auto), or candle's (the reference)
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    kernels: Kernels,
 }
 
 #[derive(clap::Args, Debug)]
@@ -423,7 +432,14 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
             let threads = threads_of(&options);
             let prompt = std::fs::read_to_string(&prompt_file)
                 .with_context(|| format!("cannot read {}", prompt_file.display()))?;
-            let report = crate::bench::llm(&model, &prompt, max_tokens, threads, options.device)?;
+            let report = crate::bench::llm(
+                &model,
+                &prompt,
+                max_tokens,
+                threads,
+                options.device,
+                options.kernels,
+            )?;
             if options.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -438,6 +454,14 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     "generation     {} tokens, {:.1} tok/s",
                     report.gen_tokens, report.gen_tok_s
                 );
+                println!(
+                    "follow-up      {} tokens, {} new: first token {:.3} s (cold: {:.3} s)",
+                    report.follow_up_prompt_tokens,
+                    report.follow_up_prompt_tokens - report.follow_up_reused_tokens,
+                    report.follow_up_ttft_s,
+                    report.follow_up_cold_ttft_s
+                );
+                println!("kernels        {}", report.kernels);
                 println!("peak memory    {:.0} MB", report.peak_rss_mb);
             }
             Ok(())
@@ -565,7 +589,7 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 None => crate::bench::DEFAULT_TEXT.to_string(),
             };
-            let report = crate::bench::embed(&model, &text, threads, options.device)?;
+            let report = crate::bench::embed(&model, &text, threads, options.device, options.kernels)?;
             if options.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::inference::chat_template::{ChatMessage, Role};
 use crate::inference::embed::{EmbedKind, Embedder, EmbedderOptions};
 use crate::inference::generate::{self, GenerationSettings};
-use crate::inference::llm::{DEFAULT_MAX_CONTEXT, Llm};
+use crate::inference::llm::{Kernels, Llm, LlmOptions};
 use crate::inference::{DeviceKind, chat_engine};
 
 pub const DEFAULT_TEXT: &str = include_str!("default_text.txt");
@@ -37,6 +37,7 @@ const TOKENS_PER_CHUNK: usize = 256;
 #[derive(Debug, Serialize)]
 pub struct LlmReport {
     pub model: String,
+    pub kernels: String,
     pub threads: usize,
     pub load_s: f64,
     pub prompt_tokens: usize,
@@ -44,10 +45,21 @@ pub struct LlmReport {
     pub ttft_s: f64,
     pub gen_tokens: usize,
     pub gen_tok_s: f64,
+    /// The second turn of the conversation: the first turn, its answer, new passages and a new
+    /// question.
+    pub follow_up_prompt_tokens: usize,
+    /// Of those, tokens whose attention state was kept from the first turn.
+    pub follow_up_reused_tokens: usize,
+    pub follow_up_ttft_s: f64,
+    /// The same second-turn prompt with nothing cached.
+    pub follow_up_cold_ttft_s: f64,
     pub peak_rss_mb: f64,
     pub finish_reason: generate::FinishReason,
     pub output: String,
 }
+
+/// Tokens generated for each follow-up measurement (only the time to the first one counts).
+const FOLLOW_UP_TOKENS: usize = 4;
 
 pub fn llm(
     model: &Path,
@@ -55,19 +67,59 @@ pub fn llm(
     max_tokens: usize,
     threads: usize,
     device: DeviceKind,
+    kernels: Kernels,
 ) -> anyhow::Result<LlmReport> {
     let device = device.open()?;
     let started = Instant::now();
-    let mut llm = Llm::load(model, &device, DEFAULT_MAX_CONTEXT)?;
+    let options = LlmOptions {
+        kernels,
+        ..LlmOptions::default()
+    };
+    let mut llm = Llm::load_with(model, &device, &options)?;
     let load_s = started.elapsed().as_secs_f64();
-    let messages = [
+    let mut messages = vec![
         ChatMessage::new(Role::System, SYSTEM_PROMPT),
         ChatMessage::new(Role::User, prompt),
     ];
-    let (tokens, _) = chat_engine::fit_prompt(&llm, &messages, max_tokens)?;
+    let (output, stats) = run_turn(&mut llm, &messages, max_tokens)?;
+
+    // A follow-up in the same conversation: new passages and a new question after the answer.
+    messages.push(ChatMessage::new(Role::Assistant, output.trim()));
+    messages.push(ChatMessage::new(Role::User, follow_up_turn()));
+    let (_, follow_up) = run_turn(&mut llm, &messages, FOLLOW_UP_TOKENS)?;
+    // The same prompt again from a fresh model: nothing cached.
+    let mut cold = Llm::load_with(model, &device, &options)?;
+    let (_, follow_up_cold) = run_turn(&mut cold, &messages, FOLLOW_UP_TOKENS)?;
+    Ok(LlmReport {
+        model: llm.info.name.clone(),
+        kernels: llm.info.kernels.clone(),
+        threads,
+        load_s,
+        prompt_tokens: stats.prompt_tokens,
+        prefill_tok_s: stats.prefill_tok_s,
+        ttft_s: stats.ttft_s,
+        gen_tokens: stats.completion_tokens.saturating_sub(1),
+        gen_tok_s: stats.gen_tok_s,
+        follow_up_prompt_tokens: follow_up.prompt_tokens,
+        follow_up_reused_tokens: follow_up.reused_prompt_tokens,
+        follow_up_ttft_s: follow_up.ttft_s,
+        follow_up_cold_ttft_s: follow_up_cold.ttft_s,
+        peak_rss_mb: peak_rss_mb(),
+        finish_reason: stats.finish_reason,
+        output,
+    })
+}
+
+/// Generates a greedy answer to `messages`.
+fn run_turn(
+    llm: &mut Llm,
+    messages: &[ChatMessage],
+    max_tokens: usize,
+) -> anyhow::Result<(String, generate::GenerationStats)> {
+    let (tokens, _) = chat_engine::fit_prompt(llm, messages, max_tokens)?;
     let mut output = String::new();
     let stats = generate::generate(
-        &mut llm,
+        llm,
         &tokens,
         &GenerationSettings::greedy(max_tokens),
         None,
@@ -76,19 +128,26 @@ pub fn llm(
             std::ops::ControlFlow::Continue(())
         },
     )?;
-    Ok(LlmReport {
-        model: llm.info.name.clone(),
-        threads,
-        load_s,
-        prompt_tokens: stats.prompt_tokens,
-        prefill_tok_s: stats.prefill_tok_s,
-        ttft_s: stats.ttft_s,
-        gen_tokens: stats.completion_tokens.saturating_sub(1),
-        gen_tok_s: stats.gen_tok_s,
-        peak_rss_mb: peak_rss_mb(),
-        finish_reason: stats.finish_reason,
-        output,
-    })
+    Ok((output, stats))
+}
+
+/// A follow-up user turn: about 300 tokens of passages not in the first prompt and a question
+/// of about 60 tokens.
+pub fn follow_up_turn() -> String {
+    let paragraphs: Vec<&str> = DEFAULT_TEXT.split("\n\n").collect();
+    let mut passages = String::new();
+    for (i, paragraph) in paragraphs.iter().skip(3).enumerate() {
+        if passages.split_whitespace().count() > 220 {
+            break;
+        }
+        passages.push_str(&format!("[{}] {paragraph}\n\n", i + 4));
+    }
+    format!(
+        "{passages}Question: Thanks, that helps. I am coming back after two weeks off with a \
+         slightly sore knee and a race in six weeks. How should I rebuild my weekly mileage, \
+         which runs should I drop first if the knee gets worse, and when should I see someone \
+         about it?"
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +167,7 @@ pub fn embed(
     text: &str,
     threads: usize,
     device: DeviceKind,
+    kernels: Kernels,
 ) -> anyhow::Result<EmbedReport> {
     let device = device.open()?;
     let started = Instant::now();
@@ -116,6 +176,7 @@ pub fn embed(
         &device,
         &EmbedderOptions {
             max_tokens: Some(TOKENS_PER_CHUNK),
+            kernels,
             ..EmbedderOptions::default()
         },
     )?;

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use super::InferenceError;
+use super::cpu_bert::{self, CpuBert};
+use super::kernels::Isa;
+use super::llm::Kernels;
 
 /// Inputs embedded in one forward pass.
 pub const BATCH_SIZE: usize = 32;
@@ -56,9 +59,12 @@ pub struct EmbedderOptions {
     pub dimensions: Option<usize>,
     /// Truncate inputs to fewer tokens than the model allows.
     pub max_tokens: Option<usize>,
+    pub kernels: Kernels,
 }
 
 enum Encoder {
+    /// Compañero's own kernels (x86-64 CPUs, BERT with absolute positions).
+    Cpu(Box<CpuBert>),
     Bert(bert::BertModel),
     NomicBert(nomic_bert::NomicBertModel),
 }
@@ -108,12 +114,25 @@ impl Embedder {
             "bert" => {
                 let config: bert::Config =
                     serde_json::from_str(&config_text).map_err(parse_error)?;
-                let model = bert::BertModel::load(vb, &config).map_err(load_error)?;
-                (
-                    Encoder::Bert(model),
-                    config.hidden_size,
-                    config.max_position_embeddings,
-                )
+                let raw: serde_json::Value =
+                    serde_json::from_str(&config_text).map_err(parse_error)?;
+                let own_kernels = options.kernels == Kernels::Auto
+                    && device.is_cpu()
+                    && Isa::detect().is_accelerated()
+                    && match cpu_bert::unsupported_reason(&raw) {
+                        None => true,
+                        Some(reason) => {
+                            tracing::info!(%reason, "this embedder runs on candle's kernels");
+                            false
+                        }
+                    };
+                let encoder = if own_kernels {
+                    let act = raw["hidden_act"].as_str().unwrap_or("gelu");
+                    Encoder::Cpu(Box::new(CpuBert::load(vb, &config, act)?))
+                } else {
+                    Encoder::Bert(bert::BertModel::load(vb, &config).map_err(load_error)?)
+                };
+                (encoder, config.hidden_size, config.max_position_embeddings)
             }
             "nomic_bert" => {
                 let config: nomic_bert::Config =
@@ -277,6 +296,13 @@ impl Embedder {
     }
 
     fn forward(&self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        if let Encoder::Cpu(model) = &self.encoder {
+            return Ok(model
+                .forward(batch)?
+                .into_iter()
+                .map(|hidden| self.pool_and_normalize(&hidden))
+                .collect());
+        }
         let longest = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
         let mut ids = Vec::with_capacity(batch.len() * longest);
         let mut mask = Vec::with_capacity(batch.len() * longest);
@@ -291,6 +317,7 @@ impl Embedder {
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let token_types = ids.zeros_like()?;
         let hidden = match &self.encoder {
+            Encoder::Cpu(_) => unreachable!("handled above"),
             Encoder::Bert(model) => model.forward(&ids, &token_types, Some(&mask))?,
             Encoder::NomicBert(model) => model.forward(&ids, Some(&token_types), Some(&mask))?,
         };
@@ -312,6 +339,44 @@ impl Embedder {
             pooled
         };
         Ok(nomic_bert::l2_normalize(&pooled)?.to_vec2::<f32>()?)
+    }
+}
+
+impl Embedder {
+    /// One input's sentence vector from its hidden states (`tokens × full_dimensions`): pooled,
+    /// cut to the chosen dimensions (after a plain layer norm, as candle's path does) and
+    /// L2-normalised.
+    fn pool_and_normalize(&self, hidden: &[f32]) -> Vec<f32> {
+        let width = self.full_dimensions;
+        let tokens = hidden.len() / width;
+        let mut pooled = match self.info.pooling {
+            Pooling::Cls => hidden[..width].to_vec(),
+            Pooling::Mean => {
+                let mut sum = vec![0f32; width];
+                for row in hidden.chunks_exact(width) {
+                    sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                }
+                sum.iter().map(|s| s / tokens.max(1) as f32).collect()
+            }
+        };
+        if self.info.dimensions < width {
+            let mean = pooled.iter().sum::<f32>() / width as f32;
+            let variance = pooled.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            let inv = 1.0 / (variance + 1e-5).sqrt();
+            pooled.iter_mut().for_each(|v| *v = (*v - mean) * inv);
+            pooled.truncate(self.info.dimensions);
+        }
+        let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        pooled.iter_mut().for_each(|v| *v /= norm);
+        pooled
+    }
+
+    /// `compañero-…` (own CPU kernels) or `candle`.
+    pub fn kernels(&self) -> String {
+        match self.encoder {
+            Encoder::Cpu(_) => format!("companero-{:?}", Isa::detect()).to_lowercase(),
+            _ => "candle".into(),
+        }
     }
 }
 

@@ -83,6 +83,8 @@ pub enum FinishReason {
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose attention state came from an earlier request (not recomputed).
+    pub reused_prompt_tokens: usize,
     /// Sampled tokens, the first one included.
     pub completion_tokens: usize,
     /// From the start of the first forward pass to the first sampled token.
@@ -125,7 +127,7 @@ pub fn generate(
     let mut last_token_at = started;
     let mut finish = FinishReason::Length;
     let mut sampled = 0usize;
-    let mut logits = llm.forward(prompt, 0)?;
+    let (mut logits, reused) = llm.start(prompt)?;
 
     while sampled < max_tokens {
         if settings.repeat_penalty != 1.0 {
@@ -179,6 +181,7 @@ pub fn generate(
     let generation_time = last_token_at.duration_since(first);
     Ok(GenerationStats {
         prompt_tokens: prompt.len(),
+        reused_prompt_tokens: reused,
         completion_tokens: sampled,
         ttft_s: ttft.as_secs_f64(),
         prefill_tok_s: rate(prompt.len(), ttft),

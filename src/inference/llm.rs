@@ -1,5 +1,7 @@
-//! Chat models from GGUF files: the architecture comes from the file's metadata, the weights load
-//! into candle's quantized model for it, and tokenizer and chat template come along.
+//! Chat models from GGUF files: the architecture comes from the file's metadata, and tokenizer and
+//! chat template come along. On x86-64 CPUs, llama and qwen2 models in Q4_0/Q4_1/Q8_0 run on
+//! Compañero's own kernels ([`super::cpu_llama`]), which also keep attention state between
+//! requests; everything else runs on candle's quantized models (the reference path).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,9 @@ use candle_transformers::models::{
 
 use super::InferenceError;
 use super::chat_template::{self, ChatTemplate};
+use super::cpu_llama::{self, CpuLlama};
 use super::gguf::GgufFile;
+use super::kernels::Isa;
 use super::tokenizer::{self, ChatTokenizer};
 
 /// candle's quantized llama precomputes rotary tables for this many positions.
@@ -20,8 +24,40 @@ const LLAMA_MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
 /// The KV cache grows with the conversation; cap it so a 128k-context model cannot exhaust a small
 /// machine's memory. Prompts are trimmed to fit (see `engine`).
 pub const DEFAULT_MAX_CONTEXT: usize = 8192;
+/// Attention state kept for reuse by follow-up prompts, by default.
+pub const DEFAULT_PROMPT_CACHE_MB: usize = 256;
+
+/// Which implementation runs the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernels {
+    /// Compañero's own CPU kernels where the model and CPU allow, candle otherwise.
+    #[default]
+    Auto,
+    /// candle's quantized models only (the reference the fast path is tested against).
+    Candle,
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmOptions {
+    pub max_context: usize,
+    pub kernels: Kernels,
+    /// Memory for attention state kept between requests (own kernels only).
+    pub prompt_cache_mb: usize,
+}
+
+impl Default for LlmOptions {
+    fn default() -> LlmOptions {
+        LlmOptions {
+            max_context: DEFAULT_MAX_CONTEXT,
+            kernels: Kernels::Auto,
+            prompt_cache_mb: DEFAULT_PROMPT_CACHE_MB,
+        }
+    }
+}
 
 enum Weights {
+    Cpu(Box<CpuLlama>),
     Llama(quantized_llama::ModelWeights),
     Qwen2(quantized_qwen2::ModelWeights),
     Qwen3(quantized_qwen3::ModelWeights),
@@ -39,6 +75,8 @@ pub struct LlmInfo {
     pub context_length: usize,
     pub chat_template: &'static str,
     pub load_seconds: f64,
+    /// `compañero` (own CPU kernels, with the instruction set) or `candle`.
+    pub kernels: String,
 }
 
 /// A chat model ready to run: weights, tokenizer, chat template and stop tokens.
@@ -53,6 +91,22 @@ pub struct Llm {
 
 impl Llm {
     pub fn load(path: &Path, device: &Device, max_context: usize) -> Result<Llm, InferenceError> {
+        Llm::load_with(
+            path,
+            device,
+            &LlmOptions {
+                max_context,
+                ..LlmOptions::default()
+            },
+        )
+    }
+
+    pub fn load_with(
+        path: &Path,
+        device: &Device,
+        options: &LlmOptions,
+    ) -> Result<Llm, InferenceError> {
+        let max_context = options.max_context;
         let started = Instant::now();
         let mut gguf = GgufFile::open(path)?;
         let metadata = gguf.metadata();
@@ -83,6 +137,42 @@ impl Llm {
             .name()
             .map(str::to_string)
             .unwrap_or_else(|| file_stem(path));
+
+        let isa = Isa::detect();
+        let own_kernels = options.kernels == Kernels::Auto
+            && device.is_cpu()
+            && isa.is_accelerated()
+            && match cpu_llama::unsupported_reason(&gguf, &architecture) {
+                None => true,
+                Some(reason) => {
+                    tracing::info!(%reason, "this model runs on candle's kernels");
+                    false
+                }
+            };
+        if own_kernels {
+            let model = CpuLlama::load(
+                &mut gguf,
+                &architecture,
+                options.prompt_cache_mb * 1024 * 1024,
+            )?;
+            let info = LlmInfo {
+                name,
+                path: path.to_path_buf(),
+                context_length: trained_context.min(max_context),
+                architecture,
+                chat_template: template.source,
+                load_seconds: started.elapsed().as_secs_f64(),
+                kernels: format!("companero-{isa:?}").to_lowercase(),
+            };
+            return Ok(Llm {
+                weights: Weights::Cpu(Box::new(model)),
+                tokenizer,
+                template,
+                stop_tokens,
+                device: device.clone(),
+                info,
+            });
+        }
 
         let content = gguf.content;
         let reader = &mut gguf.reader;
@@ -135,6 +225,7 @@ impl Llm {
             context_length,
             chat_template: template.source,
             load_seconds: started.elapsed().as_secs_f64(),
+            kernels: "candle".into(),
         };
         Ok(Llm {
             weights,
@@ -149,6 +240,11 @@ impl Llm {
     /// Runs `tokens` at positions `position..`, returning the next-token logits as a vector.
     /// Position 0 starts a new sequence (the KV cache is reset).
     pub fn forward(&mut self, tokens: &[u32], position: usize) -> Result<Tensor, InferenceError> {
+        if let Weights::Cpu(model) = &mut self.weights {
+            let logits = model.forward(tokens, position)?;
+            let len = logits.len();
+            return Ok(Tensor::from_vec(logits, len, &self.device)?);
+        }
         if position == 0 {
             self.reset();
         }
@@ -156,6 +252,7 @@ impl Llm {
             .and_then(|t| t.unsqueeze(0))
             .map_err(InferenceError::from)?;
         let logits = match &mut self.weights {
+            Weights::Cpu(_) => unreachable!("handled above"),
             Weights::Llama(m) => m.forward(&input, position),
             Weights::Qwen2(m) => m.forward(&input, position),
             Weights::Qwen3(m) => m.forward(&input, position),
@@ -165,9 +262,22 @@ impl Llm {
         Ok(logits.flatten_all()?.to_dtype(candle_core::DType::F32)?)
     }
 
+    /// Next-token logits after a whole prompt, reusing the attention state of an earlier prompt
+    /// that shares its beginning where the model keeps one. Returns the logits and how many
+    /// prompt tokens were reused.
+    pub fn start(&mut self, prompt: &[u32]) -> Result<(Tensor, usize), InferenceError> {
+        if let Weights::Cpu(model) = &mut self.weights {
+            let (logits, reused) = model.start(prompt)?;
+            let len = logits.len();
+            return Ok((Tensor::from_vec(logits, len, &self.device)?, reused));
+        }
+        Ok((self.forward(prompt, 0)?, 0))
+    }
+
     /// Forgets the cached attention state. gemma3 and phi3 reset themselves at position 0.
     fn reset(&mut self) {
         match &mut self.weights {
+            Weights::Cpu(_) => {}
             Weights::Llama(m) => m.clear_kv_cache(),
             Weights::Qwen2(m) => m.clear_kv_cache(),
             Weights::Qwen3(m) => m.clear_kv_cache(),

@@ -10,11 +10,15 @@
 pub mod catalog;
 pub mod chat_engine;
 pub mod chat_template;
+pub mod cpu_bert;
+pub mod cpu_llama;
 pub mod downloads;
 pub mod embed;
 pub mod embed_engine;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
+pub mod kv_cache;
 pub mod llm;
 pub mod queue;
 pub mod runtime;
