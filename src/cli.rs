@@ -11,8 +11,8 @@ use crate::config::{Config, DataDirArgs, ServeArgs};
 use crate::data_dir::{self, DataDir};
 use crate::db::{self, migrations};
 use crate::inference::catalog;
-use crate::inference::store::{HubOptions, ModelStore, PullProgress};
 use crate::inference::llm::Kernels;
+use crate::inference::store::{HubOptions, ModelStore, PullProgress};
 use crate::inference::{self, DeviceKind};
 use crate::server::Server;
 
@@ -589,7 +589,8 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {}", path.display()))?,
                 None => crate::bench::DEFAULT_TEXT.to_string(),
             };
-            let report = crate::bench::embed(&model, &text, threads, options.device, options.kernels)?;
+            let report =
+                crate::bench::embed(&model, &text, threads, options.device, options.kernels)?;
             if options.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

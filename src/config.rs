@@ -129,6 +129,11 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_MAX_CONTEXT", value_name = "TOKENS")]
     pub max_context: Option<usize>,
 
+    /// Memory for the attention state kept between chat requests (system prompts, recent
+    /// conversations), so follow-ups skip what they share; 0 turns it off [default: 256]
+    #[arg(long, env = "COMPANERO_PROMPT_CACHE_MB", value_name = "MB")]
+    pub prompt_cache_mb: Option<usize>,
+
     /// Model requests that may wait; more are refused with 429 and Retry-After [default: 32]
     #[arg(long, env = "COMPANERO_INFERENCE_QUEUE", value_name = "N")]
     pub inference_queue: Option<usize>,
@@ -243,6 +248,7 @@ struct FileConfig {
     threads: Option<usize>,
     offline: Option<bool>,
     max_context: Option<usize>,
+    prompt_cache_mb: Option<usize>,
     inference_queue: Option<usize>,
     signup: Option<SignupPolicy>,
     trusted_proxy: Option<Vec<IpNet>>,
@@ -344,6 +350,7 @@ pub struct Config {
     pub threads: usize,
     pub offline: bool,
     pub max_context: usize,
+    pub prompt_cache_mb: usize,
     pub inference_queue: usize,
     pub signup: SignupPolicy,
     pub trusted_proxies: Vec<IpNet>,
@@ -429,6 +436,12 @@ impl Config {
             args.max_context,
             file.max_context,
             crate::inference::llm::DEFAULT_MAX_CONTEXT,
+        );
+        let prompt_cache_mb = layer.pick(
+            "prompt_cache_mb",
+            args.prompt_cache_mb,
+            file.prompt_cache_mb,
+            crate::inference::llm::DEFAULT_PROMPT_CACHE_MB,
         );
         let inference_queue = layer.pick(
             "inference_queue",
@@ -583,6 +596,7 @@ impl Config {
             threads,
             offline,
             max_context,
+            prompt_cache_mb,
             inference_queue,
             signup,
             trusted_proxies: trusted_proxies.0,

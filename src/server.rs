@@ -71,6 +71,7 @@ impl Server {
             hub: HubOptions::from_env(),
             queue_capacity: config.inference_queue,
             max_context: config.max_context,
+            prompt_cache_mb: config.prompt_cache_mb,
             embed_dimensions: None,
         });
         let keys = TokenKeys::load_or_create(&data_dir.keys_dir()).with_context(|| {

@@ -5,8 +5,8 @@ mod common;
 
 use candle_core::Device;
 use common::smollm_gguf;
-use companero::inference::chat_template::{ChatMessage, Role};
 use companero::inference::chat_engine::fit_prompt;
+use companero::inference::chat_template::{ChatMessage, Role};
 use companero::inference::llm::{Kernels, Llm, LlmOptions};
 
 fn load(kernels: Kernels) -> Llm {
@@ -37,47 +37,133 @@ const PROMPTS: [&str; 3] = [
     "Explain in two sentences why strength training helps older adults.",
 ];
 
+/// A reference choice this close to its runner-up can flip with the order of float additions:
+/// activations are rounded to 8 bits before every product, so a 1e-7 difference that crosses a
+/// rounding boundary moves a value by a whole step. Measured: the own kernels' AVX-512 and AVX2
+/// paths (identical integer sums, different float order) differ by up to 0.53 in a logit, as
+/// much as either differs from candle.
+const NEAR_TIE: f32 = 0.5;
+
+/// Teacher-forced along the reference's greedy path: at every step the own kernels must pick the
+/// reference's token, except at near-ties.
 #[test]
-fn experiment() {
+fn own_kernels_pick_candles_greedy_tokens_except_at_near_ties() {
     let mut reference = load(Kernels::Candle);
     let mut own = load(Kernels::Auto);
-    assert!(own.info.kernels.starts_with("companero"), "{}", own.info.kernels);
-    for token in [1u32, 504, 30000] {
-        let r = reference.forward(&[token], 0).unwrap().to_vec1::<f32>().unwrap();
-        let o = own.forward(&[token], 0).unwrap().to_vec1::<f32>().unwrap();
-        let diff = r.iter().zip(&o).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let range = r.iter().fold(0f32, |a, b| a.max(b.abs()));
-        println!("single token {token}: worst diff {diff}, max |logit| {range}");
-        let isa = std::env::var("COMPANERO_ISA").unwrap_or_default();
-        std::fs::write(format!("/tmp/own-{isa}-{token}.txt"), format!("{o:?}")).unwrap();
-        let r2 = reference.forward(&[token, 17], 0).unwrap().to_vec1::<f32>().unwrap();
-        let o2 = own.forward(&[token, 17], 0).unwrap().to_vec1::<f32>().unwrap();
-        let o3 = own.forward(&[17], 1).unwrap().to_vec1::<f32>().unwrap();
-        let diff = r2.iter().zip(&o2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let diff3 = o3.iter().zip(&o2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        println!("two tokens: worst diff {diff}; own prefill vs own step {diff3}");
-    }
+    assert!(
+        own.info.kernels.starts_with("companero"),
+        "{}",
+        own.info.kernels
+    );
+    assert_eq!(reference.info.kernels, "candle");
+    let (mut steps, mut agreed, mut total_diff, mut compared) = (0, 0, 0f64, 0usize);
     for text in PROMPTS {
         let tokens = prompt(&reference, text);
-        let mut ref_logits = reference.forward(&tokens, 0).unwrap().to_vec1::<f32>().unwrap();
-        let (mut own_logits, _) = own.start(&tokens).unwrap();
-        let mut own_logits = own_logits.to_vec1::<f32>().unwrap();
-        let mut position = tokens.len();
-        let mut worst = 0f32;
-        for step in 0..48 {
-            let (r, margin) = ranked(&ref_logits);
-            let (o, _) = ranked(&own_logits);
-            let diff = ref_logits.iter().zip(&own_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            worst = worst.max(diff);
-            if r != o {
-                println!("{text}: step {step}: ref {r} own {o} margin {margin}");
+        let mut expected = reference
+            .forward(&tokens, 0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut got = own.start("t", &tokens).unwrap().0.to_vec1::<f32>().unwrap();
+        for (step, position) in (tokens.len()..).take(40).enumerate() {
+            let (want, margin) = ranked(&expected);
+            let (have, _) = ranked(&got);
+            steps += 1;
+            if want == have {
+                agreed += 1;
+            } else {
+                assert!(
+                    margin < NEAR_TIE,
+                    "{text}: step {step}: own picked {have}, reference {want} by a margin of {margin}"
+                );
             }
-            ref_logits = reference.forward(&[r as u32], position).unwrap().to_vec1().unwrap();
-            own_logits = own.forward(&[r as u32], position).unwrap().to_vec1().unwrap();
-            position += 1;
+            total_diff += expected
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs() as f64)
+                .sum::<f64>();
+            compared += expected.len();
+            let next = [want as u32];
+            expected = reference
+                .forward(&next, position)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            got = own.forward(&next, position).unwrap().to_vec1().unwrap();
         }
-        println!("{text}: worst logit diff {worst}");
     }
+    let mean_diff = total_diff / compared as f64;
+    println!("agreed on {agreed} of {steps} steps; mean |logit difference| {mean_diff:.4}");
+    assert!(
+        agreed * 100 >= steps * 95,
+        "agreed on only {agreed} of {steps}"
+    );
+    // Measured 0.19 (logits span about ±30); the AVX2 path differs from AVX-512 as much.
+    assert!(mean_diff < 0.3, "mean logit difference {mean_diff}");
+}
+
+#[test]
+fn a_follow_up_reuses_its_conversation_and_matches_a_cold_start() {
+    use companero::inference::generate::{GenerationSettings, generate};
+    let mut warm = load(Kernels::Auto);
+    let mut messages = vec![
+        ChatMessage::new(Role::System, "You are a helpful assistant."),
+        ChatMessage::new(Role::User, PROMPTS[0]),
+    ];
+    let first = fit_prompt(&warm, &messages, 24).unwrap().0;
+    let mut answer = String::new();
+    generate(
+        &mut warm,
+        "t",
+        &first,
+        &GenerationSettings::greedy(24),
+        None,
+        |delta| {
+            answer.push_str(delta);
+            std::ops::ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    messages.push(ChatMessage::new(Role::Assistant, answer.trim()));
+    messages.push(ChatMessage::new(Role::User, PROMPTS[1]));
+    let follow_up = fit_prompt(&warm, &messages, 24).unwrap().0;
+
+    let logits = |t: candle_core::Tensor| t.to_vec1::<f32>().unwrap();
+    let largest_difference = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let (warm_logits, reused) = warm.start("t", &follow_up).unwrap();
+    assert!(
+        reused >= first.len(),
+        "reused {reused} of the first turn's {}",
+        first.len()
+    );
+    let mut cold = load(Kernels::Auto);
+    let (cold_logits, none) = cold.start("t", &follow_up).unwrap();
+    assert_eq!(none, 0);
+    // The answer's positions were computed one token at a time when warm and as a prompt when
+    // cold: a different float order, so a near-tie-sized difference, and the same choice.
+    let (warm_logits, cold_logits) = (logits(warm_logits), logits(cold_logits));
+    assert!(largest_difference(&warm_logits, &cold_logits) < 2.0 * NEAR_TIE);
+    assert_eq!(ranked(&warm_logits).0, ranked(&cold_logits).0);
+
+    // A prompt that extends a cached prompt gives exactly what computing it whole gives.
+    let mut fresh = load(Kernels::Auto);
+    fresh.start("t", &first).unwrap();
+    let (extended, reused) = fresh.start("t", &follow_up).unwrap();
+    assert_eq!(reused, first.len());
+    let difference = largest_difference(&logits(extended), &cold_logits);
+    assert!(
+        difference < 1e-4,
+        "cached and whole prompts differ by {difference}"
+    );
+
+    // Another tenant's identical prompt is computed from scratch.
+    let (_, reused_by_other) = warm.start("u", &follow_up).unwrap();
+    assert_eq!(reused_by_other, 0);
 }
 
 /// Texts of the kinds a knowledge base holds: short queries, long passages (truncated to 256
@@ -115,12 +201,17 @@ fn own_embeddings_match_candles_within_a_cosine_of_0_999() {
     let texts = varied_texts();
     let expected = reference.embed(&texts, EmbedKind::Document).unwrap();
     for batch in [1, 32] {
-        let got = own.embed_batched(&texts, EmbedKind::Document, batch).unwrap();
+        let got = own
+            .embed_batched(&texts, EmbedKind::Document, batch)
+            .unwrap();
         let mut worst = 1f32;
         for (text, (a, b)) in texts.iter().zip(expected.iter().zip(&got)) {
             let similarity = cosine(a, b);
             worst = worst.min(similarity);
-            assert!(similarity >= 0.999, "batch {batch}: {similarity} for {text:.40}");
+            assert!(
+                similarity >= 0.999,
+                "batch {batch}: {similarity} for {text:.40}"
+            );
         }
         println!("batch {batch}: worst cosine {worst}");
     }

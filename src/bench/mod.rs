@@ -120,6 +120,7 @@ fn run_turn(
     let mut output = String::new();
     let stats = generate::generate(
         llm,
+        "bench",
         &tokens,
         &GenerationSettings::greedy(max_tokens),
         None,

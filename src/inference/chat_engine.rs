@@ -47,6 +47,8 @@ pub struct ChatSummary {
 }
 
 struct ChatJob {
+    /// Whose request: attention state is reused only within one tenant.
+    tenant: String,
     request: ChatRequest,
     events: mpsc::UnboundedSender<Result<ChatEvent, InferenceError>>,
     enqueued: Instant,
@@ -96,6 +98,7 @@ impl ChatEngine {
         self.queue.push(
             tenant,
             ChatJob {
+                tenant: tenant.to_string(),
                 request,
                 events,
                 enqueued: Instant::now(),
@@ -144,7 +147,7 @@ fn run_worker(mut llm: Llm, queue: &FairQueue<ChatJob>) {
         let events = job.events.clone();
         // A panic inside the model must fail this request, not the thread that serves all.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            answer(&mut llm, &job.request, |delta| {
+            answer(&mut llm, &job.tenant, &job.request, |delta| {
                 match events.send(Ok(ChatEvent::Delta(delta.to_string()))) {
                     Ok(()) => ControlFlow::Continue(()),
                     Err(_) => ControlFlow::Break(()),
@@ -182,11 +185,19 @@ fn run_worker(mut llm: Llm, queue: &FairQueue<ChatJob>) {
 
 fn answer(
     llm: &mut Llm,
+    tenant: &str,
     request: &ChatRequest,
     on_delta: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<(GenerationStats, usize), InferenceError> {
     let (prompt, dropped) = fit_prompt(llm, &request.messages, request.settings.max_tokens)?;
-    let stats = generate::generate(llm, &prompt, &request.settings, request.deadline, on_delta)?;
+    let stats = generate::generate(
+        llm,
+        tenant,
+        &prompt,
+        &request.settings,
+        request.deadline,
+        on_delta,
+    )?;
     Ok((stats, dropped))
 }
 

@@ -7,15 +7,15 @@
 //! Files in other formats (k-quants) or architectures run on candle's models instead (see
 //! [`super::llm`]).
 
-use candle_core::quantized::{GgmlDType, gguf_file};
 use candle_core::Device;
+use candle_core::quantized::{GgmlDType, gguf_file};
 
 use super::InferenceError;
 use super::gguf::GgufFile;
-use super::kernels::pool::Pool;
-use super::kernels::gemm::{self, PackedB};
-use super::kernels::quant::{self, Format, QActs, QMatrix};
 use super::kernels::Isa;
+use super::kernels::gemm::{self, PackedB};
+use super::kernels::pool::Pool;
+use super::kernels::quant::{self, Format, QActs, QMatrix};
 use super::kv_cache::{PrefixStore, Sequence, shared_prefix};
 
 struct Config {
@@ -65,7 +65,11 @@ pub fn unsupported_reason(gguf: &GgufFile, architecture: &str) -> Option<String>
         return Some(format!("architecture {architecture}"));
     }
     let metadata = gguf.metadata();
-    if metadata.u32(&format!("{architecture}.expert_count")).unwrap_or(0) > 0 {
+    if metadata
+        .u32(&format!("{architecture}.expert_count"))
+        .unwrap_or(0)
+        > 0
+    {
         return Some("mixture of experts".into());
     }
     let embedding = metadata.u32(&format!("{architecture}.embedding_length"))? as usize;
@@ -79,11 +83,21 @@ pub fn unsupported_reason(gguf: &GgufFile, architecture: &str) -> Option<String>
         let matrix = name.ends_with(".weight") && info.shape.dims().len() == 2;
         let supported = matches!(
             info.ggml_dtype,
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::F16 | GgmlDType::F32
+            GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q8_0
+                | GgmlDType::F16
+                | GgmlDType::F32
                 | GgmlDType::BF16
         );
         if matrix && !supported {
             return Some(format!("{name} is {:?}", info.ggml_dtype));
+        }
+        if matrix && !info.shape.dims()[1].is_multiple_of(quant::BLOCK) {
+            return Some(format!(
+                "{name} rows are not whole blocks of {}",
+                quant::BLOCK
+            ));
         }
     }
     None
@@ -99,18 +113,14 @@ impl CpuLlama {
         let metadata = gguf.metadata();
         let key = |name: &str| format!("{architecture}.{name}");
         let need = |name: &str| {
-            metadata.u32(&key(name)).map(|v| v as usize).ok_or_else(|| {
-                InferenceError::Load(format!("GGUF metadata lacks {}", key(name)))
-            })
+            metadata
+                .u32(&key(name))
+                .map(|v| v as usize)
+                .ok_or_else(|| InferenceError::Load(format!("GGUF metadata lacks {}", key(name))))
         };
         let hidden = need("embedding_length")?;
         let heads = need("attention.head_count")?;
-        let f32_value = |name: &str| {
-            metadata
-                .0
-                .get(&key(name))
-                .and_then(|v| v.to_f32().ok())
-        };
+        let f32_value = |name: &str| metadata.0.get(&key(name)).and_then(|v| v.to_f32().ok());
         let config = Config {
             layers: need("block_count")?,
             hidden,
@@ -150,11 +160,14 @@ impl CpuLlama {
             };
             layers.push(Layer {
                 attn_norm: vector(reader, &name("attn_norm.weight"))?,
-                qkv: matrices(reader, &[
-                    name("attn_q.weight"),
-                    name("attn_k.weight"),
-                    name("attn_v.weight"),
-                ])?,
+                qkv: matrices(
+                    reader,
+                    &[
+                        name("attn_q.weight"),
+                        name("attn_k.weight"),
+                        name("attn_v.weight"),
+                    ],
+                )?,
                 qkv_bias,
                 output: matrices(reader, &[name("attn_output.weight")])?,
                 ffn_norm: vector(reader, &name("ffn_norm.weight"))?,
@@ -179,7 +192,7 @@ impl CpuLlama {
             layers,
             isa: Isa::detect(),
             rope: Vec::new(),
-            current: Sequence::empty(layer_count, width),
+            current: Sequence::empty("", layer_count, width),
             store: PrefixStore::new(cache_bytes),
             acts: QActs::new(),
         })
@@ -187,21 +200,27 @@ impl CpuLlama {
 
     /// Next-token logits after `prompt`, starting from the longest prefix of it whose attention
     /// state is cached. Returns the logits and how many prompt tokens were reused.
-    pub fn start(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize), InferenceError> {
+    pub fn start(
+        &mut self,
+        owner: &str,
+        prompt: &[u32],
+    ) -> Result<(Vec<f32>, usize), InferenceError> {
         let limit = prompt.len().saturating_sub(1);
-        let in_place = shared_prefix(&self.current.tokens, prompt).min(limit);
-        let better = self
-            .store
-            .take_longest_prefix(prompt)
-            .filter(|s| s.tokens.len() > in_place);
+        let in_place = if self.current.owner == owner && self.store.enabled() {
+            shared_prefix(&self.current.tokens, prompt).min(limit)
+        } else {
+            0
+        };
+        let better = self.store.take_longer_prefix(owner, prompt, in_place);
         match better {
             Some(sequence) => {
                 let previous = std::mem::replace(&mut self.current, sequence);
                 self.store.put(previous);
             }
-            None if in_place < self.current.tokens.len() => {
+            None if in_place < self.current.tokens.len() || self.current.owner != owner => {
                 // Keep the whole current sequence for its own follow-ups, continue on a copy.
                 let shared = Sequence {
+                    owner: owner.to_string(),
                     tokens: prompt[..in_place].to_vec(),
                     cache: self.current.cache.prefix(in_place),
                 };
@@ -249,7 +268,12 @@ impl CpuLlama {
         }
         // The same arithmetic as candle's table: f32 inverse frequencies times the position.
         let theta: Vec<f32> = (0..half)
-            .map(|i| 1.0 / self.config.rope_base.powf((2 * i) as f32 / self.config.head_dim as f32))
+            .map(|i| {
+                1.0 / self
+                    .config
+                    .rope_base
+                    .powf((2 * i) as f32 / self.config.head_dim as f32)
+            })
             .collect();
         let target = positions.next_power_of_two().max(256);
         for p in have..target {
@@ -310,7 +334,8 @@ impl CpuLlama {
                 &mut attention,
             );
 
-            self.acts.quantize(&attention, q_width, layer.output.format());
+            self.acts
+                .quantize(&attention, q_width, layer.output.format());
             quant::matmul(pool, self.isa, &layer.output, &self.acts, &mut projected);
             x.iter_mut().zip(&projected).for_each(|(x, p)| *x += p);
 
@@ -361,7 +386,10 @@ fn load_vector(
     let tensor = content
         .tensor(reader, name, &Device::Cpu)
         .map_err(|e| InferenceError::Load(format!("cannot read {name}: {e}")))?;
-    Ok(tensor.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?)
+    Ok(tensor
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
 }
 
 fn load_matrix(
@@ -382,12 +410,17 @@ fn load_matrix(
     let matrix = match format {
         Some(format) => QMatrix::from_gguf(format, rows, cols, &tensor.data()?),
         None => {
-            let values = tensor.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+            let values = tensor
+                .dequantize(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
             QMatrix::quantize_q8_0(rows, cols, &values)
         }
     };
     matrix.ok_or_else(|| {
-        InferenceError::Load(format!("{name}: {rows}x{cols} cannot be laid out in blocks of 32"))
+        InferenceError::Load(format!(
+            "{name}: {rows}x{cols} cannot be laid out in blocks of 32"
+        ))
     })
 }
 
@@ -421,7 +454,11 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 fn rotate(head: &mut [f32], angles: &[(f32, f32)], neox: bool) {
     let half = head.len() / 2;
     for (i, &(cos, sin)) in angles.iter().enumerate() {
-        let (a, b) = if neox { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (a, b) = if neox {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
         let (x0, x1) = (head[a], head[b]);
         head[a] = x0 * cos - x1 * sin;
         head[b] = x0 * sin + x1 * cos;
@@ -431,6 +468,7 @@ fn rotate(head: &mut [f32], angles: &[(f32, f32)], neox: bool) {
 /// Causal attention of the new rows (positions `position..`) over the cache; query heads share
 /// key heads in groups (GQA). Many rows (a prompt) go through matrix products, a few (generation)
 /// through dot products.
+#[allow(clippy::too_many_arguments)]
 fn attend(
     pool: &Pool,
     isa: Isa,
@@ -489,7 +527,17 @@ fn attend_blocked(
             let packed_keys = PackedB::from_strided_rows(&keys[g * hd..], visible, hd, kv_width);
             scores.clear();
             scores.resize(count * visible, 0.0);
-            gemm::matmul(pool, isa, &queries, hd, count, &packed_keys, None, &mut scores, visible);
+            gemm::matmul(
+                pool,
+                isa,
+                &queries,
+                hd,
+                count,
+                &packed_keys,
+                None,
+                &mut scores,
+                visible,
+            );
             pool.split_mut(&mut scores, visible, |offset, rows| {
                 for (i, row) in rows.chunks_exact_mut(visible).enumerate() {
                     let q = offset / visible + i;
@@ -499,7 +547,17 @@ fn attend_blocked(
             let packed_values = PackedB::from_columns(&values[g * hd..], visible, hd, kv_width);
             mixed.clear();
             mixed.resize(count * hd, 0.0);
-            gemm::matmul(pool, isa, &scores, visible, count, &packed_values, None, &mut mixed, hd);
+            gemm::matmul(
+                pool,
+                isa,
+                &scores,
+                visible,
+                count,
+                &packed_values,
+                None,
+                &mut mixed,
+                hd,
+            );
             for (i, head) in mixed.chunks_exact(hd).enumerate() {
                 let (r, j) = (r0 + i / group, i % group);
                 out[r * q_width + (g * group + j) * hd..][..hd].copy_from_slice(head);
@@ -551,15 +609,19 @@ fn attend_rows(
             let kv_offset = (head / group) * hd;
             let q = &qkv[row * qkv_width + head * hd..][..hd];
             scores.clear();
-            scores.extend((0..position + row + 1).map(|p| {
-                quant::dot_f32(q, &keys[p * kv_width + kv_offset..][..hd])
-            }));
+            scores.extend(
+                (0..position + row + 1)
+                    .map(|p| quant::dot_f32(q, &keys[p * kv_width + kv_offset..][..hd])),
+            );
             let seen = scores.len();
             softmax_prefix(&mut scores, seen, scale);
             head_out.fill(0.0);
             for (p, &weight) in scores.iter().enumerate() {
                 let v = &values[p * kv_width + kv_offset..][..hd];
-                head_out.iter_mut().zip(v).for_each(|(o, v)| *o += weight * v);
+                head_out
+                    .iter_mut()
+                    .zip(v)
+                    .for_each(|(o, v)| *o += weight * v);
             }
         }
     });

@@ -361,7 +361,8 @@ impl Embedder {
         };
         if self.info.dimensions < width {
             let mean = pooled.iter().sum::<f32>() / width as f32;
-            let variance = pooled.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            let variance =
+                pooled.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
             let inv = 1.0 / (variance + 1e-5).sqrt();
             pooled.iter_mut().for_each(|v| *v = (*v - mean) * inv);
             pooled.truncate(self.info.dimensions);

@@ -97,10 +97,12 @@ pub struct GenerationStats {
     pub finish_reason: FinishReason,
 }
 
-/// Generates a continuation of `prompt`. `on_delta` receives text as it becomes final and may
-/// return `Break` to stop (the consumer is gone). Returns the figures.
+/// Generates a continuation of `prompt` for `owner` (a tenant: attention state kept from earlier
+/// prompts is reused only for the same owner). `on_delta` receives text as it becomes final and
+/// may return `Break` to stop (the consumer is gone). Returns the figures.
 pub fn generate(
     llm: &mut Llm,
+    owner: &str,
     prompt: &[u32],
     settings: &GenerationSettings,
     deadline: Option<Instant>,
@@ -127,7 +129,7 @@ pub fn generate(
     let mut last_token_at = started;
     let mut finish = FinishReason::Length;
     let mut sampled = 0usize;
-    let (mut logits, reused) = llm.start(prompt)?;
+    let (mut logits, reused) = llm.start(owner, prompt)?;
 
     while sampled < max_tokens {
         if settings.repeat_penalty != 1.0 {

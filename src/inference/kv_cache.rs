@@ -56,15 +56,19 @@ impl KvCache {
     }
 }
 
-/// A sequence of tokens with the attention state of all of them.
+/// A sequence of tokens with the attention state of all of them, and whose it is.
 pub struct Sequence {
+    /// The tenant the sequence was computed for. State is never shared across owners, even for
+    /// equal tokens: a faster answer would tell one tenant what another's prompts begin with.
+    pub owner: String,
     pub tokens: Vec<u32>,
     pub cache: KvCache,
 }
 
 impl Sequence {
-    pub fn empty(layers: usize, width: usize) -> Sequence {
+    pub fn empty(owner: &str, layers: usize, width: usize) -> Sequence {
         Sequence {
+            owner: owner.to_string(),
             tokens: Vec::new(),
             cache: KvCache::new(layers, width),
         }
@@ -95,8 +99,9 @@ impl PrefixStore {
         if sequence.tokens.len() < MIN_SHARED || sequence.cache.bytes() > self.budget_bytes {
             return;
         }
-        self.entries
-            .retain(|(old, _)| !sequence.tokens.starts_with(&old.tokens));
+        self.entries.retain(|(old, _)| {
+            old.owner != sequence.owner || !sequence.tokens.starts_with(&old.tokens)
+        });
         self.clock += 1;
         self.entries.push((sequence, self.clock));
         while self.bytes() > self.budget_bytes {
@@ -115,15 +120,26 @@ impl PrefixStore {
     /// at most `prompt.len() - 1` tokens, so the prompt's last token is always run). A sequence
     /// used whole is moved out; a part is copied, so the stored one stays whole for its own
     /// conversation.
-    pub fn take_longest_prefix(&mut self, prompt: &[u32]) -> Option<Sequence> {
+    pub fn take_longest_prefix(&mut self, owner: &str, prompt: &[u32]) -> Option<Sequence> {
+        self.take_longer_prefix(owner, prompt, 0)
+    }
+
+    /// Like [`PrefixStore::take_longest_prefix`], but only a prefix longer than `than` tokens.
+    pub fn take_longer_prefix(
+        &mut self,
+        owner: &str,
+        prompt: &[u32],
+        than: usize,
+    ) -> Option<Sequence> {
         let limit = prompt.len().saturating_sub(1);
         let (index, shared) = self
             .entries
             .iter()
             .enumerate()
+            .filter(|(_, (s, _))| s.owner == owner)
             .map(|(i, (s, _))| (i, shared_prefix(&s.tokens, prompt).min(limit)))
             .max_by_key(|&(_, shared)| shared)?;
-        if shared < MIN_SHARED {
+        if shared < MIN_SHARED || shared <= than {
             return None;
         }
         self.clock += 1;
@@ -133,9 +149,15 @@ impl PrefixStore {
             return Some(self.entries.swap_remove(index).0);
         }
         Some(Sequence {
+            owner: owner.to_string(),
             tokens: sequence.tokens[..shared].to_vec(),
             cache: sequence.cache.prefix(shared),
         })
+    }
+
+    /// False with a budget of 0: nothing is kept, not even the last sequence.
+    pub fn enabled(&self) -> bool {
+        self.budget_bytes > 0
     }
 
     pub fn bytes(&self) -> usize {
@@ -160,6 +182,10 @@ mod tests {
     use super::*;
 
     fn sequence(tokens: &[u32]) -> Sequence {
+        owned("a", tokens)
+    }
+
+    fn owned(owner: &str, tokens: &[u32]) -> Sequence {
         let mut cache = KvCache::new(2, 4);
         for (layer, values) in cache.keys.iter_mut().zip(cache.values.iter_mut()) {
             for &t in tokens {
@@ -169,6 +195,7 @@ mod tests {
         }
         cache.len = tokens.len();
         Sequence {
+            owner: owner.to_string(),
             tokens: tokens.to_vec(),
             cache,
         }
@@ -184,21 +211,25 @@ mod tests {
         store.put(sequence(&b));
         // A follow-up of conversation a takes a whole (moved out).
         let follow_up: Vec<u32> = a.iter().copied().chain([103, 104]).collect();
-        let taken = store.take_longest_prefix(&follow_up).unwrap();
+        let taken = store.take_longest_prefix("a", &follow_up).unwrap();
         assert_eq!(taken.tokens, a);
         assert_eq!(taken.cache.keys[1][12 * 4], 102.0);
         assert_eq!(store.len(), 1);
         // A new conversation shares only the system prompt: b's first 10 positions are copied
         // and b stays stored whole.
         let other: Vec<u32> = system.iter().copied().chain([300]).collect();
-        let taken = store.take_longest_prefix(&other).unwrap();
+        let taken = store.take_longest_prefix("a", &other).unwrap();
         assert_eq!((taken.tokens.len(), taken.cache.len), (10, 10));
         assert_eq!(taken.cache.values[0].len(), 40);
         assert_eq!(store.len(), 1);
         // The prompt's last token is never taken from the store: it must run for its logits.
-        let taken = store.take_longest_prefix(&b).unwrap();
+        let taken = store.take_longest_prefix("a", &b).unwrap();
         assert_eq!(taken.tokens.len(), b.len() - 1);
-        assert!(store.take_longest_prefix(&[7, 7, 7]).is_none());
+        assert!(store.take_longest_prefix("a", &[7, 7, 7]).is_none());
+        // Another tenant's identical prompt finds nothing.
+        assert!(store.take_longest_prefix("b", &b).is_none());
+        store.put(owned("b", &b));
+        assert_eq!(store.len(), 2, "b's copy does not replace a's");
     }
 
     #[test]
@@ -208,14 +239,23 @@ mod tests {
         store.put(sequence(&(0..20).collect::<Vec<_>>()));
         store.put(sequence(&(100..120).collect::<Vec<_>>()));
         // Using the first makes the second the least recently used.
-        let first = store.take_longest_prefix(&(0..30).collect::<Vec<_>>()).unwrap();
+        let first = store
+            .take_longest_prefix("a", &(0..30).collect::<Vec<_>>())
+            .unwrap();
         store.put(first);
         store.put(sequence(&(200..220).collect::<Vec<_>>()));
         assert_eq!(store.len(), 2);
-        assert!(store.take_longest_prefix(&(100..130).collect::<Vec<_>>()).is_none());
+        assert!(
+            store
+                .take_longest_prefix("a", &(100..130).collect::<Vec<_>>())
+                .is_none()
+        );
         assert!(store.bytes() <= 2 * one);
-        // A longer version of a stored sequence replaces it.
+        // A longer version of a stored sequence replaces it (and, over budget, the least
+        // recently used other one goes).
         store.put(sequence(&(200..225).collect::<Vec<_>>()));
-        assert_eq!(store.len(), 2);
+        assert_eq!(store.len(), 1);
+        let longer = store.take_longest_prefix("a", &(200..230).collect::<Vec<_>>());
+        assert_eq!(longer.unwrap().tokens.len(), 25);
     }
 }

@@ -263,11 +263,15 @@ impl Llm {
     }
 
     /// Next-token logits after a whole prompt, reusing the attention state of an earlier prompt
-    /// that shares its beginning where the model keeps one. Returns the logits and how many
+    /// of the same `owner` that shares its beginning, where the model keeps one. Returns the logits and how many
     /// prompt tokens were reused.
-    pub fn start(&mut self, prompt: &[u32]) -> Result<(Tensor, usize), InferenceError> {
+    pub fn start(
+        &mut self,
+        owner: &str,
+        prompt: &[u32],
+    ) -> Result<(Tensor, usize), InferenceError> {
         if let Weights::Cpu(model) = &mut self.weights {
-            let (logits, reused) = model.start(prompt)?;
+            let (logits, reused) = model.start(owner, prompt)?;
             let len = logits.len();
             return Ok((Tensor::from_vec(logits, len, &self.device)?, reused));
         }

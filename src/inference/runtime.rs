@@ -12,7 +12,7 @@ use super::catalog::{self, CatalogEntry, ModelKind};
 use super::chat_engine::ChatEngine;
 use super::embed::{Embedder, EmbedderOptions};
 use super::embed_engine::EmbedEngine;
-use super::llm::Llm;
+use super::llm::{Llm, LlmOptions};
 use super::store::{HubOptions, ModelStore, PullProgress};
 use super::{DeviceKind, InferenceError};
 
@@ -30,6 +30,7 @@ pub struct ModelPlan {
     pub hub: HubOptions,
     pub queue_capacity: usize,
     pub max_context: usize,
+    pub prompt_cache_mb: usize,
     pub embed_dimensions: Option<usize>,
 }
 
@@ -182,7 +183,11 @@ impl Inference {
         tracing::info!(%kind, %model, "loading model");
         self.set(kind, SlotState::Loading(model.clone()));
         let device = plan.device;
-        let max_context = plan.max_context;
+        let llm_options = LlmOptions {
+            max_context: plan.max_context,
+            prompt_cache_mb: plan.prompt_cache_mb,
+            ..LlmOptions::default()
+        };
         let capacity = plan.queue_capacity;
         let options = EmbedderOptions {
             dimensions: plan.embed_dimensions,
@@ -194,7 +199,7 @@ impl Inference {
             match kind {
                 ModelKind::Chat => {
                     let engine =
-                        ChatEngine::start(Llm::load(&path, &device, max_context)?, capacity);
+                        ChatEngine::start(Llm::load_with(&path, &device, &llm_options)?, capacity);
                     tracing::info!(info = ?engine.info(), "chat model ready");
                     this.slots.lock().expect("slots").chat = Slot::Ready(engine);
                 }

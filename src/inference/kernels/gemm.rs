@@ -143,7 +143,11 @@ pub fn matmul_serial(
                 // cost more than the strided loads).
                 for (p, column) in tile.chunks_exact_mut(MR).enumerate() {
                     for (r, value) in column.iter_mut().enumerate() {
-                        *value = if r < rows { a[(i0 + r) * lda + k0 + p] } else { 0.0 };
+                        *value = if r < rows {
+                            a[(i0 + r) * lda + k0 + p]
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
@@ -230,7 +234,11 @@ mod x86 {
                 }
             }
             // Partial panels (the last columns of C) are written through masks.
-            let mask_lo: __mmask16 = if cols >= 16 { 0xFFFF } else { (1u16 << cols) - 1 };
+            let mask_lo: __mmask16 = if cols >= 16 {
+                0xFFFF
+            } else {
+                (1u16 << cols) - 1
+            };
             let mask_hi: __mmask16 = if cols >= 32 {
                 0xFFFF
             } else if cols > 16 {
@@ -271,8 +279,8 @@ mod tests {
                 matmul(&pool, isa, &a, k, m, &packed, Some(&bias), &mut c, n);
                 for i in 0..m {
                     for j in 0..n {
-                        let want: f32 = bias[j]
-                            + (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum::<f32>();
+                        let want: f32 =
+                            bias[j] + (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum::<f32>();
                         assert!((c[i * n + j] - want).abs() < 1e-4, "{isa:?} {m}x{n}x{k}");
                     }
                 }
@@ -295,7 +303,12 @@ mod speed {
     fn gemm_speed() {
         let threads = std::env::var("GEMM_THREADS").map_or(2, |v| v.parse().unwrap());
         let pool = Pool::new(threads);
-        for (m, n, k) in [(7360, 1152, 384), (7360, 384, 384), (7360, 1536, 384), (7360, 384, 1536)] {
+        for (m, n, k) in [
+            (7360, 1152, 384),
+            (7360, 384, 384),
+            (7360, 1536, 384),
+            (7360, 384, 1536),
+        ] {
             let a = vec![0.5f32; m * k];
             let b = PackedB::from_rows(&vec![0.25f32; n * k], n, k);
             let mut c = vec![0f32; m * n];
@@ -304,7 +317,10 @@ mod speed {
                 matmul(&pool, Isa::detect(), &a, k, m, &b, None, &mut c, n);
             }
             let seconds = started.elapsed().as_secs_f64() / 3.0;
-            println!("{m}x{n}x{k}: {:.1} GFLOP/s", 2.0 * (m * n * k) as f64 / seconds / 1e9);
+            println!(
+                "{m}x{n}x{k}: {:.1} GFLOP/s",
+                2.0 * (m * n * k) as f64 / seconds / 1e9
+            );
         }
     }
 }

@@ -6,6 +6,7 @@
 //! AVX-512 where the CPU has it and AVX2 elsewhere; other architectures use portable code.
 
 pub mod gemm;
+pub mod gemm_i16;
 pub mod math;
 pub mod pool;
 pub mod quant;

@@ -75,9 +75,7 @@ impl Pool {
             let threads = std::env::var("CANDLE_NUM_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| n.get())
-                });
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             Pool::new(threads)
         })
     }
@@ -101,7 +99,8 @@ impl Pool {
         // SAFETY: the pointer is only dereferenced by workers before they decrement `pending`,
         // and this function does not return before `pending` is zero, so `task` outlives it.
         unsafe {
-            let erased: *const Task = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(task);
+            let erased: *const Task =
+                std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static Task>(task);
             *shared.task.get() = Some(erased);
         }
         shared.pending.store(self.threads - 1, Ordering::Relaxed);
@@ -147,9 +146,8 @@ impl Pool {
         let base = SharedSlice(data.as_mut_ptr());
         self.split(data.len(), align, |range| {
             // SAFETY: `split` hands out disjoint ranges inside `data`, which outlives the call.
-            let part = unsafe {
-                std::slice::from_raw_parts_mut(base.get().add(range.start), range.len())
-            };
+            let part =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(range.start), range.len()) };
             task(range.start, part);
         });
     }

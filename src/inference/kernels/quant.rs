@@ -80,7 +80,7 @@ pub struct QMatrix {
 impl QMatrix {
     /// Reads GGUF blocks (`rows × cols` values, row-major, `cols` a multiple of 32).
     pub fn from_gguf(format: Format, rows: usize, cols: usize, data: &[u8]) -> Option<QMatrix> {
-        if cols % BLOCK != 0 || data.len() != rows * cols / BLOCK * format.block_bytes() {
+        if !cols.is_multiple_of(BLOCK) || data.len() != rows * cols / BLOCK * format.block_bytes() {
             return None;
         }
         let padded = cols.div_ceil(STEP) * STEP;
@@ -128,7 +128,7 @@ impl QMatrix {
 
     /// Quantises f32 weights to Q8_0 (for matrices stored as F32/F16/BF16).
     pub fn quantize_q8_0(rows: usize, cols: usize, values: &[f32]) -> Option<QMatrix> {
-        if cols % BLOCK != 0 || values.len() != rows * cols {
+        if !cols.is_multiple_of(BLOCK) || values.len() != rows * cols {
             return None;
         }
         let mut data = Vec::with_capacity(rows * cols / BLOCK * 34);
@@ -323,23 +323,25 @@ fn dot_tile(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::detect` saw these features on this CPU.
         Isa::Avx512Vnni => unsafe {
+            // This kernel adds the offsets' share itself.
             match tile {
                 4 => x86::dot_avx512::<4>(w, row, acts, first, sums),
                 3 => x86::dot_avx512::<3>(w, row, acts, first, sums),
                 2 => x86::dot_avx512::<2>(w, row, acts, first, sums),
                 _ => x86::dot_avx512::<1>(w, row, acts, first, sums),
             }
+            return;
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe {
-            for t in 0..tile {
-                sums[t] = x86::dot_avx2(w, row, acts, first + t);
+            for (t, sum) in sums.iter_mut().enumerate().take(tile) {
+                *sum = x86::dot_avx2(w, row, acts, first + t);
             }
         },
         _ => {
-            for t in 0..tile {
-                sums[t] = dot_scalar(w, row, acts, first + t);
+            for (t, sum) in sums.iter_mut().enumerate().take(tile) {
+                *sum = dot_scalar(w, row, acts, first + t);
             }
         }
     }
@@ -383,7 +385,10 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut partial = [0f32; 16];
     let chunks = a.len() / 16 * 16;
-    for (ca, cb) in a[..chunks].chunks_exact(16).zip(b[..chunks].chunks_exact(16)) {
+    for (ca, cb) in a[..chunks]
+        .chunks_exact(16)
+        .zip(b[..chunks].chunks_exact(16))
+    {
         for l in 0..16 {
             partial[l] += ca[l] * cb[l];
         }
@@ -449,10 +454,27 @@ mod x86 {
                     let scale = _mm512_mul_ps(
                         wd,
                         _mm512_loadu_ps(
-                            acts.lane_scales.as_ptr().add(act_row * acts.padded / 4 + step * 16),
+                            acts.lane_scales
+                                .as_ptr()
+                                .add(act_row * acts.padded / 4 + step * 16),
                         ),
                     );
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, *acc);
+                }
+            }
+            // The offsets' share, Σ m·s over blocks, joins the same accumulators (one horizontal
+            // sum per row instead of two).
+            let m = w.m.as_ptr().add(row * blocks);
+            for b in (0..blocks).step_by(16) {
+                let mask: __mmask16 = if blocks - b >= 16 {
+                    0xFFFF
+                } else {
+                    (1u16 << (blocks - b)) - 1
+                };
+                let offsets = _mm512_maskz_loadu_ps(mask, m.add(b));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let s = acts.sums.as_ptr().add((first + r) * blocks + b);
+                    *acc = _mm512_fmadd_ps(offsets, _mm512_maskz_loadu_ps(mask, s), *acc);
                 }
             }
             for r in 0..R {
@@ -544,7 +566,9 @@ mod x86 {
                 let scale = _mm256_mul_ps(
                     wd,
                     _mm256_loadu_ps(
-                        acts.lane_scales.as_ptr().add(act_row * acts.padded / 4 + step * 16),
+                        acts.lane_scales
+                            .as_ptr()
+                            .add(act_row * acts.padded / 4 + step * 16),
                     ),
                 );
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc);
@@ -562,7 +586,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
     }
 
