@@ -94,15 +94,45 @@ pub fn matmul(
         matmul_serial(isa, a, lda, m, b, bias, c, ldc);
         return;
     }
-    // Rows of C split across threads; `c` has `ldc` floats per row, the last may be shorter.
-    let c = &mut c[..(m - 1) * ldc + b.n];
-    let rows_per_part = m.div_ceil(pool.threads()).next_multiple_of(MR);
+    split_rows(pool, c, m, ldc, b.n, MR, |first, rows, part| {
+        matmul_serial(isa, &a[first * lda..], lda, rows, b, bias, part, ldc);
+    });
+}
+
+/// Splits the `m` rows of C (stride `ldc`, `n` columns used) into one part per thread, each a
+/// multiple of `align` rows, and runs `task(first_row, rows, part)` on every part in parallel.
+pub(super) fn split_rows(
+    pool: &Pool,
+    c: &mut [f32],
+    m: usize,
+    ldc: usize,
+    n: usize,
+    align: usize,
+    task: impl Fn(usize, usize, &mut [f32]) + Sync,
+) {
+    if m == 0 {
+        return;
+    }
+    // The last row may be shorter than the stride.
+    let c = &mut c[..(m - 1) * ldc + n];
+    let rows_per_part = m.div_ceil(pool.threads()).next_multiple_of(align);
     let mut parts: Vec<&mut [f32]> = c.chunks_mut(rows_per_part * ldc).collect();
     pool.for_each(&mut parts, |index, part| {
         let first = index * rows_per_part;
-        let rows = (m - first).min(rows_per_part);
-        matmul_serial(isa, &a[first * lda..], lda, rows, b, bias, part, ldc);
+        task(first, (m - first).min(rows_per_part), part);
     });
+}
+
+/// Lane masks of the two 16-lane halves of a 32-column panel with `cols` columns in use.
+pub(super) fn panel_masks(cols: usize) -> (u16, u16) {
+    let bits = |count: usize| {
+        if count >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << count) - 1
+        }
+    };
+    (bits(cols.min(16)), bits(cols.saturating_sub(16)))
 }
 
 /// [`matmul`] on the calling thread only (for callers that parallelise at a coarser grain).
@@ -234,18 +264,7 @@ mod x86 {
                 }
             }
             // Partial panels (the last columns of C) are written through masks.
-            let mask_lo: __mmask16 = if cols >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << cols) - 1
-            };
-            let mask_hi: __mmask16 = if cols >= 32 {
-                0xFFFF
-            } else if cols > 16 {
-                (1u16 << (cols - 16)) - 1
-            } else {
-                0
-            };
+            let (mask_lo, mask_hi) = super::panel_masks(cols);
             for r in 0..rows {
                 let row = c.add(r * ldc);
                 let old = _mm512_maskz_loadu_ps(mask_lo, row);

@@ -7,6 +7,7 @@
 //! the f32 reference (int8 with a scale per 32 values: 0.9994); 12 bits keep it above 0.99998.
 //! A depth pass of at most 256 keeps every integer sum below 256 · 2047² < 2³¹.
 
+use super::gemm;
 use super::pool::Pool;
 
 /// Columns of C per panel.
@@ -96,15 +97,7 @@ pub fn matmul(
     c: &mut [f32],
     ldc: usize,
 ) {
-    if m == 0 {
-        return;
-    }
-    let c = &mut c[..(m - 1) * ldc + b.n];
-    let rows_per_part = m.div_ceil(pool.threads()).next_multiple_of(MR);
-    let mut parts: Vec<&mut [f32]> = c.chunks_mut(rows_per_part * ldc).collect();
-    pool.for_each(&mut parts, |index, part| {
-        let first = index * rows_per_part;
-        let rows = (m - first).min(rows_per_part);
+    gemm::split_rows(pool, c, m, ldc, b.n, MR, |first, rows, part| {
         serial(&a[first * lda..], lda, rows, b, bias, part, ldc);
     });
 }
@@ -273,18 +266,7 @@ mod x86 {
                     hi[r] = _mm512_dpwssd_epi32(hi[r], x, b1);
                 }
             }
-            let mask_lo: __mmask16 = if cols >= 16 {
-                0xFFFF
-            } else {
-                (1u16 << cols) - 1
-            };
-            let mask_hi: __mmask16 = if cols >= 32 {
-                0xFFFF
-            } else if cols > 16 {
-                (1u16 << (cols - 16)) - 1
-            } else {
-                0
-            };
+            let (mask_lo, mask_hi) = crate::inference::kernels::gemm::panel_masks(cols);
             let scale_lo = _mm512_loadu_ps(column_scales);
             let scale_hi = _mm512_loadu_ps(column_scales.add(16));
             for (r, &row_scale) in row_scales.iter().enumerate() {
