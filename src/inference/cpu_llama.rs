@@ -14,6 +14,7 @@ use super::InferenceError;
 use super::gguf::GgufFile;
 use super::kernels::Isa;
 use super::kernels::gemm::{self, PackedB};
+use super::kernels::math;
 use super::kernels::pool::Pool;
 use super::kernels::quant::{self, Format, QActs, QMatrix};
 use super::kv_cache::{PrefixStore, Sequence, shared_prefix};
@@ -569,23 +570,14 @@ fn attend_blocked(
 /// Softmax of `row[..seen] · scale`; the positions after `seen` (the future) get weight 0.
 fn softmax_prefix(row: &mut [f32], seen: usize, scale: f32) {
     let (visible, future) = row.split_at_mut(seen);
-    let mut max = f32::NEG_INFINITY;
-    for s in visible.iter_mut() {
-        *s *= scale;
-        max = max.max(*s);
-    }
-    let mut sum = 0f32;
-    for s in visible.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    for s in visible.iter_mut() {
-        *s /= sum;
-    }
+    visible.iter_mut().for_each(|s| *s *= scale);
+    math::softmax(visible);
     future.fill(0.0);
 }
 
-/// Attention row by row with dot products, one (row, head) pair per unit of work.
+/// Attention row by row with dot products, one (row, key head) pair per unit of work: the
+/// query heads that share a key head are served together, so each cached key and value is read
+/// once per group rather than once per head (at 500 positions that traffic rivals the weights').
 fn attend_rows(
     pool: &Pool,
     c: &Config,
@@ -600,28 +592,35 @@ fn attend_rows(
     let qkv_width = (c.heads + 2 * c.kv_heads) * hd;
     let group = c.heads / c.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    // `out` is rows × heads × head_dim: unit u = row · heads + head owns out[u·hd..][..hd].
-    pool.split_mut(out, hd, |offset, part| {
-        let mut scores = Vec::new();
-        for (i, head_out) in part.chunks_exact_mut(hd).enumerate() {
-            let unit = offset / hd + i;
-            let (row, head) = (unit / c.heads, unit % c.heads);
-            let kv_offset = (head / group) * hd;
-            let q = &qkv[row * qkv_width + head * hd..][..hd];
-            scores.clear();
-            scores.extend(
-                (0..position + row + 1)
-                    .map(|p| quant::dot_f32(q, &keys[p * kv_width + kv_offset..][..hd])),
-            );
-            let seen = scores.len();
-            softmax_prefix(&mut scores, seen, scale);
-            head_out.fill(0.0);
-            for (p, &weight) in scores.iter().enumerate() {
+    // `out` is rows × heads × head_dim; unit u = row · kv_heads + g owns the group's heads.
+    pool.split_mut(out, group * hd, |offset, part| {
+        let mut scores: Vec<Vec<f32>> = vec![Vec::new(); group];
+        for (i, group_out) in part.chunks_exact_mut(group * hd).enumerate() {
+            let unit = offset / (group * hd) + i;
+            let (row, g) = (unit / c.kv_heads, unit % c.kv_heads);
+            let kv_offset = g * hd;
+            let queries = &qkv[row * qkv_width + g * group * hd..][..group * hd];
+            let seen = position + row + 1;
+            scores.iter_mut().for_each(Vec::clear);
+            for p in 0..seen {
+                let k = &keys[p * kv_width + kv_offset..][..hd];
+                for (h, q) in queries.chunks_exact(hd).enumerate() {
+                    scores[h].push(quant::dot_f32(q, k));
+                }
+            }
+            for head_scores in scores.iter_mut() {
+                softmax_prefix(head_scores, seen, scale);
+            }
+            group_out.fill(0.0);
+            for p in 0..seen {
                 let v = &values[p * kv_width + kv_offset..][..hd];
-                head_out
-                    .iter_mut()
-                    .zip(v)
-                    .for_each(|(o, v)| *o += weight * v);
+                for (h, head_out) in group_out.chunks_exact_mut(hd).enumerate() {
+                    let weight = scores[h][p];
+                    head_out
+                        .iter_mut()
+                        .zip(v)
+                        .for_each(|(o, v)| *o += weight * v);
+                }
             }
         }
     });
