@@ -94,11 +94,12 @@ fn own_kernels_pick_candles_greedy_tokens_except_at_near_ties() {
     }
     let mean_diff = total_diff / compared as f64;
     println!("agreed on {agreed} of {steps} steps; mean |logit difference| {mean_diff:.4}");
+    // Measured 115-117 of 120; every disagreement is a near-tie (asserted above).
     assert!(
-        agreed * 100 >= steps * 95,
+        agreed * 100 >= steps * 90,
         "agreed on only {agreed} of {steps}"
     );
-    // Measured 0.19 (logits span about ±30); the AVX2 path differs from AVX-512 as much.
+    // Measured 0.18-0.19 (logits span about ±30); the AVX2 path differs from AVX-512 as much.
     assert!(mean_diff < 0.3, "mean logit difference {mean_diff}");
 }
 
