@@ -154,6 +154,7 @@ pub fn follow_up_turn() -> String {
 #[derive(Debug, Serialize)]
 pub struct EmbedReport {
     pub model: String,
+    pub kernels: String,
     pub threads: usize,
     pub load_s: f64,
     pub chunks: usize,
@@ -198,6 +199,7 @@ pub fn embed(
     let chunks_per_s_batch32 = timed(32)?;
     Ok(EmbedReport {
         model: embedder.info.name.clone(),
+        kernels: embedder.kernels(),
         threads,
         load_s,
         chunks: chunks.len(),

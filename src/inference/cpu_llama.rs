@@ -588,40 +588,72 @@ fn attend_rows(
     out: &mut [f32],
 ) {
     let hd = c.head_dim;
-    let kv_width = c.kv_heads * hd;
     let qkv_width = (c.heads + 2 * c.kv_heads) * hd;
     let group = c.heads / c.kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     // `out` is rows × heads × head_dim; unit u = row · kv_heads + g owns the group's heads.
     pool.split_mut(out, group * hd, |offset, part| {
         let mut scores: Vec<Vec<f32>> = vec![Vec::new(); group];
         for (i, group_out) in part.chunks_exact_mut(group * hd).enumerate() {
             let unit = offset / (group * hd) + i;
             let (row, g) = (unit / c.kv_heads, unit % c.kv_heads);
-            let kv_offset = g * hd;
-            let queries = &qkv[row * qkv_width + g * group * hd..][..group * hd];
-            let seen = position + row + 1;
-            scores.iter_mut().for_each(Vec::clear);
-            for p in 0..seen {
-                let k = &keys[p * kv_width + kv_offset..][..hd];
-                for (h, q) in queries.chunks_exact(hd).enumerate() {
-                    scores[h].push(quant::dot_f32(q, k));
-                }
+            let unit = GroupUnit {
+                queries: &qkv[row * qkv_width + g * group * hd..][..group * hd],
+                keys,
+                values,
+                kv_width: c.kv_heads * hd,
+                kv_offset: g * hd,
+                head_dim: hd,
+                seen: position + row + 1,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if Isa::detect() == Isa::Avx512Vnni {
+                // SAFETY: the CPU has AVX-512 (detected).
+                unsafe { attend_group_avx512(&unit, &mut scores, group_out) };
+                continue;
             }
-            for head_scores in scores.iter_mut() {
-                softmax_prefix(head_scores, seen, scale);
-            }
-            group_out.fill(0.0);
-            for p in 0..seen {
-                let v = &values[p * kv_width + kv_offset..][..hd];
-                for (h, head_out) in group_out.chunks_exact_mut(hd).enumerate() {
-                    let weight = scores[h][p];
-                    head_out
-                        .iter_mut()
-                        .zip(v)
-                        .for_each(|(o, v)| *o += weight * v);
-                }
-            }
+            attend_group(&unit, &mut scores, group_out);
         }
     });
+}
+
+/// One row's attention for the query heads of one key head.
+struct GroupUnit<'a> {
+    queries: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    kv_width: usize,
+    kv_offset: usize,
+    head_dim: usize,
+    seen: usize,
+}
+
+/// [`attend_group`] compiled for AVX-512, so its dot products and loops inline at 512 bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn attend_group_avx512(unit: &GroupUnit, scores: &mut [Vec<f32>], out: &mut [f32]) {
+    attend_group(unit, scores, out)
+}
+
+#[inline(always)]
+fn attend_group(unit: &GroupUnit, scores: &mut [Vec<f32>], out: &mut [f32]) {
+    let hd = unit.head_dim;
+    let scale = 1.0 / (hd as f32).sqrt();
+    scores.iter_mut().for_each(Vec::clear);
+    for p in 0..unit.seen {
+        let k = &unit.keys[p * unit.kv_width + unit.kv_offset..][..hd];
+        for (h, q) in unit.queries.chunks_exact(hd).enumerate() {
+            scores[h].push(quant::dot_f32(q, k));
+        }
+    }
+    for head_scores in scores.iter_mut() {
+        softmax_prefix(head_scores, unit.seen, scale);
+    }
+    out.fill(0.0);
+    for p in 0..unit.seen {
+        let v = &unit.values[p * unit.kv_width + unit.kv_offset..][..hd];
+        for (h, head_out) in out.chunks_exact_mut(hd).enumerate() {
+            let weight = scores[h][p];
+            head_out.iter_mut().zip(v).for_each(|(o, v)| *o += weight * v);
+        }
+    }
 }

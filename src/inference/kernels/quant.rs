@@ -401,7 +401,7 @@ fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, QActs, QMatrix, STEP, TILE};
@@ -483,6 +483,7 @@ mod x86 {
         }
     }
 
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_f32_avx512(a: &[f32], b: &[f32]) -> f32 {
         let len = a.len().min(b.len());
