@@ -653,7 +653,10 @@ fn attend_group(unit: &GroupUnit, scores: &mut [Vec<f32>], out: &mut [f32]) {
         let v = &unit.values[p * unit.kv_width + unit.kv_offset..][..hd];
         for (h, head_out) in out.chunks_exact_mut(hd).enumerate() {
             let weight = scores[h][p];
-            head_out.iter_mut().zip(v).for_each(|(o, v)| *o += weight * v);
+            head_out
+                .iter_mut()
+                .zip(v)
+                .for_each(|(o, v)| *o += weight * v);
         }
     }
 }

@@ -50,10 +50,14 @@ impl Isa {
                 && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("avx512bf16")
                 && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
             {
                 isas.push(Isa::Avx512Vnni);
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 isas.push(Isa::Avx2);
             }
         }

@@ -73,8 +73,10 @@ pub struct QMatrix {
     format: Format,
     /// Codes: per row `padded / 2` bytes (4-bit) or `padded` bytes (8-bit).
     codes: Vec<u8>,
-    d: Vec<f32>,
-    m: Vec<f32>,
+    /// Per block, as half floats (GGUF's own precision: lossless, and generation reads 17% fewer
+    /// bytes than with f32 scales).
+    d: Vec<f16>,
+    m: Vec<f16>,
 }
 
 impl QMatrix {
@@ -92,15 +94,15 @@ impl QMatrix {
             padded,
             format,
             codes: vec![0; rows * row_codes],
-            d: vec![0.0; rows * blocks],
-            m: vec![0.0; rows * blocks],
+            d: vec![f16::ZERO; rows * blocks],
+            m: vec![f16::ZERO; rows * blocks],
         };
         let read_f16 = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
         for (index, block) in data.chunks_exact(format.block_bytes()).enumerate() {
             let (row, b) = (index / (cols / BLOCK), index % (cols / BLOCK));
             let d = read_f16(block);
             let slot = row * blocks + b;
-            matrix.d[slot] = d;
+            matrix.d[slot] = f16::from_f32(d);
             let codes = &mut matrix.codes[row * row_codes..(row + 1) * row_codes];
             match format {
                 Format::Q4_0 | Format::Q4_1 => {
@@ -109,13 +111,13 @@ impl QMatrix {
                     } else {
                         (-8.0 * d, &block[2..18])
                     };
-                    matrix.m[slot] = m;
+                    matrix.m[slot] = f16::from_f32(m);
                     // 4-bit codes keep GGUF's own packing: 16 bytes per block, low nibbles are
                     // values 0..16, high nibbles 16..32.
                     codes[b * 16..b * 16 + 16].copy_from_slice(qs);
                 }
                 Format::Q8_0 => {
-                    matrix.m[slot] = -128.0 * d;
+                    matrix.m[slot] = f16::from_f32(-128.0 * d);
                     for (i, &q) in block[2..34].iter().enumerate() {
                         let e = (b % 2) * BLOCK + i;
                         codes[(b / 2) * STEP + step_position(e)] = (q as i8 as i16 + 128) as u8;
@@ -169,11 +171,11 @@ impl QMatrix {
         let blocks = self.padded / BLOCK;
         for (e, value) in out.iter_mut().enumerate().take(self.cols) {
             let slot = row * blocks + e / BLOCK;
-            let d = self.d[slot];
+            let d = self.d[slot].to_f32();
             let code = self.code(row, e);
             *value = match self.format {
                 Format::Q4_0 => (code as i32 - 8) as f32 * d,
-                Format::Q4_1 => code as f32 * d + self.m[slot],
+                Format::Q4_1 => code as f32 * d + self.m[slot].to_f32(),
                 Format::Q8_0 => (code as i32 - 128) as f32 * d,
             };
         }
@@ -192,7 +194,7 @@ impl QMatrix {
 
     /// Memory held, in bytes.
     pub fn bytes(&self) -> usize {
-        self.codes.len() + 4 * (self.d.len() + self.m.len())
+        self.codes.len() + 2 * (self.d.len() + self.m.len())
     }
 }
 
@@ -349,7 +351,7 @@ fn dot_tile(
     let m = &w.m[row * blocks..(row + 1) * blocks];
     for (t, sum) in sums.iter_mut().enumerate().take(tile) {
         let s = &acts.sums[(first + t) * blocks..(first + t + 1) * blocks];
-        *sum += dot_f32(m, s);
+        *sum += m.iter().zip(s).map(|(m, s)| m.to_f32() * s).sum::<f32>();
     }
 }
 
@@ -366,7 +368,7 @@ fn dot_scalar(w: &QMatrix, row: usize, acts: &QActs, act_row: usize) -> f32 {
             sum += w.code(row, b * BLOCK + i) as i32 * a as i32;
         }
         let da = acts.lane_scales[act_row * acts.padded / 4 + (b / 2) * 16 + (b % 2) * 4];
-        total += sum as f32 * w.d[row * blocks + b] * da;
+        total += sum as f32 * w.d[row * blocks + b].to_f32() * da;
     }
     total
 }
@@ -426,7 +428,7 @@ pub(crate) mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub unsafe fn dot_avx512<const R: usize>(
         w: &QMatrix,
         row: usize,
@@ -442,7 +444,9 @@ pub(crate) mod x86 {
             let mut acc = [_mm512_setzero_ps(); R];
             for step in 0..steps {
                 let codes = weight_step_512(w, row, step);
-                let pair = _mm_castsi128_ps(_mm_loadl_epi64(d.add(step * 2) as *const __m128i));
+                let pair = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (d.add(step * 2) as *const i32).read_unaligned(),
+                ));
                 let wd = _mm512_permutexvar_ps(pattern, _mm512_castps128_ps512(pair));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let act_row = first + r;
@@ -471,7 +475,8 @@ pub(crate) mod x86 {
                 } else {
                     (1u16 << (blocks - b)) - 1
                 };
-                let offsets = _mm512_maskz_loadu_ps(mask, m.add(b));
+                let offsets =
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, m.add(b) as *const i16));
                 for (r, acc) in acc.iter_mut().enumerate() {
                     let s = acts.sums.as_ptr().add((first + r) * blocks + b);
                     *acc = _mm512_fmadd_ps(offsets, _mm512_maskz_loadu_ps(mask, s), *acc);
@@ -529,7 +534,7 @@ pub(crate) mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_avx2(w: &QMatrix, row: usize, acts: &QActs, act_row: usize) -> f32 {
         unsafe {
             let steps = w.padded / STEP;
@@ -562,7 +567,9 @@ pub(crate) mod x86 {
                     dot_u8_i8_256(first, a0, nibbles),
                     dot_u8_i8_256(second, a1, nibbles),
                 );
-                let pair = _mm_castsi128_ps(_mm_loadl_epi64(d.add(step * 2) as *const __m128i));
+                let pair = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                    (d.add(step * 2) as *const i32).read_unaligned(),
+                ));
                 let wd = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(pair), pattern);
                 let scale = _mm256_mul_ps(
                     wd,
