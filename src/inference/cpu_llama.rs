@@ -634,6 +634,8 @@ unsafe fn attend_group_avx512(unit: &GroupUnit, scores: &mut [Vec<f32>], out: &m
     attend_group(unit, scores, out)
 }
 
+// `p` indexes the cache (strided) and every head's scores at once.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn attend_group(unit: &GroupUnit, scores: &mut [Vec<f32>], out: &mut [f32]) {
     let hd = unit.head_dim;
