@@ -86,7 +86,9 @@ try {
     await gap.getByRole('button', { name: 'Write an answer' }).click();
     await gap.getByLabel('Your answer').fill('Yes. We ship to Canada; parcels arrive within 5 business days.');
     await gap.getByRole('button', { name: 'Save answer' }).click();
-    await page.getByText('No open gaps.').waitFor();
+    // The answered group leaves the list. (Other questions may be gaps too: the 135M test
+    // model sometimes says it does not know even when a passage matches.)
+    await gap.waitFor({ state: 'detached' });
     await page.getByRole('link', { name: 'Knowledge', exact: true }).click();
     await page.locator('tr[data-document^="Answer: Do you ship to Canada"] [data-status="ready"]').waitFor({ timeout: 60_000 });
     await page.getByRole('link', { name: 'Test chat' }).click();
