@@ -80,6 +80,16 @@ enum AdminCommand {
         #[command(flatten)]
         data: DataDirArgs,
     },
+    /// Print a single-use link (one hour) that sets a new password for an account: for when
+    /// the server sends no email. Works beside a running server.
+    ResetLink {
+        email: String,
+        /// The address people reach this server at [default: http://127.0.0.1:8080]
+        #[arg(long, env = "COMPANERO_PUBLIC_URL")]
+        public_url: Option<String>,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -212,6 +222,7 @@ struct MigrateArgs {
 }
 
 pub fn main() -> ExitCode {
+    crate::data_dir::use_private_umask();
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let subcommand = matches.subcommand().map(|(_, m)| m);
@@ -246,6 +257,11 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::CreateOwner { email, name, data }) => {
             create_owner(&email, &name, &data)
         }
+        Command::Admin(AdminCommand::ResetLink {
+            email,
+            public_url,
+            data,
+        }) => reset_link(&email, public_url.as_deref(), &data),
         Command::Extract {
             kind,
             limits,
@@ -268,26 +284,12 @@ fn create_owner(email: &str, name: &str, data: &DataDirArgs) -> anyhow::Result<(
         std::io::stdin().read_line(&mut line)?;
         line.trim_end_matches(['\r', '\n']).to_string()
     };
-    let (root, _) = data.resolve()?;
-    // Works beside a running server: SQLite serialises the writes.
-    std::fs::create_dir_all(root.join("keys"))?;
-    let mut connection = db::connect(&data_dir::database_path(&root))?;
-    migrations::apply(&mut connection)?;
-    drop(connection);
-    let runtime = tokio::runtime::Runtime::new()?;
-    let created = runtime.block_on(async {
-        let db = db::Db::open(&data_dir::database_path(&root), 2)?;
-        let keys = crate::auth::tokens::TokenKeys::load_or_create(&root.join("keys"))?;
-        let accounts = crate::auth::accounts::Accounts::new(
-            db,
-            std::sync::Arc::new(keys),
-            crate::auth::accounts::SignupPolicy::Closed,
-        );
-        accounts
-            .create_owner(email, &password, name)
-            .await
-            .map_err(anyhow::Error::from)
+    let created = with_accounts(data, |accounts| async move {
+        accounts.create_owner(email, &password, name).await
     })?;
+    // The owner exists: a server waiting for its first account needs no set-up token any more.
+    let (root, _) = data.resolve()?;
+    let _ = std::fs::remove_file(data_dir::setup_token_path(&root));
     println!(
         "{} {email} is the instance owner",
         if created {
@@ -297,6 +299,50 @@ fn create_owner(email: &str, name: &str, data: &DataDirArgs) -> anyhow::Result<(
         }
     );
     Ok(())
+}
+
+fn reset_link(email: &str, public_url: Option<&str>, data: &DataDirArgs) -> anyhow::Result<()> {
+    let (token, expires_at) = with_accounts(data, |accounts| async move {
+        accounts.reset_token_for_email(email).await
+    })?;
+    let base = public_url
+        .unwrap_or("http://127.0.0.1:8080")
+        .trim_end_matches('/');
+    println!(
+        "{}\n(works once, until {expires_at})",
+        crate::http::auth::reset_link(base, &token)
+    );
+    Ok(())
+}
+
+/// Runs account work on a data directory from the command line (beside a running server or
+/// not: SQLite serialises the writes).
+fn with_accounts<T, F, Fut>(data: &DataDirArgs, work: F) -> anyhow::Result<T>
+where
+    F: FnOnce(crate::auth::accounts::Accounts) -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::auth::AuthError>>,
+{
+    let (root, _) = data.resolve()?;
+    for dir in [root.clone(), root.join("keys")] {
+        std::fs::create_dir_all(&dir)?;
+    }
+    crate::data_dir::tighten_permissions(&root);
+    let mut connection = db::connect(&data_dir::database_path(&root))?;
+    migrations::apply(&mut connection)?;
+    drop(connection);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let db = db::Db::open(&data_dir::database_path(&root), 2)?;
+        let keys = crate::auth::tokens::TokenKeys::load_or_create(&root.join("keys"))?;
+        let accounts = crate::auth::accounts::Accounts::new(
+            db,
+            std::sync::Arc::new(keys),
+            crate::auth::accounts::SignupPolicy::Closed,
+            Default::default(),
+            None,
+        );
+        work(accounts).await.map_err(anyhow::Error::from)
+    })
 }
 
 fn models(command: ModelsCommand) -> anyhow::Result<()> {
@@ -617,6 +663,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         version = crate::VERSION,
         "listening"
     );
+    if let Some(token) = server.setup_token() {
+        // On the terminal, not in the log: it is a secret until the owner's account exists.
+        println!(
+            "\nNo account yet. Open http://{}/app and create the owner's account with this set-up token:\n\n    {token}\n\n(also in {}; or run `companero admin create-owner`)\n",
+            server.local_addr(),
+            crate::data_dir::setup_token_path(server.data_dir().root()).display()
+        );
+    }
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

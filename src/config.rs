@@ -161,6 +161,33 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_API_RATE_LIMIT", value_name = "PER_MINUTE")]
     pub api_rate_limit: Option<u32>,
 
+    /// End users' requests per minute per tenant, counted apart from the team's [default: 3000]
+    #[arg(long, env = "COMPANERO_PUBLIC_RATE_LIMIT", value_name = "PER_MINUTE")]
+    pub public_rate_limit: Option<u32>,
+
+    /// Requests per minute per end user [default: 120]
+    #[arg(long, env = "COMPANERO_VISITOR_RATE_LIMIT", value_name = "PER_MINUTE")]
+    pub visitor_rate_limit: Option<u32>,
+
+    /// New end users per minute per client network (IPv4 address, IPv6 /64): a school or an
+    /// office shares one [default: 60]
+    #[arg(
+        long,
+        env = "COMPANERO_NEW_VISITOR_RATE_LIMIT",
+        value_name = "PER_MINUTE"
+    )]
+    pub new_visitor_rate_limit: Option<u32>,
+
+    /// Live connections (WebSocket or event stream) open at once per client network
+    /// [default: 200]
+    #[arg(long, env = "COMPANERO_LIVE_CONNECTIONS_PER_IP", value_name = "N")]
+    pub live_connections_per_ip: Option<u32>,
+
+    /// The set-up token that registers the first account (the owner) [default: made at first
+    /// start, printed and kept in <data-dir>/setup-token]
+    #[arg(long, env = "COMPANERO_SETUP_TOKEN", value_name = "TOKEN")]
+    pub setup_token: Option<String>,
+
     /// Mail server for password resets and invitations, e.g.
     /// smtp://user:pass@mail.example.com:587?tls=required [default: none: messages are logged]
     #[arg(long, env = "COMPANERO_SMTP_URL", value_name = "URL")]
@@ -254,6 +281,11 @@ struct FileConfig {
     trusted_proxy: Option<Vec<IpNet>>,
     auth_rate_limit: Option<u32>,
     api_rate_limit: Option<u32>,
+    public_rate_limit: Option<u32>,
+    visitor_rate_limit: Option<u32>,
+    new_visitor_rate_limit: Option<u32>,
+    live_connections_per_ip: Option<u32>,
+    setup_token: Option<String>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
     public_url: Option<String>,
@@ -332,6 +364,12 @@ pub struct LiveConfig {
     pub visitor_messages_per_minute: u32,
     pub heartbeat: Duration,
     pub idle_timeout: Duration,
+    /// Live connections open at once per client network.
+    pub connections_per_ip: u32,
+}
+
+impl LiveConfig {
+    pub const DEFAULT_CONNECTIONS_PER_IP: u32 = 200;
 }
 
 /// The effective server configuration.
@@ -358,6 +396,8 @@ pub struct Config {
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub public_url: String,
+    /// Registers the first account; `None`: made at first start.
+    pub setup_token: Option<String>,
     /// Document ingestion and chunking.
     pub knowledge: KnowledgeConfig,
     pub live: LiveConfig,
@@ -470,6 +510,35 @@ impl Config {
             file.api_rate_limit,
             defaults.api_per_tenant,
         );
+        let public_rate_limit = layer.pick(
+            "public_rate_limit",
+            args.public_rate_limit,
+            file.public_rate_limit,
+            defaults.public_per_tenant,
+        );
+        let visitor_rate_limit = layer.pick(
+            "visitor_rate_limit",
+            args.visitor_rate_limit,
+            file.visitor_rate_limit,
+            defaults.per_visitor,
+        );
+        let new_visitor_rate_limit = layer.pick(
+            "new_visitor_rate_limit",
+            args.new_visitor_rate_limit,
+            file.new_visitor_rate_limit,
+            defaults.new_visitors_per_ip,
+        );
+        let live_connections_per_ip = layer.pick(
+            "live_connections_per_ip",
+            args.live_connections_per_ip,
+            file.live_connections_per_ip,
+            LiveConfig::DEFAULT_CONNECTIONS_PER_IP,
+        );
+        let setup_token =
+            layer.pick_optional("setup_token", args.setup_token.clone(), file.setup_token);
+        if let Some(setting) = layer.settings.last_mut() {
+            setting.secret = setup_token.is_some();
+        }
         let smtp_url = layer.pick_optional("smtp_url", args.smtp_url.clone(), file.smtp_url);
         if let Some(setting) = layer.settings.last_mut() {
             setting.secret = smtp_url.is_some();
@@ -603,11 +672,14 @@ impl Config {
             smtp_url,
             mail_from,
             public_url: public_url.trim_end_matches('/').to_string(),
+            setup_token,
             rate_limits: RateLimits {
                 auth_per_ip: auth_rate_limit,
-                // An account gets half its IP's budget: a guesser rotating IPs still stalls.
-                auth_per_account: (auth_rate_limit / 2).max(1),
                 api_per_tenant: api_rate_limit,
+                public_per_tenant: public_rate_limit,
+                per_visitor: visitor_rate_limit,
+                new_visitors_per_ip: new_visitor_rate_limit,
+                ..RateLimits::default()
             },
             knowledge: KnowledgeConfig {
                 max_upload_bytes: max_upload_mb * 1024 * 1024,
@@ -627,6 +699,7 @@ impl Config {
                 visitor_messages_per_minute,
                 heartbeat: Duration::from_secs(live_heartbeat_secs),
                 idle_timeout: Duration::from_secs(live_idle_timeout_secs),
+                connections_per_ip: live_connections_per_ip.max(1),
             },
             settings,
         })

@@ -8,9 +8,13 @@
 //!   index/            vector index files (derivable from the database)
 //!   models/           downloaded or imported model files
 //!   keys/             signing keys
+//!   originals/        uploaded documents, byte for byte
+//!   setup-token       the one-time token that registers the first account (until one exists)
 //! ```
 //!
-//! The folders are created owner-only (0700): they hold keys and end users' conversations.
+//! Everything in it is owner-only (folders 0700, files 0600), whichever command created it:
+//! every command starts with a private umask ([`use_private_umask`]), and opening the folder
+//! tightens what an older version or another tool left readable, with a warning.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -37,6 +41,7 @@ impl DataDir {
         for name in SUBDIRECTORIES {
             create_private_dir(&root.join(name))?;
         }
+        tighten_permissions(root);
         Ok(DataDir {
             root: root.to_path_buf(),
             _lock: lock,
@@ -66,6 +71,63 @@ impl DataDir {
     /// Uploaded documents, byte for byte, one folder per tenant.
     pub fn originals_dir(&self) -> PathBuf {
         self.root.join("originals")
+    }
+}
+
+/// The file that holds the set-up token while the instance has no account.
+pub fn setup_token_path(root: &Path) -> PathBuf {
+    root.join("setup-token")
+}
+
+/// New files and folders of this process are owner-only (0600/0700), whoever creates them:
+/// SQLite's database, WAL and journal files, keys, uploads, models.
+pub fn use_private_umask() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Makes everything under `root` owner-only, warning about what was readable by others.
+pub fn tighten_permissions(root: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut fixed = 0usize;
+        let mut pending = vec![root.to_path_buf()];
+        while let Some(path) = pending.pop() {
+            let Ok(metadata) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if metadata.file_type().is_symlink() {
+                continue;
+            }
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                // Others lose every bit; the owner keeps theirs (a folder needs all three).
+                let tightened = if metadata.is_dir() {
+                    0o700
+                } else {
+                    mode & 0o700
+                };
+                if fs::set_permissions(&path, fs::Permissions::from_mode(tightened)).is_ok() {
+                    fixed += 1;
+                }
+            }
+            if metadata.is_dir()
+                && let Ok(entries) = fs::read_dir(&path)
+            {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        if fixed > 0 {
+            tracing::warn!(
+                data_dir = %root.display(),
+                fixed,
+                "files or folders in the data directory were readable by other users; made them owner-only"
+            );
+        }
     }
 }
 

@@ -1,5 +1,8 @@
 //! Outgoing email (password resets, invitations) through the SMTP server in `--smtp-url`.
-//! Without one, messages are written to the log for the instance owner to pass on.
+//! Without one nothing is sent, and nothing of the message reaches the log either: messages
+//! carry secrets (reset links, invitation codes), and whoever reads a log must not be able to
+//! take an account over. Admins get such links from the dashboard's team screen or
+//! `companero admin reset-link` instead.
 
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -32,11 +35,12 @@ impl Mailer {
         self.transport.is_some()
     }
 
-    /// Sends a plain-text message; without a mail server, logs it. Failures are logged, not
-    /// returned: the caller's request (a reset, an invitation) has succeeded either way.
+    /// Sends a plain-text message; without a mail server, drops it (saying so, without its
+    /// content). Failures are logged, not returned: the caller's request (a reset, an
+    /// invitation) has succeeded either way.
     pub async fn send(&self, to: &str, subject: &str, body: &str) {
         let Some(transport) = &self.transport else {
-            tracing::warn!(%to, %subject, %body, "no mail server configured (--smtp-url); pass this message on");
+            tracing::info!(%subject, "email is off (no --smtp-url): not sent");
             return;
         };
         let message = to

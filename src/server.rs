@@ -46,6 +46,7 @@ pub struct Server {
     limits: Limits,
     drain_timeout: Duration,
     data_dir: DataDir,
+    setup_token: Option<String>,
 }
 
 impl Server {
@@ -80,9 +81,17 @@ impl Server {
                 data_dir.keys_dir().display()
             )
         })?;
+        let setup_token = setup_token(&db, data_dir.root(), config.setup_token.as_deref()).await?;
+        let limiters = Limiters::new(config.rate_limits);
         let auth = AuthState {
-            accounts: Accounts::new(db.clone(), Arc::new(keys), config.signup),
-            limiters: Limiters::new(config.rate_limits),
+            accounts: Accounts::new(
+                db.clone(),
+                Arc::new(keys),
+                config.signup,
+                limiters.logins.clone(),
+                setup_token.clone(),
+            ),
+            limiters,
             trusted_proxies: Arc::new(config.trusted_proxies.clone()),
             mailer: crate::mail::Mailer::new(config.smtp_url.as_deref(), &config.mail_from)?,
             public_url: config.public_url.clone().into(),
@@ -92,7 +101,10 @@ impl Server {
             db.clone(),
             knowledge.clone(),
             inference.clone(),
-            crate::chat::live::VisitorLimits::new(config.live.visitor_messages_per_minute),
+            crate::chat::live::VisitorLimits::new(
+                config.live.visitor_messages_per_minute,
+                config.live.connections_per_ip,
+            ),
         );
         let state = AppState {
             db,
@@ -110,6 +122,7 @@ impl Server {
             started_at: Instant::now(),
         };
         Ok(Server {
+            setup_token,
             listener,
             state,
             limits: Limits {
@@ -137,6 +150,11 @@ impl Server {
 
     pub fn data_dir(&self) -> &DataDir {
         &self.data_dir
+    }
+
+    /// The token that registers the first account, while there is none.
+    pub fn setup_token(&self) -> Option<&str> {
+        self.setup_token.as_deref()
     }
 
     /// Cancel this token to shut the server down.
@@ -260,6 +278,39 @@ fn knowledge_service(
             },
         },
     ))
+}
+
+/// Whoever reaches a fresh server first must not become its owner: the first account needs a
+/// set-up token (configured, or made at first start and kept in `<data-dir>/setup-token`, which
+/// only the server's operator can read). Once an account exists there is none, and the file goes.
+async fn setup_token(
+    db: &Db,
+    root: &std::path::Path,
+    configured: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let empty: bool = db
+        .call(|c| {
+            c.query_row("SELECT NOT EXISTS (SELECT 1 FROM users)", [], |r| r.get(0))
+                .map_err(db::DbError::from)
+        })
+        .await?;
+    let path = crate::data_dir::setup_token_path(root);
+    if !empty {
+        let _ = std::fs::remove_file(&path);
+        return Ok(None);
+    }
+    if let Some(token) = configured {
+        return Ok(Some(token.trim().to_string()));
+    }
+    if let Ok(stored) = std::fs::read_to_string(&path)
+        && !stored.trim().is_empty()
+    {
+        return Ok(Some(stored.trim().to_string()));
+    }
+    let token = crate::auth::tokens::secret_token("setup_");
+    std::fs::write(&path, format!("{token}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Some(token))
 }
 
 /// Histograms keep raw samples until upkeep folds them into buckets, and rate limiters keep a

@@ -8,16 +8,20 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
+use super::access::{self, AccessChanges};
 use super::audit::{self, AuditEvent};
+use super::rate_limit::LoginThrottle;
 use super::tokens::{self, TokenKeys};
 use super::{AuthError, Principal, RequestContext, Role, new_id, normalize_email, passwords};
-use crate::db::{Db, DbError};
+use crate::db::Db;
 
-/// Consecutive failed sign-ins allowed before the account is locked for a while.
-const FREE_FAILURES: i64 = 5;
-const FIRST_LOCK: Duration = Duration::from_secs(30);
-const LONGEST_LOCK: Duration = Duration::from_secs(3600);
 const RESET_LIFETIME: &str = "+1 hour";
+/// A refresh token just exchanged still works this long, once more per tab: two dashboard tabs
+/// refreshing at the same moment must not look like a stolen token (OAuth 2.0 Security BCP).
+const ROTATION_GRACE_SECONDS: i64 = 30;
+/// Password hashes computed at once (32 MiB and ~100 ms of a core each); more wait briefly,
+/// then get 503. Unauthenticated requests cannot pile up work beyond this.
+const HASH_WAIT: Duration = Duration::from_secs(2);
 const INVITATION_LIFETIME: &str = "+7 days";
 
 /// Who may register (`serve --signup`).
@@ -50,6 +54,10 @@ pub struct Registration {
     /// An invitation: to join a tenant as staff, or to open one when sign-up is by invitation.
     #[serde(default)]
     pub invitation: Option<String>,
+    /// Needed for the first account (the server's owner): the set-up token `serve` printed at
+    /// its first start (also in `<data-dir>/setup-token`).
+    #[serde(default)]
+    pub setup_token: Option<String>,
 }
 
 /// What sign-in and refresh answer.
@@ -93,11 +101,34 @@ pub struct Accounts {
     db: Db,
     keys: Arc<TokenKeys>,
     policy: SignupPolicy,
+    changes: Arc<AccessChanges>,
+    logins: Arc<LoginThrottle>,
+    /// Needed to register the first account (the owner); `None` once there is one, or when
+    /// only the CLI may create it.
+    setup_token: Option<Arc<str>>,
 }
 
 impl Accounts {
-    pub fn new(db: Db, keys: Arc<TokenKeys>, policy: SignupPolicy) -> Accounts {
-        Accounts { db, keys, policy }
+    pub fn new(
+        db: Db,
+        keys: Arc<TokenKeys>,
+        policy: SignupPolicy,
+        logins: Arc<LoginThrottle>,
+        setup_token: Option<String>,
+    ) -> Accounts {
+        Accounts {
+            db,
+            keys,
+            policy,
+            changes: Arc::new(AccessChanges::default()),
+            logins,
+            setup_token: setup_token.map(Into::into),
+        }
+    }
+
+    /// Where changes of access are announced to open connections.
+    pub fn changes(&self) -> &Arc<AccessChanges> {
+        &self.changes
     }
 
     pub fn keys(&self) -> &TokenKeys {
@@ -123,22 +154,25 @@ impl Accounts {
             ));
         }
         passwords::check_strength(&input.password, &[&email, &full_name])?;
-        let password_hash = hash_off_thread(input.password).await;
+        let password_hash = hash_off_thread(input.password).await?;
         let configured = self.policy;
         let invitation_hash = input.invitation.as_deref().map(tokens::secret_hash);
+        let setup_token_ok = match (&self.setup_token, &input.setup_token) {
+            (Some(expected), Some(given)) => tokens::constant_time_eq(expected, given.trim()),
+            _ => false,
+        };
         let context = context.clone();
         let registered_email = email.clone();
         let (user_id, tenant_id, role, owner) = self
             .db
             .call(move |c| -> Result<_, AuthError> {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let taken: Option<String> = tx
-                    .query_row("SELECT id FROM users WHERE email = ?1", [&email], |r| r.get(0))
-                    .optional()?;
-                if taken.is_some() {
-                    return Err(AuthError::EmailTaken);
-                }
+                // Policy and invitation first: whether an email has an account is told only to
+                // someone who may register at all.
                 let first = tx.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))? == 0;
+                if first && !setup_token_ok {
+                    return Err(AuthError::SetupTokenRequired);
+                }
                 let invitation = match &invitation_hash {
                     Some(hash) => Some(take_invitation(&tx, hash, &email)?),
                     None => None,
@@ -149,6 +183,12 @@ impl Accounts {
                         SignupPolicy::Invite => "by invitation only",
                         _ => "closed",
                     }));
+                }
+                let taken: Option<String> = tx
+                    .query_row("SELECT id FROM users WHERE email = ?1", [&email], |r| r.get(0))
+                    .optional()?;
+                if taken.is_some() {
+                    return Err(AuthError::EmailTaken);
                 }
                 let user_id = new_id();
                 tx.execute(
@@ -178,6 +218,9 @@ impl Accounts {
             .await
     }
 
+    /// Signs in. Wrong passwords slow down only the account *from that network*; the right
+    /// password from elsewhere still works (see `rate_limit::LoginThrottle`). Unknown emails,
+    /// wrong passwords and throttled attempts answer alike whether or not the account exists.
     pub async fn login(
         &self,
         email: &str,
@@ -185,14 +228,13 @@ impl Accounts {
         context: &RequestContext,
     ) -> Result<Session, AuthError> {
         let email = normalize_email(email).map_err(|_| AuthError::InvalidCredentials)?;
+        self.logins.check(&email, context.ip)?;
         let lookup_email = email.clone();
         let account = self
             .db
             .call(move |c| -> Result<_, AuthError> {
                 Ok(c.query_row(
                     "SELECT u.id, u.password_hash, u.is_owner,
-                            CASE WHEN u.locked_until > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-                                 THEN (julianday(u.locked_until) - julianday('now')) * 86400 END,
                             (SELECT tenant_id FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1),
                             (SELECT role FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1)
                      FROM users u WHERE u.email = ?1",
@@ -202,52 +244,45 @@ impl Accounts {
                             r.get::<_, String>(0)?,
                             r.get::<_, String>(1)?,
                             r.get::<_, bool>(2)?,
-                            r.get::<_, Option<f64>>(3)?,
+                            r.get::<_, Option<String>>(3)?,
                             r.get::<_, Option<String>>(4)?,
-                            r.get::<_, Option<String>>(5)?,
                         ))
                     },
                 )
                 .optional()?)
             })
             .await?;
-        let Some((user_id, stored, owner, locked_for, tenant_id, role)) = account else {
+        let Some((user_id, stored, owner, tenant_id, role)) = account else {
             // Same work as a real check, so timing does not reveal which emails exist.
-            let _ =
-                verify_off_thread(password.to_string(), passwords::dummy_hash().to_string()).await;
+            let _ = verify_off_thread(password.to_string(), passwords::dummy_hash().to_string())
+                .await?;
+            let failures = self.logins.failed(&email, context.ip);
             self.audit(
-                AuditEvent::new("auth.login_failed", &email, context)
-                    .detail(serde_json::json!({"reason": "unknown_email"})),
+                AuditEvent::new("auth.login_failed", &email, context).detail(
+                    serde_json::json!({"reason": "unknown_email", "failures_from_network": failures}),
+                ),
             )
             .await?;
             return Err(AuthError::InvalidCredentials);
         };
-        if let Some(seconds) = locked_for {
-            return Err(AuthError::RateLimited {
-                retry_after: Duration::from_secs_f64(seconds.max(1.0)),
-            });
-        }
-        if !verify_off_thread(password.to_string(), stored).await {
-            self.record_failure(&user_id, &email, tenant_id.as_deref(), context)
-                .await?;
+        if !verify_off_thread(password.to_string(), stored).await? {
+            let failures = self.logins.failed(&email, context.ip);
+            let mut event = AuditEvent::new("auth.login_failed", &email, context)
+                .actor(&user_id)
+                .detail(serde_json::json!({"reason": "wrong_password", "failures_from_network": failures}));
+            if let Some(tenant_id) = &tenant_id {
+                event = event.tenant(tenant_id);
+            }
+            self.audit(event).await?;
             return Err(AuthError::InvalidCredentials);
         }
+        self.logins.succeeded(&email, context.ip);
         let (Some(tenant_id), Some(role)) = (tenant_id, role.as_deref().and_then(Role::parse))
         else {
             return Err(AuthError::Invalid(
                 "this account belongs to no tenant any more".into(),
             ));
         };
-        let id = user_id.clone();
-        self.db
-            .call(move |c| {
-                c.execute(
-                    "UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = ?1",
-                    [&id],
-                )
-                .map_err(DbError::from)
-            })
-            .await?;
         self.audit(
             AuditEvent::new("auth.login", &email, context)
                 .tenant(&tenant_id)
@@ -256,46 +291,6 @@ impl Accounts {
         .await?;
         self.start_session(user_id, &email, tenant_id, role, owner)
             .await
-    }
-
-    /// Counts a failed sign-in; from the sixth in a row the account locks for 30 s, doubling
-    /// with each further failure up to an hour.
-    async fn record_failure(
-        &self,
-        user_id: &str,
-        email: &str,
-        tenant_id: Option<&str>,
-        context: &RequestContext,
-    ) -> Result<(), AuthError> {
-        let id = user_id.to_string();
-        let failures: i64 = self
-            .db
-            .call(move |c| -> Result<i64, AuthError> {
-                let failures: i64 = c.query_row(
-                    "UPDATE users SET failed_logins = failed_logins + 1 WHERE id = ?1 RETURNING failed_logins",
-                    [&id],
-                    |r| r.get(0),
-                )?;
-                if failures >= FREE_FAILURES {
-                    let doublings = (failures - FREE_FAILURES).min(16) as u32;
-                    let lock = FIRST_LOCK.saturating_mul(2u32.saturating_pow(doublings)).min(LONGEST_LOCK);
-                    c.execute(
-                        "UPDATE users SET locked_until = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?2) WHERE id = ?1",
-                        params![id, format!("+{} seconds", lock.as_secs())],
-                    )?;
-                }
-                Ok(failures)
-            })
-            .await?;
-        let mut event = AuditEvent::new("auth.login_failed", email, context)
-            .actor(user_id)
-            .detail(
-                serde_json::json!({"reason": "wrong_password", "consecutive_failures": failures}),
-            );
-        if let Some(tenant_id) = tenant_id {
-            event = event.tenant(tenant_id);
-        }
-        self.audit(event).await
     }
 
     /// Exchanges a refresh token for a new pair. A token that was already exchanged is a sign
@@ -316,32 +311,44 @@ impl Accounts {
                         "SELECT r.id, r.family_id, r.user_id, r.tenant_id, r.rotated_at IS NOT NULL,
                                 r.revoked_at IS NOT NULL,
                                 r.expires_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
-                                u.email, u.is_owner, m.role
+                                u.email, u.is_owner, m.role, u.session_generation,
+                                coalesce((julianday('now') - julianday(r.rotated_at)) * 86400 < ?2, 0)
                          FROM refresh_tokens r
                          JOIN users u ON u.id = r.user_id
                          LEFT JOIN memberships m ON m.user_id = r.user_id AND m.tenant_id = r.tenant_id
                          WHERE r.token_hash = ?1",
-                        [&hash],
+                        params![&hash, ROTATION_GRACE_SECONDS],
                         |r| {
                             Ok((
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, String>(2)?,
-                                r.get::<_, String>(3)?,
-                                r.get::<_, bool>(4)?,
-                                r.get::<_, bool>(5)?,
-                                r.get::<_, bool>(6)?,
-                                r.get::<_, String>(7)?,
-                                r.get::<_, bool>(8)?,
-                                r.get::<_, Option<String>>(9)?,
+                                (
+                                    r.get::<_, String>(0)?,
+                                    r.get::<_, String>(1)?,
+                                    r.get::<_, String>(2)?,
+                                    r.get::<_, String>(3)?,
+                                ),
+                                (r.get::<_, bool>(4)?, r.get::<_, bool>(5)?, r.get::<_, bool>(6)?),
+                                (
+                                    r.get::<_, String>(7)?,
+                                    r.get::<_, bool>(8)?,
+                                    r.get::<_, Option<String>>(9)?,
+                                    r.get::<_, i64>(10)?,
+                                    r.get::<_, bool>(11)?,
+                                ),
                             ))
                         },
                     )
                     .optional()?;
-                let Some((id, family, user_id, tenant_id, rotated, revoked, expired, email, owner, role)) = row else {
+                let Some((
+                    (id, family, user_id, tenant_id),
+                    (rotated, revoked, expired),
+                    (email, owner, role, generation, within_grace),
+                )) = row
+                else {
                     return Err(AuthError::InvalidToken);
                 };
-                if rotated && !revoked {
+                // Another tab exchanged the same token a moment ago: it gets a pair of its own
+                // in the same family instead of the family being revoked.
+                if rotated && !revoked && !within_grace {
                     revoke_family(&tx, &family)?;
                     audit::record(
                         &tx,
@@ -359,18 +366,22 @@ impl Accounts {
                 if super::instance::is_suspended(&tx, &tenant_id)? {
                     return Err(AuthError::Suspended);
                 }
-                tx.execute(
-                    "UPDATE refresh_tokens SET rotated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-                    [&id],
-                )?;
+                if !rotated {
+                    tx.execute(
+                        "UPDATE refresh_tokens SET rotated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                        [&id],
+                    )?;
+                }
                 let refresh_token = insert_refresh_token(&tx, &family, &user_id, &tenant_id)?;
                 tx.commit()?;
-                Ok((user_id, email, tenant_id, role, owner, refresh_token))
+                Ok((user_id, email, tenant_id, role, owner, refresh_token, generation))
             })
             .await?;
-        let (user_id, email, tenant_id, role, owner, refresh_token) = outcome;
+        let (user_id, email, tenant_id, role, owner, refresh_token, generation) = outcome;
         Ok(Session {
-            access_token: self.keys.issue(&user_id, &email, &tenant_id, role, owner),
+            access_token: self
+                .keys
+                .issue(&user_id, &email, &tenant_id, role, owner, generation),
             refresh_token,
             token_type: "Bearer",
             expires_in: tokens::ACCESS_TOKEN_LIFETIME.as_secs(),
@@ -390,8 +401,8 @@ impl Accounts {
             .await
     }
 
-    /// Ends the sign-in that `token` belongs to; `everywhere` ends every sign-in of its user
-    /// (access tokens already issued lapse within their short lifetime).
+    /// Ends the sign-in that `token` belongs to; `everywhere` ends every sign-in of its user,
+    /// access tokens and open connections included.
     pub async fn logout(
         &self,
         token: &str,
@@ -401,7 +412,7 @@ impl Accounts {
         let hash = tokens::secret_hash(token);
         let context = context.clone();
         self.db
-            .call(move |c| -> Result<(), AuthError> {
+            .call(move |c| -> Result<String, AuthError> {
                 let row = c
                     .query_row(
                         "SELECT r.family_id, r.tenant_id, r.user_id, u.email FROM refresh_tokens r
@@ -427,6 +438,7 @@ impl Accounts {
                          WHERE user_id = ?1 AND revoked_at IS NULL",
                         [&user_id],
                     )?;
+                    access::end_sessions(c, &user_id)?;
                 } else {
                     revoke_family(c, &family)?;
                 }
@@ -441,9 +453,14 @@ impl Accounts {
                         .tenant(&tenant_id)
                         .actor(&user_id),
                 )?;
-                Ok(())
+                Ok(tenant_id)
             })
             .await
+            .map(|tenant_id| {
+                if everywhere {
+                    self.changes.changed(&tenant_id);
+                }
+            })
     }
 
     pub async fn me(&self, principal: &Principal) -> Result<Me, AuthError> {
@@ -481,14 +498,15 @@ impl Accounts {
             .await
     }
 
-    /// Changes the caller's password and ends their other sign-ins.
+    /// Changes the caller's password, ends every sign-in of the account, and returns a new one
+    /// for the caller.
     pub async fn change_password(
         &self,
         principal: &Principal,
         current: &str,
         new: &str,
         context: &RequestContext,
-    ) -> Result<(), AuthError> {
+    ) -> Result<Session, AuthError> {
         let user_id = principal.user_id.clone().ok_or(AuthError::Forbidden)?;
         let id = user_id.clone();
         let (email, full_name, stored): (String, String, String) = self
@@ -502,16 +520,24 @@ impl Accounts {
                 .map_err(AuthError::from)
             })
             .await?;
-        if !verify_off_thread(current.to_string(), stored).await {
+        if !verify_off_thread(current.to_string(), stored).await? {
             return Err(AuthError::InvalidCredentials);
         }
         passwords::check_strength(new, &[&email, &full_name])?;
-        let hash = hash_off_thread(new.to_string()).await;
+        let hash = hash_off_thread(new.to_string()).await?;
         self.set_password(&user_id, hash).await?;
         self.audit(
             AuditEvent::new("auth.password_changed", &email, context)
                 .tenant(principal.tenant_id())
                 .actor(&user_id),
+        )
+        .await?;
+        self.start_session(
+            user_id,
+            &email,
+            principal.tenant_id().to_string(),
+            principal.role,
+            principal.is_owner,
         )
         .await
     }
@@ -527,28 +553,23 @@ impl Accounts {
         let Ok(email) = normalize_email(email) else {
             return Ok(None);
         };
-        let token = tokens::secret_token("rs_");
-        let hash = tokens::secret_hash(&token);
         let lookup = email.clone();
-        let user_id: Option<String> = self
+        let user_id: Option<(String, String)> = self
             .db
-            .call(move |c| -> Result<Option<String>, AuthError> {
+            .call(move |c| -> Result<Option<(String, String)>, AuthError> {
                 let user_id: Option<String> = c
                     .query_row("SELECT id FROM users WHERE email = ?1", [&lookup], |r| {
                         r.get(0)
                     })
                     .optional()?;
-                if let Some(user_id) = &user_id {
-                    c.execute(
-                        "INSERT INTO password_resets (token_hash, user_id, expires_at)
-                         VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3))",
-                        params![hash, user_id, RESET_LIFETIME],
-                    )?;
-                }
-                Ok(user_id)
+                let made = match &user_id {
+                    Some(user_id) => Some(insert_reset(c, user_id)?.0),
+                    None => None,
+                };
+                Ok(user_id.zip(made))
             })
             .await?;
-        let Some(user_id) = user_id else {
+        let Some((user_id, token)) = user_id else {
             return Ok(None);
         };
         self.audit(
@@ -556,6 +577,104 @@ impl Accounts {
         )
         .await?;
         Ok(Some(token))
+    }
+
+    /// A reset link for a member of the admin's team, for when no mail server is configured:
+    /// the admin passes it on. Refused for the server's owner (unless the owner asks) and for
+    /// people who also belong to another team, whose accounts this admin does not govern.
+    pub async fn reset_token_for_member(
+        &self,
+        principal: &Principal,
+        user_id: &str,
+        context: &RequestContext,
+    ) -> Result<(String, String), AuthError> {
+        let (scope, target, asker_is_owner) = (
+            principal.scope().clone(),
+            user_id.to_string(),
+            principal.is_owner,
+        );
+        let (email, token, expires_at) = self
+            .db
+            .call(move |c| -> Result<_, AuthError> {
+                let row: Option<(String, bool, i64)> = c
+                    .query_row(
+                        "SELECT u.email, u.is_owner,
+                                (SELECT count(*) FROM memberships o WHERE o.user_id = u.id AND o.tenant_id <> m.tenant_id)
+                         FROM memberships m JOIN users u ON u.id = m.user_id
+                         WHERE m.tenant_id = ?1 AND m.user_id = ?2",
+                        params![scope.tenant_id(), target],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let (email, is_owner, other_teams) = row.ok_or(AuthError::NotFound("team member"))?;
+                if (is_owner && !asker_is_owner) || other_teams > 0 {
+                    return Err(AuthError::Invalid(
+                        "this person's account is not only in your team; they reset their password themselves from the sign-in page".into(),
+                    ));
+                }
+                let (token, expires_at) = insert_reset(c, &target)?;
+                Ok((email, token, expires_at))
+            })
+            .await?;
+        self.audit(AuditEvent::by(principal, "team.reset_link_created", context).target(&email))
+            .await?;
+        Ok((token, expires_at))
+    }
+
+    /// A reset link for any account, for the operator at the console (`companero admin
+    /// reset-link`).
+    pub async fn reset_token_for_email(&self, email: &str) -> Result<(String, String), AuthError> {
+        let email = normalize_email(email)?;
+        let lookup = email.clone();
+        let made = self
+            .db
+            .call(move |c| -> Result<_, AuthError> {
+                let user_id: String = c
+                    .query_row("SELECT id FROM users WHERE email = ?1", [&lookup], |r| {
+                        r.get(0)
+                    })
+                    .optional()?
+                    .ok_or(AuthError::NotFound("account with this email"))?;
+                let made = insert_reset(c, &user_id)?;
+                Ok((user_id, made))
+            })
+            .await?;
+        let (user_id, made) = made;
+        self.audit(
+            AuditEvent::new(
+                "admin.reset_link_created",
+                &email,
+                &RequestContext::default(),
+            )
+            .actor(&user_id),
+        )
+        .await?;
+        Ok(made)
+    }
+
+    /// Withdraws an invitation of the caller's tenant that was not accepted yet.
+    pub async fn revoke_invitation(
+        &self,
+        principal: &Principal,
+        invitation_id: &str,
+        context: &RequestContext,
+    ) -> Result<(), AuthError> {
+        let (tenant_id, id) = (principal.tenant_id().to_string(), invitation_id.to_string());
+        let email: String = self
+            .db
+            .call(move |c| -> Result<String, AuthError> {
+                c.query_row(
+                    "DELETE FROM invitations WHERE id = ?1 AND tenant_id = ?2 AND accepted_at IS NULL
+                     RETURNING email",
+                    params![id, tenant_id],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .ok_or(AuthError::NotFound("invitation"))
+            })
+            .await?;
+        self.audit(AuditEvent::by(principal, "team.invitation_revoked", context).target(&email))
+            .await
     }
 
     /// Completes a reset: single use, within an hour; ends every sign-in of the account.
@@ -583,7 +702,7 @@ impl Accounts {
             return Err(AuthError::InvalidToken);
         };
         passwords::check_strength(new_password, &[&email, &full_name])?;
-        let new_hash = hash_off_thread(new_password.to_string()).await;
+        let new_hash = hash_off_thread(new_password.to_string()).await?;
         let token_hash = tokens::secret_hash(token);
         let used = self
             .db
@@ -656,7 +775,7 @@ impl Accounts {
     ) -> Result<bool, AuthError> {
         let email = normalize_email(email)?;
         passwords::check_strength(password, &[&email, full_name])?;
-        let hash = hash_off_thread(password.to_string()).await;
+        let hash = hash_off_thread(password.to_string()).await?;
         let full_name = if full_name.trim().is_empty() {
             email.split('@').next().unwrap_or("Owner").to_string()
         } else {
@@ -707,15 +826,22 @@ impl Accounts {
         role: Role,
         owner: bool,
     ) -> Result<Session, AuthError> {
-        let tenant = tenant_id.clone();
-        let suspended = self
+        let (tenant, user) = (tenant_id.clone(), user_id.clone());
+        let (suspended, generation) = self
             .db
-            .call(move |c| super::instance::is_suspended(c, &tenant).map_err(AuthError::from))
+            .call(move |c| -> Result<_, AuthError> {
+                Ok((
+                    super::instance::is_suspended(c, &tenant)?,
+                    access::session_generation(c, &user)?,
+                ))
+            })
             .await?;
         if suspended {
             return Err(AuthError::Suspended);
         }
-        let access_token = self.keys.issue(&user_id, email, &tenant_id, role, owner);
+        let access_token = self
+            .keys
+            .issue(&user_id, email, &tenant_id, role, owner, generation);
         let refresh_token = self
             .db
             .call(move |c| insert_refresh_token(c, &new_id(), &user_id, &tenant_id))
@@ -728,10 +854,13 @@ impl Accounts {
         })
     }
 
+    /// Sets a new password and ends everything the old one opened: sign-ins (refresh and
+    /// access tokens, open connections) and reset links not used yet.
     async fn set_password(&self, user_id: &str, hash: String) -> Result<(), AuthError> {
         let id = user_id.to_string();
-        self.db
-            .call(move |c| -> Result<(), AuthError> {
+        let tenants = self
+            .db
+            .call(move |c| -> Result<Vec<String>, AuthError> {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute(
                     "UPDATE users SET password_hash = ?2, failed_logins = 0, locked_until = NULL WHERE id = ?1",
@@ -742,10 +871,20 @@ impl Accounts {
                      WHERE user_id = ?1 AND revoked_at IS NULL",
                     [&id],
                 )?;
+                expire_resets(&tx, &id)?;
+                access::end_sessions(&tx, &id)?;
+                let tenants = tx
+                    .prepare("SELECT tenant_id FROM memberships WHERE user_id = ?1")?
+                    .query_map([&id], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
                 tx.commit()?;
-                Ok(())
+                Ok(tenants)
             })
-            .await
+            .await?;
+        for tenant_id in tenants {
+            self.changes.changed(&tenant_id);
+        }
+        Ok(())
     }
 
     async fn audit(&self, event: AuditEvent) -> Result<(), AuthError> {
@@ -775,6 +914,28 @@ fn insert_refresh_token(
         ],
     )?;
     Ok(token)
+}
+
+/// A new reset link for a user; only the newest one works. Returns (token, expires_at).
+fn insert_reset(c: &Connection, user_id: &str) -> rusqlite::Result<(String, String)> {
+    expire_resets(c, user_id)?;
+    let token = tokens::secret_token("rs_");
+    let expires_at = c.query_row(
+        "INSERT INTO password_resets (token_hash, user_id, expires_at)
+         VALUES (?1, ?2, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?3)) RETURNING expires_at",
+        params![tokens::secret_hash(&token), user_id, RESET_LIFETIME],
+        |r| r.get(0),
+    )?;
+    Ok((token, expires_at))
+}
+
+/// Ends every reset link of a user that was not used yet.
+fn expire_resets(c: &Connection, user_id: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "UPDATE password_resets SET used_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE user_id = ?1 AND used_at IS NULL",
+        [user_id],
+    )
 }
 
 fn revoke_family(c: &Connection, family: &str) -> rusqlite::Result<usize> {
@@ -862,16 +1023,35 @@ pub fn slugify(name: &str) -> String {
     }
 }
 
-async fn hash_off_thread(password: String) -> String {
-    tokio::task::spawn_blocking(move || passwords::hash(&password))
-        .await
-        .expect("hashing does not panic")
+/// Password hashing, at most one per core at a time (see `HASH_WAIT`).
+fn hash_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
 }
 
-async fn verify_off_thread(password: String, stored: String) -> bool {
-    tokio::task::spawn_blocking(move || passwords::verify(&password, &stored))
+async fn with_hash_permit<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AuthError> {
+    let permit = tokio::time::timeout(HASH_WAIT, hash_permits().acquire())
         .await
-        .unwrap_or(false)
+        .map_err(|_| AuthError::Busy)?
+        .map_err(|_| AuthError::Busy)?;
+    let result = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|_| AuthError::Busy);
+    drop(permit);
+    result
+}
+
+async fn hash_off_thread(password: String) -> Result<String, AuthError> {
+    with_hash_permit(move || passwords::hash(&password)).await
+}
+
+async fn verify_off_thread(password: String, stored: String) -> Result<bool, AuthError> {
+    with_hash_permit(move || passwords::verify(&password, &stored)).await
 }
 
 #[cfg(test)]

@@ -1,5 +1,9 @@
 //! API keys for server-to-server use: shown once, stored hashed, with a visible prefix, a role,
 //! an optional expiry and a last-used time; revocable. Used as `Authorization: Bearer cmp_...`.
+//!
+//! A key belongs to the member who made it: it acts with its own role but never more than its
+//! creator's role *now*, it stops working when its creator leaves the team (removal revokes
+//! it), and the audit log names the key (its prefix) as the actor.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -135,25 +139,86 @@ pub fn revoke(
     Ok(())
 }
 
+/// How often a key's last-used time is written: every request writing it would make a busy
+/// integration contend with everything else for SQLite's single writer.
+const LAST_USED_RESOLUTION_SECONDS: i64 = 60;
+
 /// The principal a presented key stands for, if it is valid; records its use.
 pub fn authenticate(c: &Connection, key: &str) -> Result<Principal, AuthError> {
-    let row: Option<(String, String, String, String, Option<String>)> = c
+    principal_where(c, "k.key_hash = ?1", &tokens::secret_hash(key))
+}
+
+/// The principal of a key that authenticated earlier (an open connection), as it stands now.
+pub fn by_id(c: &Connection, key_id: &str) -> Result<Principal, AuthError> {
+    principal_where(c, "k.id = ?1", key_id)
+}
+
+fn principal_where(c: &Connection, condition: &str, value: &str) -> Result<Principal, AuthError> {
+    let row: Option<(String, String, String, String, Option<String>, Option<String>, bool, bool)> = c
         .query_row(
-            "UPDATE api_keys SET last_used_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-             WHERE key_hash = ?1 AND revoked_at IS NULL
-               AND (expires_at IS NULL OR expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-             RETURNING id, tenant_id, prefix, role, created_by",
-            [tokens::secret_hash(key)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            &format!(
+                "SELECT k.id, k.tenant_id, k.prefix, k.role, k.created_by, m.role,
+                        t.suspended_at IS NOT NULL,
+                        k.last_used_at IS NULL OR (julianday('now') - julianday(k.last_used_at)) * 86400 > ?2
+                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                 LEFT JOIN memberships m ON m.user_id = k.created_by AND m.tenant_id = k.tenant_id
+                 WHERE {condition} AND k.revoked_at IS NULL
+                   AND (k.expires_at IS NULL OR k.expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+            ),
+            params![value, LAST_USED_RESOLUTION_SECONDS],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
         )
         .optional()?;
-    let (id, tenant_id, prefix, role, created_by) = row.ok_or(AuthError::Unauthorized)?;
+    let (id, tenant_id, prefix, role, created_by, creator_role, suspended, stale) =
+        row.ok_or(AuthError::Unauthorized)?;
+    // The creator left the team (or the account was deleted): the key died with their access.
+    let creator_role = creator_role
+        .as_deref()
+        .and_then(Role::parse)
+        .ok_or(AuthError::AccessEnded)?;
+    if suspended {
+        return Err(AuthError::Suspended);
+    }
+    if stale {
+        c.execute(
+            "UPDATE api_keys SET last_used_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+            [&id],
+        )?;
+    }
+    let role = Role::parse(&role)
+        .unwrap_or(Role::Analyst)
+        .min(creator_role);
     Ok(Principal {
         user_id: created_by,
         scope: TenantScope::new(tenant_id),
-        role: Role::parse(&role).unwrap_or(Role::Analyst),
+        role,
         is_owner: false,
         label: prefix,
         credential: Credential::ApiKey { key_id: id },
     })
+}
+
+/// Revokes every key a member made in the tenant (they are leaving it); returns the prefixes.
+pub fn revoke_all_of(
+    c: &Connection,
+    scope: &TenantScope,
+    user_id: &str,
+) -> rusqlite::Result<Vec<String>> {
+    c.prepare(
+        "UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+         WHERE tenant_id = ?1 AND created_by = ?2 AND revoked_at IS NULL RETURNING prefix",
+    )?
+    .query_map(params![scope.tenant_id(), user_id], |r| r.get(0))?
+    .collect()
 }

@@ -5,6 +5,7 @@
 //! authenticated [`Principal`], and every repository function for tenant-owned data takes one,
 //! so a query that forgets its tenant does not compile.
 
+pub mod access;
 pub mod accounts;
 pub mod api_keys;
 pub mod audit;
@@ -72,8 +73,13 @@ impl TenantScope {
 /// How the caller authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    AccessToken,
-    ApiKey { key_id: String },
+    /// A signed-in member; `generation` is the session generation the token was issued in.
+    AccessToken {
+        generation: i64,
+    },
+    ApiKey {
+        key_id: String,
+    },
 }
 
 /// An authenticated caller.
@@ -128,6 +134,16 @@ pub enum AuthError {
     Forbidden,
     #[error("this coach was suspended by the owner of this server; contact them")]
     Suspended,
+    #[error(
+        "your access ended: you were removed from the team, signed out everywhere, or the key was revoked; sign in again"
+    )]
+    AccessEnded,
+    #[error("the server is busy checking other passwords; try again in a moment")]
+    Busy,
+    #[error(
+        "the first account is the server's owner: enter the set-up token that `companero serve` printed (also in <data-dir>/setup-token), or create it with `companero admin create-owner`"
+    )]
+    SetupTokenRequired,
     #[error("{0}")]
     Conflict(String),
     #[error("{0} not found")]

@@ -101,7 +101,7 @@ pub fn change_role(
     Ok(member)
 }
 
-/// Removes a member from the tenant and ends their sign-ins into it.
+/// Removes a member from the tenant and ends their sign-ins and API keys in it.
 pub fn remove(
     c: &mut Connection,
     principal: &Principal,
@@ -124,9 +124,13 @@ pub fn remove(
          WHERE tenant_id = ?1 AND user_id = ?2 AND revoked_at IS NULL",
         params![principal.tenant_id(), user_id],
     )?;
+    // Their keys would otherwise carry their power on after they left.
+    let keys = super::api_keys::revoke_all_of(&tx, principal.scope(), user_id)?;
     audit::record(
         &tx,
-        &AuditEvent::by(principal, "team.member_removed", context).target(&email),
+        &AuditEvent::by(principal, "team.member_removed", context)
+            .target(&email)
+            .detail(serde_json::json!({ "api_keys_revoked": keys })),
     )?;
     tx.commit()?;
     Ok(())

@@ -39,6 +39,10 @@ pub struct AccessClaims {
     pub iat: u64,
     pub exp: u64,
     pub iss: String,
+    /// The user's session generation when issued; signing out everywhere moves it on, which
+    /// ends this token before it expires.
+    #[serde(default)]
+    pub sgn: i64,
 }
 
 pub struct TokenKeys {
@@ -95,6 +99,7 @@ impl TokenKeys {
         tenant_id: &str,
         role: Role,
         owner: bool,
+        generation: i64,
     ) -> String {
         let now = unix_now();
         let claims = AccessClaims {
@@ -106,6 +111,7 @@ impl TokenKeys {
             iat: now,
             exp: now + ACCESS_TOKEN_LIFETIME.as_secs(),
             iss: ISSUER.to_string(),
+            sgn: generation,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.signing_kid.clone());
@@ -167,6 +173,12 @@ pub fn secret_hash(secret: &str) -> String {
         .collect()
 }
 
+/// Compares a presented secret with the expected one without leaking, through timing, how much
+/// of it matched: both are hashed first.
+pub fn constant_time_eq(expected: &str, presented: &str) -> bool {
+    secret_hash(expected) == secret_hash(presented)
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -181,7 +193,7 @@ mod tests {
     fn tokens_verify_with_the_same_keys_only_and_carry_a_kid() {
         let dir = tempfile::tempdir().unwrap();
         let keys = TokenKeys::load_or_create(dir.path()).unwrap();
-        let token = keys.issue("u1", "u1@example.com", "t1", Role::Admin, true);
+        let token = keys.issue("u1", "u1@example.com", "t1", Role::Admin, true, 0);
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.alg, Algorithm::EdDSA);
         assert_eq!(header.kid.as_deref(), Some(keys.signing_kid.as_str()));

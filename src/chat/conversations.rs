@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::ChatError;
 use super::citations::Citation;
 use crate::auth::tokens::{secret_hash, secret_token};
-use crate::auth::{TenantScope, new_id};
+use crate::auth::{Role, TenantScope, new_id};
 
 /// Visitor tokens start with this, so they are told from staff credentials at a glance.
 pub const VISITOR_TOKEN_PREFIX: &str = "vis_";
@@ -21,10 +21,12 @@ pub enum Speaker {
         scope: TenantScope,
         visitor_id: String,
     },
-    /// A member of the tenant trying the coach out.
+    /// A member of the tenant (or an API key) trying the coach out or answering end users.
     Staff {
         scope: TenantScope,
         user_id: Option<String>,
+        /// Their role now: analysts only read.
+        role: Role,
     },
 }
 
@@ -51,22 +53,56 @@ pub fn create_visitor(
     Ok((id, token))
 }
 
-/// The visitor a token belongs to.
+/// How often a visitor's last-seen time is written: every request writing it would make end
+/// users contend with everything else for SQLite's single writer.
+const LAST_SEEN_RESOLUTION_SECONDS: i64 = 60;
+
+/// The visitor a token belongs to (whose coach is not suspended).
 pub fn authenticate_visitor(c: &Connection, token: &str) -> Result<Speaker, ChatError> {
-    let found: Option<(String, String)> = c
+    let found: Option<(String, String, bool, bool)> = c
         .query_row(
-            "UPDATE visitors SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-             WHERE token_hash = ?1 AND tenant_id IN (SELECT id FROM tenants WHERE suspended_at IS NULL) \
-             RETURNING id, tenant_id",
-            params![secret_hash(token)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            "SELECT v.id, v.tenant_id, t.suspended_at IS NOT NULL, \
+                    v.last_seen_at IS NULL OR (julianday('now') - julianday(v.last_seen_at)) * 86400 > ?2 \
+             FROM visitors v JOIN tenants t ON t.id = v.tenant_id WHERE v.token_hash = ?1",
+            params![secret_hash(token), LAST_SEEN_RESOLUTION_SECONDS],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let (visitor_id, tenant_id) = found.ok_or(ChatError::Unauthorized)?;
+    let (visitor_id, tenant_id, suspended, stale) = found.ok_or(ChatError::Unauthorized)?;
+    if suspended {
+        return Err(ChatError::Suspended);
+    }
+    if stale {
+        c.execute(
+            "UPDATE visitors SET last_seen_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+            [&visitor_id],
+        )?;
+    }
     Ok(Speaker::Visitor {
         scope: TenantScope::new(tenant_id),
         visitor_id,
     })
+}
+
+/// Whether a visitor that authenticated earlier (an open connection) may still talk.
+pub fn visitor_standing(
+    c: &Connection,
+    scope: &TenantScope,
+    visitor_id: &str,
+) -> Result<(), ChatError> {
+    let suspended: Option<bool> = c
+        .query_row(
+            "SELECT t.suspended_at IS NOT NULL FROM visitors v JOIN tenants t ON t.id = v.tenant_id \
+             WHERE v.id = ?1 AND v.tenant_id = ?2",
+            params![visitor_id, scope.tenant_id()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match suspended {
+        None => Err(ChatError::Unauthorized),
+        Some(true) => Err(ChatError::Suspended),
+        Some(false) => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -158,6 +194,9 @@ pub fn get(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
+    /// Typing, receipts, asking for a person: visitors in their own conversations, staff with
+    /// the coach role or above in any of the tenant's.
+    Act,
     Write,
 }
 
@@ -186,6 +225,9 @@ pub fn open(
         Speaker::Visitor { visitor_id, .. } if visitor.as_deref() != Some(visitor_id) => {
             Err(ChatError::NotFound("no such conversation"))
         }
+        Speaker::Staff { role, .. } if access != Access::Read && *role < Role::Coach => Err(
+            ChatError::Forbidden("the analyst role reads conversations; it cannot act in them"),
+        ),
         Speaker::Staff { user_id, .. } if access == Access::Write => {
             let own_test = visitor.is_none() && user == *user_id;
             let taken_over = visitor.is_some()
@@ -248,6 +290,23 @@ pub struct Message {
     /// raw answer before its citations were aligned. Events: what happened (`event`).
     #[schema(value_type = Option<Object>)]
     pub stats: Option<serde_json::Value>,
+}
+
+impl Message {
+    /// The message without how it was made (for end users and channels).
+    pub fn without_stats(mut self) -> Message {
+        self.stats = None;
+        self
+    }
+
+    /// What `speaker` may see of this message: end users never see `stats` (the passages
+    /// retrieval found, the model's raw answer, timings), whatever the answer became.
+    pub fn seen_by(self, speaker: &Speaker) -> Message {
+        match speaker {
+            Speaker::Visitor { .. } => self.without_stats(),
+            Speaker::Staff { .. } => self,
+        }
+    }
 }
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, client_id, author_name, \

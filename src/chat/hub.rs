@@ -27,7 +27,19 @@ pub struct Event {
     pub from: Option<u64>,
     /// Its `type`, the event name on an event stream.
     pub name: &'static str,
+    /// As the team sees it.
     pub json: String,
+    /// What end users see of it.
+    pub for_visitors: ForVisitors,
+}
+
+/// End users never see how an answer was made (retrieved passages, the raw answer, timings) or
+/// an answer while it is generated, before it was checked.
+#[derive(Debug)]
+pub enum ForVisitors {
+    Same,
+    Redacted(String),
+    Hidden,
 }
 
 impl Event {
@@ -38,12 +50,32 @@ impl Event {
             }
             other => (other.conversation_id().map(str::to_string), None),
         };
+        let for_visitors = match event {
+            ServerEvent::Message { message } if message.stats.is_some() => {
+                let redacted = ServerEvent::Message {
+                    message: message.clone().without_stats(),
+                };
+                ForVisitors::Redacted(serde_json::to_string(&redacted).expect("events serialise"))
+            }
+            ServerEvent::Delta { .. } => ForVisitors::Hidden,
+            _ => ForVisitors::Same,
+        };
         Event {
             conversation_id,
             seq,
             from: None,
             name: event.name(),
             json: serde_json::to_string(event).expect("events serialise"),
+            for_visitors,
+        }
+    }
+
+    /// The event as `participant` may see it, or `None` when it is not for them.
+    pub fn json_for(&self, visitor: bool) -> Option<&str> {
+        match (&self.for_visitors, visitor) {
+            (_, false) | (ForVisitors::Same, true) => Some(&self.json),
+            (ForVisitors::Redacted(json), true) => Some(json),
+            (ForVisitors::Hidden, true) => None,
         }
     }
 

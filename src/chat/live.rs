@@ -3,8 +3,9 @@
 //! typing, receipts, human handoff, the staff inbox, and per-connection ordering of messages.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -23,41 +24,126 @@ use super::{Chat, ChatError};
 use crate::auth::TenantScope;
 use crate::inference::chat_engine::ChatEvent;
 
-/// Limits on what one end user may send.
+/// Limits on what one end user may send, and on live connections.
 #[derive(Clone)]
 pub struct VisitorLimits {
     pub messages_per_minute: u32,
     messages: Arc<DefaultKeyedRateLimiter<String>>,
+    /// New conversations per end user: each is a row, and `open` with `new` costs nothing else.
+    conversations: Arc<DefaultKeyedRateLimiter<String>>,
+    connections: Arc<ConnectionSlots>,
 }
 
+/// New conversations an end user may start per hour.
+pub const CONVERSATIONS_PER_HOUR: u32 = 30;
+/// Live connections one credential (an end user's token, a member, a key) may hold at once.
+pub const CONNECTIONS_PER_CREDENTIAL: u32 = 16;
+
 impl VisitorLimits {
-    pub fn new(messages_per_minute: u32) -> VisitorLimits {
+    pub fn new(messages_per_minute: u32, connections_per_ip: u32) -> VisitorLimits {
         let per_minute = NonZeroU32::new(messages_per_minute.max(1)).expect("at least one");
         // A burst of a third of the minute's budget, so a quick follow-up is never refused.
         let burst = NonZeroU32::new((messages_per_minute / 3).max(1)).expect("at least one");
+        let conversations = Quota::per_hour(NonZeroU32::new(CONVERSATIONS_PER_HOUR).expect("≥1"))
+            .allow_burst(NonZeroU32::new(5).expect("≥1"));
         VisitorLimits {
             messages_per_minute,
             messages: Arc::new(RateLimiter::keyed(
                 Quota::per_minute(per_minute).allow_burst(burst),
             )),
+            conversations: Arc::new(RateLimiter::keyed(conversations)),
+            connections: Arc::new(ConnectionSlots {
+                per_ip: connections_per_ip,
+                open: Mutex::new(HashMap::new()),
+            }),
         }
     }
 
     pub fn check_visitor(&self, visitor_id: &str) -> Result<(), ChatError> {
-        self.messages
-            .check_key(&visitor_id.to_string())
-            .map_err(|not_until| {
-                ChatError::RateLimited(
-                    not_until
-                        .wait_time_from(DefaultClock::default().now())
-                        .max(Duration::from_secs(1)),
-                )
-            })
+        limited(&self.messages, visitor_id)
+    }
+
+    /// An end user starts a conversation.
+    pub fn check_new_conversation(&self, visitor_id: &str) -> Result<(), ChatError> {
+        limited(&self.conversations, visitor_id)
+    }
+
+    /// A live connection from `network` for `credential`, or `None` when either already holds
+    /// as many as allowed. Dropping the slot frees it.
+    pub fn connection_slot(
+        &self,
+        network: Option<IpAddr>,
+        credential: &str,
+    ) -> Option<ConnectionSlot> {
+        self.connections.take(network, credential)
     }
 
     /// Forgets idle visitors so memory stays bounded; call now and then.
     pub fn prune(&self) {
         self.messages.retain_recent();
+        self.conversations.retain_recent();
+    }
+}
+
+fn limited(limiter: &DefaultKeyedRateLimiter<String>, key: &str) -> Result<(), ChatError> {
+    limiter.check_key(&key.to_string()).map_err(|not_until| {
+        ChatError::RateLimited(
+            not_until
+                .wait_time_from(DefaultClock::default().now())
+                .max(Duration::from_secs(1)),
+        )
+    })
+}
+
+/// Open live connections per client network and per credential.
+struct ConnectionSlots {
+    per_ip: u32,
+    open: Mutex<HashMap<String, u32>>,
+}
+
+impl ConnectionSlots {
+    fn take(self: &Arc<Self>, network: Option<IpAddr>, credential: &str) -> Option<ConnectionSlot> {
+        let mut keys = vec![(format!("key:{credential}"), CONNECTIONS_PER_CREDENTIAL)];
+        if let Some(ip) = network {
+            keys.push((
+                format!("ip:{}", crate::auth::rate_limit::network_of(ip)),
+                self.per_ip,
+            ));
+        }
+        let mut open = self.open.lock().expect("slots lock");
+        if keys
+            .iter()
+            .any(|(key, limit)| open.get(key).copied().unwrap_or(0) >= *limit)
+        {
+            return None;
+        }
+        for (key, _) in &keys {
+            *open.entry(key.clone()).or_default() += 1;
+        }
+        Some(ConnectionSlot {
+            slots: Arc::clone(self),
+            keys: keys.into_iter().map(|(key, _)| key).collect(),
+        })
+    }
+}
+
+/// One open live connection, counted until dropped.
+pub struct ConnectionSlot {
+    slots: Arc<ConnectionSlots>,
+    keys: Vec<String>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().expect("slots lock");
+        for key in &self.keys {
+            if let Some(count) = open.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    open.remove(key);
+                }
+            }
+        }
     }
 }
 
@@ -157,7 +243,7 @@ impl Chat {
         let newly = self
             .db
             .call(move |c| {
-                let conversation = conversations::open(c, &who, &id, Access::Read)?;
+                let conversation = conversations::open(c, &who, &id, Access::Act)?;
                 if conversation.started_by != "visitor" {
                     return Err(ChatError::Invalid(
                         "only end users' conversations can be handed to a person".into(),
@@ -185,11 +271,13 @@ impl Chat {
     }
 
     /// A person takes the conversation over (the coach stops answering it), or hands it back
-    /// to the coach. The end user sees an event message either way.
+    /// to the coach: the person who took it over, or an admin (`overrides`). The end user sees
+    /// an event message either way.
     pub async fn hand_to(
         &self,
         scope: &TenantScope,
         user_id: &str,
+        overrides: bool,
         conversation_id: &str,
         hands: Hands,
     ) -> Result<Conversation, ChatError> {
@@ -227,6 +315,11 @@ impl Chat {
                         if !conversation.is_human() {
                             return Err(ChatError::Conflict(
                                 "the coach is already answering this conversation".into(),
+                            ));
+                        }
+                        if conversation.assigned_user_id.as_deref() != Some(&user) && !overrides {
+                            return Err(ChatError::Forbidden(
+                                "only the person handling this conversation (or an admin) can hand it back",
                             ));
                         }
                         conversations::set_mode(c, &scope_moved, &id, None)?;
@@ -279,6 +372,26 @@ impl Chat {
             .await
     }
 
+    /// Starts a conversation: an end user's (within their hourly budget), or a test
+    /// conversation of a member who may act (coach role or above).
+    pub async fn start_conversation(&self, speaker: &Speaker) -> Result<Conversation, ChatError> {
+        match speaker {
+            Speaker::Visitor { visitor_id, .. } => {
+                self.limits.check_new_conversation(visitor_id)?
+            }
+            Speaker::Staff { role, .. } if *role < crate::auth::Role::Coach => {
+                return Err(ChatError::Forbidden(
+                    "the analyst role reads conversations; it cannot start them",
+                ));
+            }
+            Speaker::Staff { .. } => {}
+        }
+        let speaker = speaker.clone();
+        self.db
+            .call(move |c| Ok(conversations::create(c, &speaker)?))
+            .await
+    }
+
     /// The conversation to follow. Visitors without an id continue their newest conversation
     /// (or start one); `new` always starts one.
     pub async fn open_conversation(
@@ -287,11 +400,14 @@ impl Chat {
         conversation_id: Option<String>,
         new: bool,
     ) -> Result<Conversation, ChatError> {
-        let speaker = speaker.clone();
+        let (speaker, limits) = (speaker.clone(), self.limits.clone());
         self.db
             .call(move |c| {
                 let id = match (&speaker, conversation_id, new) {
-                    (Speaker::Visitor { .. }, _, true) => conversations::create(c, &speaker)?.id,
+                    (Speaker::Visitor { visitor_id, .. }, _, true) => {
+                        limits.check_new_conversation(visitor_id)?;
+                        conversations::create(c, &speaker)?.id
+                    }
                     (_, Some(id), _) => id,
                     (Speaker::Visitor { visitor_id, .. }, None, false) => {
                         match conversations::latest_of_visitor(c, speaker.scope(), visitor_id)? {
@@ -343,7 +459,7 @@ impl Chat {
         let name = self
             .db
             .call(move |c| {
-                conversations::open(c, &who, &id, Access::Read)?;
+                conversations::open(c, &who, &id, Access::Act)?;
                 match &who {
                     Speaker::Staff {
                         user_id: Some(user),
@@ -381,7 +497,7 @@ impl Chat {
         let seq = self
             .db
             .call(move |c| {
-                conversations::open(c, &who, &id, Access::Read)?;
+                conversations::open(c, &who, &id, Access::Act)?;
                 Ok::<_, ChatError>(conversations::record_receipt(
                     c,
                     who.scope(),

@@ -25,6 +25,8 @@ pub enum ChatError {
     Forbidden(&'static str),
     #[error("the visitor token is missing, unknown or revoked; get a new one")]
     Unauthorized,
+    #[error("this coach was suspended by the owner of this server")]
+    Suspended,
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]

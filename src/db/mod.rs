@@ -28,6 +28,17 @@ pub enum DbError {
     Task(String),
 }
 
+impl DbError {
+    /// `SQLITE_BUSY`/`SQLITE_LOCKED`: another connection held the lock past the busy timeout.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
 /// A cloneable handle to the database. Cheap to clone; all clones share one pool.
 #[derive(Clone)]
 pub struct Db {

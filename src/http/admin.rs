@@ -113,10 +113,13 @@ async fn set_suspended(
     suspended: bool,
 ) -> Result<StatusCode, ApiError> {
     let principal = owner.principal;
+    let tenant = id.clone();
     state
         .db
-        .call(move |c| settings::set_suspended(c, &principal, &id, suspended, &context))
+        .call(move |c| settings::set_suspended(c, &principal, &tenant, suspended, &context))
         .await?;
+    // Open connections of the tenant (staff and end users) are closed at once.
+    state.auth.accounts.changes().changed(&id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -176,6 +179,7 @@ pub(crate) async fn delete_tenant(
         .db
         .call(move |c| settings::delete_tenant(c, &principal, &tenant, &context))
         .await?;
+    state.auth.accounts.changes().changed(&id);
     state.knowledge.forget_tenant(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,7 +22,8 @@ use crate::auth::accounts::{Accounts, Invitation, Me, Registration, Session, Sig
 use crate::auth::audit::{self, AuditFilter, AuditView};
 use crate::auth::rate_limit::Limiters;
 use crate::auth::{
-    AuthError, Credential, Principal, RequestContext, Role, TenantScope, api_keys, team, tenant,
+    AuthError, Credential, Principal, RequestContext, Role, TenantScope, access, api_keys, team,
+    tenant,
 };
 
 /// Authentication state shared by the routes.
@@ -110,7 +111,8 @@ pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
         .map(|token| token.trim().to_string())
 }
 
-/// The member behind an access token or API key (no role check).
+/// The member behind an access token or API key, with their role and tenant as they stand now
+/// (no role check). The token only says who it is; the database says what they may do.
 pub async fn principal_from_token(state: &AppState, token: String) -> Result<Principal, ApiError> {
     if token.starts_with(api_keys::KEY_PREFIX) {
         return Ok(state
@@ -119,18 +121,22 @@ pub async fn principal_from_token(state: &AppState, token: String) -> Result<Pri
             .await?);
     }
     let claims = state.auth.accounts.keys().verify(&token)?;
-    Ok(Principal {
-        user_id: Some(claims.sub.clone()),
-        scope: TenantScope::new(claims.tid),
-        role: claims.role,
-        is_owner: claims.own,
-        label: if claims.eml.is_empty() {
-            claims.sub
-        } else {
-            claims.eml
-        },
-        credential: Credential::AccessToken,
-    })
+    Ok(state
+        .db
+        .call(move |c| access::member(c, &claims.sub, &claims.tid, claims.sgn))
+        .await?)
+}
+
+/// Looks again at a principal that authenticated earlier (an open connection).
+pub async fn current_principal(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Principal, ApiError> {
+    let principal = principal.clone();
+    Ok(state
+        .db
+        .call(move |c| access::current(c, &principal))
+        .await?)
 }
 
 /// The client's address and the request id, for rate limits and the audit log.
@@ -173,6 +179,10 @@ pub fn client_ip(peer: IpAddr, forwarded: Option<&str>, trusted: &[IpNet]) -> Ip
 
 impl From<AuthError> for ApiError {
     fn from(error: AuthError) -> ApiError {
+        let error = match error {
+            AuthError::Db(db) => return db.into(),
+            other => other,
+        };
         let code = match &error {
             AuthError::Unauthorized => ErrorCode::Unauthorized,
             AuthError::InvalidCredentials => ErrorCode::InvalidCredentials,
@@ -181,7 +191,14 @@ impl From<AuthError> for ApiError {
             AuthError::SignupClosed(_) => ErrorCode::SignupClosed,
             AuthError::TokenReused => ErrorCode::TokenReused,
             AuthError::InvalidToken => ErrorCode::InvalidToken,
-            AuthError::Forbidden | AuthError::Suspended => ErrorCode::Forbidden,
+            AuthError::Forbidden => ErrorCode::Forbidden,
+            AuthError::Suspended => ErrorCode::TenantSuspended,
+            AuthError::AccessEnded => ErrorCode::Unauthorized,
+            AuthError::SetupTokenRequired => ErrorCode::SetupTokenRequired,
+            AuthError::Busy => {
+                return ApiError::new(ErrorCode::ServiceUnavailable, error.to_string())
+                    .with_retry_after(std::time::Duration::from_secs(1));
+            }
             AuthError::Conflict(_) => ErrorCode::Conflict,
             AuthError::NotFound(_) => ErrorCode::NotFound,
             AuthError::Invalid(_) => ErrorCode::InvalidRequest,
@@ -189,10 +206,7 @@ impl From<AuthError> for ApiError {
                 return ApiError::new(ErrorCode::RateLimited, error.to_string())
                     .with_retry_after(*retry_after);
             }
-            AuthError::Db(db) => {
-                tracing::error!(error = %db, "database error");
-                return ApiError::internal();
-            }
+            AuthError::Db(_) => unreachable!("answered above"),
         };
         ApiError::new(code, error.to_string())
     }
@@ -214,10 +228,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/api-keys/{id}", delete(revoke_api_key))
         .route("/api/v1/team", get(list_team))
         .route("/api/v1/team/invitations", post(invite))
+        .route("/api/v1/team/invitations/{id}", delete(revoke_invitation))
         .route(
             "/api/v1/team/{user_id}",
             axum::routing::patch(change_role).delete(remove_member),
         )
+        .route("/api/v1/team/{user_id}/reset-link", post(member_reset_link))
         .route("/api/v1/tenant", get(get_tenant).patch(update_tenant))
         .route("/api/v1/admin/tenants", get(list_tenants))
         .route("/api/v1/audit-log", get(tenant_audit_log))
@@ -242,7 +258,7 @@ pub(crate) async fn register(
     Client(context): Client,
     Json(input): Json<Registration>,
 ) -> Result<Response, ApiError> {
-    state.auth.limiters.check_auth(context.ip, None)?;
+    state.auth.limiters.check_auth(context.ip)?;
     let session = state.auth.accounts.register(input, &context).await?;
     Ok((StatusCode::CREATED, Json(session)).into_response())
 }
@@ -269,10 +285,7 @@ pub(crate) async fn login(
     Client(context): Client,
     Json(input): Json<Credentials>,
 ) -> Result<Response, ApiError> {
-    state
-        .auth
-        .limiters
-        .check_auth(context.ip, Some(&input.email))?;
+    state.auth.limiters.check_auth(context.ip)?;
     let session = state
         .auth
         .accounts
@@ -301,8 +314,12 @@ pub struct InstanceInfo {
     /// `open`, `invite` or `closed`.
     #[schema(value_type = String)]
     signup: SignupPolicy,
-    /// No account exists yet: the first one to register becomes the instance owner.
+    /// No account exists yet: the first one to register becomes the instance owner, with the
+    /// set-up token `serve` printed.
     needs_owner: bool,
+    /// Whether the server sends email (reset links, invitations). Without it, admins pass links
+    /// on themselves: the team screen makes them.
+    email: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/instance", tag = "accounts",
@@ -313,6 +330,7 @@ pub async fn instance(State(state): State<AppState>) -> Result<Json<InstanceInfo
         version: env!("CARGO_PKG_VERSION"),
         signup,
         needs_owner,
+        email: state.auth.mailer.is_configured(),
     }))
 }
 
@@ -399,7 +417,7 @@ pub(crate) struct PasswordChange {
     tag = "accounts",
     request_body = PasswordChange,
     responses(
-        (status = 204, description = "Changed; other sign-ins ended"),
+        (status = 200, description = "Changed; every sign-in of the account ended, and this is the caller's new one", body = Session),
         (status = 422, description = "Weak new password", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
     ),
@@ -410,8 +428,8 @@ pub(crate) async fn change_password(
     Client(context): Client,
     auth: Authenticated,
     Json(input): Json<PasswordChange>,
-) -> Result<StatusCode, ApiError> {
-    state
+) -> Result<Json<Session>, ApiError> {
+    let session = state
         .auth
         .accounts
         .change_password(
@@ -421,7 +439,7 @@ pub(crate) async fn change_password(
             &context,
         )
         .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(session))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -444,17 +462,15 @@ pub(crate) async fn request_reset(
     Client(context): Client,
     Json(input): Json<ResetRequest>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state
-        .auth
-        .limiters
-        .check_auth(context.ip, Some(&input.email))?;
+    state.auth.limiters.check_auth(context.ip)?;
+    state.auth.limiters.check_reset(&input.email)?;
     if let Some(token) = state
         .auth
         .accounts
         .request_reset(&input.email, &context)
         .await?
     {
-        let link = format!("{}/reset-password?token={token}", state.auth.public_url);
+        let link = reset_link(&state.auth.public_url, &token);
         let body = format!(
             "Someone asked to reset the password of your Compañero account.\n\n\
              Choose a new password here (the link works once, for one hour):\n{link}\n\n\
@@ -499,7 +515,7 @@ pub(crate) async fn confirm_reset(
     Client(context): Client,
     Json(input): Json<ResetConfirmation>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth.limiters.check_auth(context.ip, None)?;
+    state.auth.limiters.check_auth(context.ip)?;
     state
         .auth
         .accounts
@@ -576,10 +592,12 @@ pub(crate) async fn revoke_api_key(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let principal = auth.principal;
+    let tenant_id = principal.tenant_id().to_string();
     state
         .db
         .call(move |c| api_keys::revoke(c, &principal, &id, &context))
         .await?;
+    state.auth.accounts.changes().changed(&tenant_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -612,13 +630,12 @@ pub(crate) async fn invite(
         .accounts
         .invite(&auth.principal, &input.email, input.role, &context)
         .await?;
+    let link = invitation_link(&state.auth.public_url, &invitation.token);
     let body = format!(
         "You are invited to join a coaching team on Compañero as {role}.\n\n\
-         Register at {url}/api/v1/auth/register with this email and the invitation code:\n{token}\n\n\
+         Create your account here with this email address:\n{link}\n\n\
          The invitation expires on {expires}.\n",
         role = invitation.role.as_str(),
-        url = state.auth.public_url,
-        token = invitation.token,
         expires = invitation.expires_at,
     );
     let mailer = state.auth.mailer.clone();
@@ -628,7 +645,83 @@ pub(crate) async fn invite(
             .send(&to, "Your invitation to Compañero", &body)
             .await
     });
-    Ok((StatusCode::CREATED, Json(json!(invitation))))
+    let mut answer = json!(invitation);
+    answer["link"] = json!(link);
+    answer["emailed"] = json!(state.auth.mailer.is_configured());
+    Ok((StatusCode::CREATED, Json(answer)))
+}
+
+/// Where an invitee signs up: the dashboard's sign-up form with the code filled in.
+fn invitation_link(public_url: &str, token: &str) -> String {
+    format!("{public_url}/app/#/signup?invitation={token}")
+}
+
+/// Where a reset token is used.
+pub fn reset_link(public_url: &str, token: &str) -> String {
+    format!("{public_url}/reset-password?token={token}")
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/team/invitations/{id}",
+    tag = "team",
+    params(("id" = String, Path, description = "Invitation id")),
+    responses(
+        (status = 204, description = "Withdrawn; its code no longer works"),
+        (status = 404, description = "No such pending invitation in this tenant", body = ErrorBody),
+        (status = 403, description = "Admins only", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn revoke_invitation(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .auth
+        .accounts
+        .revoke_invitation(&auth.principal, &id, &context)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A reset link the admin passes on.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ResetLink {
+    link: String,
+    expires_at: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/team/{user_id}/reset-link",
+    tag = "team",
+    params(("user_id" = String, Path, description = "Member's user id")),
+    responses(
+        (status = 201, description = "A single-use link (one hour) to set a new password; shown once, never logged", body = ResetLink),
+        (status = 404, description = "No such member in this tenant", body = ErrorBody),
+        (status = 422, description = "The account also belongs to another team (or is the server owner's)", body = ErrorBody),
+        (status = 403, description = "Admins only", body = ErrorBody),
+        (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn member_reset_link(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Path(user_id): Path<String>,
+) -> Result<(StatusCode, Json<ResetLink>), ApiError> {
+    let (token, expires_at) = state
+        .auth
+        .accounts
+        .reset_token_for_member(&auth.principal, &user_id, &context)
+        .await?;
+    let link = reset_link(&state.auth.public_url, &token);
+    Ok((StatusCode::CREATED, Json(ResetLink { link, expires_at })))
 }
 
 #[utoipa::path(
@@ -680,10 +773,12 @@ pub(crate) async fn change_role(
     Json(input): Json<RoleChange>,
 ) -> Result<Json<team::Member>, ApiError> {
     let principal = auth.principal;
+    let tenant_id = principal.tenant_id().to_string();
     let member = state
         .db
         .call(move |c| team::change_role(c, &principal, &user_id, input.role, &context))
         .await?;
+    state.auth.accounts.changes().changed(&tenant_id);
     Ok(Json(member))
 }
 
@@ -707,10 +802,12 @@ pub(crate) async fn remove_member(
     Path(user_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let principal = auth.principal;
+    let tenant_id = principal.tenant_id().to_string();
     state
         .db
         .call(move |c| team::remove(c, &principal, &user_id, &context))
         .await?;
+    state.auth.accounts.changes().changed(&tenant_id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -80,19 +80,35 @@ pub async fn speaker_from_token(
             .db
             .call(move |c| conversations::authenticate_visitor(c, &token))
             .await?;
-        state
-            .auth
-            .limiters
-            .check_tenant(speaker.scope().tenant_id())?;
+        charge(state, &speaker)?;
         return Ok((speaker, None));
     }
     let principal = principal_from_token(state, token).await?;
-    state.auth.limiters.check_tenant(principal.tenant_id())?;
-    let speaker = Speaker::Staff {
+    let speaker = staff_speaker(&principal);
+    charge(state, &speaker)?;
+    Ok((speaker, Some(principal)))
+}
+
+/// A member of the team as a participant in conversations.
+pub fn staff_speaker(principal: &Principal) -> Speaker {
+    Speaker::Staff {
         scope: principal.scope().clone(),
         user_id: principal.user_id.clone(),
-    };
-    Ok((speaker, Some(principal)))
+        role: principal.role,
+    }
+}
+
+/// Counts a request against its budget: end users' against theirs and their tenant's public
+/// traffic, staff against the tenant's API budget, so visitors never lock out the team.
+pub fn charge(state: &AppState, speaker: &Speaker) -> Result<(), ApiError> {
+    let limiters = &state.auth.limiters;
+    match speaker {
+        Speaker::Visitor { scope, visitor_id } => {
+            limiters.check_visitor(scope.tenant_id(), visitor_id)?
+        }
+        Speaker::Staff { scope, .. } => limiters.check_tenant(scope.tenant_id())?,
+    }
+    Ok(())
 }
 
 /// The member of the team behind a caller who may answer conversations (coach role or above).
@@ -199,6 +215,7 @@ pub(crate) async fn public_coach(
     Path(slug): Path<String>,
 ) -> Result<Json<PublicCoach>, ApiError> {
     let (tenant_id, coach) = state.db.call(move |c| coach::by_slug(c, &slug)).await?;
+    state.auth.limiters.check_public(&tenant_id)?;
     let online = state.chat.hub().is_staff_online(&tenant_id);
     Ok(Json(PublicCoach::new(coach, online)))
 }
@@ -217,21 +234,20 @@ pub(crate) async fn create_visitor(
     Path(slug): Path<String>,
     headers: axum::http::HeaderMap,
 ) -> Result<(StatusCode, Json<NewVisitor>), ApiError> {
-    state.auth.limiters.check_auth(context.ip, None)?;
+    state.auth.limiters.check_new_visitor(context.ip)?;
     let origin = headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let visitor = state
+    let (tenant_id, coach) = state.db.call(move |c| coach::by_slug(c, &slug)).await?;
+    state.auth.limiters.check_public(&tenant_id)?;
+    let tenant = tenant_id.clone();
+    let (visitor_id, token) = state
         .db
         .call(move |c| {
-            let (tenant_id, coach) = coach::by_slug(c, &slug)?;
-            let (visitor_id, token) =
-                conversations::create_visitor(c, &tenant_id, origin.as_deref())?;
-            Ok::<_, ChatError>((tenant_id, visitor_id, token, coach))
+            conversations::create_visitor(c, &tenant, origin.as_deref()).map_err(ChatError::from)
         })
         .await?;
-    let (tenant_id, visitor_id, token, coach) = visitor;
     let visitor = NewVisitor {
         visitor_id,
         token,
@@ -250,10 +266,7 @@ pub(crate) async fn create_conversation(
     State(state): State<AppState>,
     Caller(speaker, _): Caller,
 ) -> Result<(StatusCode, Json<Conversation>), ApiError> {
-    let conversation = state
-        .db
-        .call(move |c| conversations::create(c, &speaker).map_err(ChatError::from))
-        .await?;
+    let conversation = state.chat.start_conversation(&speaker).await?;
     Ok((StatusCode::CREATED, Json(conversation)))
 }
 
@@ -278,7 +291,8 @@ pub(crate) async fn list_messages(
         .db
         .call(move |c| {
             conversations::open(c, &speaker, &id, Access::Read)?;
-            Ok::<_, ChatError>(conversations::messages(c, speaker.scope(), &id)?)
+            let messages = conversations::messages(c, speaker.scope(), &id)?;
+            Ok::<_, ChatError>(messages.into_iter().map(|m| m.seen_by(&speaker)).collect())
         })
         .await?;
     Ok(Json(MessageList { messages }))
@@ -339,7 +353,7 @@ pub(crate) async fn send_message(
         chat.answer_in_background(speaker, id, pending);
         return Ok((StatusCode::ACCEPTED, Json(asked.message)).into_response());
     }
-    let mut prepared = chat.start_answer(speaker, &id, pending).await?;
+    let mut prepared = chat.start_answer(speaker.clone(), &id, pending).await?;
     let reply = std::mem::replace(&mut prepared.reply, Reply::Fallback);
     if !input.stream {
         let generated = match reply {
@@ -347,7 +361,7 @@ pub(crate) async fn send_message(
             Reply::Generate(stream) => Some(stream.collect().await?),
         };
         let message = chat.finish(prepared, generated).await?;
-        return Ok(Json(message).into_response());
+        return Ok(Json(message.seen_by(&speaker)).into_response());
     }
     let events = answer_events(chat, prepared, reply);
     Ok(sse_until_shutdown(events, state.shutdown.clone()).into_response())
@@ -365,12 +379,15 @@ enum Phase {
 }
 
 /// The answer as events. Generation is driven by this stream, so a client that disconnects
-/// (dropping it) stops the model at its next token.
+/// (dropping it) stops the model at its next token. End users get no deltas: the answer is
+/// checked (citations aligned, confidence scored, possibly replaced by the fallback) before
+/// they see any of it, so nothing they read is taken back.
 fn answer_events(
     chat: Chat,
     prepared: Prepared,
     reply: Reply,
 ) -> impl futures_util::Stream<Item = Event> + Send + 'static {
+    let visitor = matches!(prepared.speaker, Speaker::Visitor { .. });
     let start = match reply {
         Reply::Fallback => Phase::Fallback(Box::new(prepared)),
         Reply::Generate(stream) => Phase::Generating {
@@ -379,12 +396,14 @@ fn answer_events(
             text: String::new(),
         },
     };
-    stream::unfold((start, chat), |(phase, chat)| async move {
+    stream::unfold((start, chat), move |(phase, chat)| async move {
         match phase {
             Phase::Finished => None,
             Phase::Fallback(prepared) => {
                 let text = Chat::fallback_text(&prepared.coach);
-                let last = final_event(chat.finish(*prepared, None).await);
+                let speaker = prepared.speaker.clone();
+                let finished = chat.finish(*prepared, None).await;
+                let last = final_event(finished.map(|m| m.seen_by(&speaker)));
                 Some((vec![delta_event(&text), last], (Phase::Finished, chat)))
             }
             Phase::Generating {
@@ -394,16 +413,22 @@ fn answer_events(
             } => match stream.next().await {
                 Some(Ok(ChatEvent::Delta(delta))) => {
                     text.push_str(&delta);
-                    let event = delta_event(&delta);
+                    let events = if visitor {
+                        Vec::new()
+                    } else {
+                        vec![delta_event(&delta)]
+                    };
                     let phase = Phase::Generating {
                         prepared,
                         stream,
                         text,
                     };
-                    Some((vec![event], (phase, chat)))
+                    Some((events, (phase, chat)))
                 }
                 Some(Ok(ChatEvent::Done(summary))) => {
-                    let last = final_event(chat.finish(*prepared, Some((text, summary))).await);
+                    let speaker = prepared.speaker.clone();
+                    let finished = chat.finish(*prepared, Some((text, summary))).await;
+                    let last = final_event(finished.map(|m| m.seen_by(&speaker)));
                     Some((vec![last], (Phase::Finished, chat)))
                 }
                 Some(Err(error)) => {
@@ -444,6 +469,7 @@ impl From<ChatError> for ApiError {
             ChatError::NotFound(message) => ApiError::not_found(message),
             ChatError::Forbidden(message) => ApiError::new(ErrorCode::Forbidden, message),
             ChatError::Unauthorized => ApiError::new(ErrorCode::Unauthorized, error.to_string()),
+            ChatError::Suspended => ApiError::new(ErrorCode::TenantSuspended, error.to_string()),
             ChatError::Invalid(message) => ApiError::new(ErrorCode::InvalidRequest, message),
             ChatError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             ChatError::RateLimited(after) => {
@@ -569,10 +595,16 @@ async fn change_hands(
     id: String,
     hands: Hands,
 ) -> Result<Json<Conversation>, ApiError> {
-    let (_, user) = answering_member(principal.as_ref())?;
+    let (member, user) = answering_member(principal.as_ref())?;
     let conversation = state
         .chat
-        .hand_to(speaker.scope(), user, &id, hands)
+        .hand_to(
+            speaker.scope(),
+            user,
+            member.role >= Role::Admin,
+            &id,
+            hands,
+        )
         .await?;
     Ok(Json(conversation))
 }

@@ -78,6 +78,12 @@ error_codes! {
     InvalidToken => (UNAUTHORIZED, "invalid_token"),
     /// A public request from an origin the creator has not allowed.
     OriginNotAllowed => (FORBIDDEN, "origin_not_allowed"),
+    /// The owner of the server suspended this creator: members, keys and end users are refused.
+    TenantSuspended => (FORBIDDEN, "tenant_suspended"),
+    /// The first account (the server's owner) needs the set-up token `serve` printed.
+    SetupTokenRequired => (FORBIDDEN, "setup_token_required"),
+    /// The database is busy with other writes; retry after `Retry-After` seconds.
+    Busy => (SERVICE_UNAVAILABLE, "busy"),
 }
 
 impl ErrorCode {
@@ -166,6 +172,16 @@ impl IntoResponse for ApiError {
 
 impl From<crate::db::DbError> for ApiError {
     fn from(error: crate::db::DbError) -> ApiError {
+        // Another writer held the database past the busy timeout: a moment's wait fixes it, so
+        // the client is told to retry rather than that something broke.
+        if error.is_busy() {
+            tracing::warn!(%error, "database busy");
+            return ApiError::new(
+                ErrorCode::Busy,
+                "the server is busy with other changes; try again in a moment",
+            )
+            .with_retry_after(Duration::from_secs(1));
+        }
         tracing::error!(%error, "database error");
         ApiError::internal()
     }

@@ -43,6 +43,8 @@ use super::{admin, auth, chat, health, insights, knowledge, metrics, realtime};
         auth::revoke_api_key,
         auth::list_team,
         auth::invite,
+        auth::revoke_invitation,
+        auth::member_reset_link,
         auth::change_role,
         auth::remove_member,
         auth::get_tenant,

@@ -3,6 +3,7 @@
 //! commands are the plain conversation routes. Protocol: docs/websocket-protocol.md.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,18 +15,21 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
+use tokio::sync::broadcast;
 
 use super::AppState;
-use super::chat::{Caller, answering_member, speaker_from_token};
+use super::auth::{Client, current_principal};
+use super::chat::{Caller, answering_member, speaker_from_token, staff_speaker};
 use super::cors;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::streams::sse_until_shutdown;
-use crate::auth::Principal;
+use crate::auth::{Principal, Role};
 use crate::chat::answer::MAX_MESSAGE_CHARS;
-use crate::chat::conversations::Speaker;
+use crate::chat::conversations::{ReceiptStatus, Speaker};
 use crate::chat::hub::{Connection, Event, Participant};
-use crate::chat::live::{Follower, Hands};
+use crate::chat::live::{ConnectionSlot, Follower, Hands};
 use crate::chat::protocol::{ClientCommand, PROTOCOL_VERSION, ServerEvent};
 
 pub fn routes() -> Router<AppState> {
@@ -44,6 +48,13 @@ const MAX_STRIKES: u32 = 10;
 /// Typing notices passed on per conversation, at most one per this interval unless the state
 /// changes: a client that sends one per keystroke costs nothing.
 const TYPING_INTERVAL: Duration = Duration::from_secs(2);
+/// Commands of any kind one connection may send per minute (a burst of a quarter of it):
+/// typing, receipts and `open` cost a database call each, so none is free.
+const COMMANDS_PER_MINUTE: u32 = 120;
+/// Close codes (4000-4999 are the application's): the credential no longer gives access
+/// (removed, signed out everywhere, key revoked), or the tenant was suspended.
+const CLOSE_ACCESS_ENDED: u16 = 4401;
+const CLOSE_FORBIDDEN: u16 = 4403;
 
 #[utoipa::path(get, path = "/api/v1/live", tag = "chat",
     responses(
@@ -52,10 +63,12 @@ const TYPING_INTERVAL: Duration = Duration::from_secs(2);
     ))]
 pub(crate) async fn websocket(
     State(state): State<AppState>,
+    Client(context): Client,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let origin = cors::foreign_origin(&headers);
+    let ip = context.ip;
     upgrade
         // Small buffers: most connections sit idle, and 10,000 of them must fit in memory.
         .read_buffer_size(4 * 1024)
@@ -63,7 +76,7 @@ pub(crate) async fn websocket(
         .max_frame_size(MAX_FRAME_BYTES)
         .max_message_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            if let Some(session) = Session::start(socket, state, origin).await {
+            if let Some(session) = Session::start(socket, state, origin, ip).await {
                 session.run().await;
             }
         })
@@ -79,6 +92,16 @@ struct Session {
     follower: Follower,
     strikes: u32,
     typing_sent: HashMap<String, (bool, Instant)>,
+    /// The newest receipt this connection passed on per conversation: repeats cost nothing.
+    receipts_sent: HashMap<String, (i64, ReceiptStatus)>,
+    commands: DefaultDirectRateLimiter,
+    /// Changes of access in any tenant; this connection looks again when its tenant's change.
+    access: broadcast::Receiver<String>,
+    /// The access epoch at the last look: unchanged means nothing to look at again.
+    access_epoch: u64,
+    /// Set when a command found the connection's access gone: the session closes.
+    closing: Option<(u16, &'static str)>,
+    _slot: ConnectionSlot,
 }
 
 /// How a session ends.
@@ -106,6 +129,7 @@ impl Session {
         mut socket: WebSocket,
         state: AppState,
         origin: Option<String>,
+        ip: Option<std::net::IpAddr>,
     ) -> Option<Session> {
         let hello = tokio::time::timeout(HELLO_TIMEOUT, socket.recv()).await;
         let token = match hello {
@@ -139,6 +163,9 @@ impl Session {
                 return None;
             }
         };
+        // Subscribed before authenticating: a change while this connection starts is seen.
+        let access = state.auth.accounts.changes().subscribe();
+        let access_epoch = state.auth.accounts.changes().epoch();
         let authenticated = async {
             let (speaker, principal) = speaker_from_token(&state, token).await?;
             cors::check_caller_origin(&state, speaker.scope().tenant_id(), origin.as_deref())
@@ -151,6 +178,19 @@ impl Session {
                 refuse(socket, error).await;
                 return None;
             }
+        };
+        let Some(slot) = state
+            .chat
+            .limits()
+            .connection_slot(ip, &credential_key(&speaker, principal.as_ref()))
+        else {
+            let error = ApiError::new(
+                ErrorCode::RateLimited,
+                "too many live connections from this address or with this token; close some first",
+            )
+            .with_retry_after(Duration::from_secs(30));
+            refuse(socket, error).await;
+            return None;
         };
         let tenant_id = speaker.scope().tenant_id().to_string();
         let (participant, role, visitor_id) = match &speaker {
@@ -172,6 +212,15 @@ impl Session {
             follower: Follower::default(),
             strikes: 0,
             typing_sent: HashMap::new(),
+            receipts_sent: HashMap::new(),
+            commands: RateLimiter::direct(
+                Quota::per_minute(NonZeroU32::new(COMMANDS_PER_MINUTE).expect("≥1"))
+                    .allow_burst(NonZeroU32::new(COMMANDS_PER_MINUTE / 4).expect("≥1")),
+            ),
+            access,
+            access_epoch,
+            closing: None,
+            _slot: slot,
             state,
         };
         let welcome = ServerEvent::Welcome {
@@ -215,6 +264,9 @@ impl Session {
                         if self.deliver(replies).await.is_err() {
                             break Ending::Gone;
                         }
+                        if let Some((code, reason)) = self.closing {
+                            break Ending::Close(code, reason);
+                        }
                         if self.strikes >= MAX_STRIKES {
                             break Ending::Close(close_code::POLICY, "too many refused commands");
                         }
@@ -251,6 +303,17 @@ impl Session {
                         break Ending::Gone;
                     }
                 }
+                change = self.access.recv() => {
+                    let ours = match change {
+                        Ok(tenant_id) => tenant_id == self.speaker.scope().tenant_id(),
+                        // Missed some: look again to be safe.
+                        Err(broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(broadcast::error::RecvError::Closed) => false,
+                    };
+                    if ours && let Err((code, reason)) = self.recheck().await {
+                        break Ending::Close(code, reason);
+                    }
+                }
                 _ = shutdown.cancelled() => break Ending::Close(close_code::RESTART, "server restarting"),
             }
         };
@@ -282,15 +345,62 @@ impl Session {
                 return Ok(());
             }
         };
+        let visitor = matches!(self.speaker, Speaker::Visitor { .. });
         for event in admitted {
-            self.send(event.json.clone()).await?;
+            if let Some(json) = event.json_for(visitor) {
+                self.send(json.to_string()).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Judges the connection on its access *now* when anything changed since the last look:
+    /// a removed member, a revoked key or a suspended tenant end it (4401/4403); a new role
+    /// applies to the next command.
+    async fn recheck(&mut self) -> Result<(), (u16, &'static str)> {
+        let epoch = self.state.auth.accounts.changes().epoch();
+        if epoch == self.access_epoch {
+            return Ok(());
+        }
+        // Taken before the look: a change during it bumps the epoch again.
+        self.access_epoch = epoch;
+        match standing(&self.state, &self.speaker, self.principal.as_ref()).await {
+            Ok(Some(principal)) => {
+                self.speaker = staff_speaker(&principal);
+                self.principal = Some(principal);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(error) => match close_for(&error) {
+                Some(close) => Err(close),
+                None => {
+                    // Not a verdict (the database was busy): look again next time.
+                    self.access_epoch = epoch.wrapping_sub(1);
+                    Ok(())
+                }
+            },
+        }
     }
 
     /// Carries out one command; returns the replies for this connection only (everything
     /// others see goes through the hub).
     async fn handle(&mut self, text: &str) -> Vec<ServerEvent> {
+        if let Err(close) = self.recheck().await {
+            self.closing = Some(close);
+            return Vec::new();
+        }
+        if let Err(not_until) = self.commands.check() {
+            self.strikes += 1;
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            let error = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("too many commands; at most {COMMANDS_PER_MINUTE} a minute"),
+            )
+            .with_retry_after(wait.max(Duration::from_secs(1)));
+            return vec![error_event(error, None)];
+        }
         let command = match serde_json::from_str::<ClientCommand>(text) {
             Ok(command) => command,
             Err(error) => {
@@ -343,11 +453,9 @@ impl Session {
                     .map_or(after_seq.min(conversation.last_seq), |m| m.seq);
                 self.follower.delivered_up_to(&conversation.id, up_to);
                 let mut replies = vec![ServerEvent::Opened { conversation }];
-                replies.extend(
-                    missed
-                        .into_iter()
-                        .map(|message| ServerEvent::Message { message }),
-                );
+                replies.extend(missed.into_iter().map(|message| ServerEvent::Message {
+                    message: message.seen_by(&speaker),
+                }));
                 Ok(replies)
             }
             ClientCommand::Send {
@@ -390,6 +498,15 @@ impl Session {
                 seq,
                 status,
             } => {
+                let known = self.receipts_sent.get(&conversation_id);
+                let repeat = known.is_some_and(|(sent, sent_status)| {
+                    *sent >= seq && (*sent_status == status || status == ReceiptStatus::Delivered)
+                });
+                if repeat {
+                    return Ok(Vec::new());
+                }
+                self.receipts_sent
+                    .insert(conversation_id.clone(), (seq, status));
                 chat.receipt(
                     &speaker,
                     &conversation_id,
@@ -405,18 +522,74 @@ impl Session {
                 Ok(Vec::new())
             }
             ClientCommand::Takeover { conversation_id } => {
-                let (_, user) = answering_member(self.principal.as_ref())?;
-                chat.hand_to(speaker.scope(), user, &conversation_id, Hands::Person)
-                    .await?;
+                let (member, user) = answering_member(self.principal.as_ref())?;
+                let admin = member.role >= Role::Admin;
+                chat.hand_to(
+                    speaker.scope(),
+                    user,
+                    admin,
+                    &conversation_id,
+                    Hands::Person,
+                )
+                .await?;
                 Ok(Vec::new())
             }
             ClientCommand::Handback { conversation_id } => {
-                let (_, user) = answering_member(self.principal.as_ref())?;
-                chat.hand_to(speaker.scope(), user, &conversation_id, Hands::Coach)
+                let (member, user) = answering_member(self.principal.as_ref())?;
+                let admin = member.role >= Role::Admin;
+                chat.hand_to(speaker.scope(), user, admin, &conversation_id, Hands::Coach)
                     .await?;
                 Ok(Vec::new())
             }
         }
+    }
+}
+
+/// Who a connection counts against for the per-credential cap.
+fn credential_key(speaker: &Speaker, principal: Option<&Principal>) -> String {
+    match (speaker, principal) {
+        (Speaker::Visitor { visitor_id, .. }, _) => format!("visitor:{visitor_id}"),
+        (_, Some(principal)) => match &principal.credential {
+            crate::auth::Credential::ApiKey { key_id } => format!("key:{key_id}"),
+            crate::auth::Credential::AccessToken { .. } => {
+                format!("user:{}", principal.user_id.as_deref().unwrap_or_default())
+            }
+        },
+        (Speaker::Staff { scope, .. }, None) => format!("staff:{}", scope.tenant_id()),
+    }
+}
+
+/// Whether a participant that authenticated earlier still has access: `Ok(Some(principal))`
+/// with a member's role now, `Ok(None)` for an end user who may go on.
+async fn standing(
+    state: &AppState,
+    speaker: &Speaker,
+    principal: Option<&Principal>,
+) -> Result<Option<Principal>, ApiError> {
+    match (speaker, principal) {
+        (Speaker::Visitor { scope, visitor_id }, _) => {
+            let (scope, visitor_id) = (scope.clone(), visitor_id.clone());
+            state
+                .db
+                .call(move |c| crate::chat::conversations::visitor_standing(c, &scope, &visitor_id))
+                .await?;
+            Ok(None)
+        }
+        (_, Some(principal)) => Ok(Some(current_principal(state, principal).await?)),
+        (Speaker::Staff { .. }, None) => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "no credential behind this connection",
+        )),
+    }
+}
+
+/// The close code for a verdict on access, or `None` when the error is not one.
+fn close_for(error: &ApiError) -> Option<(u16, &'static str)> {
+    match error.code {
+        ErrorCode::Unauthorized => Some((CLOSE_ACCESS_ENDED, "access_ended")),
+        ErrorCode::TenantSuspended => Some((CLOSE_FORBIDDEN, "tenant_suspended")),
+        ErrorCode::Forbidden => Some((CLOSE_FORBIDDEN, "forbidden")),
+        _ => None,
     }
 }
 
@@ -447,11 +620,24 @@ pub(crate) struct EventsQuery {
     security(("bearer" = [])))]
 pub(crate) async fn events(
     State(state): State<AppState>,
-    Caller(speaker, _): Caller,
+    Client(context): Client,
+    Caller(speaker, principal): Caller,
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let access = state.auth.accounts.changes().subscribe();
+    let slot = state
+        .chat
+        .limits()
+        .connection_slot(context.ip, &credential_key(&speaker, principal.as_ref()))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::RateLimited,
+                "too many live connections from this address or with this token; close some first",
+            )
+            .with_retry_after(Duration::from_secs(30))
+        })?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -483,21 +669,57 @@ pub(crate) async fn events(
             staff_online: chat.hub().is_staff_online(&tenant_id),
         },
     ];
-    first.extend(
-        missed
-            .into_iter()
-            .map(|message| ServerEvent::Message { message }),
-    );
+    first.extend(missed.into_iter().map(|message| ServerEvent::Message {
+        message: message.seen_by(&speaker),
+    }));
+    let visitor = matches!(speaker, Speaker::Visitor { .. });
     let first: Vec<SseEvent> = first
         .iter()
-        .map(|event| sse_event(&Event::new(event)))
+        .filter_map(|event| sse_event(&Event::new(event), visitor))
         .collect();
+    let watch = Watch {
+        state: state.clone(),
+        speaker: speaker.clone(),
+        principal,
+        access,
+        _slot: slot,
+    };
     let scope = speaker.scope().clone();
     let live = stream::unfold(
-        (connection, follower, chat, scope, id),
-        |(mut connection, mut follower, chat, scope, id)| async move {
+        (connection, follower, chat, scope, id, Some(watch)),
+        |(mut connection, mut follower, chat, scope, id, watch)| async move {
+            let mut watch = watch?;
             loop {
-                let event = connection.events.recv().await?;
+                let event = tokio::select! {
+                    event = connection.events.recv() => event?,
+                    change = watch.access.recv() => {
+                        let ours = match change {
+                            Ok(tenant_id) => tenant_id == scope.tenant_id(),
+                            Err(broadcast::error::RecvError::Lagged(_)) => true,
+                            Err(broadcast::error::RecvError::Closed) => false,
+                        };
+                        let verdict = if ours {
+                            standing(&watch.state, &watch.speaker, watch.principal.as_ref()).await
+                        } else {
+                            Ok(None)
+                        };
+                        match verdict {
+                            Err(error) if close_for(&error).is_some() => {
+                                // The stream ends with the reason, like a WebSocket's close.
+                                let last = SseEvent::default().event("error").data(
+                                    json(&error_event(error, None)),
+                                );
+                                return Some((
+                                    stream::iter(vec![last]),
+                                    (connection, follower, chat, scope, id, None),
+                                ));
+                            }
+                            Ok(Some(principal)) => watch.principal = Some(principal),
+                            _ => {}
+                        }
+                        continue;
+                    }
+                };
                 // Only this conversation (and presence), not the staff's whole inbox.
                 if event.conversation_id.as_deref().is_some_and(|c| c != id) {
                     continue;
@@ -506,10 +728,14 @@ pub(crate) async fn events(
                     .admit(&chat, &scope, event)
                     .await
                     .unwrap_or_default();
-                let events: Vec<SseEvent> = admitted.iter().map(|e| sse_event(e)).collect();
+                let visitor = matches!(watch.speaker, Speaker::Visitor { .. });
+                let events: Vec<SseEvent> = admitted
+                    .iter()
+                    .filter_map(|e| sse_event(e, visitor))
+                    .collect();
                 return Some((
                     stream::iter(events),
-                    (connection, follower, chat, scope, id),
+                    (connection, follower, chat, scope, id, Some(watch)),
                 ));
             }
         },
@@ -519,10 +745,21 @@ pub(crate) async fn events(
     Ok(sse_until_shutdown(events, state.shutdown.clone()).into_response())
 }
 
-fn sse_event(event: &Event) -> SseEvent {
-    let sse = SseEvent::default().event(event.name).data(&event.json);
-    match event.seq {
+/// What an event stream keeps to judge its access while it lasts.
+struct Watch {
+    state: AppState,
+    speaker: Speaker,
+    principal: Option<Principal>,
+    access: broadcast::Receiver<String>,
+    _slot: ConnectionSlot,
+}
+
+fn sse_event(event: &Event, visitor: bool) -> Option<SseEvent> {
+    let sse = SseEvent::default()
+        .event(event.name)
+        .data(event.json_for(visitor)?);
+    Some(match event.seq {
         Some(seq) => sse.id(seq.to_string()),
         None => sse,
-    }
+    })
 }
