@@ -114,6 +114,7 @@ def main():
     port = free_port()
     server = subprocess.Popen([
         args.binary, "serve", "--data-dir", str(work / "data"), "--bind", f"127.0.0.1:{port}",
+        "--setup-token", "setup_bench-answers",
         "--embedder", args.embedder, "--llm", args.llm, "--offline", "--signup", "open",
         "--log-level", "warn", "--threads", str(args.threads), "--request-timeout-secs", "600"])
     try:
@@ -128,7 +129,7 @@ def main():
             time.sleep(0.1)
         status, body = api.call("POST", "/api/v1/auth/register", {
             "email": "bench@example.com", "password": "violet tractor sings at noon",
-            "full_name": "Bench"})
+            "full_name": "Bench", "setup_token": "setup_bench-answers"})
         assert status == 201, body
         api.token = body["access_token"]
         status, body = api.upload(page)

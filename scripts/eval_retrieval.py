@@ -169,7 +169,7 @@ def main():
     questions = build_corpus(html_root, corpus)
     files = sorted(corpus.iterdir())
     port = free_port()
-    command = [args.binary, "serve", "--data-dir", str(work / "data"), "--bind",
+    command = [args.binary, "serve", "--setup-token", "setup_eval", "--data-dir", str(work / "data"), "--bind",
                f"127.0.0.1:{port}", "--embedder", args.embedder, "--offline", "--signup", "open",
                "--log-level", "warn", "--api-rate-limit", "1000000"]
     if args.chunk_tokens:
@@ -195,7 +195,7 @@ def main():
             assert status == 200, body
         else:
             status, body = api.call("POST", "/api/v1/auth/register",
-                                    {**credentials, "full_name": "Eval"})
+                                    {**credentials, "full_name": "Eval", "setup_token": "setup_eval"})
             assert status == 201, body
         api.token = body["access_token"]
 

@@ -45,7 +45,7 @@ impl TestApp {
         let response = self
             .post(
                 "/api/v1/auth/register",
-                json!({"email": email, "password": PASSWORD, "full_name": name}),
+                json!({"email": email, "password": PASSWORD, "full_name": name, "setup_token": common::SETUP_TOKEN}),
                 None,
             )
             .await;
@@ -378,7 +378,6 @@ async fn sign_in_attempts_are_rate_limited_per_ip() {
         configure: Some(Box::new(|c| {
             c.signup = SignupPolicy::Open;
             c.rate_limits.auth_per_ip = 4;
-            c.rate_limits.auth_per_account = 100;
         })),
         ..Options::default()
     })
@@ -401,22 +400,66 @@ async fn sign_in_attempts_are_rate_limited_per_ip() {
     expect_error(limited, 429, "rate_limited").await;
 }
 
+/// Wrong passwords slow down only the account from that network: nobody can lock a victim out
+/// by guessing from their own address, and an unknown email is answered exactly like a known one.
 #[tokio::test]
-async fn repeated_failures_lock_the_account_even_for_the_right_password() {
-    let app = open_app().await;
+async fn failed_sign_ins_delay_the_guessers_network_but_never_lock_out_the_owner() {
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(|c| {
+            c.signup = SignupPolicy::Open;
+            c.rate_limits.auth_per_ip = 1000;
+            c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        })),
+        ..Options::default()
+    })
+    .await;
     app.register("ana@example.com", "Ana").await;
-    for _ in 0..5 {
-        expect_error(
-            app.login("ana@example.com", "not her password").await,
-            401,
-            "invalid_credentials",
-        )
-        .await;
+    let login_from = |email: &'static str, password: &'static str, ip: &'static str| {
+        app.client
+            .post(app.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", ip)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    // Ten wrong passwords from the attacker's address, for a real and for an unknown account:
+    // the same answers in the same order (401 five times, then 429 with Retry-After).
+    for email in ["ana@example.com", "nobody@example.com"] {
+        let mut statuses = Vec::new();
+        for _ in 0..10 {
+            let response = login_from(email, "not her password", "198.51.100.7")
+                .await
+                .unwrap();
+            if response.status() == 429 {
+                assert!(response.headers().contains_key("retry-after"));
+            }
+            statuses.push(response.status().as_u16());
+        }
+        assert_eq!(&statuses[..5], &[401; 5], "{email}: {statuses:?}");
+        assert!(
+            statuses[5..].iter().all(|s| *s == 429),
+            "{email}: {statuses:?}"
+        );
     }
-    let locked = app.login("ana@example.com", PASSWORD).await;
-    assert!(locked.headers().contains_key("retry-after"));
-    let message = expect_error(locked, 429, "rate_limited").await;
-    assert!(message.contains("try again"), "{message}");
+    // The right password from the attacker's address waits too...
+    let delayed = login_from("ana@example.com", PASSWORD, "198.51.100.7")
+        .await
+        .unwrap();
+    expect_error(delayed, 429, "rate_limited").await;
+    // ...but Ana, from her own address, signs in at once.
+    let own = login_from("ana@example.com", PASSWORD, "203.0.113.9")
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 200, "{}", own.text().await.unwrap());
+    // Addresses of one IPv6 /64 count as one network.
+    for _ in 0..5 {
+        login_from("ana@example.com", "guess", "2001:db8:7:7::1")
+            .await
+            .unwrap();
+    }
+    let same_net = login_from("ana@example.com", "guess", "2001:db8:7:7::ffff")
+        .await
+        .unwrap();
+    expect_error(same_net, 429, "rate_limited").await;
 }
 
 #[tokio::test]
@@ -472,7 +515,13 @@ async fn password_reset_tokens_are_single_use_and_emails_cannot_be_probed() {
         let keys =
             companero::auth::tokens::TokenKeys::load_or_create(&app.config.data_dir.join("keys"))
                 .unwrap();
-        companero::auth::accounts::Accounts::new(db, std::sync::Arc::new(keys), SignupPolicy::Open)
+        companero::auth::accounts::Accounts::new(
+            db,
+            std::sync::Arc::new(keys),
+            SignupPolicy::Open,
+            Default::default(),
+            None,
+        )
     };
     let token = accounts
         .request_reset("ana@example.com", &RequestContext::default())

@@ -413,7 +413,8 @@ async fn the_owner_pulls_a_catalog_model_from_the_api_and_follows_its_progress()
     let registered: Value = client
         .post(format!("{base}/api/v1/auth/register"))
         .json(&serde_json::json!({"email": "owner@example.com",
-            "password": "violet tractor sings at noon", "full_name": "Owner"}))
+            "password": "violet tractor sings at noon", "full_name": "Owner",
+            "setup_token": std::fs::read_to_string(dir.path().join("setup-token")).unwrap().trim()}))
         .send()
         .await
         .unwrap()

@@ -29,7 +29,7 @@ const HISTORY_MESSAGES: u32 = 12;
 /// Longest end-user message.
 pub const MAX_MESSAGE_CHARS: usize = 4000;
 /// How long one answer may take before generation stops.
-const ANSWER_DEADLINE: Duration = Duration::from_secs(120);
+pub const ANSWER_DEADLINE: Duration = Duration::from_secs(120);
 /// Added to the creator's fallback message.
 pub const HANDOFF_OFFER: &str =
     "If you like, ask to talk to a person and someone from the team will pick this up.";

@@ -1,20 +1,21 @@
 //! The instance owner's controls: the sign-up policy, and suspending or deleting creators.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{patch, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::AppState;
 use super::auth::{Authenticated, Client, InstanceInfo, Owner, instance};
 use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::route_table::Routes;
 use crate::auth::accounts::SignupPolicy;
 use crate::auth::instance as settings;
 use crate::inference::downloads::ModelListing;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/admin/instance", patch(update_instance))
         .route("/api/v1/admin/tenants/{id}/suspend", post(suspend_tenant))
         .route("/api/v1/admin/tenants/{id}/resume", post(resume_tenant))

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Json, Router, routing::delete, routing::get, routing::post};
+use axum::{Json, routing::delete, routing::get, routing::post};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::request_id;
+use super::route_table::Routes;
 use crate::auth::accounts::{Accounts, Invitation, Me, Registration, Session, SignupPolicy};
 use crate::auth::audit::{self, AuditFilter, AuditView};
 use crate::auth::rate_limit::Limiters;
@@ -213,8 +214,8 @@ impl From<AuthError> for ApiError {
 }
 
 /// The account and tenant-administration routes.
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/instance", get(instance))
         .route("/api/v1/auth/register", post(register))
         .route("/api/v1/auth/login", post(login))

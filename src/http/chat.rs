@@ -2,7 +2,6 @@
 //! Server-Sent Events), knowledge gaps.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -16,6 +15,7 @@ use super::AppState;
 use super::auth::{AdminRole, Authenticated, Client, bearer_token, principal_from_token};
 use super::cors;
 use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::route_table::Routes;
 use super::streams::sse_until_shutdown;
 use crate::auth::{Principal, Role};
 use crate::chat::answer::{Prepared, Reply};
@@ -28,8 +28,8 @@ use crate::chat::live::Hands;
 use crate::chat::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatEvent, ChatStream};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/coach", get(get_coach).patch(update_coach))
         .route("/api/v1/public/coaches/{slug}", get(public_coach))
         .route(

@@ -1,21 +1,22 @@
 //! What the coach could not answer (knowledge gaps) and how it is doing (analytics).
 
+use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::{Authenticated, CoachRole};
 use super::error::{ApiError, ErrorBody};
+use super::route_table::Routes;
 use crate::chat::ChatError;
 use crate::chat::analytics::{self, Analytics};
 use crate::chat::gaps::{self, GapGroup, KnowledgeGap};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/knowledge-gaps", get(knowledge_gaps))
         .route("/api/v1/knowledge-gaps/groups", get(gap_groups))
         .route("/api/v1/knowledge-gaps/resolve", post(resolve_gaps))

@@ -1,7 +1,6 @@
 //! Knowledge-base routes: upload and manage documents, and search them.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -10,8 +9,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::AppState;
-use super::auth::{Authenticated, Client, CoachRole};
+use super::auth::{AdminRole, Authenticated, Client, CoachRole};
 use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::route_table::Routes;
 use crate::auth::audit::{self, AuditEvent};
 use crate::auth::new_id;
 use crate::knowledge::documents::{
@@ -21,8 +21,8 @@ use crate::knowledge::search::{SearchRequest, SearchResults};
 use crate::knowledge::sniff::{self, DocumentKind};
 use crate::knowledge::{Knowledge, KnowledgeError};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route(
             "/api/v1/documents",
             // Uploads stream to disk under their own limit (max_upload_mb), not the JSON one.
@@ -370,7 +370,7 @@ pub(crate) async fn update(
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Client(context): Client,
-    auth: Authenticated<CoachRole>,
+    auth: Authenticated<AdminRole>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.knowledge.delete(auth.scope(), &id).await?;

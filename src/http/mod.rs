@@ -15,19 +15,18 @@ pub mod openapi;
 pub mod pages;
 pub mod realtime;
 pub mod request_id;
+pub mod route_table;
 pub mod streams;
 
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -66,7 +65,17 @@ pub struct Limits {
 
 /// The route table, top to bottom.
 pub fn routes() -> Router<AppState> {
-    Router::new()
+    route_table()
+        .into_router()
+        // Unknown API paths get a JSON 404, never the HTML fallback page.
+        .route("/api", any(api_not_found))
+        .route("/api/{*rest}", any(api_not_found))
+        .fallback(assets::serve)
+}
+
+/// Every route of the product, as data (tests enumerate it) and as a router.
+pub fn route_table() -> route_table::Routes {
+    route_table::Routes::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::render))
@@ -79,10 +88,6 @@ pub fn routes() -> Router<AppState> {
         .merge(insights::routes())
         .merge(admin::routes())
         .merge(pages::routes())
-        // Unknown API paths get a JSON 404, never the HTML fallback page.
-        .route("/api", any(api_not_found))
-        .route("/api/{*rest}", any(api_not_found))
-        .fallback(assets::serve)
 }
 
 /// The complete application: [`routes`] behind the standard middleware.
@@ -93,19 +98,6 @@ pub fn app(state: AppState, limits: Limits) -> Router {
 /// Wraps `routes` in the middleware every request passes through, outermost first:
 /// request id → log span → metrics → JSON error bodies → panic guard → timeout → body limit.
 pub fn with_middleware(routes: Router<AppState>, state: AppState, limits: Limits) -> Router {
-    let timeout = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(
-            move |_: tower::BoxError| async move {
-                ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "the request did not finish within {} s",
-                        limits.request_timeout.as_secs()
-                    ),
-                )
-            },
-        ))
-        .timeout(limits.request_timeout);
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request| {
             tracing::info_span!(
@@ -118,7 +110,9 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, limits: Limits
         .on_response(DefaultOnResponse::new().level(Level::INFO));
     routes
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(timeout)
+        .layer(middleware::from_fn(move |request, next| {
+            deadline(limits, request, next)
+        }))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(error::ensure_json_errors))
         .layer(middleware::from_fn(metrics::record))
@@ -144,7 +138,7 @@ async fn security_headers(request: Request, next: middleware::Next) -> Response 
         (header::REFERRER_POLICY, "strict-origin-when-cross-origin"),
         (
             header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
              img-src 'self' data: https:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
              form-action 'self'",
         ),
@@ -155,6 +149,30 @@ async fn security_headers(request: Request, next: middleware::Next) -> Response 
             .or_insert_with(|| HeaderValue::from_static(value));
     }
     response
+}
+
+/// Time to the response head: the request timeout, except for answers given as one JSON
+/// document, which may take as long as the model's own deadline for an answer (and a margin
+/// for retrieval and storing it), so they are never cut before the model gives up.
+async fn deadline(limits: Limits, request: Request, next: middleware::Next) -> Response {
+    let answers = request.method() == axum::http::Method::POST
+        && request.uri().path().starts_with("/api/v1/conversations/")
+        && request.uri().path().ends_with("/messages");
+    let limit = if answers {
+        limits
+            .request_timeout
+            .max(crate::chat::answer::ANSWER_DEADLINE + Duration::from_secs(30))
+    } else {
+        limits.request_timeout
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            ErrorCode::Timeout,
+            format!("the request did not finish within {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 async fn api_not_found(request: Request) -> ApiError {

@@ -1,17 +1,17 @@
 //! Pages rendered by the server: the coach's chat page at `/c/{slug}`.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 
 use super::AppState;
+use super::route_table::Routes;
 use crate::chat::ChatError;
 use crate::chat::coach;
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/c/{slug}", get(chat_page))
+pub fn routes() -> Routes {
+    Routes::new().route("/c/{slug}", get(chat_page))
 }
 
 /// The chat page: a shell named after the coach that runs the same script as the widget, full

@@ -7,7 +7,6 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -24,6 +23,7 @@ use super::auth::{Client, current_principal};
 use super::chat::{Caller, answering_member, speaker_from_token, staff_speaker};
 use super::cors;
 use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::route_table::Routes;
 use super::streams::sse_until_shutdown;
 use crate::auth::{Principal, Role};
 use crate::chat::answer::MAX_MESSAGE_CHARS;
@@ -32,8 +32,8 @@ use crate::chat::hub::{Connection, Event, Participant};
 use crate::chat::live::{ConnectionSlot, Follower, Hands};
 use crate::chat::protocol::{ClientCommand, PROTOCOL_VERSION, ServerEvent};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
+pub fn routes() -> Routes {
+    Routes::new()
         .route("/api/v1/live", get(websocket))
         .route("/api/v1/conversations/{id}/events", get(events))
 }

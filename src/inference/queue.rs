@@ -1,6 +1,13 @@
-//! A bounded job queue that is fair between tenants: workers take jobs round-robin across the
-//! tenants that have any waiting, so one creator's burst cannot starve another's visitors. A
-//! full queue refuses at once with an estimate of when to retry, instead of piling up.
+//! A bounded job queue that is fair between tenants, in admission and in order:
+//!
+//! - **admission**: one tenant may hold at most a share of the queue (`capacity / 4`, at least
+//!   one), so a flood from one creator leaves room for everyone else; and a tenant with nothing
+//!   waiting is always admitted, even into a full queue (up to twice the capacity), so another
+//!   tenant's first request is never refused because of a flood;
+//! - **order**: workers take jobs round-robin across the tenants that have any waiting, so an
+//!   admitted job waits at most one job per other waiting tenant, not behind a whole flood.
+//!
+//! A refusal comes at once with an estimate of when to retry, instead of piling up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex};
@@ -11,6 +18,8 @@ use super::InferenceError;
 pub struct FairQueue<J> {
     name: &'static str,
     capacity: usize,
+    /// Jobs one tenant may have waiting.
+    per_tenant: usize,
     state: Mutex<State<J>>,
     ready: Condvar,
 }
@@ -27,9 +36,11 @@ struct State<J> {
 
 impl<J> FairQueue<J> {
     pub fn new(name: &'static str, capacity: usize) -> FairQueue<J> {
+        let capacity = capacity.max(1);
         FairQueue {
             name,
-            capacity: capacity.max(1),
+            capacity,
+            per_tenant: capacity.div_ceil(4),
             state: Mutex::new(State {
                 waiting: HashMap::new(),
                 turns: VecDeque::new(),
@@ -47,9 +58,15 @@ impl<J> FairQueue<J> {
         if state.closed {
             return Err(InferenceError::ShuttingDown);
         }
-        if state.len >= self.capacity {
-            // Everything ahead must finish first; one worker runs them one at a time.
-            let wait = state.average_job.mul_f64(state.len as f64);
+        let mine = state.waiting.get(tenant).map_or(0, VecDeque::len);
+        let newcomer = mine == 0 && state.len < 2 * self.capacity;
+        if !newcomer && (state.len >= self.capacity || mine >= self.per_tenant) {
+            // Round-robin: this tenant's next job waits for one job of each waiting tenant
+            // per job of its own ahead of it.
+            let ahead = (mine + 1) * state.turns.len().max(1);
+            let wait = state
+                .average_job
+                .mul_f64(ahead.min(state.len.max(1)) as f64);
             metrics::counter!("inference_rejected_total", "engine" => self.name).increment(1);
             return Err(InferenceError::Overloaded {
                 retry_after: wait.max(Duration::from_secs(1)),
@@ -156,14 +173,55 @@ mod tests {
         let queue = FairQueue::new("test", 2);
         queue.push("a", 1).unwrap();
         queue.push("b", 2).unwrap();
-        match queue.push("c", 3) {
+        match queue.push("a", 3) {
             Err(InferenceError::Overloaded { retry_after }) => {
                 assert!(retry_after >= Duration::from_secs(1))
             }
             other => panic!("expected overload, got {other:?}"),
         }
         queue.pop();
-        queue.push("c", 3).expect("room again after a pop");
+        queue.push("a", 3).expect("room again after a pop");
+    }
+
+    #[test]
+    fn a_flooding_tenant_holds_only_its_share_and_others_are_served_within_a_bounded_wait() {
+        let queue = std::sync::Arc::new(FairQueue::new("test", 32));
+        // Tenant A floods: only a quarter of the queue is admitted, the rest refused at once.
+        let admitted = (0..100)
+            .filter(|i| queue.push("a", format!("a{i}")).is_ok())
+            .count();
+        assert_eq!(admitted, 8);
+        // Others fill the rest; then the queue is full...
+        for i in 0..24 {
+            queue.push(&format!("t{}", i / 8), format!("t{i}")).unwrap();
+        }
+        assert_eq!(queue.len(), 32);
+        // ...and still a tenant with nothing waiting is admitted.
+        queue
+            .push("b", "b1".to_string())
+            .expect("B is admitted into a full queue");
+        // A worker serves B after at most one job of each tenant ahead of it in the turn order.
+        let worker = {
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                let mut served = Vec::new();
+                while let Some(job) = queue.pop() {
+                    let done = job == "b1";
+                    served.push(job);
+                    if done {
+                        break;
+                    }
+                }
+                served
+            })
+        };
+        let served = worker.join().unwrap();
+        let tenants_ahead = 4; // a, t0, t1, t2
+        assert!(
+            served.len() <= tenants_ahead + 1,
+            "B waited behind {} jobs: {served:?}",
+            served.len() - 1
+        );
     }
 
     #[test]

@@ -1,12 +1,17 @@
 // The creator dashboard in headless Chromium, on a fresh server (tests/browser.rs starts it
-// with the real test models): first-run set-up, onboarding to a working widget snippet,
-// uploads to ready, a settings change in the live preview, the test chat; screenshots of each
-// main screen at desktop and phone width.
+// with the real test models): first-run set-up with the set-up token, onboarding to a working
+// widget snippet, uploads to ready, a settings change in the live preview, the test chat, the
+// team (an invitation revoked, a reset link for a member), two tabs sharing one session;
+// screenshots of each main screen at desktop and phone width.
 //
-// Environment: COMPANERO_URL, COMPANERO_SCREENSHOTS, CHROMIUM (default /usr/bin/chromium).
-import { check, launch, screenshots as shoot, step, watch } from './harness.mjs';
+// Environment: COMPANERO_URL, SETUP_TOKEN (the server's first-run set-up token),
+// COMPANERO_SCREENSHOTS, CHROMIUM (default /usr/bin/chromium).
+import { check, launch, onBase, screenshots as shoot, step, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
+const setupToken = process.env.SETUP_TOKEN;
+check(setupToken, 'SETUP_TOKEN is set (tests/browser.rs passes the server\'s set-up token)');
+const SESSION = 'companero:session';
 const ANSWER_MS = 120_000;
 const REFUNDS = `# Refund policy
 
@@ -29,18 +34,35 @@ const screenshots = (name) => shoot(page, name);
 
 try {
   await step('first run: the first person sets the server up, with clear validation', async () => {
+    // A link that carries the token fills it in, before or after the '#'.
+    await page.goto(`${base}/app#/?setup_token=setup_from_the_hash`);
+    await page.getByRole('heading', { name: 'Set up your Compañero' }).waitFor();
+    check(await page.getByLabel('Set-up token').inputValue() === 'setup_from_the_hash', 'the token in the link is filled in');
+    await page.goto(`${base}/app?setup_token=setup_from_the_query`);
+    await page.getByRole('heading', { name: 'Set up your Compañero' }).waitFor();
+    check(await page.getByLabel('Set-up token').inputValue() === 'setup_from_the_query', 'the token in the query is filled in');
     await page.goto(`${base}/app`);
     await page.getByRole('heading', { name: 'Set up your Compañero' }).waitFor();
+    const token = page.getByLabel('Set-up token');
+    check(await token.inputValue() === '', 'no token without one in the link');
     await page.getByRole('button', { name: 'Set up Compañero' }).click();
     await page.getByText('Tell us your name.').waitFor();
+    await page.getByText('Enter the set-up token.').waitFor();
     check(await page.getByLabel('Your name').getAttribute('aria-invalid') === 'true', 'the empty field is marked invalid');
     await page.getByLabel('Your name').fill('Ana Coach');
     await page.getByLabel('Email').fill('ana@example.com');
     await page.getByLabel('Password').fill('password12');
+    await token.fill('setup_not_the_right_one');
     await page.getByRole('button', { name: 'Set up Compañero' }).click();
     await page.locator('.error-text:not([hidden])').filter({ hasText: /password/i }).waitFor();
     await screenshots('sign-up');
     await page.getByLabel('Password').fill('violet tractor sings at noon');
+    await page.getByRole('button', { name: 'Set up Compañero' }).click();
+    // A wrong token is refused, and said so on its field.
+    await page.waitForFunction(() => document.querySelector('input[name="setup_token"]').getAttribute('aria-invalid') === 'true');
+    const tokenError = await page.locator('input[name="setup_token"] ~ .error-text').innerText();
+    check(/set-up token/i.test(tokenError), `the refusal is on the token's field: ${tokenError}`);
+    await token.fill(setupToken);
     await page.getByRole('button', { name: 'Set up Compañero' }).click();
     await page.getByRole('heading', { name: 'Get started' }).waitFor();
   });
@@ -120,9 +142,82 @@ try {
     await screenshots('test-chat');
   });
 
+  const instance = await (await fetch(`${base}/api/v1/instance`)).json();
+  let resetLink;
+  await step('team: an invitation revoked, a reset link for a member', async () => {
+    await page.getByRole('link', { name: 'Team and keys' }).click();
+    const invite = async (email) => {
+      await page.getByLabel('Email').fill(email);
+      await page.getByRole('button', { name: 'Invite' }).click();
+      const shown = page.locator('[data-test="invitation-link"]').filter({ hasText: /invitation=/ });
+      await page.locator('.alert.ok').filter({ hasText: email }).waitFor();
+      return shown.innerText();
+    };
+    const samLink = await invite('sam@example.com');
+    if (!instance.email) {
+      await page.locator('.alert.ok').filter({ hasText: 'not emailed' }).waitFor();
+      check(await page.getByText('invitations are not mailed').count() === 1, 'the invite form says nothing is mailed');
+    }
+    // Sam accepts (by the API: the sign-up form is covered by operations.mjs).
+    const invitation = new URLSearchParams(new URL(samLink).hash.split('?')[1]).get('invitation');
+    const joined = await fetch(`${base}/api/v1/auth/register`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ full_name: 'Sam Coach', email: 'sam@example.com', password: 'copper kettle hums softly', invitation }),
+    });
+    check(joined.status === 201, `the invitee joins (${joined.status})`);
+
+    const goneLink = await invite('gone@example.com');
+    const row = page.locator('tr[data-invitation="gone@example.com"]');
+    await row.getByRole('button', { name: 'Revoke' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Revoke' }).click();
+    await row.waitFor({ state: 'detached' });
+    const refused = await fetch(`${base}/api/v1/auth/register`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ full_name: 'Gone', email: 'gone@example.com', password: 'copper kettle hums softly',
+        invitation: new URLSearchParams(new URL(goneLink).hash.split('?')[1]).get('invitation') }),
+    });
+    check(refused.status >= 400 && refused.status < 500, `a revoked invitation no longer works (${refused.status})`);
+
+    await page.reload();
+    const sam = page.locator('tr[data-member="sam@example.com"]');
+    await sam.waitFor();
+    check(await page.locator('tr[data-member="ana@example.com"]').getByRole('button', { name: 'Reset link' }).count() === 0,
+      'no reset link for yourself');
+    await sam.getByRole('button', { name: 'Reset link' }).click();
+    const shown = page.locator('[data-test="reset-link"]');
+    await shown.waitFor();
+    resetLink = await shown.innerText();
+    check(resetLink.includes('/reset-password?token='), `a reset link: ${resetLink}`);
+    check(/once, for one hour/.test(await page.locator('.alert.ok').filter({ has: shown }).innerText()), 'it says it works once, for one hour');
+    await screenshots('team');
+  });
+
+  await step('the member chooses a new password with the reset link', async () => {
+    const reset = watch(await context.newPage(), problems);
+    await reset.goto(onBase(resetLink, base));
+    await reset.getByLabel('New password').fill('amber lantern drifts east');
+    await reset.getByLabel('Type it again').fill('amber lantern drifts east');
+    await reset.getByRole('button', { name: 'Save the new password' }).click();
+    await reset.getByText('Your password is changed.').waitFor();
+    await reset.close();
+    const login = await fetch(`${base}/api/v1/auth/login`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ email: 'sam@example.com', password: 'amber lantern drifts east' }),
+    });
+    check(login.status === 200, `the new password works (${login.status})`);
+  });
+
   await step('sign out, and back in', async () => {
     await page.getByRole('button', { name: 'Sign out', exact: true }).click();
     await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    await page.getByRole('link', { name: 'Forgot your password?' }).click();
+    await page.getByRole('heading', { name: 'Reset your password' }).waitFor();
+    if (!instance.email) {
+      const words = await page.locator('[data-test="no-email"]').innerText();
+      check(words.includes('Team and keys') && words.includes('companero admin reset-link'), `no e-mail: says who makes a link: ${words}`);
+      check(await page.getByRole('button', { name: 'Send reset link' }).count() === 0, 'no pretending a mail is sent');
+    }
+    await page.getByRole('link', { name: 'Back to sign in' }).click();
     await page.getByLabel('Email').fill('ana@example.com');
     await page.getByLabel('Password').fill('wrong password here');
     await page.getByRole('button', { name: 'Sign in' }).click();
@@ -131,6 +226,65 @@ try {
     await page.getByRole('button', { name: 'Sign in' }).click();
     await page.getByRole('heading', { name: /^Hello/ }).waitFor();
     await screenshots('overview');
+  });
+
+  await step('two tabs share one session: both refresh and stay signed in; sign-out and sign-in reach both', async () => {
+    const second = watch(await context.newPage(), problems);
+    await second.goto(`${base}/app`);
+    await second.getByRole('heading', { name: /^Hello/ }).waitFor();
+    const tabs = [page, second];
+    const stored = () => page.evaluate((key) => JSON.parse(localStorage.getItem(key)), SESSION);
+    const refreshes = [];
+    const count = (request) => { if (request.method() === 'POST' && request.url().endsWith('/api/v1/auth/refresh')) refreshes.push(request.url()); };
+    context.on('request', count);
+    const stillIn = async (label) => {
+      const tokens = await Promise.all(tabs.map((tab) => tab.evaluate(() => import('/app/api.js').then((api) => api.accessToken()))));
+      check(tokens[0] === tokens[1] && tokens[0] === (await stored()).access_token, `${label}: both tabs use the stored tokens`);
+      const me = await Promise.all(tabs.map((tab) => tab.evaluate(() => import('/app/api.js').then((api) => api.get('/api/v1/auth/me')).then((m) => m.email))));
+      check(me.every((email) => email === 'ana@example.com'), `${label}: both tabs are signed in (${me})`);
+    };
+
+    // Both tabs ask for a refresh while the refresh lock is held (as if a third tab were
+    // refreshing): once it is free, one tab refreshes and the other uses its tokens.
+    const first = await stored();
+    await page.evaluate(() => new Promise((held) => {
+      navigator.locks.request('companero-refresh', () => new Promise((release) => { window.releaseRefreshLock = release; held(); }));
+    }));
+    for (const tab of tabs) await tab.evaluate(() => import('/app/api.js').then((api) => { window.renewal = api.refresh(); }));
+    await page.evaluate(() => window.releaseRefreshLock());
+    await Promise.all(tabs.map((tab) => tab.evaluate(() => window.renewal)));
+    const renewed = await stored();
+    check(renewed.refresh_token !== first.refresh_token, 'the refresh token was rotated');
+    check(refreshes.length === 1, `one refresh for both tabs (${refreshes.length})`);
+    await stillIn('after refreshing together');
+
+    // Both tabs open with an access token about to lapse: each refreshes before its first call.
+    await page.evaluate((key) => {
+      const session = JSON.parse(localStorage.getItem(key));
+      localStorage.setItem(key, JSON.stringify({ ...session, expires_at: Date.now() }));
+    }, SESSION);
+    await Promise.all(tabs.map((tab) => tab.reload()));
+    await Promise.all(tabs.map((tab) => tab.getByRole('heading', { name: /^Hello/ }).waitFor()));
+    check((await stored()).refresh_token !== renewed.refresh_token, 'refreshed again');
+    console.log(`    refreshes for two tabs, twice: ${refreshes.length}`);
+    await stillIn('after reloading with a lapsing token');
+    context.off('request', count);
+
+    for (const tab of tabs) {
+      await tab.getByRole('link', { name: 'Knowledge', exact: true }).click();
+      await tab.getByRole('heading', { name: 'Knowledge', exact: true }).waitFor();
+    }
+    await page.getByRole('button', { name: 'Sign out', exact: true }).click();
+    await page.getByRole('heading', { name: 'Sign in' }).waitFor();
+    await second.getByRole('heading', { name: 'Sign in' }).waitFor();
+    check(await second.evaluate((key) => localStorage.getItem(key), SESSION) === null, 'no session is left');
+    // Signing in again in one tab signs in the other too, back on the screen it was showing.
+    await page.getByLabel('Email').fill('ana@example.com');
+    await page.getByLabel('Password').fill('violet tractor sings at noon');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await page.getByRole('heading', { name: /^Hello/ }).waitFor();
+    await second.getByRole('heading', { name: 'Knowledge', exact: true }).waitFor();
+    await second.close();
   });
 
   check(problems.length === 0, `no console errors: ${problems.join('; ')}`);

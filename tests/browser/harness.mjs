@@ -44,3 +44,10 @@ export async function screenshots(page, name) {
   await page.screenshot({ path: path.join(folder, `dashboard-${name}-phone.png`), fullPage: true });
   await page.setViewportSize({ width: 1280, height: 860 });
 }
+
+/** `link` (made by the server from its public URL, which tests do not set) on the server under
+ * test at `base`. */
+export function onBase(link, base) {
+  const url = new URL(link);
+  return `${base}${url.pathname}${url.search}${url.hash}`;
+}

@@ -5,7 +5,7 @@
 //
 // Environment: COMPANERO_URL, COMPANERO_SLUG, COMPANERO_EMAIL and COMPANERO_PASSWORD (the
 // creator, an admin), COMPANERO_SCREENSHOTS, CHROMIUM (default /usr/bin/chromium).
-import { check, launch, screenshots, step, watch } from './harness.mjs';
+import { check, launch, onBase, screenshots, step, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
 const slug = process.env.COMPANERO_SLUG;
@@ -145,7 +145,7 @@ try {
 
   await step('the invited analyst joins with a restricted role', async () => {
     const { page: lee } = await open();
-    await lee.goto(invitation);
+    await lee.goto(onBase(invitation, base));
     await lee.getByLabel('Your name').fill('Lee Analyst');
     await lee.getByLabel('Email').fill('lee@example.com');
     await lee.getByLabel('Password').fill('quiet harbour lamps at dawn');

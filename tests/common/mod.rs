@@ -22,6 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The password `sign_up` gives every account.
 pub const PASSWORD: &str = "violet tractor sings at noon";
+/// The set-up token test servers are started with (the first account needs it).
+pub const SETUP_TOKEN: &str = "setup_test-token-for-the-first-account";
 
 pub struct TestApp {
     pub addr: SocketAddr,
@@ -62,6 +64,7 @@ impl TestApp {
         config.offline = true;
         // Documents are read by the real binary in a child process, as in production.
         config.knowledge.extractor = Some(env!("CARGO_BIN_EXE_companero").into());
+        config.setup_token = Some(SETUP_TOKEN.into());
         if let Some(configure) = options.configure {
             configure(&mut config);
         }
@@ -127,6 +130,7 @@ impl TestApp {
                 "email": email,
                 "password": PASSWORD,
                 "full_name": "Creator",
+                "setup_token": SETUP_TOKEN,
             }))
             .send()
             .await
