@@ -64,6 +64,18 @@ enum Command {
         memory_bytes: u64,
         #[arg(long)]
         cpu_seconds: u64,
+        /// Test only: confine as for a document, then try to read these files
+        #[arg(long, hide = true, value_name = "PATH")]
+        probe_open: Vec<PathBuf>,
+        /// Test only: confine, then try to connect to these TCP addresses
+        #[arg(long, hide = true, value_name = "ADDR")]
+        probe_connect: Vec<std::net::SocketAddr>,
+        /// Test only: confine, then try to run these programs
+        #[arg(long, hide = true, value_name = "PATH")]
+        probe_exec: Vec<PathBuf>,
+        /// Test only: run the probes without confinement (the control)
+        #[arg(long, hide = true)]
+        probe_unconfined: bool,
     },
 }
 
@@ -267,7 +279,22 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
             limits,
             memory_bytes,
             cpu_seconds,
-        } => crate::knowledge::sandbox::child_main(&kind, &limits, memory_bytes, cpu_seconds),
+            probe_open,
+            probe_connect,
+            probe_exec,
+            probe_unconfined,
+        } => crate::knowledge::sandbox::child_main(&crate::knowledge::sandbox::ChildArgs {
+            kind,
+            limits,
+            memory_bytes,
+            cpu_seconds,
+            probe: crate::knowledge::confine::Probe {
+                open: probe_open,
+                connect: probe_connect,
+                exec: probe_exec,
+                unconfined: probe_unconfined,
+            },
+        }),
     }
 }
 

@@ -201,6 +201,11 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_MAX_UPLOAD_MB", value_name = "MB")]
     pub max_upload_mb: Option<u64>,
 
+    /// Storage for each tenant's uploaded originals, in MB; the owner can set it per tenant;
+    /// 0 means unlimited [default: 1024]
+    #[arg(long, env = "COMPANERO_STORAGE_QUOTA_MB", value_name = "MB")]
+    pub storage_quota_mb: Option<u64>,
+
     /// Most pages a PDF may have [default: 2000]
     #[arg(long, env = "COMPANERO_MAX_PDF_PAGES", value_name = "N")]
     pub max_pdf_pages: Option<usize>,
@@ -290,6 +295,7 @@ struct FileConfig {
     mail_from: Option<String>,
     public_url: Option<String>,
     max_upload_mb: Option<u64>,
+    storage_quota_mb: Option<u64>,
     max_pdf_pages: Option<usize>,
     max_docx_part_mb: Option<u64>,
     max_xml_depth: Option<usize>,
@@ -343,6 +349,8 @@ pub struct Setting {
 #[derive(Debug, Clone)]
 pub struct KnowledgeConfig {
     pub max_upload_bytes: u64,
+    /// Default storage per tenant; `None` is unlimited.
+    pub storage_quota_bytes: Option<u64>,
     pub max_pdf_pages: usize,
     pub max_docx_part_bytes: u64,
     pub max_xml_depth: usize,
@@ -556,6 +564,12 @@ impl Config {
             format!("http://{bind}"),
         );
         let max_upload_mb = layer.pick("max_upload_mb", args.max_upload_mb, file.max_upload_mb, 50);
+        let storage_quota_mb = layer.pick(
+            "storage_quota_mb",
+            args.storage_quota_mb,
+            file.storage_quota_mb,
+            crate::knowledge::quota::DEFAULT_QUOTA_MB,
+        );
         let max_pdf_pages = layer.pick(
             "max_pdf_pages",
             args.max_pdf_pages,
@@ -683,6 +697,10 @@ impl Config {
             },
             knowledge: KnowledgeConfig {
                 max_upload_bytes: max_upload_mb * 1024 * 1024,
+                storage_quota_bytes: crate::knowledge::quota::effective(
+                    Some(storage_quota_mb),
+                    None,
+                ),
                 max_pdf_pages,
                 max_docx_part_bytes: max_docx_part_mb * 1024 * 1024,
                 max_xml_depth,

@@ -261,6 +261,7 @@ fn knowledge_service(
                 overlap_tokens: settings.chunk_overlap,
             },
             max_upload_bytes: settings.max_upload_bytes,
+            storage_quota_bytes: settings.storage_quota_bytes,
             workers: settings.ingest_workers,
             sandbox: Sandbox {
                 executable,
@@ -271,6 +272,7 @@ fn knowledge_service(
                 },
                 timeout: settings.ingest_timeout,
                 memory_bytes: settings.ingest_memory_bytes,
+                max_output_bytes: Sandbox::output_limit(settings.max_upload_bytes),
             },
             fusion: crate::knowledge::search::Fusion {
                 lexical_weight: settings.search_lexical_weight,

@@ -679,6 +679,7 @@ async fn the_sandbox_survives_readers_that_hang_or_crash() {
         limits: ExtractLimits::default(),
         timeout: Duration::from_secs(1),
         memory_bytes: 512 * 1024 * 1024,
+        max_output_bytes: 1024 * 1024,
     };
     let started = Instant::now();
     let hung = sandbox(script("hang", "sleep 30"))
@@ -696,6 +697,19 @@ async fn the_sandbox_survives_readers_that_hang_or_crash() {
         matches!(&crashed, Err(ExtractError::ReaderFailed(m)) if m.contains("signal 11")),
         "{crashed:?}"
     );
+    // A child that floods its output is stopped at the bound, not at the deadline.
+    for (name, body) in [
+        ("flood", "exec /usr/bin/yes"),
+        ("flood-err", "exec /usr/bin/yes >&2"),
+    ] {
+        let flooded = sandbox(script(name, body))
+            .extract(DocumentKind::Text, b"hello".to_vec())
+            .await;
+        assert!(
+            matches!(&flooded, Err(ExtractError::ReaderFailed(m)) if m.contains("more than")),
+            "{name}: {flooded:?}"
+        );
+    }
     // The real reader, for comparison.
     let real = sandbox(env!("CARGO_BIN_EXE_companero").into())
         .extract(DocumentKind::Text, b"One.\n\nTwo.".to_vec())
@@ -767,4 +781,246 @@ async fn changing_the_embedder_re_embeds_every_chunk_in_the_background() {
         ["minilm-renamed_384.usearch"],
         "the old index is gone"
     );
+}
+
+/// Starts a multipart upload by hand on a raw connection: the headers announce
+/// `declared` body bytes, and the file field is opened; the caller sends (part of) the rest.
+async fn start_raw_upload(app: &TestApp, token: &str, declared: usize) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/documents HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: multipart/form-data; boundary=XyZ\r\nContent-Length: {declared}\r\n\r\n\
+         --XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\n\
+         Content-Type: text/plain\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+fn incoming_files(app: &TestApp) -> usize {
+    std::fs::read_dir(app.config.data_dir.join("originals/.incoming"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Polls `condition` for up to 15 s.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn unfinished_uploads_leave_nothing_behind_and_form_fields_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    // A leftover of a previous run (a crash mid-upload) is swept at start.
+    let dir = tempfile::tempdir().unwrap();
+    let incoming = dir.path().join("data/originals/.incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::write(incoming.join("leftover"), b"half a file").unwrap();
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(|c| {
+            c.signup = SignupPolicy::Open;
+            c.request_timeout = Duration::from_secs(2);
+        })),
+        dir: Some(dir),
+        ..Options::default()
+    })
+    .await;
+    eventually("the leftover is swept", || {
+        !incoming.join("leftover").exists()
+    })
+    .await;
+    let token = app.sign_up("creator@example.com").await;
+
+    // A client that goes away mid-body: its temporary file goes too.
+    let mut stream = start_raw_upload(&app, &token, 10_000_000).await;
+    stream.write_all(&vec![b'a'; 256 * 1024]).await.unwrap();
+    eventually("the upload reaches the disk", || incoming_files(&app) == 1).await;
+    drop(stream);
+    eventually("the aborted upload is removed", || {
+        incoming_files(&app) == 0
+    })
+    .await;
+
+    // A client that stalls until the request timeout: the handler is dropped, and the file.
+    let mut stream = start_raw_upload(&app, &token, 10_000_000).await;
+    stream.write_all(&vec![b'a'; 256 * 1024]).await.unwrap();
+    eventually("the upload reaches the disk", || incoming_files(&app) == 1).await;
+    eventually("the timed-out upload is removed", || {
+        incoming_files(&app) == 0
+    })
+    .await;
+    drop(stream);
+
+    // Text fields are read up to a small bound; unknown fields are drained and ignored.
+    let note = b"A short note about breathing.".to_vec();
+    for (field, length) in [("title", 2000), ("collection", 2000), ("tags", 5000)] {
+        let long = "x".repeat(length);
+        let message = expect_error(
+            app.upload_with(&token, "note.txt", note.clone(), &[(field, &long)])
+                .await,
+            422,
+            "invalid_request",
+        )
+        .await;
+        assert!(message.contains(field), "{message}");
+    }
+    let junk = "j".repeat(3 * 1024 * 1024);
+    let response = app
+        .upload_with(
+            &token,
+            "note.txt",
+            note.clone(),
+            &[("unknown", &junk), ("title", "Note")],
+        )
+        .await;
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+
+    // A zip that is not a Word file is refused at the door, as before, but the archive is
+    // read by the sandboxed reader, not the server.
+    let workbook = documents::zip_with(&[
+        ("[Content_Types].xml", "<Types/>"),
+        ("xl/workbook.xml", "<workbook/>"),
+    ]);
+    let message = expect_error(
+        app.upload_with(&token, "sheet.docx", workbook, &[]).await,
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    assert!(
+        message.contains("an Excel workbook; upload a PDF"),
+        "{message}"
+    );
+    assert_eq!(
+        incoming_files(&app),
+        0,
+        "refused uploads leave no files behind"
+    );
+}
+
+#[tokio::test]
+async fn uploads_stop_at_the_storage_quota_which_the_owner_sets_per_tenant() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MB: u64 = 1024 * 1024;
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(|c| {
+            c.signup = SignupPolicy::Open;
+            c.knowledge.storage_quota_bytes = Some(MB);
+        })),
+        ..Options::default()
+    })
+    .await;
+    let owner = app.sign_up("owner@example.com").await;
+    let creator = app.sign_up("creator@example.com").await;
+    let text = |n: usize| "Breathe in, breathe out. ".repeat(n / 25).into_bytes();
+    let tenant = app.get_json("/api/v1/tenant", &creator).await;
+    assert_eq!(tenant["storage_used_bytes"], 0);
+    assert_eq!(tenant["storage_quota_bytes"], MB);
+    let tenant_id = tenant["id"].as_str().unwrap().to_string();
+
+    app.upload(&creator, "one.txt", text(600_000)).await;
+    let message = expect_error(
+        app.upload_with(&creator, "two.txt", text(600_000), &[])
+            .await,
+        413,
+        "quota_exceeded",
+    )
+    .await;
+    assert!(message.contains("0.6 MB of 1.0 MB used"), "{message}");
+    let tenant = app.get_json("/api/v1/tenant", &creator).await;
+    assert_eq!(tenant["storage_used_bytes"], 600_000);
+
+    // A huge upload is cut off at the quota while it streams, long before its end.
+    let declared = 40 * MB as usize;
+    let stream = start_raw_upload(&app, &creator, declared).await;
+    let (mut reader, mut writer) = stream.into_split();
+    let response = tokio::spawn(async move {
+        let mut response = Vec::new();
+        let _ = reader.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    });
+    let mut sent = 0;
+    let chunk = vec![b'a'; 64 * 1024];
+    while sent < declared && !response.is_finished() {
+        if writer.write_all(&chunk).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let response = response.await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("quota_exceeded"), "{response}");
+    assert!(sent < declared / 2, "sent {sent} of {declared} bytes");
+    eventually("no temporary file is left", || incoming_files(&app) == 0).await;
+
+    // The owner gives this tenant more room; only the owner may.
+    let change = |token: &str, body: Value| {
+        app.client
+            .patch(app.url(&format!("/api/v1/admin/tenants/{tenant_id}")))
+            .bearer_auth(token.to_string())
+            .json(&body)
+            .send()
+    };
+    expect_error(
+        change(&creator, json!({"storage_quota_mb": 100}))
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    let missing = app
+        .client
+        .patch(app.url("/api/v1/admin/tenants/nope"))
+        .bearer_auth(&owner)
+        .json(&json!({"storage_quota_mb": 1}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(missing, 404, "not_found").await;
+    let response = change(&owner, json!({"storage_quota_mb": 2}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let storage: Value = response.json().await.unwrap();
+    assert_eq!(storage["storage_quota_mb"], 2);
+    assert_eq!(storage["storage_quota_bytes"], 2 * MB);
+    assert_eq!(storage["storage_used_bytes"], 600_000);
+    app.upload(&creator, "two.txt", text(600_000)).await;
+
+    // Back to the server's default: over it now, so new uploads are refused; 0 is unlimited.
+    let storage: Value = change(&owner, json!({"storage_quota_mb": null}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(storage["storage_quota_mb"], Value::Null);
+    assert_eq!(storage["storage_quota_bytes"], MB);
+    expect_error(
+        app.upload_with(&creator, "three.txt", text(1000), &[])
+            .await,
+        413,
+        "quota_exceeded",
+    )
+    .await;
+    let storage: Value = change(&owner, json!({"storage_quota_mb": 0}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(storage["storage_quota_bytes"], Value::Null);
+    app.upload(&creator, "three.txt", text(1000)).await;
+    let tenant = app.get_json("/api/v1/tenant", &creator).await;
+    assert_eq!(tenant["storage_quota_bytes"], Value::Null);
+    assert_eq!(tenant["storage_used_bytes"], 1_201_000);
+    // The owner's own tenant is untouched by the change.
+    let own = app.get_json("/api/v1/tenant", &owner).await;
+    assert_eq!(own["storage_quota_bytes"], MB);
 }

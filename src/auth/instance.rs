@@ -110,6 +110,50 @@ pub fn set_suspended(
     Ok(())
 }
 
+/// A creator's own storage quota in MB; `None` when it follows the server's setting (or there
+/// is no such tenant).
+pub fn storage_quota_mb(c: &Connection, tenant_id: &str) -> rusqlite::Result<Option<i64>> {
+    Ok(c.query_row(
+        "SELECT storage_quota_mb FROM tenants WHERE id = ?1",
+        params![tenant_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .flatten())
+}
+
+/// Sets a creator's storage quota in MB (0: unlimited); `None` returns it to the server's
+/// `storage_quota_mb`. Documents already stored stay; only new uploads are refused.
+pub fn set_storage_quota(
+    c: &mut Connection,
+    principal: &Principal,
+    tenant_id: &str,
+    quota_mb: Option<u64>,
+    context: &RequestContext,
+) -> Result<(), AuthError> {
+    let stored = quota_mb
+        .map(|mb| {
+            i64::try_from(mb).map_err(|_| AuthError::Invalid("the quota is too large".into()))
+        })
+        .transpose()?;
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let changed = tx.execute(
+        "UPDATE tenants SET storage_quota_mb = ?2 WHERE id = ?1",
+        params![tenant_id, stored],
+    )?;
+    if changed == 0 {
+        return Err(AuthError::NotFound("tenant"));
+    }
+    audit::record(
+        &tx,
+        &AuditEvent::by(principal, "tenant.quota_changed", context)
+            .target(tenant_id)
+            .detail(serde_json::json!({ "storage_quota_mb": quota_mb })),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Deletes a creator and everything of theirs (the database cascades), and the accounts that
 /// belonged to no other tenant. The caller removes their files.
 pub fn delete_tenant(

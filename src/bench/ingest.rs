@@ -65,6 +65,7 @@ pub fn run(
         limits: ExtractLimits::default(),
         timeout: Duration::from_secs(600),
         memory_bytes: 2 << 30,
+        max_output_bytes: Sandbox::output_limit(bytes.len() as u64),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,4 +1,5 @@
-//! The instance owner's controls: the sign-up policy, and suspending or deleting creators.
+//! The instance owner's controls: the sign-up policy, creators' storage quotas, and suspending
+//! or deleting creators.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -10,9 +11,11 @@ use super::AppState;
 use super::auth::{Authenticated, Client, InstanceInfo, Owner, instance};
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::route_table::Routes;
+use crate::auth::AuthError;
 use crate::auth::accounts::SignupPolicy;
 use crate::auth::instance as settings;
 use crate::inference::downloads::ModelListing;
+use crate::knowledge::quota::{self, StorageUse};
 
 pub fn routes() -> Routes {
     Routes::new()
@@ -21,7 +24,7 @@ pub fn routes() -> Routes {
         .route("/api/v1/admin/tenants/{id}/resume", post(resume_tenant))
         .route(
             "/api/v1/admin/tenants/{id}",
-            axum::routing::delete(delete_tenant),
+            axum::routing::delete(delete_tenant).patch(change_tenant),
         )
         .route("/api/v1/admin/models", axum::routing::get(list_models))
         .route("/api/v1/admin/models/{name}/pull", post(pull_model))
@@ -183,4 +186,66 @@ pub(crate) async fn delete_tenant(
     state.auth.accounts.changes().changed(&id);
     state.knowledge.forget_tenant(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The owner's change to a tenant. Absent fields stay as they are.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct TenantChange {
+    /// Storage for the tenant's uploaded originals in MB, 0 for unlimited; `null` returns it
+    /// to the server's `storage_quota_mb`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u64>)]
+    storage_quota_mb: Option<Option<u64>>,
+}
+
+/// Distinguishes an explicit `null` (Some(None)) from an absent field (None).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<u64>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+/// A tenant's storage as the owner sees it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct TenantStorage {
+    id: String,
+    /// The tenant's own quota in MB (0: unlimited); null when it follows the server's
+    /// `storage_quota_mb`.
+    storage_quota_mb: Option<u64>,
+    #[serde(flatten)]
+    storage: StorageUse,
+}
+
+#[utoipa::path(patch, path = "/api/v1/admin/tenants/{id}", tag = "team", request_body = TenantChange,
+    params(("id" = String, Path, description = "Tenant id")),
+    responses(
+        (status = 200, description = "The tenant's quota and storage use now; documents already stored stay, new uploads over the quota are refused with `quota_exceeded`", body = TenantStorage),
+        (status = 403, description = "The instance owner only", body = ErrorBody),
+        (status = 404, description = "No such tenant", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn change_tenant(
+    State(state): State<AppState>,
+    Client(context): Client,
+    owner: Authenticated<Owner>,
+    Path(id): Path<String>,
+    Json(change): Json<TenantChange>,
+) -> Result<Json<TenantStorage>, ApiError> {
+    let principal = owner.principal;
+    let default = state.knowledge.settings().storage_quota_bytes;
+    let storage = state
+        .db
+        .call(move |c| {
+            if let Some(quota_mb) = change.storage_quota_mb {
+                settings::set_storage_quota(c, &principal, &id, quota_mb, &context)?;
+            }
+            let own: Option<i64> = settings::storage_quota_mb(c, &id)?;
+            let storage =
+                quota::of_tenant(c, &id, default)?.ok_or(AuthError::NotFound("tenant"))?;
+            Ok::<_, AuthError>(TenantStorage {
+                id,
+                storage_quota_mb: own.map(|mb| mb as u64),
+                storage,
+            })
+        })
+        .await?;
+    Ok(Json(storage))
 }

@@ -812,23 +812,49 @@ pub(crate) async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A tenant's settings with its storage use, for its members (the dashboard shows the quota).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TenantView {
+    #[serde(flatten)]
+    pub settings: tenant::TenantSettings,
+    #[serde(flatten)]
+    pub storage: crate::knowledge::quota::StorageUse,
+}
+
+async fn tenant_view(
+    state: &AppState,
+    scope: TenantScope,
+    settings: tenant::TenantSettings,
+) -> Result<Json<TenantView>, ApiError> {
+    let default = state.knowledge.settings().storage_quota_bytes;
+    let storage = state
+        .db
+        .call(move |c| crate::knowledge::quota::of(c, &scope, default))
+        .await?;
+    Ok(Json(TenantView { settings, storage }))
+}
+
 #[utoipa::path(get, path = "/api/v1/tenant", tag = "team",
     responses(
-        (status = 200, description = "The tenant's settings", body = tenant::TenantSettings),
+        (status = 200, description = "The tenant's settings and storage use", body = TenantView),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
     auth: Authenticated,
-) -> Result<Json<tenant::TenantSettings>, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
     let scope = auth.scope().clone();
-    Ok(Json(state.db.call(move |c| tenant::get(c, &scope)).await?))
+    let settings = {
+        let scope = scope.clone();
+        state.db.call(move |c| tenant::get(c, &scope)).await?
+    };
+    tenant_view(&state, scope, settings).await
 }
 
 #[utoipa::path(patch, path = "/api/v1/tenant", tag = "team", request_body = tenant::TenantUpdate,
     responses(
-        (status = 200, description = "Updated settings", body = tenant::TenantSettings),
+        (status = 200, description = "Updated settings", body = TenantView),
         (status = 403, description = "Admins only", body = ErrorBody),
         (status = 422, description = "An origin is not scheme://host[:port]", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
@@ -839,13 +865,14 @@ pub(crate) async fn update_tenant(
     Client(context): Client,
     auth: Authenticated<AdminRole>,
     Json(update): Json<tenant::TenantUpdate>,
-) -> Result<Json<tenant::TenantSettings>, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
+    let scope = auth.scope().clone();
     let principal = auth.principal;
     let settings = state
         .db
         .call(move |c| tenant::update(c, &principal, &update, &context))
         .await?;
-    Ok(Json(settings))
+    tenant_view(&state, scope, settings).await
 }
 
 /// `{"tenants": [...]}`

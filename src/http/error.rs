@@ -84,6 +84,9 @@ error_codes! {
     SetupTokenRequired => (FORBIDDEN, "setup_token_required"),
     /// The database is busy with other writes; retry after `Retry-After` seconds.
     Busy => (SERVICE_UNAVAILABLE, "busy"),
+    /// The upload would take the tenant over its storage quota; the message says how much is
+    /// used and allowed.
+    QuotaExceeded => (PAYLOAD_TOO_LARGE, "quota_exceeded"),
 }
 
 impl ErrorCode {
@@ -219,6 +222,7 @@ impl From<crate::knowledge::KnowledgeError> for ApiError {
             E::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
             E::Unsupported(message) => ApiError::new(ErrorCode::UnsupportedMediaType, message),
             E::TooLarge { .. } => ApiError::new(ErrorCode::PayloadTooLarge, error.to_string()),
+            E::QuotaExceeded { .. } => ApiError::new(ErrorCode::QuotaExceeded, error.to_string()),
             E::Db(error) => error.into(),
             E::Inference(error) => error.into(),
             E::Index(_) | E::Io(_) => {

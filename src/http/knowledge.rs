@@ -5,21 +5,21 @@ use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::AppState;
 use super::auth::{AdminRole, Authenticated, Client, CoachRole};
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::route_table::Routes;
+use super::uploads::{self, Received};
 use crate::auth::audit::{self, AuditEvent};
 use crate::auth::new_id;
+use crate::knowledge::KnowledgeError;
 use crate::knowledge::documents::{
     self, CollectionView, DocumentPage, DocumentUpdate, DocumentView, ListQuery, NewDocument,
 };
+use crate::knowledge::quota;
 use crate::knowledge::search::{SearchRequest, SearchResults};
 use crate::knowledge::sniff::{self, DocumentKind};
-use crate::knowledge::{Knowledge, KnowledgeError};
 
 pub fn routes() -> Routes {
     Routes::new()
@@ -58,7 +58,8 @@ pub(crate) struct UploadForm {
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 202, description = "Stored and queued for ingestion; poll GET /api/v1/documents/{id}", body = DocumentView),
-        (status = 413, description = "Larger than max_upload_mb", body = ErrorBody),
+        (status = 413, description = "Larger than max_upload_mb (`payload_too_large`), or over the tenant's storage quota (`quota_exceeded`)", body = ErrorBody),
+        (status = 422, description = "A title, collection or tags field is too long", body = ErrorBody),
         (status = 415, description = "Not a PDF, Word, HTML, Markdown or text file", body = ErrorBody),
         (status = 400, description = "No `file` field", body = ErrorBody),
         (status = 401, description = "Missing or invalid credentials", body = ErrorBody),
@@ -72,32 +73,47 @@ pub(crate) async fn upload(
     mut multipart: Multipart,
 ) -> Result<(StatusCode, Json<DocumentView>), ApiError> {
     let knowledge = &state.knowledge;
+    let storage = {
+        let (scope, default) = (
+            auth.scope().clone(),
+            knowledge.settings().storage_quota_bytes,
+        );
+        state
+            .db
+            .call(move |c| quota::of(c, &scope, default))
+            .await?
+    };
     let mut received: Option<Received> = None;
     let mut title = None;
     let mut collection = None;
-    let mut tags = Vec::new();
-    let bad_form = |e: axum::extract::multipart::MultipartError| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!("cannot read the upload: {e}"),
-        )
-    };
-    while let Some(field) = multipart.next_field().await.map_err(bad_form)? {
+    let mut tags = String::new();
+    while let Some(field) = multipart.next_field().await.map_err(uploads::bad_form)? {
         match field.name().unwrap_or_default() {
             "file" => {
-                let filename = clean_filename(field.file_name().unwrap_or("document"));
-                if let Some(previous) = received.take() {
-                    previous.discard().await;
-                }
-                received = Some(receive(knowledge, field, filename).await?);
+                let filename = uploads::clean_filename(field.file_name().unwrap_or("document"));
+                // A second file replaces the first, whose temporary file goes with it.
+                drop(received.take());
+                received = Some(uploads::receive(knowledge, field, filename, &storage).await?);
             }
-            "title" => title = Some(field.text().await.map_err(bad_form)?),
-            "collection" => collection = Some(field.text().await.map_err(bad_form)?),
+            "title" => title = Some(uploads::read_text(field, uploads::MAX_TITLE_BYTES).await?),
+            "collection" => {
+                collection = Some(uploads::read_text(field, uploads::MAX_COLLECTION_BYTES).await?)
+            }
             "tags" => {
-                let text = field.text().await.map_err(bad_form)?;
-                tags.extend(text.split(',').map(str::to_string));
+                let text = uploads::read_text(field, uploads::MAX_TAGS_BYTES).await?;
+                if tags.len() + text.len() >= uploads::MAX_TAGS_BYTES {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "the `tags` fields are longer than {} bytes together",
+                            uploads::MAX_TAGS_BYTES
+                        ),
+                    ));
+                }
+                tags.push(',');
+                tags.push_str(&text);
             }
-            _ => {}
+            _ => uploads::drain(field).await?,
         }
     }
     let received = received.ok_or_else(|| {
@@ -106,112 +122,28 @@ pub(crate) async fn upload(
             "send the document as multipart/form-data in a field named `file`",
         )
     })?;
-    match accept(&state, &auth, received.clone(), title, collection, tags).await {
-        Ok(document) => {
-            state.knowledge.wake();
-            let principal = auth.principal.clone();
-            let (id, filename) = (document.id.clone(), document.filename.clone());
-            state
-                .db
-                .call(move |c| {
-                    audit::record(
-                        c,
-                        &AuditEvent::by(&principal, "document.uploaded", &context)
-                            .target(&id)
-                            .detail(serde_json::json!({ "filename": filename })),
-                    )
-                    .map_err(crate::db::DbError::from)
-                })
-                .await?;
-            Ok((StatusCode::ACCEPTED, Json(document)))
-        }
-        Err(error) => {
-            received.discard().await;
-            Err(error)
-        }
-    }
+    let tags = tags.split(',').map(str::to_string).collect::<Vec<_>>();
+    let document = accept(&state, &auth, received, title, collection, tags).await?;
+    state.knowledge.wake();
+    let principal = auth.principal.clone();
+    let (id, filename) = (document.id.clone(), document.filename.clone());
+    state
+        .db
+        .call(move |c| {
+            audit::record(
+                c,
+                &AuditEvent::by(&principal, "document.uploaded", &context)
+                    .target(&id)
+                    .detail(serde_json::json!({ "filename": filename })),
+            )
+            .map_err(crate::db::DbError::from)
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(document)))
 }
 
-/// An upload streamed to a temporary file.
-#[derive(Clone)]
-struct Received {
-    path: std::path::PathBuf,
-    filename: String,
-    size: u64,
-    sha256: String,
-}
-
-impl Received {
-    async fn discard(&self) {
-        let _ = tokio::fs::remove_file(&self.path).await;
-    }
-}
-
-async fn receive(
-    knowledge: &Knowledge,
-    mut field: axum::extract::multipart::Field<'_>,
-    filename: String,
-) -> Result<Received, ApiError> {
-    let max = knowledge.settings().max_upload_bytes;
-    let dir = knowledge.upload_dir();
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(KnowledgeError::from)?;
-    let path = dir.join(new_id());
-    let mut file = tokio::fs::File::create(&path)
-        .await
-        .map_err(KnowledgeError::from)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let received = Received {
-        path,
-        filename,
-        size: 0,
-        sha256: String::new(),
-    };
-    loop {
-        let chunk = match field.chunk().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => break,
-            Err(e) => {
-                received.discard().await;
-                return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!("the upload was interrupted: {e}"),
-                ));
-            }
-        };
-        size += chunk.len() as u64;
-        if size > max {
-            drop(file);
-            received.discard().await;
-            return Err(KnowledgeError::TooLarge {
-                max_mb: max / (1024 * 1024),
-            }
-            .into());
-        }
-        hasher.update(&chunk);
-        if let Err(e) = file.write_all(&chunk).await {
-            received.discard().await;
-            return Err(KnowledgeError::from(e).into());
-        }
-    }
-    if let Err(e) = file.sync_all().await {
-        received.discard().await;
-        return Err(KnowledgeError::from(e).into());
-    }
-    Ok(Received {
-        size,
-        sha256: hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        ..received
-    })
-}
-
-/// Checks the type, moves the file into place and records the document with its job.
+/// Checks the type, moves the file into place and records the document with its job. On any
+/// error the temporary file is removed (by `Received`'s guard).
 async fn accept(
     state: &AppState,
     auth: &Authenticated<CoachRole>,
@@ -220,13 +152,23 @@ async fn accept(
     collection: Option<String>,
     tags: Vec<String>,
 ) -> Result<DocumentView, ApiError> {
-    let bytes = tokio::fs::read(&received.path)
+    let bytes = tokio::fs::read(received.file.path())
         .await
         .map_err(KnowledgeError::from)?;
-    let kind: DocumentKind = tokio::task::spawn_blocking(move || sniff::sniff(&bytes))
+    let (kind, bytes) = tokio::task::spawn_blocking(move || (sniff::sniff(&bytes), bytes))
         .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(KnowledgeError::Unsupported)?;
+        .map_err(|_| ApiError::internal())?;
+    let kind: DocumentKind = kind.map_err(KnowledgeError::Unsupported)?;
+    if sniff::is_zip(&bytes) {
+        // Which kind of archive it is takes parsing it, which only the sandbox does.
+        state
+            .knowledge
+            .settings()
+            .sandbox
+            .check_zip(bytes)
+            .await
+            .map_err(KnowledgeError::Unsupported)?;
+    }
     let title = match title.as_deref().map(str::trim) {
         Some(title) if !title.is_empty() => documents::clean_title(title)?,
         _ => received.filename.clone(),
@@ -250,29 +192,20 @@ async fn accept(
             .await
             .map_err(KnowledgeError::from)?;
     }
-    tokio::fs::rename(&received.path, &destination)
+    received
+        .file
+        .persist(&destination)
         .await
         .map_err(KnowledgeError::from)?;
+    let default_quota = state.knowledge.settings().storage_quota_bytes;
     let created = state
         .db
-        .call(move |c| documents::create(c, &scope, &new))
+        .call(move |c| documents::create(c, &scope, &new, default_quota))
         .await;
     if created.is_err() {
         let _ = tokio::fs::remove_file(&destination).await;
     }
     Ok(created?)
-}
-
-/// The last path component, without control characters, at most 255 characters.
-fn clean_filename(name: &str) -> String {
-    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
-    let clean: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
-    let clean = clean.trim().to_string();
-    if clean.is_empty() || clean == "." || clean == ".." {
-        "document".into()
-    } else {
-        clean
-    }
 }
 
 #[utoipa::path(
@@ -535,10 +468,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_names_are_reduced_to_a_safe_base_name() {
-        assert_eq!(clean_filename("../../etc/passwd"), "passwd");
-        assert_eq!(clean_filename("C:\\Users\\me\\Guide.pdf"), "Guide.pdf");
-        assert_eq!(clean_filename(".."), "document");
+    fn downloads_name_the_file_safely() {
         assert_eq!(
             content_disposition("Guía \"1\".pdf"),
             "attachment; filename=\"Gu_a _1_.pdf\"; filename*=UTF-8''Gu%C3%ADa%20%221%22.pdf"

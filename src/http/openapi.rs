@@ -28,6 +28,7 @@ use super::{admin, auth, chat, health, insights, knowledge, metrics, realtime};
         admin::suspend_tenant,
         admin::resume_tenant,
         admin::delete_tenant,
+        admin::change_tenant,
         admin::list_models,
         admin::pull_model,
         auth::register,

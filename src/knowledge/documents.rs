@@ -71,13 +71,16 @@ pub struct NewDocument {
     pub tags: Vec<String>,
 }
 
-/// Records the document and queues its ingestion, in one transaction.
+/// Records the document and queues its ingestion, in one transaction, if it fits the tenant's
+/// storage quota (`default_quota_bytes` unless the owner set the tenant's own).
 pub fn create(
     c: &mut Connection,
     scope: &TenantScope,
     new: &NewDocument,
+    default_quota_bytes: Option<u64>,
 ) -> Result<DocumentView, KnowledgeError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    super::quota::of(&tx, scope, default_quota_bytes)?.admit(new.size_bytes)?;
     tx.execute(
         "INSERT INTO documents (id, tenant_id, title, filename, kind, size_bytes, sha256, \
          collection, tags, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",

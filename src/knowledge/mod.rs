@@ -7,11 +7,13 @@
 //! vector similarity.
 
 pub mod chunk;
+pub mod confine;
 pub mod documents;
 pub mod extract;
 pub mod index;
 mod ingest;
 pub mod jobs;
+pub mod quota;
 pub mod sandbox;
 pub mod search;
 pub mod sniff;
@@ -52,6 +54,12 @@ pub enum KnowledgeError {
     Unsupported(String),
     #[error("the file is larger than this server's limit of {max_mb} MB")]
     TooLarge { max_mb: u64 },
+    #[error(
+        "this upload would take your documents over their storage quota: {} of {} used; delete documents or ask the server's owner for more room",
+        quota::human(*used_bytes),
+        quota::human(*quota_bytes)
+    )]
+    QuotaExceeded { used_bytes: u64, quota_bytes: u64 },
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
@@ -73,6 +81,8 @@ impl From<rusqlite::Error> for KnowledgeError {
 pub struct KnowledgeSettings {
     pub chunking: ChunkSettings,
     pub max_upload_bytes: u64,
+    /// Storage per tenant unless the owner set another; `None` is unlimited.
+    pub storage_quota_bytes: Option<u64>,
     /// Documents ingested at the same time; more than one so a slow file never blocks the rest.
     pub workers: usize,
     pub sandbox: Sandbox,
@@ -138,6 +148,40 @@ impl Knowledge {
         self.inner.originals.join(".incoming")
     }
 
+    /// Removes what uploads of a previous run left in the upload directory (a crash or a kill
+    /// in the middle of one). Nothing else writes there, and the data directory's lock keeps
+    /// other servers out, so everything in it is a leftover.
+    async fn sweep_incoming(&self) -> Result<(), KnowledgeError> {
+        let dir = self.upload_dir();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut removed = 0;
+        while let Some(entry) = entries.next_entry().await? {
+            let path = entry.path();
+            let result = if entry.file_type().await?.is_dir() {
+                tokio::fs::remove_dir_all(&path).await
+            } else {
+                tokio::fs::remove_file(&path).await
+            };
+            match result {
+                Ok(()) => removed += 1,
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "cannot remove a leftover upload")
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "removed unfinished uploads of a previous run"
+            );
+        }
+        Ok(())
+    }
+
     /// Tells the workers that a job is waiting.
     pub fn wake(&self) {
         self.inner.wake.notify_waiters();
@@ -180,6 +224,7 @@ impl Knowledge {
     /// the background embedder (which embeds chunks that lack a vector from the current
     /// embedder, e.g. after the embedder changed).
     pub async fn start(&self, shutdown: CancellationToken) -> Result<(), KnowledgeError> {
+        self.sweep_incoming().await?;
         let recovered = self
             .inner
             .db

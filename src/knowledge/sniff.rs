@@ -69,9 +69,24 @@ const KNOWN_BINARIES: &[(&[u8], &str)] = &[
     (b"{\\rtf", "a Rich Text (.rtf) file"),
 ];
 
-/// Decides the kind of `bytes`, or explains (for the creator) why it is not one we read.
+/// What the refusals suggest instead.
+const SUPPORTED: &str = "upload a PDF, Word (.docx), HTML, Markdown or plain-text file";
+
+/// The refusal of a file that is `what` (e.g. "a PNG image").
+pub fn unsupported(what: &str) -> String {
+    format!("this is {what}; {SUPPORTED}")
+}
+
+/// Whether `bytes` start like a zip archive. A zip is taken as Word by [`sniff`]; which kind of
+/// archive it really is (Word, Excel, ...) is decided by reading its central directory, which
+/// only the sandboxed reader does (`Sandbox::check_zip`).
+pub fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06")
+}
+
+/// Decides the kind of `bytes` from their first bytes and, for text, their encoding; or
+/// explains (for the creator) why it is not one we read. Never parses a container format.
 pub fn sniff(bytes: &[u8]) -> Result<DocumentKind, String> {
-    const SUPPORTED: &str = "upload a PDF, Word (.docx), HTML, Markdown or plain-text file";
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
@@ -79,51 +94,19 @@ pub fn sniff(bytes: &[u8]) -> Result<DocumentKind, String> {
     if find(&bytes[..bytes.len().min(1024)], b"%PDF-").is_some() {
         return Ok(DocumentKind::Pdf);
     }
-    if bytes.starts_with(CFB_MAGIC) {
+    if bytes.starts_with(CFB_MAGIC) || is_zip(bytes) {
         return Ok(DocumentKind::Docx);
-    }
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        return match zip_flavour(bytes) {
-            ZipFlavour::Docx => Ok(DocumentKind::Docx),
-            ZipFlavour::Other(what) => Err(format!("this is {what}; {SUPPORTED}")),
-        };
     }
     if let Some((_, what)) = KNOWN_BINARIES
         .iter()
         .find(|(magic, _)| bytes.starts_with(magic))
     {
-        return Err(format!("this is {what}; {SUPPORTED}"));
+        return Err(unsupported(what));
     }
     let Some(text) = decode_text(bytes) else {
-        return Err(format!(
-            "this is not a document we can read (binary data); {SUPPORTED}"
-        ));
+        return Err(unsupported("not a document we can read (binary data)"));
     };
     Ok(classify_text(&text))
-}
-
-enum ZipFlavour {
-    Docx,
-    Other(&'static str),
-}
-
-fn zip_flavour(bytes: &[u8]) -> ZipFlavour {
-    let Ok(archive) = zip::ZipArchive::new(std::io::Cursor::new(bytes)) else {
-        // A damaged archive: let the Word reader report it as corrupt.
-        return ZipFlavour::Docx;
-    };
-    let has = |name: &str| archive.file_names().any(|n| n.is_ok_and(|n| n == name));
-    if has("word/document.xml") {
-        ZipFlavour::Docx
-    } else if has("xl/workbook.xml") {
-        ZipFlavour::Other("an Excel workbook")
-    } else if has("ppt/presentation.xml") {
-        ZipFlavour::Other("a PowerPoint presentation")
-    } else if has("content.xml") {
-        ZipFlavour::Other("an OpenDocument file (save it as .docx)")
-    } else {
-        ZipFlavour::Other("a ZIP archive")
-    }
 }
 
 /// Text in UTF-8 (with or without BOM), UTF-16 with BOM, or, failing those, Windows-1252 when

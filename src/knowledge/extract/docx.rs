@@ -19,6 +19,11 @@ pub fn extract(bytes: &[u8], limits: &ExtractLimits) -> Result<Extracted, Extrac
     };
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes))
         .map_err(|e| corrupt(format!("not a readable zip: {e}")))?;
+    if let Some(what) = other_office_file(&archive) {
+        return Err(ExtractError::Unsupported(
+            crate::knowledge::sniff::unsupported(what),
+        ));
+    }
     let xml =
         read_part(&mut archive, "word/document.xml", limits.max_part_bytes).map_err(
             |e| match e {
@@ -39,6 +44,34 @@ pub fn extract(bytes: &[u8], limits: &ExtractLimits) -> Result<Extracted, Extrac
         pages: None,
         title: None,
     })
+}
+
+/// For the upload check: `Ok` for a Word document (or an archive too damaged to tell, which
+/// the Word reader then reports), else the refusal naming what the archive is.
+pub fn zip_is_word(bytes: &[u8]) -> Result<(), String> {
+    match zip::ZipArchive::new(std::io::Cursor::new(bytes)) {
+        Ok(archive) => match other_office_file(&archive) {
+            Some(what) => Err(crate::knowledge::sniff::unsupported(what)),
+            None => Ok(()),
+        },
+        Err(_) => Ok(()),
+    }
+}
+
+/// What a zip archive without `word/document.xml` is, named for the creator.
+fn other_office_file(archive: &zip::ZipArchive<std::io::Cursor<&[u8]>>) -> Option<&'static str> {
+    let has = |name: &str| archive.file_names().any(|n| n.is_ok_and(|n| n == name));
+    if has("word/document.xml") {
+        None
+    } else if has("xl/workbook.xml") {
+        Some("an Excel workbook")
+    } else if has("ppt/presentation.xml") {
+        Some("a PowerPoint presentation")
+    } else if has("content.xml") {
+        Some("an OpenDocument file (save it as .docx)")
+    } else {
+        Some("a ZIP archive")
+    }
 }
 
 enum PartError {

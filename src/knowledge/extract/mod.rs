@@ -11,6 +11,8 @@ mod pdf;
 
 use serde::{Deserialize, Serialize};
 
+pub use docx::zip_is_word;
+
 use super::sniff::{DocumentKind, decode_text};
 
 /// Limits on one extraction, configurable by the creator running the server.
@@ -109,6 +111,9 @@ pub enum ExtractError {
     OutOfMemory,
     #[error("the reader failed on this file ({0}); it may be damaged")]
     ReaderFailed(String),
+    /// Not a type we read, found out only inside the file (a zip that is not Word).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Extracts `bytes` as `kind`. Runs in the sandboxed child process; may panic on hostile input.
