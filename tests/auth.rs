@@ -235,7 +235,29 @@ async fn login_refresh_rotation_reuse_detection_and_logout() {
     let access = rotated["access_token"].as_str().unwrap();
     assert_eq!(app.get_with("/api/v1/auth/me", access).await.status(), 200);
 
-    // The first token again: theft is assumed and the whole family is revoked.
+    // A second tab that exchanged the first token at the same moment gets a pair of its own
+    // (a grace period for the token just replaced, while its successor is unused).
+    let other_tab = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": first}),
+            None,
+        )
+        .await;
+    assert_eq!(other_tab.status(), 200);
+    // Once the successor was used, the first token again is theft: the family is revoked.
+    let third: Value = app
+        .post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": second}),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second = third["refresh_token"].as_str().unwrap().to_string();
+
     let reused = app
         .post(
             "/api/v1/auth/refresh",
@@ -481,7 +503,17 @@ async fn changing_the_password_ends_other_sessions() {
             Some(&access),
         )
         .await;
-    assert_eq!(changed.status(), 204);
+    assert_eq!(changed.status(), 200);
+    // Every sign-in ended, the caller's access token too; the answer is a new session.
+    expect_error(
+        app.get_with("/api/v1/auth/me", &access).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let renewed: Value = changed.json().await.unwrap();
+    let renewed = renewed["access_token"].as_str().unwrap();
+    assert_eq!(app.get_with("/api/v1/auth/me", renewed).await.status(), 200);
     let old = app
         .post(
             "/api/v1/auth/refresh",
@@ -1223,7 +1255,14 @@ async fn the_owner_sets_the_sign_up_policy_and_suspends_resumes_and_deletes_crea
     expect_error(
         app.login("cleo@example.com", PASSWORD).await,
         403,
-        "forbidden",
+        "tenant_suspended",
+    )
+    .await;
+    // Access she already had ends at once too.
+    expect_error(
+        app.get_with("/api/v1/auth/me", &creator).await,
+        403,
+        "tenant_suspended",
     )
     .await;
     expect_error(

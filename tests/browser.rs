@@ -25,6 +25,7 @@ async fn run_scenario(app: &TestApp, scenario: &str, env: &[(&str, &str)]) {
     let output = tokio::process::Command::new("node")
         .arg(root.join("tests/browser").join(scenario))
         .env("COMPANERO_URL", app.url(""))
+        .env("SETUP_TOKEN", common::SETUP_TOKEN)
         .env("COMPANERO_SCREENSHOTS", &screenshots)
         .envs(env.iter().copied())
         .output()

@@ -59,11 +59,14 @@ async fn a_visitor_question_streams_back_a_grounded_answer_with_citations() {
             .starts_with("text/event-stream")
     );
     let events = parse_sse(&response.text().await.unwrap());
+    // An end user sees the answer only once it was checked: no deltas that could be taken back,
+    // and nothing of how it was made (retrieved passages, the raw answer).
     let deltas: Vec<&Sse> = events.iter().filter(|e| e.event == "delta").collect();
-    assert!(!deltas.is_empty(), "{events:?}");
+    assert!(deltas.is_empty(), "{events:?}");
     let last = events.last().unwrap();
     assert_eq!(last.event, "message", "{events:?}");
     let message = &last.data;
+    assert!(message.get("stats").is_none(), "{message}");
     assert_eq!(message["role"], "assistant");
     let confidence = message["confidence"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&confidence));

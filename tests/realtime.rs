@@ -530,7 +530,13 @@ async fn a_question_over_the_websocket_streams_a_cited_answer_from_the_model() {
             _ => {}
         }
     };
-    assert!(deltas.len() > 3, "the answer streamed: {deltas:?}");
+    // The end user sees "thinking", then the checked answer: no deltas that could be taken
+    // back, and nothing of how it was made.
+    assert!(
+        deltas.is_empty(),
+        "no unchecked text reaches an end user: {deltas:?}"
+    );
+    assert!(answer.get("stats").is_none(), "{answer}");
     assert_eq!(answer["fallback"], false, "{answer}");
     assert!(!answer["citations"].as_array().unwrap().is_empty());
     let done = client.next_where("typing", |e| e["active"] == false).await;

@@ -313,6 +313,8 @@ impl Accounts {
                                 r.expires_at <= strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
                                 u.email, u.is_owner, m.role, u.session_generation,
                                 coalesce((julianday('now') - julianday(r.rotated_at)) * 86400 < ?2, 0)
+                                AND NOT EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.family_id = r.family_id
+                                                AND s.rotated_at IS NOT NULL AND s.created_at > r.created_at)
                          FROM refresh_tokens r
                          JOIN users u ON u.id = r.user_id
                          LEFT JOIN memberships m ON m.user_id = r.user_id AND m.tenant_id = r.tenant_id
@@ -346,8 +348,9 @@ impl Accounts {
                 else {
                     return Err(AuthError::InvalidToken);
                 };
-                // Another tab exchanged the same token a moment ago: it gets a pair of its own
-                // in the same family instead of the family being revoked.
+                // Another tab exchanged the same token a moment ago, and nobody used what it
+                // got yet: this one gets a pair of its own in the same family instead of the
+                // family being revoked. An older token, or one whose successor was used, is theft.
                 if rotated && !revoked && !within_grace {
                     revoke_family(&tx, &family)?;
                     audit::record(

@@ -153,8 +153,21 @@ pub fn by_id(c: &Connection, key_id: &str) -> Result<Principal, AuthError> {
     principal_where(c, "k.id = ?1", key_id)
 }
 
+/// A key's row with its creator's role now: (id, tenant, prefix, role, creator, creator's role,
+/// tenant suspended, last use stale).
+type KeyRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    bool,
+    bool,
+);
+
 fn principal_where(c: &Connection, condition: &str, value: &str) -> Result<Principal, AuthError> {
-    let row: Option<(String, String, String, String, Option<String>, Option<String>, bool, bool)> = c
+    let row: Option<KeyRow> = c
         .query_row(
             &format!(
                 "SELECT k.id, k.tenant_id, k.prefix, k.role, k.created_by, m.role,

@@ -210,6 +210,15 @@ pub fn open(
     id: &str,
     access: Access,
 ) -> Result<Conversation, ChatError> {
+    // Before the lookup: a refusal by role tells nothing about which conversations exist.
+    if let Speaker::Staff { role, .. } = speaker
+        && access != Access::Read
+        && *role < Role::Coach
+    {
+        return Err(ChatError::Forbidden(
+            "the analyst role reads conversations; it cannot act in them",
+        ));
+    }
     let row: Option<(Conversation, Option<String>, Option<String>)> = c
         .query_row(
             &format!(
@@ -225,9 +234,6 @@ pub fn open(
         Speaker::Visitor { visitor_id, .. } if visitor.as_deref() != Some(visitor_id) => {
             Err(ChatError::NotFound("no such conversation"))
         }
-        Speaker::Staff { role, .. } if access != Access::Read && *role < Role::Coach => Err(
-            ChatError::Forbidden("the analyst role reads conversations; it cannot act in them"),
-        ),
         Speaker::Staff { user_id, .. } if access == Access::Write => {
             let own_test = visitor.is_none() && user == *user_id;
             let taken_over = visitor.is_some()
@@ -289,6 +295,7 @@ pub struct Message {
     /// Assistant messages: retrieval score, support, timings, token counts and the model's
     /// raw answer before its citations were aligned. Events: what happened (`event`).
     #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<serde_json::Value>,
 }
 

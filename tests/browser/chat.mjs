@@ -75,18 +75,24 @@ function ready(page) {
 try {
   const { context, page } = await open(desktop);
 
-  await step('the chat page streams an answer from the model and shows its citation', async () => {
+  await step('the chat page shows the checked answer of the model and its citation', async () => {
     await page.goto(`${base}/c/${slug}`);
     const coach = await api('/api/v1/coach');
     check((await page.title()) === coach.name, 'the page is named after the coach');
     await ready(page);
     await page.waitForSelector('text=Ask me about refunds or sleep.');
     const input = page.getByLabel('Your message');
+    // End users get no partial answer (no deltas): only the answer once it has been checked.
+    await page.evaluate(() => {
+      const root = document.querySelector('companero-chat').shadowRoot;
+      window.sawDraft = false;
+      new MutationObserver(() => { if (root.querySelector('[data-role="draft"]')) window.sawDraft = true; })
+        .observe(root, { childList: true, subtree: true });
+    });
     await input.fill('How many days does it take to get a refund?');
     await input.press('Enter');
-    await page.waitForSelector('[data-role="draft"]', { timeout: ANSWER_MS });
     await page.waitForSelector('.msg.assistant[data-role="assistant"]', { timeout: ANSWER_MS });
-    check(await page.locator('[data-role="draft"]').count() === 0, 'the stored answer replaced the draft');
+    check(!await page.evaluate(() => window.sawDraft), 'no partial answer was shown to the end user');
     const answer = await page.locator('.msg.assistant[data-role="assistant"]').innerText();
     check(await page.locator('.msg.assistant[data-role="assistant"] .cite').count() > 0, `a cited answer: ${answer}`);
     const cite = page.locator('.msg.assistant[data-role="assistant"] .cite').first();

@@ -1,9 +1,24 @@
 // The dashboard's only way to the server: the documented JSON API, with the signed-in session
-// (access and refresh tokens in localStorage) refreshed silently before it lapses.
+// (access and refresh tokens) refreshed silently before it lapses.
+//
+// Every tab of the dashboard shares one session. Each refresh rotates the refresh token, and the
+// server takes a rotated token used again for a stolen one (it ends the whole sign-in), so tabs
+// that refreshed on their own would sign each other out. Instead the session lives in
+// localStorage, a refresh runs in one tab at a time (a Web Lock; inside it a tab first looks
+// whether another one has refreshed meanwhile and then uses those tokens), and new tokens and
+// sign-outs are told to the other tabs (a BroadcastChannel, or storage events where there is none).
 const KEY = 'companero:session';
+const LOCK = 'companero-refresh';
+const channel = typeof BroadcastChannel === 'function' ? new BroadcastChannel('companero-session') : null;
 
-let session = JSON.parse(localStorage.getItem(KEY) || 'null');
+/** The session in localStorage: null when there is none, undefined when storage is unavailable. */
+function load() {
+  try { return JSON.parse(localStorage.getItem(KEY) || 'null'); } catch { return undefined; }
+}
+
+let session = load() || null;
 let refreshing = null;
+const listeners = new Set();
 
 export class ApiError extends Error {
   constructor(status, code, message, retryAfter) {
@@ -21,10 +36,51 @@ export function explain(error) {
   return error.message || `Something went wrong (HTTP ${error.status}).`;
 }
 
-function save(next) {
+/** Calls `listener(change, here)` when the session changes under this tab: `'signed-in'` or
+ * `'signed-out'` in another tab (`here` false), or `'signed-out'` because this tab could not
+ * refresh it (`here` true). A tab's own sign-in and sign-out are not told to itself. */
+export function onSessionChange(listener) {
+  listeners.add(listener);
+  return () => listeners.delete(listener);
+}
+
+function tell(change, here) {
+  for (const listener of listeners) listener(change, here);
+}
+
+/** Keeps `next` in this tab and in storage, and tells the other tabs (`change`: 'signed-in',
+ * 'refreshed' or 'signed-out'). */
+function save(next, change) {
   session = next;
-  if (next) localStorage.setItem(KEY, JSON.stringify(next));
-  else localStorage.removeItem(KEY);
+  try {
+    if (next) localStorage.setItem(KEY, JSON.stringify(next));
+    else localStorage.removeItem(KEY);
+  } catch { /* storage unavailable: this tab only */ }
+  if (channel) channel.postMessage({ change, session: next });
+}
+
+const savedAt = (s) => (s && s.saved_at) || 0;
+/** The later of two sessions (what this tab holds, what storage holds). */
+const newest = (a, b) => (!a ? b || null : !b ? a : savedAt(b) > savedAt(a) ? b : a);
+
+/** A session another tab saved. */
+function adopt(next, change) {
+  if (change === 'refreshed' && next && session && savedAt(next) < savedAt(session)) return;
+  const had = Boolean(session);
+  session = next;
+  if (!next && had) tell('signed-out', false);
+  else if (next && (!had || change === 'signed-in')) tell('signed-in', false);
+}
+
+if (channel) {
+  channel.addEventListener('message', (event) => adopt(event.data.session, event.data.change));
+} else {
+  window.addEventListener('storage', (event) => {
+    if (event.key !== KEY && event.key !== null) return;
+    let next = null;
+    try { next = JSON.parse(event.newValue || 'null'); } catch { /* not ours */ }
+    adopt(next, !next ? 'signed-out' : event.oldValue ? 'refreshed' : 'signed-in');
+  });
 }
 
 export function signedIn() {
@@ -35,19 +91,39 @@ export function accessToken() {
   return session && session.access_token;
 }
 
-function store(tokens) {
-  save({ ...tokens, expires_at: Date.now() + tokens.expires_in * 1000 });
+function store(tokens, change) {
+  save({ ...tokens, expires_at: Date.now() + tokens.expires_in * 1000, saved_at: Date.now() }, change);
 }
 
-async function refresh() {
-  if (!session) throw new ApiError(401, 'unauthorized', 'Please sign in.');
+/** Renews the access token, in one tab at a time: concurrent calls share one renewal. */
+export function refresh() {
   if (!refreshing) {
-    refreshing = raw('POST', '/api/v1/auth/refresh', { refresh_token: session.refresh_token })
-      .then(store)
-      .catch((error) => { save(null); throw error; })
+    const seen = session;
+    const renew = () => renewUnlessRenewed(seen);
+    refreshing = (navigator.locks ? navigator.locks.request(LOCK, renew) : renew())
       .finally(() => { refreshing = null; });
   }
   return refreshing;
+}
+
+/** Runs holding the lock. `seen` is the session that needed renewing; when another tab has
+ * replaced it meanwhile, its session is used instead of renewing again. */
+async function renewUnlessRenewed(seen) {
+  const latest = newest(session, load());
+  if (!latest) throw new ApiError(401, 'unauthorized', 'Please sign in.');
+  if (!seen || latest.refresh_token !== seen.refresh_token) { session = latest; return; }
+  try {
+    store(await raw('POST', '/api/v1/auth/refresh', { refresh_token: latest.refresh_token }), 'refreshed');
+  } catch (error) {
+    const now = newest(session, load());
+    if (now && now.refresh_token !== latest.refresh_token) { session = now; return; }
+    // Refused (not merely unreachable): the sign-in is over.
+    if (error instanceof ApiError && error.status >= 400 && error.status < 500 && error.status !== 429) {
+      save(null, 'signed-out');
+      tell('signed-out', true);
+    }
+    throw error;
+  }
 }
 
 async function raw(method, path, body, token) {
@@ -70,11 +146,13 @@ async function raw(method, path, body, token) {
 /** A signed-in call; refreshes the access token first when it is about to lapse. */
 export async function api(method, path, body) {
   if (session && session.expires_at - Date.now() < 30_000) await refresh();
+  const used = accessToken();
   try {
-    return await raw(method, path, body, accessToken());
+    return await raw(method, path, body, used);
   } catch (error) {
     if (error.status === 401 && session && error.code !== 'invalid_credentials') {
-      await refresh();
+      // Another tab may have refreshed already: then its token is tried, without a refresh.
+      if (accessToken() === used) await refresh();
       return raw(method, path, body, accessToken());
     }
     throw error;
@@ -84,16 +162,16 @@ export async function api(method, path, body) {
 export const get = (path) => api('GET', path);
 
 export async function signIn(email, password) {
-  store(await raw('POST', '/api/v1/auth/login', { email, password }));
+  store(await raw('POST', '/api/v1/auth/login', { email, password }), 'signed-in');
 }
 
 export async function signUp(fields) {
-  store(await raw('POST', '/api/v1/auth/register', fields));
+  store(await raw('POST', '/api/v1/auth/register', fields), 'signed-in');
 }
 
 export async function signOut(everywhere = false) {
   const token = session && session.refresh_token;
-  save(null);
+  save(null, 'signed-out');
   if (token) await raw('POST', '/api/v1/auth/logout', { refresh_token: token, everywhere }).catch(() => {});
 }
 

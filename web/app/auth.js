@@ -18,7 +18,8 @@ function input(type, name, attrs = {}) {
 function showError(form, error, fields) {
   const status = form.querySelector('.status');
   status.replaceChildren();
-  const target = { weak_password: fields.password, email_taken: fields.email, invalid_credentials: fields.password }[error.code];
+  const target = { weak_password: fields.password, email_taken: fields.email, invalid_credentials: fields.password,
+    setup_token_required: fields.setupToken }[error.code];
   if (target) target.setError(explain(error));
   else status.append(alertBox(explain(error)));
 }
@@ -60,16 +61,18 @@ async function signup(params, owner = false) {
       ? 'This Compañero accepts new accounts by invitation only. Ask its owner for an invitation link.'
       : 'This Compañero does not accept new accounts.', null, el('a', { href: '#/signin' }, 'Back to sign in'));
   }
+  const setupToken = owner ? setupTokenField(params) : null;
   const name = field('Your name', input('text', 'full_name', { autocomplete: 'name' }));
   const email = field('Email', input('email', 'email', { autocomplete: 'email' }));
   const password = field('Password', input('password', 'password', { autocomplete: 'new-password', minlength: '10' }),
     'At least 10 characters. A few unrelated words make a strong password you can remember.');
-  const form = el('form', { novalidate: true }, el('div', { class: 'status' }), name, email, password,
+  const form = el('form', { novalidate: true }, el('div', { class: 'status' }), setupToken, name, email, password,
     el('button', { class: 'btn primary', type: 'submit' }, owner ? 'Set up Compañero' : 'Create account'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
-    [name, email, password].forEach((f) => f.setError(''));
+    [setupToken, name, email, password].forEach((f) => f && f.setError(''));
     let valid = true;
+    if (setupToken && !form.setup_token.value.trim()) { setupToken.setError('Enter the set-up token.'); valid = false; }
     if (!form.full_name.value.trim()) { name.setError('Tell us your name.'); valid = false; }
     if (!/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(form.email.value.trim())) { email.setError('Enter an email address like ana@example.com.'); valid = false; }
     if (form.password.value.length < 10) { password.setError('Use at least 10 characters.'); valid = false; }
@@ -77,11 +80,12 @@ async function signup(params, owner = false) {
     busy(form, async () => {
       try {
         await signUp({ full_name: form.full_name.value.trim(), email: form.email.value.trim(), password: form.password.value,
-          invitation: invitation || undefined });
+          invitation: invitation || undefined, setup_token: setupToken ? form.setup_token.value.trim() : undefined });
+        if (setupToken) forgetSetupToken();
         resetUser();
         navigate(invitation ? '' : 'welcome');
       } catch (error) {
-        showError(form, error, { email, password });
+        showError(form, error, { email, password, setupToken });
       }
     });
   });
@@ -90,7 +94,32 @@ async function signup(params, owner = false) {
     form, el('a', { href: '#/signin' }, 'I already have an account'));
 }
 
-function forgot() {
+/** The first-run set-up token, filled in from a link that carries it (`?setup_token=`, before or
+ * after the `#`). */
+function setupTokenField(params) {
+  const given = params.get('setup_token') || new URLSearchParams(location.search).get('setup_token') || '';
+  return field('Set-up token', input('text', 'setup_token', { value: given, autocomplete: 'off', spellcheck: 'false', autocapitalize: 'off' }),
+    ['Printed by ', el('code', {}, 'companero serve'), ' when it first started, also in the file ', el('code', {}, 'setup-token'),
+      ' in the data folder.']);
+}
+
+/** The token is spent once the owner exists: it leaves the address bar. */
+function forgetSetupToken() {
+  const search = new URLSearchParams(location.search);
+  if (!search.has('setup_token')) return;
+  search.delete('setup_token');
+  history.replaceState(null, '', `${location.pathname}${search.toString() ? `?${search}` : ''}${location.hash}`);
+}
+
+async function forgot() {
+  const instance = await publicGet('/api/v1/instance').catch(() => null);
+  if (instance && instance.email === false) {
+    return frame('Reset your password', 'This server does not send e-mail, so it cannot mail you a reset link.',
+      el('div', { class: 'alert warn', 'data-test': 'no-email' },
+        'Ask an admin of your team for a reset link: they can make one on the Team and keys screen. ',
+        'The operator of this server can also make one with ', el('code', {}, 'companero admin reset-link EMAIL'), '.'),
+      el('a', { href: '#/signin' }, 'Back to sign in'));
+  }
   const email = field('Email', input('email', 'email', { autocomplete: 'email' }));
   const form = el('form', { novalidate: true }, el('div', { class: 'status' }), email,
     el('button', { class: 'btn primary', type: 'submit' }, 'Send reset link'));

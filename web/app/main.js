@@ -1,5 +1,5 @@
 // The dashboard: a hash router, the signed-in shell (navigation) and the screens.
-import { signedIn, signOut, get, explain } from './api.js';
+import { signedIn, signOut, get, explain, onSessionChange } from './api.js';
 import { el, toast } from './ui.js';
 import { authScreen } from './auth.js';
 import { onboarding } from './onboarding.js';
@@ -57,13 +57,13 @@ async function render() {
     focusHeading();
     return;
   }
-  if (!signedIn()) return navigate(`signin${route ? `?next=${encodeURIComponent(route)}` : ''}`);
+  if (!signedIn()) return navigate(signInRoute(route, params));
   const screen = screens[route] || screens[''];
   let user;
   try {
     user = await currentUser();
   } catch (error) {
-    if (error.status === 401) { await signOut(); return navigate('signin'); }
+    if (error.status === 401) { await signOut(); return onPublicScreen() ? undefined : navigate('signin'); }
     app.replaceChildren(el('main', { class: 'content', id: 'main' }, el('div', { class: 'alert error', role: 'alert' }, explain(error))));
     return;
   }
@@ -77,6 +77,34 @@ async function render() {
     main.replaceChildren(el('div', { class: 'alert error', role: 'alert' }, explain(error)));
   }
   focusHeading();
+}
+
+/** The sign-in screen, coming back to `route` after; a set-up token in the link is kept. */
+function signInRoute(route, params) {
+  const query = new URLSearchParams();
+  if (route) query.set('next', route);
+  if (params.get('setup_token')) query.set('setup_token', params.get('setup_token'));
+  const text = query.toString();
+  return text ? `signin?${text}` : 'signin';
+}
+
+function onPublicScreen() {
+  return publicScreens.includes(parseHash().route);
+}
+
+/** Another tab signed in or out (they share one session), or this tab's session ended. */
+function sessionChanged(change, here) {
+  me = null;
+  const { route, params } = parseHash();
+  if (change === 'signed-out') {
+    if (onPublicScreen()) return;
+    toast(here ? 'Your session has ended. Please sign in again.' : 'You signed out in another tab.');
+    navigate(signInRoute(route, new URLSearchParams()));
+  } else if (onPublicScreen()) {
+    if (route !== 'signup') navigate(params.get('next') || '');
+  } else {
+    render();
+  }
 }
 
 function focusHeading() {
@@ -102,5 +130,6 @@ export function resetUser() {
   me = null;
 }
 
+onSessionChange(sessionChanged);
 window.addEventListener('hashchange', render);
 render();
