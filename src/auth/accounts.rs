@@ -314,7 +314,7 @@ impl Accounts {
                                 u.email, u.is_owner, m.role, u.session_generation,
                                 coalesce((julianday('now') - julianday(r.rotated_at)) * 86400 < ?2, 0)
                                 AND NOT EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.family_id = r.family_id
-                                                AND s.rotated_at IS NOT NULL AND s.created_at > r.created_at)
+                                                AND s.rotated_at IS NOT NULL AND s.rowid > r.rowid)
                          FROM refresh_tokens r
                          JOIN users u ON u.id = r.user_id
                          LEFT JOIN memberships m ON m.user_id = r.user_id AND m.tenant_id = r.tenant_id
