@@ -7,10 +7,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use super::{AuthError, Credential, Principal, Role, TenantScope};
+use crate::db::access::AccessStore;
 
 /// Signals "the access of someone in this tenant changed". Cheap to share through an `Arc`.
 pub struct AccessChanges {
@@ -47,64 +47,26 @@ impl AccessChanges {
 
 /// The member behind a verified access token, as they stand now.
 pub fn member(
-    c: &Connection,
+    store: &impl AccessStore,
     user_id: &str,
     tenant_id: &str,
     generation: i64,
 ) -> Result<Principal, AuthError> {
-    let row: Option<(String, bool, String, bool, i64)> = c
-        .query_row(
-            "SELECT m.role, u.is_owner, u.email, t.suspended_at IS NOT NULL, u.session_generation
-             FROM memberships m JOIN users u ON u.id = m.user_id JOIN tenants t ON t.id = m.tenant_id
-             WHERE m.user_id = ?1 AND m.tenant_id = ?2",
-            params![user_id, tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .optional()?;
-    let (role, is_owner, email, suspended, current_generation) =
-        row.ok_or(AuthError::AccessEnded)?;
-    if suspended {
+    let standing = store
+        .member_standing(user_id, tenant_id)?
+        .ok_or(AuthError::AccessEnded)?;
+    if standing.tenant_suspended {
         return Err(AuthError::Suspended);
     }
-    if generation != current_generation {
+    if generation != standing.session_generation {
         return Err(AuthError::AccessEnded);
     }
     Ok(Principal {
         user_id: Some(user_id.to_string()),
         scope: TenantScope::new(tenant_id.to_string()),
-        role: Role::parse(&role).ok_or(AuthError::AccessEnded)?,
-        is_owner,
-        label: email,
+        role: Role::parse(&standing.role).ok_or(AuthError::AccessEnded)?,
+        is_owner: standing.is_owner,
+        label: standing.email,
         credential: Credential::AccessToken { generation },
     })
-}
-
-/// Looks again at a principal that authenticated earlier (an open connection): the same
-/// person or key with today's role, or the reason it no longer has access.
-pub fn current(c: &Connection, principal: &Principal) -> Result<Principal, AuthError> {
-    match &principal.credential {
-        Credential::AccessToken { generation } => {
-            let user_id = principal.user_id.as_deref().ok_or(AuthError::AccessEnded)?;
-            member(c, user_id, principal.tenant_id(), *generation)
-        }
-        Credential::ApiKey { key_id } => super::api_keys::by_id(c, key_id),
-    }
-}
-
-/// Ends every access token of a user issued until now (sign out everywhere, new password).
-pub fn end_sessions(c: &Connection, user_id: &str) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE users SET session_generation = session_generation + 1 WHERE id = ?1",
-        [user_id],
-    )?;
-    Ok(())
-}
-
-/// The generation new access tokens of a user are issued in.
-pub fn session_generation(c: &Connection, user_id: &str) -> rusqlite::Result<i64> {
-    c.query_row(
-        "SELECT session_generation FROM users WHERE id = ?1",
-        [user_id],
-        |r| r.get(0),
-    )
 }

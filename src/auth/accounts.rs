@@ -8,12 +8,13 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
-use super::access::{self, AccessChanges};
+use super::access::AccessChanges;
 use super::audit::{self, AuditEvent};
 use super::rate_limit::LoginThrottle;
 use super::tokens::{self, TokenKeys};
 use super::{AuthError, Principal, RequestContext, Role, new_id, normalize_email, passwords};
 use crate::db::Db;
+use crate::db::access::AccessStore;
 
 const RESET_LIFETIME: &str = "+1 hour";
 /// A refresh token just exchanged still works this long, once more per tab: two dashboard tabs
@@ -441,7 +442,7 @@ impl Accounts {
                          WHERE user_id = ?1 AND revoked_at IS NULL",
                         [&user_id],
                     )?;
-                    access::end_sessions(c, &user_id)?;
+                    c.end_sessions(&user_id)?;
                 } else {
                     revoke_family(c, &family)?;
                 }
@@ -835,7 +836,7 @@ impl Accounts {
             .call(move |c| -> Result<_, AuthError> {
                 Ok((
                     super::instance::is_suspended(c, &tenant)?,
-                    access::session_generation(c, &user)?,
+                    c.session_generation(&user)?,
                 ))
             })
             .await?;
@@ -875,7 +876,7 @@ impl Accounts {
                     [&id],
                 )?;
                 expire_resets(&tx, &id)?;
-                access::end_sessions(&tx, &id)?;
+                tx.end_sessions(&id)?;
                 let tenants = tx
                     .prepare("SELECT tenant_id FROM memberships WHERE user_id = ?1")?
                     .query_map([&id], |r| r.get(0))?

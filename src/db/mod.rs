@@ -6,7 +6,9 @@
 //! `TransactionBehavior::Immediate`, so that two writers queue on the busy timeout instead of one
 //! failing when it upgrades a read lock.
 
+pub mod access;
 pub mod migrations;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

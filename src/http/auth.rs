@@ -133,10 +133,20 @@ pub async fn current_principal(
     state: &AppState,
     principal: &Principal,
 ) -> Result<Principal, ApiError> {
-    let principal = principal.clone();
+    let (user_id, tenant_id, credential) = (
+        principal.user_id.clone(),
+        principal.tenant_id().to_string(),
+        principal.credential.clone(),
+    );
     Ok(state
         .db
-        .call(move |c| access::current(c, &principal))
+        .call(move |c| match credential {
+            Credential::AccessToken { generation } => {
+                let user_id = user_id.ok_or(AuthError::AccessEnded)?;
+                access::member(c, &user_id, &tenant_id, generation)
+            }
+            Credential::ApiKey { key_id } => api_keys::by_id(c, &key_id),
+        })
         .await?)
 }
 

@@ -80,7 +80,7 @@ pub fn create(
     default_quota_bytes: Option<u64>,
 ) -> Result<DocumentView, KnowledgeError> {
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    super::quota::of(&tx, scope, default_quota_bytes)?.admit(new.size_bytes)?;
+    super::quota::of(&*tx, scope, default_quota_bytes)?.admit(new.size_bytes)?;
     tx.execute(
         "INSERT INTO documents (id, tenant_id, title, filename, kind, size_bytes, sha256, \
          collection, tags, status) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",

@@ -6,11 +6,12 @@
 //! a huge file stops at the quota, not at its end) and when its row is written, inside the same
 //! IMMEDIATE transaction, so concurrent uploads cannot overshoot together.
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::KnowledgeError;
 use crate::auth::TenantScope;
+use crate::db::DbError;
+use crate::db::storage::StorageStore;
 
 /// The built-in `storage_quota_mb`.
 pub const DEFAULT_QUOTA_MB: u64 = 1024;
@@ -58,31 +59,22 @@ pub fn effective(tenant_mb: Option<u64>, default_bytes: Option<u64>) -> Option<u
 
 /// The caller's own tenant.
 pub fn of(
-    c: &Connection,
+    store: &impl StorageStore,
     scope: &TenantScope,
     default_bytes: Option<u64>,
 ) -> Result<StorageUse, KnowledgeError> {
-    of_tenant(c, scope.tenant_id(), default_bytes)?.ok_or(KnowledgeError::NotFound)
+    of_tenant(store, scope.tenant_id(), default_bytes)?.ok_or(KnowledgeError::NotFound)
 }
 
 /// Any tenant, for the instance owner; `None` when there is no such tenant.
 pub fn of_tenant(
-    c: &Connection,
+    store: &impl StorageStore,
     tenant_id: &str,
     default_bytes: Option<u64>,
-) -> rusqlite::Result<Option<StorageUse>> {
-    let row: Option<(Option<i64>, i64)> = c
-        .query_row(
-            "SELECT t.storage_quota_mb,
-                    (SELECT coalesce(sum(d.size_bytes), 0) FROM documents d WHERE d.tenant_id = t.id)
-             FROM tenants t WHERE t.id = ?1",
-            params![tenant_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    Ok(row.map(|(tenant_mb, used)| StorageUse {
-        storage_used_bytes: used.max(0) as u64,
-        storage_quota_bytes: effective(tenant_mb.map(|mb| mb.max(0) as u64), default_bytes),
+) -> Result<Option<StorageUse>, DbError> {
+    Ok(store.tenant_storage(tenant_id)?.map(|row| StorageUse {
+        storage_used_bytes: row.used_bytes.max(0) as u64,
+        storage_quota_bytes: effective(row.quota_mb.map(|mb| mb.max(0) as u64), default_bytes),
     }))
 }
 
