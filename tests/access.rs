@@ -55,6 +55,17 @@ async fn call(
     request.send().await.unwrap()
 }
 
+/// `call`, expecting success; its JSON body.
+async fn call_json(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    token: Option<&str>,
+) -> Value {
+    json_of(call(app, method, path, body, token).await).await
+}
+
 async fn json_of(response: reqwest::Response) -> Value {
     let status = response.status();
     let text = response.text().await.unwrap();
@@ -75,21 +86,17 @@ async fn register(app: &TestApp, email: &str, invitation: Option<&str>) -> Strin
     if let Some(invitation) = invitation {
         body["invitation"] = json!(invitation);
     }
-    let session =
-        json_of(call(app, Method::POST, "/api/v1/auth/register", Some(body), None).await).await;
+    let session = call_json(app, Method::POST, "/api/v1/auth/register", Some(body), None).await;
     session["access_token"].as_str().unwrap().to_string()
 }
 
 async fn invite(app: &TestApp, admin: &str, email: &str, role: &str) -> String {
-    let invitation = json_of(
-        call(
-            app,
-            Method::POST,
-            "/api/v1/team/invitations",
-            Some(json!({"email": email, "role": role})),
-            Some(admin),
-        )
-        .await,
+    let invitation = call_json(
+        app,
+        Method::POST,
+        "/api/v1/team/invitations",
+        Some(json!({"email": email, "role": role})),
+        Some(admin),
     )
     .await;
     register(app, email, invitation["token"].as_str()).await
@@ -102,30 +109,24 @@ async fn tenant(app: &TestApp, name: &str) -> Tenant {
         let token = invite(app, &owner, &format!("{name}-{role}@example.com"), role).await;
         tokens.insert(role, token);
     }
-    let me = json_of(call(app, Method::GET, "/api/v1/auth/me", None, Some(&owner)).await).await;
+    let me = call_json(app, Method::GET, "/api/v1/auth/me", None, Some(&owner)).await;
     let slug = me["tenant"]["coach_slug"].as_str().unwrap().to_string();
-    let visitor = json_of(
-        call(
-            app,
-            Method::POST,
-            &format!("/api/v1/public/coaches/{slug}/visitors"),
-            None,
-            None,
-        )
-        .await,
+    let visitor = call_json(
+        app,
+        Method::POST,
+        &format!("/api/v1/public/coaches/{slug}/visitors"),
+        None,
+        None,
     )
     .await;
     tokens.insert("visitor", visitor["token"].as_str().unwrap().to_string());
     tokens.insert("owner", owner);
-    let coach_me = json_of(
-        call(
-            app,
-            Method::GET,
-            "/api/v1/auth/me",
-            None,
-            Some(&tokens["coach"]),
-        )
-        .await,
+    let coach_me = call_json(
+        app,
+        Method::GET,
+        "/api/v1/auth/me",
+        None,
+        Some(&tokens["coach"]),
     )
     .await;
     Tenant {
@@ -276,43 +277,34 @@ async fn cross_tenant_sweep_generated_from_the_router() {
     )
     .await;
     let document_id = document["id"].as_str().unwrap().to_string();
-    let conversation = json_of(
-        call(
-            &app,
-            Method::POST,
-            "/api/v1/conversations",
-            None,
-            Some(&a.tokens["visitor"]),
-        )
-        .await,
+    let conversation = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/conversations",
+        None,
+        Some(&a.tokens["visitor"]),
     )
     .await;
     let conversation_id = conversation["id"].as_str().unwrap().to_string();
-    let key = json_of(
-        call(
-            &app,
-            Method::POST,
-            "/api/v1/api-keys",
-            Some(json!({"name": "ana key"})),
-            Some(owner),
-        )
-        .await,
+    let key = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/api-keys",
+        Some(json!({"name": "ana key"})),
+        Some(owner),
     )
     .await;
     let key_id = key["id"].as_str().unwrap().to_string();
-    let invitation = json_of(
-        call(
-            &app,
-            Method::POST,
-            "/api/v1/team/invitations",
-            Some(json!({"email": "pending@example.com", "role": "coach"})),
-            Some(owner),
-        )
-        .await,
+    let invitation = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/team/invitations",
+        Some(json!({"email": "pending@example.com", "role": "coach"})),
+        Some(owner),
     )
     .await;
     let invitation_id = invitation["id"].as_str().unwrap().to_string();
-    let me = json_of(call(&app, Method::GET, "/api/v1/auth/me", None, Some(owner)).await).await;
+    let me = call_json(&app, Method::GET, "/api/v1/auth/me", None, Some(owner)).await;
     let tenant_id = me["tenant"]["id"].as_str().unwrap().to_string();
     let markers = [
         document_id.clone(),
@@ -405,15 +397,12 @@ async fn cross_tenant_sweep_generated_from_the_router() {
     assert_eq!(refused["code"], "not_found", "{refused}");
 
     // Nothing of A's changed.
-    let document = json_of(
-        call(
-            &app,
-            Method::GET,
-            &format!("/api/v1/documents/{document_id}"),
-            None,
-            Some(owner),
-        )
-        .await,
+    let document = call_json(
+        &app,
+        Method::GET,
+        &format!("/api/v1/documents/{document_id}"),
+        None,
+        Some(owner),
     )
     .await;
     assert_eq!(document["title"], "ana-notes.txt");
@@ -429,7 +418,7 @@ async fn cross_tenant_sweep_generated_from_the_router() {
         .status(),
         200
     );
-    let team = json_of(call(&app, Method::GET, "/api/v1/team", None, Some(owner)).await).await;
+    let team = call_json(&app, Method::GET, "/api/v1/team", None, Some(owner)).await;
     assert!(
         team.to_string().contains("pending@example.com"),
         "the invitation is still there"
@@ -468,22 +457,18 @@ async fn access_ends_with_demotion_removal_and_suspension_even_on_open_sockets()
     let a = tenant(&app, "ana").await;
     let owner = &a.tokens["owner"];
     let admin = a.tokens["admin"].clone();
-    let admin_id = json_of(call(&app, Method::GET, "/api/v1/auth/me", None, Some(&admin)).await)
-        .await["id"]
+    let admin_id = call_json(&app, Method::GET, "/api/v1/auth/me", None, Some(&admin)).await["id"]
         .as_str()
         .unwrap()
         .to_string();
     // The admin makes a key, then is demoted: their own token cannot promote them back, and the
     // key they made acts as a coach at most.
-    let key = json_of(
-        call(
-            &app,
-            Method::POST,
-            "/api/v1/api-keys",
-            Some(json!({"name": "sync", "role": "admin"})),
-            Some(&admin),
-        )
-        .await,
+    let key = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/api-keys",
+        Some(json!({"name": "sync", "role": "admin"})),
+        Some(&admin),
     )
     .await;
     let key = key["key"].as_str().unwrap().to_string();
@@ -554,15 +539,12 @@ async fn access_ends_with_demotion_removal_and_suspension_even_on_open_sockets()
         "unauthorized",
     )
     .await;
-    let log = json_of(
-        call(
-            &app,
-            Method::GET,
-            "/api/v1/audit-log?action=team.member_removed",
-            None,
-            Some(owner),
-        )
-        .await,
+    let log = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/audit-log?action=team.member_removed",
+        None,
+        Some(owner),
     )
     .await;
     assert!(log.to_string().contains("api_keys_revoked"), "{log}");
@@ -571,15 +553,12 @@ async fn access_ends_with_demotion_removal_and_suspension_even_on_open_sockets()
     // creator's own token answers tenant_suspended.
     let b = tenant(&app, "bea").await;
     let (mut visitor, _) = LiveClient::connect(&app, &b.tokens["visitor"]).await;
-    let bea = json_of(
-        call(
-            &app,
-            Method::GET,
-            "/api/v1/auth/me",
-            None,
-            Some(&b.tokens["owner"]),
-        )
-        .await,
+    let bea = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/auth/me",
+        None,
+        Some(&b.tokens["owner"]),
     )
     .await;
     let suspend = format!(
@@ -667,20 +646,17 @@ async fn end_users_never_use_up_the_teams_budget() {
     })
     .await;
     let owner = register(&app, "ana@example.com", None).await;
-    let me = json_of(call(&app, Method::GET, "/api/v1/auth/me", None, Some(&owner)).await).await;
+    let me = call_json(&app, Method::GET, "/api/v1/auth/me", None, Some(&owner)).await;
     let slug = me["tenant"]["coach_slug"].as_str().unwrap().to_string();
     // Thirty new end users from one address (a school, an office) are all welcome.
     let mut visitors = Vec::new();
     for _ in 0..30 {
-        let visitor = json_of(
-            call(
-                &app,
-                Method::POST,
-                &format!("/api/v1/public/coaches/{slug}/visitors"),
-                None,
-                None,
-            )
-            .await,
+        let visitor = call_json(
+            &app,
+            Method::POST,
+            &format!("/api/v1/public/coaches/{slug}/visitors"),
+            None,
+            None,
         )
         .await;
         visitors.push(visitor["token"].as_str().unwrap().to_string());
@@ -738,16 +714,13 @@ async fn the_first_account_needs_the_set_up_token_and_mail_off_logs_no_secret() 
     let owner = register(&app, "ana@example.com", None).await;
     // Without a mail server, an admin makes a member's reset link; it works once.
     let member = invite(&app, &owner, "sam@example.com", "coach").await;
-    let sam = json_of(call(&app, Method::GET, "/api/v1/auth/me", None, Some(&member)).await).await;
-    let made = json_of(
-        call(
-            &app,
-            Method::POST,
-            &format!("/api/v1/team/{}/reset-link", sam["id"].as_str().unwrap()),
-            None,
-            Some(&owner),
-        )
-        .await,
+    let sam = call_json(&app, Method::GET, "/api/v1/auth/me", None, Some(&member)).await;
+    let made = call_json(
+        &app,
+        Method::POST,
+        &format!("/api/v1/team/{}/reset-link", sam["id"].as_str().unwrap()),
+        None,
+        Some(&owner),
     )
     .await;
     let link = made["link"].as_str().unwrap();
@@ -779,15 +752,12 @@ async fn the_first_account_needs_the_set_up_token_and_mail_off_logs_no_secret() 
     )
     .await;
     // A pending invitation can be withdrawn; its code then fails.
-    let invitation = json_of(
-        call(
-            &app,
-            Method::POST,
-            "/api/v1/team/invitations",
-            Some(json!({"email": "kim@example.com", "role": "analyst"})),
-            Some(&owner),
-        )
-        .await,
+    let invitation = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/team/invitations",
+        Some(json!({"email": "kim@example.com", "role": "analyst"})),
+        Some(&owner),
     )
     .await;
     assert_eq!(invitation["emailed"], false);

@@ -156,9 +156,12 @@ async fn security_headers(request: Request, next: middleware::Next) -> Response 
 /// document, which may take as long as the model's own deadline for an answer (and a margin
 /// for retrieval and storing it), so they are never cut before the model gives up.
 async fn deadline(limits: Limits, request: Request, next: middleware::Next) -> Response {
+    // Routing has run (this is a router layer), so the route's pattern is known.
     let answers = request.method() == axum::http::Method::POST
-        && request.uri().path().starts_with("/api/v1/conversations/")
-        && request.uri().path().ends_with("/messages");
+        && request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .is_some_and(|path| path.as_str() == "/api/v1/conversations/{id}/messages");
     let limit = if answers {
         limits
             .request_timeout
