@@ -498,7 +498,8 @@ async fn a_restart_during_ingestion_loses_nothing() {
 
     let second = restart(dir).await;
     for id in &ids {
-        assert_eq!(second.settled(&token, id).await["status"], "ready");
+        let document = second.settled(&token, id).await;
+        assert_eq!(document["status"], "ready", "{document}");
     }
     let hits = second.search(&token, "patience2", "hybrid").await;
     assert_eq!(hits[0]["document_id"], ids[2]);

@@ -50,6 +50,8 @@ impl From<crate::db::DbError> for Interrupted {
 
 impl Knowledge {
     pub(super) async fn run_worker(self, worker: usize, shutdown: CancellationToken) {
+        // Every wait watches for shutdown: a worker still sleeping after the server stopped
+        // would later write to the database another process (the restarted server) now owns.
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -90,7 +92,9 @@ impl Knowledge {
                         .await
                 }
                 Err(Interrupted::NotReady) => {
-                    tokio::time::sleep(IDLE_POLL).await;
+                    if pause_or_stop(&shutdown).await {
+                        return;
+                    }
                     self.inner
                         .db
                         .call(move |c| jobs::requeue(c, id).map_err(KnowledgeError::from))
@@ -99,7 +103,9 @@ impl Knowledge {
                 Err(Interrupted::Internal(error)) if job.attempts < MAX_ATTEMPTS => {
                     // Transient trouble (a busy database, a full disk being cleared): retry.
                     tracing::warn!(%error, document = %job.subject_id, attempt = job.attempts, "ingestion will be retried");
-                    tokio::time::sleep(IDLE_POLL).await;
+                    if pause_or_stop(&shutdown).await {
+                        return;
+                    }
                     self.inner
                         .db
                         .call(move |c| jobs::requeue(c, id).map_err(KnowledgeError::from))
@@ -595,3 +601,12 @@ impl Knowledge {
 }
 
 use super::index::IndexError;
+
+/// Waits `IDLE_POLL` before a retry; true when the server stops meanwhile (the job stays
+/// 'running' and the next start queues it again).
+async fn pause_or_stop(shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(IDLE_POLL) => false,
+        _ = shutdown.cancelled() => true,
+    }
+}
