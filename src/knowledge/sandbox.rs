@@ -170,7 +170,7 @@ impl Sandbox {
                     let _ = child.wait().await;
                     Err(ExtractError::ReaderFailed(format!(
                         "it wrote more than {} output",
-                        human_bytes(limit)
+                        super::quota::human(limit)
                     )))
                 }
             }
@@ -199,14 +199,6 @@ async fn read_capped(reader: impl AsyncRead + Unpin, cap: u64) -> Result<Vec<u8>
         return Err(cap);
     }
     Ok(out)
-}
-
-fn human_bytes(bytes: u64) -> String {
-    if bytes >= 1024 * 1024 {
-        format!("{} MB", bytes / (1024 * 1024))
-    } else {
-        format!("{} KB", bytes / 1024)
-    }
 }
 
 fn describe_failure(status: Option<std::process::ExitStatus>, stderr: &str) -> ExtractError {
