@@ -353,7 +353,14 @@ where
     for dir in [root.clone(), root.join("keys")] {
         std::fs::create_dir_all(&dir)?;
     }
-    crate::data_dir::tighten_permissions(&root);
+    let fixed = crate::data_dir::tighten_permissions(&root);
+    if fixed > 0 {
+        eprintln!(
+            "warning: {} ({fixed} in {})",
+            data_dir::TIGHTENED,
+            root.display()
+        );
+    }
     let mut connection = db::connect(&data_dir::database_path(&root))?;
     migrations::apply(&mut connection)?;
     drop(connection);

@@ -41,7 +41,10 @@ impl DataDir {
         for name in SUBDIRECTORIES {
             create_private_dir(&root.join(name))?;
         }
-        tighten_permissions(root);
+        let fixed = tighten_permissions(root);
+        if fixed > 0 {
+            tracing::warn!(data_dir = %root.display(), fixed, "{TIGHTENED}");
+        }
         Ok(DataDir {
             root: root.to_path_buf(),
             _lock: lock,
@@ -89,10 +92,16 @@ pub fn use_private_umask() {
     }
 }
 
-/// Makes everything under `root` owner-only, warning about what was readable by others.
-pub fn tighten_permissions(root: &Path) {
+/// What [`tighten_permissions`] says when it changed something.
+pub const TIGHTENED: &str =
+    "files or folders in the data directory were readable by other users; made them owner-only";
+
+/// Makes everything under `root` owner-only; returns how many entries were readable by others.
+pub fn tighten_permissions(root: &Path) -> usize {
+    #[cfg(not(unix))]
+    let fixed = 0;
     #[cfg(unix)]
-    {
+    let fixed = {
         use std::os::unix::fs::PermissionsExt;
         let mut fixed = 0usize;
         let mut pending = vec![root.to_path_buf()];
@@ -121,14 +130,9 @@ pub fn tighten_permissions(root: &Path) {
                 pending.extend(entries.flatten().map(|e| e.path()));
             }
         }
-        if fixed > 0 {
-            tracing::warn!(
-                data_dir = %root.display(),
-                fixed,
-                "files or folders in the data directory were readable by other users; made them owner-only"
-            );
-        }
-    }
+        fixed
+    };
+    fixed
 }
 
 /// Where the database of a data directory lives (also for read-only commands that take no lock).

@@ -215,8 +215,14 @@ async fn serve_starts_answers_logs_request_ids_as_json_and_stops_cleanly_on_sigt
 #[test]
 fn admin_create_owner_reads_the_password_from_stdin_and_refuses_weak_ones() {
     use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
+    // Left readable by another tool: tightened, with a warning.
+    let loose = dir.path().join("companero.toml");
+    std::fs::write(&loose, "log_format = \"text\"\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let run = |password: &str| {
         let mut child = common::process::command(
             &[
@@ -257,4 +263,53 @@ fn admin_create_owner_reads_the_password_from_stdin_and_refuses_weak_ones() {
         )
         .unwrap();
     assert!(owner);
+    drop(db);
+
+    // Everything the command created or found is the owner's alone: folders 0700, files 0600.
+    assert!(
+        stderr(&weak).contains("made them owner-only"),
+        "{}",
+        stderr(&weak)
+    );
+    let mut pending = vec![dir.path().to_path_buf()];
+    let mut seen = 0;
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::metadata(&path).unwrap();
+        let mode = metadata.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        if metadata.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+        seen += 1;
+    }
+    assert!(
+        seen >= 4,
+        "the database, keys and the configuration file were checked"
+    );
+
+    // Without a mail server, the operator makes a reset link at the console.
+    let link = companero(
+        &[
+            "admin",
+            "reset-link",
+            "owner@example.com",
+            "--data-dir",
+            data,
+            "--public-url",
+            "https://coach.example.com",
+        ],
+        &[],
+    );
+    assert!(link.status.success(), "{}", stderr(&link));
+    assert!(
+        stdout(&link).starts_with("https://coach.example.com/reset-password?token=rs_"),
+        "{}",
+        stdout(&link)
+    );
+    assert!(
+        !stderr(&link).contains("rs_"),
+        "the token is never logged: {}",
+        stderr(&link)
+    );
 }
