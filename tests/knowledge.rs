@@ -1025,3 +1025,87 @@ async fn uploads_stop_at_the_storage_quota_which_the_owner_sets_per_tenant() {
     let own = app.get_json("/api/v1/tenant", &owner).await;
     assert_eq!(own["storage_quota_bytes"], MB);
 }
+
+/// A large document ingesting for one creator never turns into errors for another creator's
+/// end users: SQLite's writer is shared, so writes stay short and a busy database answers 503
+/// with `Retry-After`, never 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_ingest_never_fails_another_tenants_visitors() {
+    let app = start(|c| {
+        with_embedder(c);
+        c.rate_limits.new_visitors_per_ip = 100_000;
+        c.rate_limits.public_per_tenant = 100_000;
+        c.live.visitor_messages_per_minute = 100_000;
+    })
+    .await;
+    let ana = app.sign_up("ana@example.com").await;
+    let bea = app.sign_up("bea@example.com").await;
+    let slug = app.slug(&bea).await;
+    // ~150 KB of varied prose: a few hundred passages, thousands of rows with the index.
+    let text: String = (0..1500)
+        .map(|i| {
+            format!(
+                "Lesson {i} explains habit number {} with example {}. ",
+                i * 7 % 113,
+                i * 13 % 97
+            )
+        })
+        .collect();
+    let document = app.upload(&ana, "big.txt", text.into_bytes()).await;
+
+    let mut rounds = 0;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = app
+            .get_json(&format!("/api/v1/documents/{document}"), &ana)
+            .await;
+        if state["status"] != "queued" && state["status"] != "processing" {
+            assert_eq!(state["status"], "ready", "{state}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ingestion took too long: {state}"
+        );
+        // One end user of the other creator: arrives, opens a conversation, asks (the coach has
+        // nothing, so it falls back, storing the answer and a knowledge gap), reads it back.
+        let visitor = app.visitor(&slug).await;
+        let conversation = app.conversation(&visitor).await;
+        let asked = app
+            .post_message(
+                &visitor,
+                &conversation,
+                json!({"content": "Do you have a plan for me?", "stream": false}),
+            )
+            .await;
+        let read = app
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/v1/conversations/{conversation}/messages"),
+                &visitor,
+                None,
+            )
+            .await;
+        for response in [asked, read] {
+            let status = response.status().as_u16();
+            if status == 503 {
+                assert!(response.headers().contains_key("retry-after"));
+            }
+            *statuses.entry(status).or_default() += 1;
+        }
+        rounds += 1;
+    }
+    assert!(
+        rounds >= 3,
+        "the visitors ran while the document ingested ({rounds} rounds)"
+    );
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "end users got only answers or 'busy, retry': {statuses:?}"
+    );
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) >= 2 * rounds * 9 / 10,
+        "{statuses:?}"
+    );
+}

@@ -345,8 +345,14 @@ pub(crate) fn set_ready(c: &Connection, scope: &TenantScope, id: &str) -> rusqli
     Ok(())
 }
 
+/// Chunks written per transaction: a large document must not hold SQLite's single writer for
+/// seconds, which every other tenant's writes would wait behind.
+const CHUNKS_PER_TRANSACTION: usize = 256;
+
 /// Replaces the document's chunks (and so their vectors); returns the new ids in order and
-/// the old ids (for the index).
+/// the old ids (for the index). The document is `processing` meanwhile, and search reads only
+/// ready documents, so nobody sees it half written; an interrupted run is redone from the
+/// start (the old chunks are deleted first).
 pub(crate) fn replace_chunks(
     c: &mut Connection,
     scope: &TenantScope,
@@ -361,36 +367,40 @@ pub(crate) fn replace_chunks(
         "DELETE FROM chunks WHERE tenant_id = ?1 AND document_id = ?2",
         params![scope.tenant_id(), document_id],
     )?;
+    tx.commit()?;
     let mut ids = Vec::with_capacity(chunks.len());
-    {
-        let mut insert = tx.prepare_cached(
-            "INSERT INTO chunks (tenant_id, document_id, ordinal, text, heading_path, page, \
-             char_start, char_end, token_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        for (ordinal, chunk) in chunks.iter().enumerate() {
-            insert.execute(params![
-                scope.tenant_id(),
-                document_id,
-                ordinal as i64,
-                chunk.text,
-                chunk.heading_path,
-                chunk.page,
-                chunk.char_start as i64,
-                chunk.char_end as i64,
-                chunk.token_count as i64,
-            ])?;
-            ids.push(tx.last_insert_rowid());
+    for (batch, part) in chunks.chunks(CHUNKS_PER_TRANSACTION).enumerate() {
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO chunks (tenant_id, document_id, ordinal, text, heading_path, page, \
+                 char_start, char_end, token_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for (offset, chunk) in part.iter().enumerate() {
+                insert.execute(params![
+                    scope.tenant_id(),
+                    document_id,
+                    (batch * CHUNKS_PER_TRANSACTION + offset) as i64,
+                    chunk.text,
+                    chunk.heading_path,
+                    chunk.page,
+                    chunk.char_start as i64,
+                    chunk.char_end as i64,
+                    chunk.token_count as i64,
+                ])?;
+                ids.push(tx.last_insert_rowid());
+            }
         }
+        tx.commit()?;
     }
     // A title found inside the document replaces one made from the file name, never one the
     // creator typed.
-    tx.execute(
+    c.execute(
         "UPDATE documents SET page_count = ?3, \
          title = CASE WHEN ?4 IS NOT NULL AND title = filename THEN ?4 ELSE title END \
          WHERE tenant_id = ?1 AND id = ?2",
         params![scope.tenant_id(), document_id, pages, found_title],
     )?;
-    tx.commit()?;
     Ok((ids, old))
 }
 
