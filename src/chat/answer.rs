@@ -1,20 +1,20 @@
 //! One turn of a conversation: store the question, retrieve passages, either say "I don't know"
-//! (nothing relevant) or generate a grounded answer, then align its citations, score its
-//! confidence and store it.
+//! (nothing relevant) or generate a grounded answer (checked sentence by sentence as it is
+//! delivered, see `delivery`), then score its confidence and store it.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::citations::{self, Aligned, Embeddings};
+use super::citations::Citation;
 use super::coach::{self, Coach};
 use super::conversations::{self, Access, Message, NewMessage, Speaker};
+use super::faithfulness::SentenceCheck;
 use super::live::asks_for_a_person;
 use super::pii;
 use super::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatRequest, ChatStream, ChatSummary};
 use crate::inference::chat_template::{ChatMessage, Role};
-use crate::inference::embed::EmbedKind;
 use crate::inference::generate::GenerationSettings;
 use crate::knowledge::search::{SearchHit, SearchMode, SearchRequest};
 
@@ -43,6 +43,8 @@ pub struct Prepared {
     pub coach: Coach,
     /// The question as logged and recorded in knowledge gaps (personal data masked).
     pub masked_question: String,
+    /// What was searched: the question (with the one before it, for a short follow-up).
+    pub query: String,
     pub passages: Vec<SearchHit>,
     pub retrieval_score: f32,
     pub reply: Reply,
@@ -54,6 +56,24 @@ pub enum Reply {
     Fallback,
     /// The model's answer, as it is generated.
     Generate(ChatStream),
+}
+
+/// A generated answer after its sentences were checked.
+pub struct Checked {
+    /// What was delivered: the checked sentences with their markers.
+    pub text: String,
+    pub citations: Vec<Citation>,
+    /// Supported (or repaired) claims / claims.
+    pub support: f32,
+    pub model_markers_correct: Option<f32>,
+    pub checks: Vec<SentenceCheck>,
+    /// A claim survived the check; otherwise the fallback was delivered.
+    pub answered: bool,
+    /// The model's text as generated.
+    pub raw: String,
+    pub summary: ChatSummary,
+    /// Seconds from the question to the first token and to the first delivered sentence.
+    pub timings: serde_json::Value,
 }
 
 /// A stored message and what follows it.
@@ -212,7 +232,7 @@ impl Chat {
             .search(
                 speaker.scope(),
                 SearchRequest {
-                    query,
+                    query: query.clone(),
                     limit: Some(PASSAGES),
                     mode: SearchMode::Hybrid,
                 },
@@ -246,6 +266,7 @@ impl Chat {
             reply_to: question.seq,
             coach,
             masked_question,
+            query,
             passages,
             retrieval_score,
             reply,
@@ -258,12 +279,12 @@ impl Chat {
         format!("{} {HANDOFF_OFFER}", coach.fallback_message.trim_end())
     }
 
-    /// Aligns citations, scores confidence, stores the answer (or the fallback, with a
-    /// knowledge gap) and returns the stored message. `generated` is `None` for a fallback.
+    /// Scores confidence, stores the answer (or the fallback, with a knowledge gap) and
+    /// returns the stored message. `checked` is `None` when nothing relevant was found.
     pub async fn finish(
         &self,
         prepared: Prepared,
-        generated: Option<(String, ChatSummary)>,
+        checked: Option<Checked>,
     ) -> Result<Message, ChatError> {
         let Prepared {
             speaker,
@@ -293,35 +314,34 @@ impl Chat {
             "retrieval_score": retrieval_score,
             "passages": passages.len(),
             "retrieved": retrieved,
+            "strictness": coach.strictness,
         });
-        let (content, citations, confidence, fallback) = match generated {
+        let (content, citations, confidence, fallback) = match checked {
             None => (
                 Chat::fallback_text(&coach),
                 Vec::new(),
                 0.5 * retrieval_score,
                 true,
             ),
-            Some((answer, summary)) => {
-                let embeddings = self.embed_for_alignment(&speaker, &answer, &passages).await;
-                let Aligned {
-                    text,
-                    citations,
-                    support,
-                    model_markers_correct,
-                } = citations::align(&answer, &passages, embeddings.as_ref());
-                let confidence = (0.5 * retrieval_score + 0.5 * support).clamp(0.0, 1.0);
-                stats["support"] = json!(support);
-                stats["model_markers_correct"] = json!(model_markers_correct);
-                stats["ttft_s"] = json!(summary.stats.ttft_s);
-                stats["prompt_tokens"] = json!(summary.stats.prompt_tokens);
-                stats["completion_tokens"] = json!(summary.stats.completion_tokens);
-                stats["raw_answer"] = json!(answer);
-                // An answer that no passage supports is not grounded, whatever retrieval scored.
-                let grounded = !citations.is_empty();
-                if (confidence as f64) < coach.confidence_threshold || !grounded {
-                    (Chat::fallback_text(&coach), Vec::new(), confidence, true)
+            Some(checked) => {
+                let confidence = (0.5 * retrieval_score + 0.5 * checked.support).clamp(0.0, 1.0);
+                stats["support"] = json!(checked.support);
+                stats["model_markers_correct"] = json!(checked.model_markers_correct);
+                stats["ttft_s"] = json!(checked.summary.stats.ttft_s);
+                stats["prompt_tokens"] = json!(checked.summary.stats.prompt_tokens);
+                stats["completion_tokens"] = json!(checked.summary.stats.completion_tokens);
+                stats["raw_answer"] = json!(checked.raw);
+                stats["checks"] = json!(checked.checks);
+                if let Some(timings) = checked.timings.as_object() {
+                    for (key, value) in timings {
+                        stats[key] = value.clone();
+                    }
+                }
+                // Delivery already chose: the fallback was shown when no claim survived.
+                if checked.answered {
+                    (checked.text, checked.citations, confidence, false)
                 } else {
-                    (text, citations, confidence, false)
+                    (Chat::fallback_text(&coach), Vec::new(), confidence, true)
                 }
             }
         };
@@ -362,28 +382,6 @@ impl Chat {
             .await?;
         self.publish_message(&tenant_id, &message);
         Ok(message)
-    }
-
-    /// Embeddings of the answer's sentences and the passages, when the embedder is there.
-    async fn embed_for_alignment(
-        &self,
-        speaker: &Speaker,
-        answer: &str,
-        passages: &[SearchHit],
-    ) -> Option<Embeddings> {
-        let engine = self.inference.embedder().ok()?;
-        let sentences = citations::claims(answer);
-        let mut texts = sentences.clone();
-        texts.extend(passages.iter().map(|p| p.text.clone()));
-        let mut vectors = engine
-            .embed(speaker.scope().tenant_id(), texts, EmbedKind::Document)
-            .await
-            .ok()?;
-        let passages = vectors.split_off(sentences.len());
-        Some(Embeddings {
-            sentences: vectors,
-            passages,
-        })
     }
 }
 

@@ -4,6 +4,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::ChatError;
+use super::faithfulness::Strictness;
 use crate::auth::TenantScope;
 
 /// How long answers may be.
@@ -78,6 +79,11 @@ pub struct Coach {
     pub widget_position: WidgetPosition,
     /// Shown next to the widget's closed bubble to invite a first question; empty for none.
     pub opening_message: String,
+    /// How strictly answers keep to the knowledge base: `strict` (the default) quotes or drops
+    /// every factual sentence its passage does not support, facts included; `balanced` does so
+    /// for wrong numbers, durations, amounts, dates, times and names and keeps other sentences
+    /// without a source; `open` only fixes citation markers.
+    pub strictness: Strictness,
 }
 
 /// The bottom corner the widget sits in.
@@ -99,7 +105,7 @@ impl WidgetPosition {
 
 const COLUMNS: &str = "slug, name, persona, greeting, confidence_threshold, fallback_message, \
                        answer_length, temperature, redact_pii, avatar_url, brand_color, \
-                       widget_position, opening_message";
+                       widget_position, opening_message, strictness";
 
 /// Reads [`COLUMNS`] starting at column `at`.
 fn coach_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coach> {
@@ -121,6 +127,7 @@ fn coach_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coach> {
             WidgetPosition::Right
         },
         opening_message: r.get(at + 12)?,
+        strictness: Strictness::parse(&r.get::<_, String>(at + 13)?),
     })
 }
 
@@ -166,6 +173,7 @@ pub struct CoachUpdate {
     pub brand_color: Option<String>,
     pub widget_position: Option<WidgetPosition>,
     pub opening_message: Option<String>,
+    pub strictness: Option<Strictness>,
 }
 
 pub fn update(
@@ -223,11 +231,14 @@ pub fn update(
     if let Some(opening) = &change.opening_message {
         coach.opening_message = bounded("opening_message", opening, 0, 300)?;
     }
+    if let Some(strictness) = change.strictness {
+        coach.strictness = strictness;
+    }
     let result = c.execute(
         "UPDATE coaches SET slug = ?2, name = ?3, persona = ?4, greeting = ?5, \
          confidence_threshold = ?6, fallback_message = ?7, answer_length = ?8, temperature = ?9, \
          redact_pii = ?10, avatar_url = ?11, brand_color = ?12, widget_position = ?13, \
-         opening_message = ?14 WHERE tenant_id = ?1",
+         opening_message = ?14, strictness = ?15 WHERE tenant_id = ?1",
         params![
             scope.tenant_id(),
             coach.slug,
@@ -243,6 +254,7 @@ pub fn update(
             coach.brand_color,
             coach.widget_position.as_str(),
             coach.opening_message,
+            coach.strictness.as_str(),
         ],
     );
     match result {

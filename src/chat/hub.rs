@@ -33,13 +33,12 @@ pub struct Event {
     pub for_visitors: ForVisitors,
 }
 
-/// End users never see how an answer was made (retrieved passages, the raw answer, timings) or
-/// an answer while it is generated, before it was checked.
+/// End users never see how an answer was made (retrieved passages, the raw answer, timings).
+/// Deltas are checked sentences (see `delivery`), so they see those as they come.
 #[derive(Debug)]
 pub enum ForVisitors {
     Same,
     Redacted(String),
-    Hidden,
 }
 
 impl Event {
@@ -57,7 +56,6 @@ impl Event {
                 };
                 ForVisitors::Redacted(serde_json::to_string(&redacted).expect("events serialise"))
             }
-            ServerEvent::Delta { .. } => ForVisitors::Hidden,
             _ => ForVisitors::Same,
         };
         Event {
@@ -75,7 +73,6 @@ impl Event {
         match (&self.for_visitors, visitor) {
             (_, false) | (ForVisitors::Same, true) => Some(&self.json),
             (ForVisitors::Redacted(json), true) => Some(json),
-            (ForVisitors::Hidden, true) => None,
         }
     }
 

@@ -13,7 +13,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 
-use super::answer::{Pending, Reply};
+use super::answer::Pending;
+use super::delivery::Delivered;
 use super::conversations::{
     self, Access, Conversation, InboxItem, InboxQuery, Message, NewMessage, ReceiptStatus, Side,
     Speaker,
@@ -22,7 +23,6 @@ use super::hub::{Audience, Event};
 use super::protocol::ServerEvent;
 use super::{Chat, ChatError};
 use crate::auth::TenantScope;
-use crate::inference::chat_engine::ChatEvent;
 
 /// Limits on what one end user may send, and on live connections.
 #[derive(Clone)]
@@ -592,40 +592,30 @@ impl Chat {
         pending: Pending,
     ) -> Result<Message, ChatError> {
         let tenant_id = speaker.scope().tenant_id().to_string();
-        let mut prepared = self.start_answer(speaker, conversation_id, pending).await?;
-        let generated = match std::mem::replace(&mut prepared.reply, Reply::Fallback) {
-            Reply::Fallback => None,
-            Reply::Generate(mut stream) => {
-                let mut text = String::new();
-                let mut index = 0;
-                let mut summary = None;
-                while let Some(event) = stream.next().await {
-                    match event? {
-                        ChatEvent::Delta(delta) => {
-                            let event = ServerEvent::Delta {
-                                conversation_id: conversation_id.to_string(),
-                                reply_to: prepared.reply_to,
-                                index,
-                                text: delta.clone(),
-                            };
-                            self.hub
-                                .publish(&tenant_id, Event::new(&event), Audience::Followers);
-                            text.push_str(&delta);
-                            index += 1;
-                        }
-                        ChatEvent::Done(done) => {
-                            summary = Some(done);
-                            break;
-                        }
-                    }
+        let prepared = self.start_answer(speaker, conversation_id, pending).await?;
+        let reply_to = prepared.reply_to;
+        let mut delivery = std::pin::pin!(self.deliver(prepared));
+        let mut index = 0;
+        while let Some(item) = delivery.next().await {
+            match item {
+                // Checked sentences only: every follower may see them as they come.
+                Delivered::Text(text) => {
+                    let event = ServerEvent::Delta {
+                        conversation_id: conversation_id.to_string(),
+                        reply_to,
+                        index,
+                        text,
+                    };
+                    self.hub
+                        .publish(&tenant_id, Event::new(&event), Audience::Followers);
+                    index += 1;
                 }
-                let summary = summary.ok_or_else(|| {
-                    ChatError::Invalid("the model stopped before finishing its answer".into())
-                })?;
-                Some((text, summary))
+                Delivered::Done(stored) => return stored,
             }
-        };
-        self.finish(prepared, generated).await
+        }
+        Err(ChatError::Invalid(
+            "the answer ended before it was stored".into(),
+        ))
     }
 }
 

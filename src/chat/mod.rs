@@ -6,6 +6,8 @@ pub mod answer;
 pub mod citations;
 pub mod coach;
 pub mod conversations;
+pub mod delivery;
+pub mod faithfulness;
 pub mod gaps;
 pub mod hub;
 pub mod live;

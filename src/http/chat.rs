@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::AppState;
@@ -18,15 +18,14 @@ use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::route_table::Routes;
 use super::streams::sse_until_shutdown;
 use crate::auth::{Principal, Role};
-use crate::chat::answer::{Prepared, Reply};
 use crate::chat::coach::{self, Coach, CoachUpdate, WidgetPosition};
 use crate::chat::conversations::{
     self, Access, Conversation, InboxFilter, InboxItem, InboxQuery, Message, ReceiptStatus,
     Speaker, VISITOR_TOKEN_PREFIX,
 };
+use crate::chat::delivery::Delivered;
 use crate::chat::live::Hands;
-use crate::chat::{Chat, ChatError};
-use crate::inference::chat_engine::{ChatEvent, ChatStream};
+use crate::chat::ChatError;
 
 pub fn routes() -> Routes {
     Routes::new()
@@ -353,93 +352,33 @@ pub(crate) async fn send_message(
         chat.answer_in_background(speaker, id, pending);
         return Ok((StatusCode::ACCEPTED, Json(asked.message)).into_response());
     }
-    let mut prepared = chat.start_answer(speaker.clone(), &id, pending).await?;
-    let reply = std::mem::replace(&mut prepared.reply, Reply::Fallback);
+    let prepared = chat.start_answer(speaker.clone(), &id, pending).await?;
+    let delivery = chat.deliver(prepared);
     if !input.stream {
-        let generated = match reply {
-            Reply::Fallback => None,
-            Reply::Generate(stream) => Some(stream.collect().await?),
-        };
-        let message = chat.finish(prepared, generated).await?;
+        let message = stored_message(delivery).await?;
         return Ok(Json(message.seen_by(&speaker)).into_response());
     }
-    let events = answer_events(chat, prepared, reply);
+    // Each delta is a checked sentence: what a client shows is never taken back.
+    let events = delivery.map(move |item| match item {
+        Delivered::Text(text) => delta_event(&text),
+        Delivered::Done(stored) => final_event(stored.map(|m| m.seen_by(&speaker))),
+    });
     Ok(sse_until_shutdown(events, state.shutdown.clone()).into_response())
 }
 
-/// Where a streamed answer is.
-enum Phase {
-    Fallback(Box<Prepared>),
-    Generating {
-        prepared: Box<Prepared>,
-        stream: ChatStream,
-        text: String,
-    },
-    Finished,
-}
-
-/// The answer as events. Generation is driven by this stream, so a client that disconnects
-/// (dropping it) stops the model at its next token. End users get no deltas: the answer is
-/// checked (citations aligned, confidence scored, possibly replaced by the fallback) before
-/// they see any of it, so nothing they read is taken back.
-fn answer_events(
-    chat: Chat,
-    prepared: Prepared,
-    reply: Reply,
-) -> impl futures_util::Stream<Item = Event> + Send + 'static {
-    let visitor = matches!(prepared.speaker, Speaker::Visitor { .. });
-    let start = match reply {
-        Reply::Fallback => Phase::Fallback(Box::new(prepared)),
-        Reply::Generate(stream) => Phase::Generating {
-            prepared: Box::new(prepared),
-            stream,
-            text: String::new(),
-        },
-    };
-    stream::unfold((start, chat), move |(phase, chat)| async move {
-        match phase {
-            Phase::Finished => None,
-            Phase::Fallback(prepared) => {
-                let text = Chat::fallback_text(&prepared.coach);
-                let speaker = prepared.speaker.clone();
-                let finished = chat.finish(*prepared, None).await;
-                let last = final_event(finished.map(|m| m.seen_by(&speaker)));
-                Some((vec![delta_event(&text), last], (Phase::Finished, chat)))
-            }
-            Phase::Generating {
-                prepared,
-                mut stream,
-                mut text,
-            } => match stream.next().await {
-                Some(Ok(ChatEvent::Delta(delta))) => {
-                    text.push_str(&delta);
-                    let events = if visitor {
-                        Vec::new()
-                    } else {
-                        vec![delta_event(&delta)]
-                    };
-                    let phase = Phase::Generating {
-                        prepared,
-                        stream,
-                        text,
-                    };
-                    Some((events, (phase, chat)))
-                }
-                Some(Ok(ChatEvent::Done(summary))) => {
-                    let speaker = prepared.speaker.clone();
-                    let finished = chat.finish(*prepared, Some((text, summary))).await;
-                    let last = final_event(finished.map(|m| m.seen_by(&speaker)));
-                    Some((vec![last], (Phase::Finished, chat)))
-                }
-                Some(Err(error)) => {
-                    let last = final_event(Err(ChatError::from(error)));
-                    Some((vec![last], (Phase::Finished, chat)))
-                }
-                None => None,
-            },
+/// Waits for the end of a delivery.
+async fn stored_message(
+    delivery: impl futures_util::Stream<Item = Delivered>,
+) -> Result<Message, ChatError> {
+    let mut delivery = std::pin::pin!(delivery);
+    while let Some(item) = delivery.next().await {
+        if let Delivered::Done(stored) = item {
+            return stored;
         }
-    })
-    .flat_map(stream::iter)
+    }
+    Err(ChatError::Invalid(
+        "the answer ended before it was stored".into(),
+    ))
 }
 
 fn delta_event(text: &str) -> Event {

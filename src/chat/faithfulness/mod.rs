@@ -1,0 +1,819 @@
+//! Faithfulness: each sentence of an answer is checked, while the answer is generated, against
+//! the passage it cites, and only what passes reaches the end user.
+//!
+//! A sentence is one of:
+//! - **code**: a line inside a fenced block, copied as written and never cited;
+//! - **a refusal** ("I don't know", "the passages do not say"): the creator's fallback message
+//!   says this better, so strict and balanced coaches drop it;
+//! - **conversational**: it states no value (no number, duration, amount, date, time, weekday
+//!   or name) and it is a greeting or thanks, an offer of help ("let me know if…", "I hope this
+//!   helps"), a question back (ends with `?`), or has fewer than three content words ("Sure!",
+//!   "Good question."). It needs no source;
+//! - **a claim**: everything else. A claim is *supported* when a passage supports it (enough of
+//!   its words in two consecutive sentences of the passage, see `citations`) and every fact of
+//!   it ([`facts`]) is found in that window with the same value; when the words it shares with
+//!   the question (what was asked about) occur in that passage; and when it does not drop a
+//!   "not" that the passage's closest sentence has.
+//!
+//! What happens to a claim that is not supported depends on the coach's [`Strictness`]:
+//! *strict* replaces it with the passage's own sentence that supports it best, as a quotation
+//! (extractive repair), or drops it when no sentence does; *balanced* does so only for claims
+//! with a wrong or unfound value, and keeps other unsupported claims without a marker; *open*
+//! changes nothing but the markers (the behaviour before this check). Every sentence's
+//! [`SentenceCheck`] is stored with the answer for the dashboard's test chat.
+
+pub mod facts;
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use self::facts::{Fact, FactKind};
+use super::citations::{self, Citation, content_words};
+use crate::inference::embed::cosine;
+use crate::knowledge::search::SearchHit;
+
+/// How strictly a coach keeps to its sources.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Strictness {
+    /// Every factual sentence must be supported by its passage, facts included; others are
+    /// replaced by a quotation from the passage or dropped.
+    #[default]
+    Strict,
+    /// Numbers, durations, amounts, dates, times and names must be right (or the sentence is
+    /// quoted or dropped); other sentences without a source are kept, without a citation.
+    Balanced,
+    /// Sentences are cited where a passage supports them and kept otherwise.
+    Open,
+}
+
+impl Strictness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strictness::Strict => "strict",
+            Strictness::Balanced => "balanced",
+            Strictness::Open => "open",
+        }
+    }
+
+    pub fn parse(text: &str) -> Strictness {
+        match text {
+            "balanced" => Strictness::Balanced,
+            "open" => Strictness::Open,
+            _ => Strictness::Strict,
+        }
+    }
+}
+
+/// Share of a claim's content words a passage sentence must contain to replace it.
+pub const REPAIR_OVERLAP: f32 = 0.34;
+/// Share of a claim's words the passage's closest sentence must share for its "not" to count.
+const POLARITY_OVERLAP: f32 = 0.5;
+
+/// Words of a question that do not say what it is about ("How long does it take to get…").
+const GENERIC: &[&str] = &[
+    "get", "gets", "getting", "got", "take", "takes", "taking", "make", "makes", "need", "needs",
+    "want", "wants", "know", "tell", "long", "much", "many", "often", "soon", "way", "ways",
+    "possible", "able", "please", "help", "happen", "happens", "work", "works", "mean", "means",
+    "thing", "things", "anything", "something", "really", "still", "ever", "else", "okay",
+    "hello", "thanks", "thank", "coach",
+];
+
+/// What became of one sentence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// A claim its passage supports, facts included.
+    Supported,
+    /// A claim replaced by a quotation of the passage.
+    Repaired,
+    /// Left out: nothing supports it (or it repeats an earlier sentence).
+    Dropped,
+    /// A claim kept without a source (balanced and open coaches).
+    Unsupported,
+    Conversational,
+    Refusal,
+    Code,
+}
+
+/// One fact of a sentence and where it was found.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FactCheck {
+    pub kind: FactKind,
+    /// As the sentence wrote it.
+    pub text: String,
+    pub found: bool,
+    /// The passage's words where it was found (or, when not, the passage sentence that was
+    /// searched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<String>,
+}
+
+/// The check of one sentence, stored with the answer (`stats.checks`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SentenceCheck {
+    /// The sentence as the model wrote it, markers removed.
+    pub sentence: String,
+    pub verdict: Verdict,
+    /// What the end user was shown instead, for a repaired sentence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<String>,
+    /// The citation marker, when the sentence cites a passage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marker: Option<usize>,
+    pub facts: Vec<FactCheck>,
+    /// Why it was not supported as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What to show of a checked sentence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Show `text` (with its marker). `claim` when it states something from a source: the
+    /// first one commits the answer (it will not become the fallback).
+    Show { text: String, claim: bool },
+    Hide,
+}
+
+/// A passage prepared for checking.
+struct Indexed {
+    windows: Vec<Window>,
+    /// Its sentences, candidates for a quotation.
+    sentences: Vec<Window>,
+    words: HashSet<String>,
+}
+
+/// Consecutive sentences of a passage, with their words and fact keys.
+struct Window {
+    text: String,
+    lower: String,
+    words: HashSet<String>,
+    keys: HashSet<String>,
+}
+
+impl Window {
+    fn new(text: String) -> Window {
+        Window {
+            lower: text.to_lowercase(),
+            words: content_words(&text),
+            keys: facts::keys(&text),
+            text,
+        }
+    }
+
+    fn has(&self, fact: &Fact) -> bool {
+        match fact.kind {
+            FactKind::Entity => facts::mentions(&self.lower, &fact.text.to_lowercase()),
+            _ => self.keys.contains(&fact.key),
+        }
+    }
+}
+
+/// Checks an answer's sentences in order and keeps the citations they use.
+pub struct Checker {
+    strictness: Strictness,
+    passages: Vec<Indexed>,
+    passage_embeddings: Option<Vec<Vec<f32>>>,
+    /// What the end user asked about: the question's content words.
+    question: HashSet<String>,
+    /// Every content word of every passage.
+    known: HashSet<String>,
+    /// Passage indices in order of first citation, and the snippet each citation quotes.
+    used: Vec<(usize, String)>,
+    shown: HashSet<String>,
+    in_code: bool,
+    claims: usize,
+    supported: usize,
+    model_markers: usize,
+    model_markers_right: usize,
+    pub checks: Vec<SentenceCheck>,
+}
+
+impl Checker {
+    pub fn new(
+        strictness: Strictness,
+        question: &str,
+        passages: &[SearchHit],
+        passage_embeddings: Option<Vec<Vec<f32>>>,
+    ) -> Checker {
+        let passages: Vec<Indexed> = passages.iter().map(|p| index(&p.text)).collect();
+        let known = passages.iter().flat_map(|p| p.words.clone()).collect();
+        Checker {
+            strictness,
+            passages,
+            passage_embeddings,
+            question: content_words(question)
+                .difference(&content_words(&GENERIC.join(" ")))
+                .cloned()
+                .collect(),
+            known,
+            used: Vec::new(),
+            shown: HashSet::new(),
+            in_code: false,
+            claims: 0,
+            supported: 0,
+            model_markers: 0,
+            model_markers_right: 0,
+            checks: Vec::new(),
+        }
+    }
+
+    /// Checks the next sentence of the answer (`piece`, as the model wrote it, markers
+    /// included). `embedding` is the sentence's embedding without markers, when the embedder
+    /// is there ([`citations::strip_markers`] gives that text).
+    pub fn check(&mut self, piece: &str, embedding: Option<&[f32]>) -> Outcome {
+        let fences = piece.matches("```").count();
+        if self.in_code || fences > 0 {
+            if fences % 2 == 1 {
+                self.in_code = !self.in_code;
+            }
+            self.record(piece, Verdict::Code, None, None, Vec::new(), None);
+            return Outcome::Show {
+                text: piece.to_string(),
+                claim: false,
+            };
+        }
+        let (text, cited) = citations::strip_markers(piece);
+        if text.is_empty() {
+            return Outcome::Hide;
+        }
+        let words = content_words(&text);
+        let sentence_facts = facts::facts(&text);
+        if is_refusal(&text) {
+            self.record(&text, Verdict::Refusal, None, None, Vec::new(), None);
+            return match self.strictness {
+                Strictness::Open => self.show(text, false),
+                _ => Outcome::Hide,
+            };
+        }
+        if is_conversational(&text, &words, &sentence_facts) {
+            self.record(&text, Verdict::Conversational, None, None, Vec::new(), None);
+            return self.show(text, false);
+        }
+        self.claims += 1;
+        let assessment = self.assess(&words, &sentence_facts, &cited, embedding);
+        for &p in &cited {
+            self.model_markers += 1;
+            if assessment.supporting.contains(&p) {
+                self.model_markers_right += 1;
+            }
+        }
+        let strict = self.strictness == Strictness::Strict;
+        if let Some(best) = &assessment.best
+            && (best.failures.is_empty()
+                || self.strictness == Strictness::Open
+                || (!strict && !best.value_failed))
+        {
+            // Supported (or, for balanced and open coaches, supported by its words).
+            self.supported += 1;
+            let verdict = if best.failures.is_empty() {
+                Verdict::Supported
+            } else {
+                Verdict::Unsupported
+            };
+            let marker = self.cite(best.passage, &best.snippet);
+            let reason = (!best.failures.is_empty()).then(|| best.failures.join("; "));
+            self.record(
+                &text,
+                verdict,
+                None,
+                Some(marker),
+                best.facts.clone(),
+                reason,
+            );
+            return self.show(citations::with_markers(&text, &format!("[{marker}]")), true);
+        }
+        let has_value = sentence_facts.iter().any(|f| f.kind.is_value());
+        let failures = assessment
+            .best
+            .as_ref()
+            .map(|b| b.failures.clone())
+            .unwrap_or_else(|| vec!["no passage supports it".into()]);
+        let facts_checked = match (&assessment.best, &assessment.nearest) {
+            (Some(best), _) => best.facts.clone(),
+            (None, Some(nearest)) => nearest.clone(),
+            (None, None) => unfound(&sentence_facts),
+        };
+        if self.strictness == Strictness::Open
+            || (self.strictness == Strictness::Balanced
+                && !has_value
+                && assessment.best.is_none())
+        {
+            self.record(
+                &text,
+                Verdict::Unsupported,
+                None,
+                None,
+                facts_checked,
+                Some(failures.join("; ")),
+            );
+            return self.show(text, false);
+        }
+        match self.repair(&words, &sentence_facts) {
+            Ok((passage, quote)) if !self.shown.contains(&quote) => {
+                self.supported += 1;
+                let marker = self.cite(passage, &quote);
+                let delivered = format!("“{quote}” [{marker}]");
+                self.record(
+                    &text,
+                    Verdict::Repaired,
+                    Some(delivered.clone()),
+                    Some(marker),
+                    facts_checked,
+                    Some(failures.join("; ")),
+                );
+                self.shown.insert(quote);
+                Outcome::Show {
+                    text: delivered,
+                    claim: true,
+                }
+            }
+            other => {
+                let mut reasons = failures;
+                match other {
+                    Err(why) => reasons.push(why),
+                    Ok(_) => reasons.push("its quotation was already given".into()),
+                }
+                self.record(
+                    &text,
+                    Verdict::Dropped,
+                    None,
+                    None,
+                    facts_checked,
+                    Some(reasons.join("; ")),
+                );
+                Outcome::Hide
+            }
+        }
+    }
+
+    /// `text` unless it was shown already (small models repeat themselves).
+    fn show(&mut self, text: String, claim: bool) -> Outcome {
+        if !self.shown.insert(text.clone()) {
+            if let Some(last) = self.checks.last_mut() {
+                last.verdict = Verdict::Dropped;
+                last.reason = Some("it repeats an earlier sentence".into());
+            }
+            return Outcome::Hide;
+        }
+        Outcome::Show { text, claim }
+    }
+
+    fn record(
+        &mut self,
+        sentence: &str,
+        verdict: Verdict,
+        delivered: Option<String>,
+        marker: Option<usize>,
+        facts: Vec<FactCheck>,
+        reason: Option<String>,
+    ) {
+        self.checks.push(SentenceCheck {
+            sentence: sentence.to_string(),
+            verdict,
+            delivered,
+            marker,
+            facts,
+            reason,
+        });
+    }
+
+    /// The marker of passage `p`, numbered in order of first use.
+    fn cite(&mut self, p: usize, snippet: &str) -> usize {
+        match self.used.iter().position(|(u, _)| *u == p) {
+            Some(position) => position + 1,
+            None => {
+                self.used.push((p, citations::snippet(snippet)));
+                self.used.len()
+            }
+        }
+    }
+
+    /// The claim against each passage: which support it by their words, and the best window
+    /// of the best of them with its fact checks.
+    fn assess(
+        &self,
+        words: &HashSet<String>,
+        sentence_facts: &[Fact],
+        cited: &[usize],
+        embedding: Option<&[f32]>,
+    ) -> Assessment {
+        let scores: Vec<f32> = self
+            .passages
+            .iter()
+            .enumerate()
+            .map(|(p, passage)| {
+                let lexical = passage
+                    .windows
+                    .iter()
+                    .map(|w| citations::overlap(words, &w.words))
+                    .fold(0.0, f32::max);
+                let semantic = embedding
+                    .zip(self.passage_embeddings.as_ref().and_then(|e| e.get(p)))
+                    .map(|(s, v)| cosine(s, v))
+                    .unwrap_or(0.0);
+                if citations::supports(lexical, semantic) {
+                    lexical + semantic
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let supporting: Vec<usize> = (0..scores.len()).filter(|&p| scores[p] > 0.0).collect();
+        // The model's own markers first, then the others by score.
+        let mut order: Vec<usize> = cited
+            .iter()
+            .copied()
+            .filter(|p| supporting.contains(p))
+            .collect();
+        let mut rest: Vec<usize> = supporting
+            .iter()
+            .copied()
+            .filter(|p| !order.contains(p))
+            .collect();
+        rest.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+        order.extend(rest);
+        let mut best: Option<Candidate> = None;
+        for p in order {
+            let candidate = self.against(p, words, sentence_facts);
+            let better = best
+                .as_ref()
+                .is_none_or(|b| candidate.failures.len() < b.failures.len());
+            if better {
+                best = Some(candidate);
+            }
+            if best.as_ref().is_some_and(|b| b.failures.is_empty()) {
+                break;
+            }
+        }
+        // A claim nothing supports still shows which of its facts the closest passage has.
+        let nearest = match &best {
+            Some(_) => None,
+            None => cited
+                .iter()
+                .copied()
+                .find(|&p| p < self.passages.len())
+                .or_else(|| {
+                    (0..self.passages.len()).max_by(|&a, &b| {
+                        let lexical = |p: usize| {
+                            self.passages[p]
+                                .windows
+                                .iter()
+                                .map(|w| citations::overlap(words, &w.words))
+                                .fold(0.0, f32::max)
+                        };
+                        lexical(a).total_cmp(&lexical(b))
+                    })
+                })
+                .map(|p| self.against(p, words, sentence_facts).facts),
+        };
+        Assessment {
+            supporting,
+            best,
+            nearest,
+        }
+    }
+
+    /// Checks the claim's facts in the window of passage `p` that holds most of them.
+    fn against(
+        &self,
+        p: usize,
+        words: &HashSet<String>,
+        sentence_facts: &[Fact],
+    ) -> Candidate {
+        let passage = &self.passages[p];
+        let checked: Vec<&Fact> = sentence_facts
+            .iter()
+            .filter(|f| f.kind != FactKind::Negation)
+            .collect();
+        let window = passage
+            .windows
+            .iter()
+            .max_by(|a, b| {
+                let found = |w: &Window| checked.iter().filter(|f| w.has(f)).count();
+                found(a)
+                    .cmp(&found(b))
+                    .then(citations::overlap(words, &a.words).total_cmp(&citations::overlap(words, &b.words)))
+            })
+            .expect("a passage has a window");
+        let mut facts = Vec::new();
+        let mut failures = Vec::new();
+        let mut value_failed = false;
+        for fact in &checked {
+            let found = window.has(fact);
+            if !found {
+                failures.push(format!("“{}” is not in the passage", fact.text));
+                value_failed |= fact.kind.is_value();
+            }
+            facts.push(FactCheck {
+                kind: fact.kind,
+                text: fact.text.clone(),
+                found,
+                evidence: Some(evidence(&window.text, found.then_some(fact))),
+            });
+        }
+        // Polarity: a "not" must be in the window, and a "not" in the passage's closest
+        // sentence must not be dropped.
+        let negated = sentence_facts.iter().any(|f| f.kind == FactKind::Negation);
+        let closest = passage
+            .sentences
+            .iter()
+            .max_by(|a, b| {
+                citations::overlap(words, &a.words).total_cmp(&citations::overlap(words, &b.words))
+            })
+            .filter(|s| citations::overlap(words, &s.words) >= POLARITY_OVERLAP);
+        let passage_negates = closest.is_some_and(|s| s.keys.contains("negation"));
+        if negated && !window.keys.contains("negation") {
+            failures.push("the passage does not say “not”".into());
+            facts.push(FactCheck {
+                kind: FactKind::Negation,
+                text: negation_word(sentence_facts),
+                found: false,
+                evidence: Some(evidence(&window.text, None)),
+            });
+        } else if negated {
+            facts.push(FactCheck {
+                kind: FactKind::Negation,
+                text: negation_word(sentence_facts),
+                found: true,
+                evidence: Some(evidence(&window.text, None)),
+            });
+        } else if passage_negates {
+            let closest = closest.expect("checked above");
+            failures.push("the passage says “not” where the sentence does not".into());
+            facts.push(FactCheck {
+                kind: FactKind::Negation,
+                text: "(no negation)".into(),
+                found: false,
+                evidence: Some(evidence(&closest.text, None)),
+            });
+        }
+        // What the question asked about must be in the passage, not only in the sentence.
+        let missing: Vec<&String> = words
+            .intersection(&self.question)
+            .filter(|w| !passage.words.contains(*w))
+            .collect();
+        if !missing.is_empty() {
+            let mut missing: Vec<&str> = missing.iter().map(|w| w.as_str()).collect();
+            missing.sort();
+            failures.push(format!(
+                "the passage does not mention what was asked about ({})",
+                missing.join(", ")
+            ));
+        }
+        Candidate {
+            passage: p,
+            snippet: window.text.clone(),
+            facts,
+            failures,
+            value_failed,
+        }
+    }
+
+    /// The passage sentence that supports the claim best, for a quotation: it must contain at
+    /// least [`REPAIR_OVERLAP`] of the claim's words, and the claim must not be about something
+    /// (a word of the question) that no passage mentions. Sentences that also hold the claim's
+    /// values and what was asked about are preferred.
+    fn repair(
+        &self,
+        words: &HashSet<String>,
+        sentence_facts: &[Fact],
+    ) -> Result<(usize, String), String> {
+        let mut absent: Vec<&str> = words
+            .intersection(&self.question)
+            .filter(|w| !self.known.contains(*w))
+            .map(|w| w.as_str())
+            .collect();
+        if !absent.is_empty() {
+            absent.sort();
+            return Err(format!(
+                "no passage mentions what was asked about ({})",
+                absent.join(", ")
+            ));
+        }
+        let asked: HashSet<String> = words.intersection(&self.question).cloned().collect();
+        let values: Vec<&Fact> = sentence_facts.iter().filter(|f| f.kind.is_value()).collect();
+        self.passages
+            .iter()
+            .enumerate()
+            .flat_map(|(p, passage)| passage.sentences.iter().map(move |s| (p, s)))
+            .filter(|(_, s)| s.words.len() >= 3)
+            .map(|(p, s)| {
+                let overlap = citations::overlap(words, &s.words);
+                let about = citations::overlap(&asked, &s.words);
+                let held = values.iter().filter(|f| s.has(f)).count() as f32;
+                (p, s, overlap, overlap + about + 0.25 * held)
+            })
+            .filter(|(_, _, overlap, _)| *overlap >= REPAIR_OVERLAP)
+            .max_by(|a, b| a.3.total_cmp(&b.3))
+            .map(|(p, s, _, _)| (p, s.text.clone()))
+            .ok_or_else(|| "no passage sentence says enough of it to quote".into())
+    }
+
+    /// The citations used so far, numbered as in the text.
+    pub fn citations(&self, passages: &[SearchHit]) -> Vec<Citation> {
+        self.used
+            .iter()
+            .enumerate()
+            .map(|(i, (p, snippet))| {
+                let passage = &passages[*p];
+                Citation {
+                    marker: i + 1,
+                    document_id: passage.document_id.clone(),
+                    document_title: passage.document_title.clone(),
+                    page: passage.page,
+                    heading_path: passage.heading_path.clone(),
+                    snippet: snippet.clone(),
+                    chunk_id: passage.chunk_id,
+                }
+            })
+            .collect()
+    }
+
+    /// Supported (or repaired) claims / claims, in [0, 1]; 0 when there was no claim.
+    pub fn support(&self) -> f32 {
+        if self.claims == 0 {
+            0.0
+        } else {
+            self.supported as f32 / self.claims as f32
+        }
+    }
+
+    /// Markers the model wrote whose passage supports their sentence / markers it wrote.
+    pub fn model_markers_correct(&self) -> Option<f32> {
+        (self.model_markers > 0)
+            .then(|| self.model_markers_right as f32 / self.model_markers as f32)
+    }
+}
+
+struct Assessment {
+    /// Passages that support the claim by its words (0-based).
+    supporting: Vec<usize>,
+    best: Option<Candidate>,
+    /// With no supporting passage: the fact checks against the closest one.
+    nearest: Option<Vec<FactCheck>>,
+}
+
+struct Candidate {
+    passage: usize,
+    snippet: String,
+    facts: Vec<FactCheck>,
+    failures: Vec<String>,
+    /// A number, duration, amount, date, time or name was not found.
+    value_failed: bool,
+}
+
+fn index(text: &str) -> Indexed {
+    let sentences: Vec<Window> = crate::knowledge::chunk::sentences(text)
+        .into_iter()
+        .map(|r| text[r].trim().to_string())
+        .filter(|s| !s.is_empty())
+        .map(Window::new)
+        .collect();
+    let windows = if sentences.len() <= 1 {
+        vec![Window::new(text.trim().to_string())]
+    } else {
+        sentences
+            .windows(2)
+            .map(|pair| Window::new(format!("{} {}", pair[0].text, pair[1].text)))
+            .collect()
+    };
+    Indexed {
+        windows,
+        words: content_words(text),
+        sentences,
+    }
+}
+
+fn unfound(sentence_facts: &[Fact]) -> Vec<FactCheck> {
+    sentence_facts
+        .iter()
+        .map(|f| FactCheck {
+            kind: f.kind,
+            text: f.text.clone(),
+            found: false,
+            evidence: None,
+        })
+        .collect()
+}
+
+fn negation_word(sentence_facts: &[Fact]) -> String {
+    sentence_facts
+        .iter()
+        .find(|f| f.kind == FactKind::Negation)
+        .map(|f| f.text.clone())
+        .unwrap_or_default()
+}
+
+/// Up to 160 characters of the window, around the fact when it was found.
+fn evidence(window: &str, fact: Option<&Fact>) -> String {
+    const WIDTH: usize = 160;
+    let chars: Vec<char> = window.chars().collect();
+    if chars.len() <= WIDTH {
+        return window.to_string();
+    }
+    let lower = window.to_lowercase();
+    let at = fact
+        .and_then(|f| {
+            lower
+                .find(&f.text.to_lowercase())
+                .or_else(|| f.text.split_whitespace().next().and_then(|w| lower.find(&w.to_lowercase())))
+        })
+        .map(|byte| window[..byte.min(window.len())].chars().count())
+        .unwrap_or(0);
+    let start = at.saturating_sub(WIDTH / 3).min(chars.len() - WIDTH);
+    let mut out: String = chars[start..start + WIDTH].iter().collect();
+    if start > 0 {
+        out.insert(0, '…');
+    }
+    if start + WIDTH < chars.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// "I don't know", "The passages do not mention it."
+fn is_refusal(text: &str) -> bool {
+    const PHRASES: &[&str] = &[
+        "don't know",
+        "don’t know",
+        "do not know",
+        "not sure",
+        "no information",
+        "not mentioned",
+        "isn't mentioned",
+        "is not mentioned",
+        "does not say",
+        "doesn't say",
+        "do not say",
+        "don't say",
+        "does not mention",
+        "doesn't mention",
+        "do not mention",
+        "don't mention",
+        "do not contain",
+        "don't contain",
+        "does not contain",
+        "doesn't contain",
+        "not provided",
+        "cannot find",
+        "can't find",
+        "could not find",
+        "couldn't find",
+        "unable to answer",
+        "cannot answer",
+        "can't answer",
+        "not able to answer",
+    ];
+    let lower = text.to_lowercase().replace('’', "'");
+    PHRASES.iter().any(|p| lower.contains(p))
+}
+
+/// Greetings, thanks, offers of help, questions back and very short sentences that state no
+/// value need no source.
+fn is_conversational(text: &str, words: &HashSet<String>, sentence_facts: &[Fact]) -> bool {
+    if sentence_facts.iter().any(|f| f.kind.is_value()) {
+        return false;
+    }
+    const OPENINGS: &[&str] = &[
+        "hi", "hello", "hey", "thanks", "thank you", "welcome", "good morning", "good afternoon",
+        "good evening", "great question", "good question", "you're welcome", "you are welcome",
+        "of course", "certainly", "absolutely",
+    ];
+    const OFFERS: &[&str] = &[
+        "let me know",
+        "feel free",
+        "happy to help",
+        "glad to help",
+        "hope this helps",
+        "hope that helps",
+        "anything else",
+        "any other question",
+        "any more question",
+        "don't hesitate",
+        "do not hesitate",
+        "i'm here to help",
+        "i am here to help",
+        "here to help",
+        "good luck",
+        "have a great",
+        "have a nice",
+    ];
+    let lower = text.to_lowercase().replace('’', "'");
+    let opening = OPENINGS.iter().any(|o| {
+        lower
+            .strip_prefix(o)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',', '!', '.']))
+    });
+    // An opening followed by a claim ("Thanks, refunds take ...") is still a claim.
+    let short = words.len() < 3;
+    short
+        || (opening && words.len() <= 4)
+        || OFFERS.iter().any(|o| lower.contains(o))
+        || text.trim_end().ends_with('?')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+use super::*;
+
+fn passage(id: i64, text: &str) -> SearchHit {
+    SearchHit {
+        score: 0.8,
+        text: text.into(),
+        chunk_id: id,
+        document_id: format!("doc{id}"),
+        document_title: format!("Doc {id}"),
+        filename: "f.txt".into(),
+        page: Some(id),
+        heading_path: String::new(),
+        char_start: 0,
+        char_end: 0,
+    }
+}
+
+fn passages() -> Vec<SearchHit> {
+    vec![
+        passage(
+            1,
+            "Refunds are paid within 14 days of the request, to the card used for the purchase. \
+             To ask for a refund, write to the support team from the email address of your \
+             account. Gift cards are not refundable.",
+        ),
+        passage(
+            2,
+            "Members can book one coaching call per month with Anna. Keep the bedroom cool, \
+             around 18 degrees, and dark for better sleep.",
+        ),
+    ]
+}
+
+/// Checks `answer` sentence by sentence; returns what was shown and the checker.
+fn run(strictness: Strictness, question: &str, answer: &str) -> (String, Checker) {
+    let passages = passages();
+    let mut checker = Checker::new(strictness, question, &passages, None);
+    let mut shown = Vec::new();
+    for range in crate::knowledge::chunk::sentences(answer) {
+        if let Outcome::Show { text, .. } = checker.check(answer[range].trim(), None) {
+            shown.push(text);
+        }
+    }
+    (shown.join(" "), checker)
+}
+
+fn verdicts(checker: &Checker) -> Vec<Verdict> {
+    checker.checks.iter().map(|c| c.verdict).collect()
+}
+
+#[test]
+fn a_wrong_condition_is_replaced_by_the_passage_s_own_sentence() {
+    let (shown, checker) = run(
+        Strictness::Strict,
+        "How long does a refund take?",
+        "Refunds are made within 14 days of the date of purchase, and can be made with any \
+         credit card that supports online transactions [1].",
+    );
+    assert_eq!(
+        shown,
+        "“Refunds are paid within 14 days of the request, to the card used for the purchase.” [1]"
+    );
+    let check = &checker.checks[0];
+    assert_eq!(check.verdict, Verdict::Repaired);
+    // The check says what was found where: the 14 days were, "any" was not.
+    let fact = |text: &str| check.facts.iter().find(|f| f.text == text).unwrap();
+    assert!(fact("14 days").found);
+    assert!(fact("14 days").evidence.as_ref().unwrap().contains("14 days"));
+    assert!(!fact("any").found);
+    assert!(check.reason.as_ref().unwrap().contains("any"));
+}
+
+#[test]
+fn an_invented_detail_is_dropped_and_a_right_one_kept() {
+    let (shown, checker) = run(
+        Strictness::Strict,
+        "Can I book two coaching calls in one week?",
+        "No, members can book one coaching call per month [1]. Each coach is only available \
+         for one day a week [1].",
+    );
+    assert_eq!(shown, "No, members can book one coaching call per month [1].");
+    assert_eq!(verdicts(&checker), [Verdict::Supported, Verdict::Dropped]);
+}
+
+#[test]
+fn a_claim_about_what_no_passage_mentions_is_dropped() {
+    let question = "Can I get a refund for a gift voucher?";
+    let (shown, checker) = run(
+        Strictness::Strict,
+        question,
+        "Yes, you can definitely get a refund for a gift voucher [1]. UK rules say so.",
+    );
+    assert_eq!(shown, "");
+    assert_eq!(verdicts(&checker), [Verdict::Dropped, Verdict::Dropped]);
+    assert!(
+        checker.checks[0]
+            .reason
+            .as_ref()
+            .unwrap()
+            .contains("vouch")
+    );
+}
+
+#[test]
+fn a_dropped_not_is_caught() {
+    let (shown, checker) = run(
+        Strictness::Strict,
+        "Are gift cards refundable?",
+        "Gift cards are refundable [1].",
+    );
+    assert_eq!(shown, "“Gift cards are not refundable.” [1]");
+    assert_eq!(verdicts(&checker), [Verdict::Repaired]);
+}
+
+#[test]
+fn names_must_be_in_the_passage() {
+    let (shown, checker) = run(
+        Strictness::Strict,
+        "Who runs the coaching calls?",
+        "Members book one coaching call per month with Anna [2]. Our calls are run by Maria \
+         [2].",
+    );
+    assert_eq!(
+        shown,
+        "Members book one coaching call per month with Anna [1]."
+    );
+    assert_eq!(verdicts(&checker), [Verdict::Supported, Verdict::Dropped]);
+}
+
+#[test]
+fn conversation_needs_no_source_and_repeats_are_left_out() {
+    let (shown, checker) = run(
+        Strictness::Strict,
+        "How long does a refund take?",
+        "Sure! Refunds are paid within 14 days of the request [1]. Refunds are paid within \
+         14 days of the request [1]. Let me know if you have any other questions. Would you \
+         like to know more?",
+    );
+    assert_eq!(
+        shown,
+        "Sure! Refunds are paid within 14 days of the request [1]. Let me know if you have \
+         any other questions. Would you like to know more?"
+    );
+    assert_eq!(
+        verdicts(&checker),
+        [
+            Verdict::Conversational,
+            Verdict::Supported,
+            Verdict::Dropped,
+            Verdict::Conversational,
+            Verdict::Conversational
+        ]
+    );
+}
+
+#[test]
+fn refusals_are_left_to_the_fallback_except_for_open_coaches() {
+    let answer = "I don't know the answer to that.";
+    let (shown, _) = run(Strictness::Strict, "Can I pay in bitcoin?", answer);
+    assert_eq!(shown, "");
+    let (shown, _) = run(Strictness::Open, "Can I pay in bitcoin?", answer);
+    assert_eq!(shown, answer);
+}
+
+#[test]
+fn balanced_keeps_advice_without_a_source_but_not_a_wrong_number() {
+    let question = "How should I sleep better?";
+    let answer = "Keep the bedroom cool, around 25 degrees [2]. Try reading a calm book before \
+                  sleeping.";
+    let (shown, checker) = run(Strictness::Balanced, question, answer);
+    assert_eq!(
+        shown,
+        "“Keep the bedroom cool, around 18 degrees, and dark for better sleep.” [1] Try \
+         reading a calm book before sleeping."
+    );
+    assert_eq!(verdicts(&checker), [Verdict::Repaired, Verdict::Unsupported]);
+    let (shown, _) = run(Strictness::Strict, question, answer);
+    assert_eq!(
+        shown,
+        "“Keep the bedroom cool, around 18 degrees, and dark for better sleep.” [1]"
+    );
+}
+
+#[test]
+fn open_only_fixes_markers() {
+    let answer = "Refunds are paid within 14 days [2]. Keep your bedroom cool and dark. The moon \
+                  is made of cheese [1]. Sure!";
+    let (shown, checker) = run(Strictness::Open, "Tell me things", answer);
+    assert_eq!(
+        shown,
+        "Refunds are paid within 14 days [1]. Keep your bedroom cool and dark [2]. The moon \
+         is made of cheese. Sure!"
+    );
+    let citations = checker.citations(&passages());
+    assert_eq!(citations.len(), 2);
+    assert_eq!(citations[0].document_id, "doc1");
+    assert_eq!(citations[1].document_id, "doc2");
+    assert!(citations[1].snippet.contains("18 degrees"));
+    // Three claims, two supported; both model markers were wrong.
+    assert!((checker.support() - 2.0 / 3.0).abs() < 1e-6);
+    assert_eq!(checker.model_markers_correct(), Some(0.0));
+}
+
+#[test]
+fn code_is_shown_as_written() {
+    let passages = passages();
+    let mut checker = Checker::new(Strictness::Strict, "q", &passages, None);
+    for line in ["```python", "refund(days=14) [1]", "```"] {
+        assert_eq!(
+            checker.check(line, None),
+            Outcome::Show {
+                text: line.into(),
+                claim: false
+            }
+        );
+    }
+    assert!(checker.citations(&passages).is_empty());
+}
