@@ -34,7 +34,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -677,7 +676,8 @@ def markdown(report):
         f"| near-miss: fell back | {frac(s['near_miss']['fell_back'])} |",
         f"| near-miss: answered faithfully | {frac(s['near_miss']['answered_faithfully'])} |",
         f"| near-miss: answered with an invented fact | {frac(s['near_miss']['answered_with_invented_fact'])} |",
-        f"| **all: answers with an invented number, duration, amount or name (target 0)** | "
+        f"| **all: answers with an invented number, amount, duration, time, date, weekday, name, "
+        f"email or URL (target 0)** | "
         f"**{frac(s['all']['answers_with_invented_fact'])}** |",
         f"| all: of those, with a fact found in no document | {frac(s['all']['answers_with_made_up_fact'])} |",
         f"| invented facts by kind | {', '.join(f'{k} {v}' for k, v in sorted(s['all']['invented_facts_by_kind'].items())) or 'none'} |",

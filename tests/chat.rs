@@ -59,13 +59,18 @@ async fn a_visitor_question_streams_back_a_grounded_answer_with_citations() {
             .starts_with("text/event-stream")
     );
     let events = parse_sse(&response.text().await.unwrap());
-    // An end user sees the answer only once it was checked: no deltas that could be taken back,
-    // and nothing of how it was made (retrieved passages, the raw answer).
+    // An end user sees checked sentences as they come, never anything taken back: what was
+    // streamed is what was stored. Nothing of how it was made (retrieved passages, the raw
+    // answer) reaches them.
     let deltas: Vec<&Sse> = events.iter().filter(|e| e.event == "delta").collect();
-    assert!(deltas.is_empty(), "{events:?}");
     let last = events.last().unwrap();
     assert_eq!(last.event, "message", "{events:?}");
     let message = &last.data;
+    let streamed: String = deltas
+        .iter()
+        .map(|d| d.data["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, message["content"].as_str().unwrap(), "{events:?}");
     assert!(message.get("stats").is_none(), "{message}");
     assert_eq!(message["role"], "assistant");
     let confidence = message["confidence"].as_f64().unwrap();
@@ -233,6 +238,7 @@ async fn creators_configure_their_coach_and_origins_gate_visitors() {
         .await;
     assert_eq!(coach["answer_length"], "medium");
     assert_eq!(coach["redact_pii"], false);
+    assert_eq!(coach["strictness"], "strict", "new coaches keep to their sources");
     let updated = app
         .json_ok(
             reqwest::Method::PATCH,
@@ -241,16 +247,19 @@ async fn creators_configure_their_coach_and_origins_gate_visitors() {
             Some(
                 json!({"slug": "sleep-coach", "name": "Luna", "persona": "Calm and kind.",
                         "greeting": "Hello, I'm Luna.", "confidence_threshold": 0.5,
-                        "answer_length": "short", "temperature": 0.0, "redact_pii": true}),
+                        "answer_length": "short", "temperature": 0.0, "redact_pii": true,
+                        "strictness": "balanced"}),
             ),
         )
         .await;
     assert_eq!(updated["slug"], "sleep-coach");
+    assert_eq!(updated["strictness"], "balanced");
     assert_eq!(updated["confidence_threshold"], 0.5);
     for (body, status, code) in [
         (json!({"confidence_threshold": 2.0}), 422, "invalid_request"),
         (json!({"slug": "Not A Slug!"}), 422, "invalid_request"),
         (json!({"name": ""}), 422, "invalid_request"),
+        (json!({"strictness": "lenient"}), 422, "invalid_request"),
         (json!({"slug": "sleep-coach"}), 409, "conflict"),
     ] {
         let response = app

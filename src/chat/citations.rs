@@ -93,21 +93,46 @@ pub fn overlap(sentence: &HashSet<String>, passage: &HashSet<String>) -> f32 {
     sentence.intersection(passage).count() as f32 / sentence.len() as f32
 }
 
-/// Lower-cased words of three letters or more, without a plural "s" and cut to five letters (a
-/// crude stemmer that makes "sleeping" match "sleep" and "calls" match "call"), without stop
-/// words.
+/// Lower-cased words of three letters or more, without stop words, crudely stemmed: a plural
+/// "s", an "ing", "ed" or "ly" ending and a final "e" come off, then the word is cut to five
+/// letters. So "sleeping" matches "sleep", "calls" "call", "opening" "open" and "monthly"
+/// "month". Both sides of every comparison go through it, so its mistakes cancel out.
 pub fn content_words(text: &str) -> HashSet<String> {
     text.split(|c: char| !c.is_alphanumeric())
         .map(str::to_lowercase)
         .filter(|w| w.chars().count() >= 3 && !STOP.contains(&w.as_str()))
-        .map(|w| {
-            let singular = match w.strip_suffix('s') {
-                Some(stem) if stem.chars().count() >= 3 && !stem.ends_with('s') => stem,
-                _ => w.as_str(),
-            };
-            singular.chars().take(5).collect()
-        })
+        .map(|w| stem(&w))
         .collect()
+}
+
+fn stem(word: &str) -> String {
+    let long_enough = |stem: &str, least: usize| stem.chars().count() >= least;
+    let mut stem = word;
+    if let Some(s) = stem.strip_suffix('s')
+        && long_enough(s, 3)
+        && !s.ends_with('s')
+    {
+        stem = s;
+    }
+    for ending in ["ing", "ed"] {
+        if let Some(s) = stem.strip_suffix(ending)
+            && long_enough(s, 3)
+        {
+            stem = s;
+            break;
+        }
+    }
+    if let Some(s) = stem.strip_suffix("ly")
+        && long_enough(s, 4)
+    {
+        stem = s;
+    }
+    if let Some(s) = stem.strip_suffix('e')
+        && long_enough(s, 3)
+    {
+        stem = s;
+    }
+    stem.chars().take(5).collect()
 }
 
 const STOP: &[&str] = &[
@@ -134,5 +159,20 @@ mod tests {
             ("Array [i] stays".into(), vec![])
         );
         assert_eq!(with_markers("Drink water.", "[1]"), "Drink water [1].");
+    }
+
+    #[test]
+    fn word_forms_meet() {
+        for (a, b) in [
+            ("sleeping", "sleep"),
+            ("calls", "call"),
+            ("opening", "open"),
+            ("raising", "raise"),
+            ("monthly", "month"),
+            ("refunds", "refund"),
+            ("classes", "class"),
+        ] {
+            assert_eq!(content_words(a), content_words(b), "{a} / {b}");
+        }
     }
 }

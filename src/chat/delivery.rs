@@ -129,7 +129,24 @@ impl Delivery {
                         }
                     }
                     let prepared = self.prepared.take()?;
-                    let checker = self.checker.take().expect("made before generation");
+                    let mut checker = self.checker.take().expect("made before generation");
+                    if !self.committed
+                        && let Some(quote) = checker.quote_answer()
+                    {
+                        // What was held (supported, but not enough to answer by itself),
+                        // then the quotation that answers.
+                        let held = std::mem::take(&mut self.held);
+                        let text = if held.is_empty() {
+                            quote
+                        } else {
+                            format!("{held} {quote}")
+                        };
+                        self.shown.push_str(&text);
+                        self.first_shown_s
+                            .get_or_insert(started.elapsed().as_secs_f64());
+                        self.committed = true;
+                        items.push(Delivered::Text(text));
+                    }
                     if !self.committed {
                         items.push(Delivered::Text(Chat::fallback_text(&prepared.coach)));
                     }
@@ -199,7 +216,10 @@ impl Delivery {
                 } else {
                     trailing.to_string()
                 };
-                if !self.committed && !claim {
+                // Until the shown claims answer the question, nothing is sent: an answer
+                // that never does becomes a quotation that does, or the fallback.
+                let answers = claim && checker.answers_question();
+                if !self.committed && !answers {
                     self.held.push_str(&piece);
                     return None;
                 }

@@ -1,11 +1,13 @@
 //! Chat routes: the coach's settings, visitor tokens, conversations and answers (JSON or
 //! Server-Sent Events), knowledge gaps.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use axum::response::sse::Event;
+use axum::response::sse::{Event, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
@@ -363,7 +365,12 @@ pub(crate) async fn send_message(
         Delivered::Text(text) => delta_event(&text),
         Delivered::Done(stored) => final_event(stored.map(|m| m.seen_by(&speaker))),
     });
-    Ok(sse_until_shutdown(events, state.shutdown.clone()).into_response())
+    // A held sentence may write nothing for seconds: a comment every second finds a client
+    // that left, so the model stops instead of generating for nobody.
+    let keep_alive = KeepAlive::new().interval(Duration::from_secs(1));
+    Ok(sse_until_shutdown(events, state.shutdown.clone())
+        .keep_alive(keep_alive)
+        .into_response())
 }
 
 /// Waits for the end of a delivery.

@@ -82,18 +82,27 @@ try {
     await ready(page);
     await page.waitForSelector('text=Ask me about refunds or sleep.');
     const input = page.getByLabel('Your message');
-    // End users get no partial answer (no deltas): only the answer once it has been checked.
+    // End users see checked sentences as they come; nothing shown is taken back, so every
+    // partial answer is the start of the final one.
     await page.evaluate(() => {
       const root = document.querySelector('companero-chat').shadowRoot;
-      window.sawDraft = false;
-      new MutationObserver(() => { if (root.querySelector('[data-role="draft"]')) window.sawDraft = true; })
-        .observe(root, { childList: true, subtree: true });
+      window.drafts = [];
+      new MutationObserver(() => {
+        const draft = root.querySelector('[data-role="draft"] .body');
+        if (draft && draft.textContent && window.drafts.at(-1) !== draft.textContent) window.drafts.push(draft.textContent);
+      }).observe(root, { childList: true, subtree: true, characterData: true });
     });
     await input.fill('How many days does it take to get a refund?');
     await input.press('Enter');
     await page.waitForSelector('.msg.assistant[data-role="assistant"]', { timeout: ANSWER_MS });
-    check(!await page.evaluate(() => window.sawDraft), 'no partial answer was shown to the end user');
     const answer = await page.locator('.msg.assistant[data-role="assistant"]').innerText();
+    const { drafts, final } = await page.evaluate(() => {
+      const node = document.querySelector('companero-chat').shadowRoot.querySelector('.msg.assistant[data-role="assistant"] .body').cloneNode(true);
+      node.querySelectorAll('.cite').forEach((cite) => cite.remove());
+      return { drafts: window.drafts, final: node.textContent };
+    });
+    const squash = (text) => text.replace(/\s+/g, '');
+    check(drafts.every((draft) => squash(final).startsWith(squash(draft))), `partial answers only grow: ${JSON.stringify({ drafts, final })}`);
     check(await page.locator('.msg.assistant[data-role="assistant"] .cite').count() > 0, `a cited answer: ${answer}`);
     const cite = page.locator('.msg.assistant[data-role="assistant"] .cite').first();
     await cite.click();

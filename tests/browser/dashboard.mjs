@@ -121,6 +121,15 @@ try {
     });
     await page.locator('#widget-preview .teaser').filter({ hasText: 'Questions about your refund?' }).waitFor();
     await page.getByLabel('Websites allowed to show the widget').fill('https://www.example.com');
+    const strictness = page.getByLabel('How strictly to keep to your documents');
+    check(await strictness.inputValue() === 'strict', 'a new coach keeps strictly to its documents');
+    await strictness.selectOption('balanced');
+    await page.getByRole('button', { name: 'Save settings' }).click();
+    await page.getByText('Saved. The chat page and the widget use the new settings now.').waitFor();
+    await page.reload();
+    await strictness.waitFor();
+    check(await strictness.inputValue() === 'balanced', 'the strictness was saved');
+    await strictness.selectOption('strict');
     await page.getByRole('button', { name: 'Save settings' }).click();
     await page.getByText('Saved. The chat page and the widget use the new settings now.').waitFor();
     await screenshots('settings');
@@ -136,7 +145,14 @@ try {
     const answer = page.locator('[data-role="answer"]');
     await answer.waitFor({ timeout: ANSWER_MS });
     check(await answer.locator('[data-test="confidence"]').count() === 1, 'confidence shown');
-    await answer.locator('summary').click();
+    // Each sentence the model wrote shows how it was checked, with the facts it states.
+    const checks = answer.locator('[data-test="checks"]');
+    check(await checks.count() === 1, 'the sentence checks are shown');
+    const summary = await checks.locator('summary').innerText();
+    check(summary.includes('strict'), `the checks say the coach is strict: ${summary}`);
+    const verdicts = await checks.locator('[data-test="check"]').evaluateAll((nodes) => nodes.map((n) => n.dataset.verdict));
+    check(verdicts.length > 0 && verdicts.every(Boolean), `every sentence has a verdict: ${verdicts}`);
+    await answer.locator('summary').filter({ hasText: 'Passages retrieved' }).click();
     const passages = await answer.locator('[data-test="passage"]').allInnerTexts();
     check(passages.some((p) => p.includes('Refund policy')), `retrieved passages shown: ${passages}`);
     await screenshots('test-chat');

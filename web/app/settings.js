@@ -31,6 +31,12 @@ export async function settings(main) {
       field('When it does not know', area('fallback_message', coach.fallback_message), 'Said instead of guessing; the question lands in knowledge gaps.')),
     el('section', { class: 'card', style: 'margin-top:16px' }, el('h2', {}, 'Answers'),
       thresholdField,
+      field('How strictly to keep to your documents', select('strictness', [
+        ['strict', 'Strict: only what the documents say'],
+        ['balanced', 'Balanced: facts checked, advice allowed'],
+        ['open', 'Open: chattier, sources only marked'],
+      ], coach.strictness),
+      'Strict quotes or leaves out every sentence whose numbers, names or conditions the cited passage does not support. Balanced does that for numbers, durations, amounts, dates and names, and keeps other sentences without a source. Open shows what the model wrote, citing what it can.'),
       field('Answer length', select('answer_length', [['short', 'Short'], ['medium', 'Medium'], ['long', 'Long']], coach.answer_length)),
       field('Creativity (temperature)', el('input', { type: 'number', name: 'temperature', min: '0', max: '1.5', step: '0.1', value: String(coach.temperature) }), '0 always picks the likeliest words; up to 1.5.'),
       el('div', { class: 'field' }, el('label', {}, el('input', { type: 'checkbox', name: 'redact_pii', checked: coach.redact_pii }), ' Hide emails, phone and card numbers from the model')),
@@ -65,7 +71,7 @@ export async function settings(main) {
         await api('PATCH', '/api/v1/coach', {
           ...current(), persona: form.persona.value, fallback_message: form.fallback_message.value,
           confidence_threshold: Number(form.confidence_threshold.value), answer_length: form.answer_length.value,
-          temperature: Number(form.temperature.value), redact_pii: form.redact_pii.checked,
+          strictness: form.strictness.value, temperature: Number(form.temperature.value), redact_pii: form.redact_pii.checked,
         });
         const origins = form.allowed_origins.value.split(/\s+/).map((o) => o.trim()).filter(Boolean);
         await api('PATCH', '/api/v1/tenant', { allowed_origins: origins });

@@ -1,5 +1,5 @@
 // Test chat: ask the coach as an end user would, and see for each answer its citations,
-// confidence and the passages retrieval found.
+// confidence, how each sentence was checked against its source and the passages retrieval found.
 import { api, accessToken, explain } from './api.js';
 import { el, alertBox } from './ui.js';
 
@@ -26,13 +26,38 @@ async function readEvents(response, onEvent) {
   }
 }
 
+const VERDICTS = {
+  supported: 'Supported', repaired: 'Quoted instead', dropped: 'Left out', unsupported: 'No source',
+  conversational: 'Conversation', refusal: 'Refusal', code: 'Code',
+};
+
+/** How each sentence of the model's answer was checked against the passage it cites. */
+function checksDetails(checks, strictness) {
+  const count = (verdict) => checks.filter((c) => c.verdict === verdict).length;
+  const summary = ['supported', 'repaired', 'dropped', 'unsupported'].filter(count)
+    .map((v) => `${count(v)} ${VERDICTS[v].toLowerCase()}`).join(', ') || 'no claims';
+  return el('details', { class: 'answer-meta', 'data-test': 'checks', open: checks.some((c) => c.verdict === 'repaired' || c.verdict === 'dropped') },
+    el('summary', {}, `Sentence checks (${strictness || 'strict'}): ${summary}`),
+    ...checks.map((check) => el('div', { class: `passage check ${check.verdict}`, 'data-test': 'check', 'data-verdict': check.verdict },
+      el('div', { class: 'small' }, el('strong', {}, VERDICTS[check.verdict] || check.verdict), check.marker ? ` · source [${check.marker}]` : ''),
+      el('div', {}, check.sentence),
+      check.delivered ? el('div', { class: 'small' }, 'Shown instead: ', check.delivered) : '',
+      check.facts.length ? el('ul', { class: 'small facts' }, ...check.facts.map((fact) => el('li', { 'data-found': String(fact.found) },
+        `${fact.found ? '✓' : '✗'} ${fact.kind.replace('_', ' ')} “${fact.text}”`,
+        fact.evidence ? el('span', { class: 'muted' }, ` ${fact.found ? 'found in' : 'not in'} “${fact.evidence}”`) : ''))) : '',
+      check.reason ? el('div', { class: 'small muted' }, check.reason) : '')));
+}
+
 function answerDetails(message) {
   const stats = message.stats || {};
   const cited = new Set(message.citations.map((c) => c.chunk_id));
   const confidence = message.confidence == null ? '–' : `${Math.round(message.confidence * 100)}%`;
   const parts = [el('div', { class: 'answer-meta', 'data-test': 'confidence' },
-    message.fallback ? 'Fallback (not confident enough) · ' : '', `Confidence ${confidence}`,
-    stats.ttft_s ? ` · first word after ${stats.ttft_s.toFixed(1)} s` : '')];
+    message.fallback ? (stats.checks ? 'Fallback (no sentence of the answer was supported) · ' : 'Fallback (nothing relevant enough found) · ') : '',
+    `Confidence ${confidence}`,
+    stats.first_token_s ? ` · first word after ${stats.first_token_s.toFixed(1)} s` : '',
+    stats.first_sentence_s ? ` · first checked sentence shown after ${stats.first_sentence_s.toFixed(1)} s` : '')];
+  if (stats.checks && stats.checks.length) parts.push(checksDetails(stats.checks, stats.strictness));
   if (message.citations.length) {
     parts.push(el('div', { class: 'answer-meta' }, el('strong', {}, 'Citations')),
       ...message.citations.map((c) => el('div', { class: 'passage cited', 'data-test': 'citation' },

@@ -77,8 +77,14 @@ const GENERIC: &[&str] = &[
     "want", "wants", "know", "tell", "long", "much", "many", "often", "soon", "way", "ways",
     "possible", "able", "please", "help", "happen", "happens", "work", "works", "mean", "means",
     "thing", "things", "anything", "something", "really", "still", "ever", "else", "okay",
-    "hello", "thanks", "thank", "coach",
+    "hello", "thanks", "thank", "coach", "two", "three", "four", "five", "six", "seven", "eight",
+    "nine", "ten",
 ];
+
+/// Share of the question's words the shown claims must contain to answer it, and the higher
+/// share when the question names something no passage mentions (a likely near miss).
+const ANSWERS_QUESTION: f32 = 0.5;
+const ANSWERS_UNFAMILIAR_QUESTION: f32 = 0.75;
 
 /// What became of one sentence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -88,6 +94,9 @@ pub enum Verdict {
     Supported,
     /// A claim replaced by a quotation of the passage.
     Repaired,
+    /// The model's sentences did not answer the question, and a passage sentence that does was
+    /// quoted instead (the `sentence` is that quotation).
+    Quoted,
     /// Left out: nothing supports it (or it repeats an earlier sentence).
     Dropped,
     /// A claim kept without a source (balanced and open coaches).
@@ -180,8 +189,10 @@ pub struct Checker {
     question: HashSet<String>,
     /// Every content word of every passage.
     known: HashSet<String>,
-    /// Passage indices in order of first citation, and the snippet each citation quotes.
+    /// Citations in order of first use: the passage index and the words of it that support.
     used: Vec<(usize, String)>,
+    /// Words of the question that the shown claims contain.
+    covered: HashSet<String>,
     shown: HashSet<String>,
     in_code: bool,
     claims: usize,
@@ -210,6 +221,7 @@ impl Checker {
                 .collect(),
             known,
             used: Vec::new(),
+            covered: HashSet::new(),
             shown: HashSet::new(),
             in_code: false,
             claims: 0,
@@ -275,6 +287,7 @@ impl Checker {
             };
             let marker = self.cite(best.passage, &best.snippet);
             let reason = (!best.failures.is_empty()).then(|| best.failures.join("; "));
+            self.shown_claim(&words);
             self.record(
                 &text,
                 verdict,
@@ -315,6 +328,7 @@ impl Checker {
             Ok((passage, quote)) if !self.shown.contains(&quote) => {
                 self.supported += 1;
                 let marker = self.cite(passage, &quote);
+                self.shown_claim(&content_words(&quote));
                 let delivered = format!("“{quote}” [{marker}]");
                 self.record(
                     &text,
@@ -380,15 +394,90 @@ impl Checker {
         });
     }
 
-    /// The marker of passage `p`, numbered in order of first use.
-    fn cite(&mut self, p: usize, snippet: &str) -> usize {
-        match self.used.iter().position(|(u, _)| *u == p) {
-            Some(position) => position + 1,
+    /// The marker for words of passage `p`, numbered in order of first use. Each citation
+    /// quotes what supports its sentence: a sentence supported by other words of the same
+    /// passage gets a marker of its own, unless those words contain (or are inside) an earlier
+    /// citation's.
+    fn cite(&mut self, p: usize, words: &str) -> usize {
+        let snippet = citations::snippet(words);
+        let same = self.used.iter().position(|(u, quoted)| {
+            *u == p && (quoted.contains(snippet.as_str()) || snippet.contains(quoted.as_str()))
+        });
+        match same {
+            Some(position) => {
+                if self.used[position].1.len() < snippet.len() {
+                    self.used[position].1 = snippet;
+                }
+                position + 1
+            }
             None => {
-                self.used.push((p, citations::snippet(snippet)));
+                self.used.push((p, snippet));
                 self.used.len()
             }
         }
+    }
+
+    /// Whether the claims shown so far answer the question: they contain enough of its words.
+    pub fn answers_question(&self) -> bool {
+        self.strictness == Strictness::Open || self.coverage(&self.covered)
+    }
+
+    fn coverage(&self, words: &HashSet<String>) -> bool {
+        if self.question.is_empty() {
+            return true;
+        }
+        let unfamiliar = self.question.iter().any(|w| !self.known.contains(w));
+        let needed = if unfamiliar {
+            ANSWERS_UNFAMILIAR_QUESTION
+        } else {
+            ANSWERS_QUESTION
+        };
+        citations::overlap(&self.question, words) >= needed
+    }
+
+    fn shown_claim(&mut self, words: &HashSet<String>) {
+        self.covered
+            .extend(words.intersection(&self.question).cloned());
+    }
+
+    /// When the model's sentences did not answer the question: the passage sentence that does
+    /// best (it contains enough of the question's words), as a quotation with its marker.
+    pub fn quote_answer(&mut self) -> Option<String> {
+        if self.strictness == Strictness::Open {
+            return None;
+        }
+        let (p, sentence) = self
+            .passages
+            .iter()
+            .enumerate()
+            .flat_map(|(p, passage)| passage.sentences.iter().map(move |s| (p, s)))
+            .filter(|(_, s)| s.words.len() >= 3 && !self.shown.contains(&s.text))
+            .filter(|(_, s)| {
+                let mut covered = self.covered.clone();
+                covered.extend(s.words.intersection(&self.question).cloned());
+                self.coverage(&covered)
+            })
+            .max_by(|a, b| {
+                let score = |s: &Window| {
+                    citations::overlap(&self.question, &s.words) - 0.001 * s.text.len() as f32
+                };
+                score(a.1).total_cmp(&score(b.1))
+            })
+            .map(|(p, s)| (p, s.text.clone()))?;
+        let marker = self.cite(p, &sentence);
+        let words = content_words(&sentence);
+        self.shown_claim(&words);
+        self.shown.insert(sentence.clone());
+        let delivered = format!("“{sentence}” [{marker}]");
+        self.record(
+            &sentence,
+            Verdict::Quoted,
+            Some(delivered.clone()),
+            Some(marker),
+            Vec::new(),
+            Some("the answer did not address the question; the passage does".into()),
+        );
+        Some(delivered)
     }
 
     /// The claim against each passage: which support it by their words, and the best window

@@ -216,3 +216,31 @@ fn code_is_shown_as_written() {
     }
     assert!(checker.citations(&passages).is_empty());
 }
+
+#[test]
+fn an_answer_must_answer_the_question_or_quote_what_does() {
+    let passages = passages();
+    let question = "Which card do refunds go to?";
+    let mut checker = Checker::new(Strictness::Strict, question, &passages, None);
+    // Supported, but about something else: it does not answer.
+    let shown = checker.check("Members can book one coaching call per month [2].", None);
+    assert!(matches!(shown, Outcome::Show { claim: true, .. }));
+    assert!(!checker.answers_question());
+    assert_eq!(
+        checker.quote_answer().unwrap(),
+        "“Refunds are paid within 14 days of the request, to the card used for the purchase.” [2]"
+    );
+    assert!(checker.answers_question());
+    assert_eq!(checker.checks.last().unwrap().verdict, Verdict::Quoted);
+
+    // A question about what no passage mentions needs more than a shared word or two.
+    let mut checker = Checker::new(
+        Strictness::Strict,
+        "Can I pay for the refund in bitcoin?",
+        &passages,
+        None,
+    );
+    checker.check("Refunds are paid within 14 days of the request [1].", None);
+    assert!(!checker.answers_question());
+    assert_eq!(checker.quote_answer(), None);
+}
