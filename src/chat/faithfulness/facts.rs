@@ -60,6 +60,8 @@ struct Token<'a> {
     lower: String,
     /// First token of its sentence (a capital there says nothing about a name).
     opens: bool,
+    /// What separates it from the token before.
+    gap: &'a str,
 }
 
 fn tokens(sentence: &str) -> Vec<Token<'_>> {
@@ -76,6 +78,7 @@ fn tokens(sentence: &str) -> Vec<Token<'_>> {
             text: m.as_str(),
             lower: m.as_str().to_lowercase(),
             opens,
+            gap: between,
         });
         last_end = m.end();
     }
@@ -428,7 +431,8 @@ pub fn facts(sentence: &str) -> Vec<Fact> {
             }
         } else if is_negation(lower) {
             // "No," opening an answer is a reply to the question, not a negated claim.
-            if token.opens && lower == "no" && i == 0 {
+            let answering = tokens.get(1).is_some_and(|t| t.gap.contains(','));
+            if lower == "no" && i == 0 && answering {
                 1
             } else {
                 push(
@@ -447,7 +451,12 @@ pub fn facts(sentence: &str) -> Vec<Fact> {
             )
         } else if is_name_word(token) {
             let mut end = i + 1;
-            while end < tokens.len() && !tokens[end].opens && is_name_word(&tokens[end]) {
+            // "Anna Berg" is one name; "English, Spanish" two.
+            while end < tokens.len()
+                && !tokens[end].opens
+                && tokens[end].gap.trim().is_empty()
+                && is_name_word(&tokens[end])
+            {
                 end += 1;
             }
             let text = tokens[i..end]
@@ -587,6 +596,12 @@ mod tests {
         // A capital opening the sentence, "I" and an answering "No" are not facts.
         assert!(keys_of("No, I think that is fine.").is_empty());
         assert_eq!(keys_of("The UK rules apply."), ["entity:uk"]);
+        assert_eq!(keys_of("It is in English, Spanish and German."), [
+            "entity:english",
+            "entity:spanish",
+            "entity:german"
+        ]);
+        assert_eq!(keys_of("No gym is needed."), ["negation"]);
     }
 
     #[test]

@@ -78,7 +78,7 @@ const GENERIC: &[&str] = &[
     "possible", "able", "please", "help", "happen", "happens", "work", "works", "mean", "means",
     "thing", "things", "anything", "something", "really", "still", "ever", "else", "okay",
     "hello", "thanks", "thank", "coach", "two", "three", "four", "five", "six", "seven", "eight",
-    "nine", "ten",
+    "nine", "ten", "use", "ask", "give", "keep", "after", "back", "find", "go", "come",
 ];
 
 /// Share of the question's words the shown claims must contain to answer it, and the higher
@@ -151,7 +151,12 @@ struct Indexed {
     windows: Vec<Window>,
     /// Its sentences, candidates for a quotation.
     sentences: Vec<Window>,
+    /// Its words, with those of its document title and headings.
     words: HashSet<String>,
+    /// Document title and headings, lower-cased, and their words: what the passage is about
+    /// ("Week 3: Movement") even where its text does not repeat it.
+    context: String,
+    context_words: HashSet<String>,
 }
 
 /// Consecutive sentences of a passage, with their words and fact keys.
@@ -209,7 +214,7 @@ impl Checker {
         passages: &[SearchHit],
         passage_embeddings: Option<Vec<Vec<f32>>>,
     ) -> Checker {
-        let passages: Vec<Indexed> = passages.iter().map(|p| index(&p.text)).collect();
+        let passages: Vec<Indexed> = passages.iter().map(index).collect();
         let known = passages.iter().flat_map(|p| p.words.clone()).collect();
         Checker {
             strictness,
@@ -452,16 +457,27 @@ impl Checker {
             .enumerate()
             .flat_map(|(p, passage)| passage.sentences.iter().map(move |s| (p, s)))
             .filter(|(_, s)| s.words.len() >= 3 && !self.shown.contains(&s.text))
-            .filter(|(_, s)| {
+            .filter(|(p, s)| {
+                // A sentence is about its section's subject too ("Can I watch a session
+                // later?" over "Recordings stay in the app for 7 days").
                 let mut covered = self.covered.clone();
                 covered.extend(s.words.intersection(&self.question).cloned());
+                covered.extend(
+                    self.passages[*p]
+                        .context_words
+                        .intersection(&self.question)
+                        .cloned(),
+                );
                 self.coverage(&covered)
             })
             .max_by(|a, b| {
-                let score = |s: &Window| {
-                    citations::overlap(&self.question, &s.words) - 0.001 * s.text.len() as f32
+                // Its own words count more than its headings'; then the shorter one.
+                let score = |p: usize, s: &Window| {
+                    citations::overlap(&self.question, &s.words)
+                        + 0.5 * citations::overlap(&self.question, &self.passages[p].context_words)
+                        - 0.0001 * s.text.len() as f32
                 };
-                score(a.1).total_cmp(&score(b.1))
+                score(a.0, a.1).total_cmp(&score(b.0, b.1))
             })
             .map(|(p, s)| (p, s.text.clone()))?;
         let marker = self.cite(p, &sentence);
@@ -591,7 +607,9 @@ impl Checker {
         let mut failures = Vec::new();
         let mut value_failed = false;
         for fact in &checked {
-            let found = window.has(fact);
+            let found = window.has(fact)
+                || (fact.kind == FactKind::Entity
+                    && facts::mentions(&passage.context, &fact.text.to_lowercase()));
             if !found {
                 failures.push(format!("“{}” is not in the passage", fact.text));
                 value_failed |= fact.kind.is_value();
@@ -754,7 +772,8 @@ struct Candidate {
     value_failed: bool,
 }
 
-fn index(text: &str) -> Indexed {
+fn index(passage: &SearchHit) -> Indexed {
+    let text = passage.text.as_str();
     let sentences: Vec<Window> = crate::knowledge::chunk::sentences(text)
         .into_iter()
         .map(|r| text[r].trim().to_string())
@@ -769,10 +788,16 @@ fn index(text: &str) -> Indexed {
             .map(|pair| Window::new(format!("{} {}", pair[0].text, pair[1].text)))
             .collect()
     };
+    let context = format!("{} > {}", passage.document_title, passage.heading_path);
+    let context_words = content_words(&context);
+    let mut words = content_words(text);
+    words.extend(context_words.iter().cloned());
     Indexed {
         windows,
-        words: content_words(text),
+        words,
         sentences,
+        context: context.to_lowercase(),
+        context_words,
     }
 }
 
