@@ -238,7 +238,10 @@ async fn creators_configure_their_coach_and_origins_gate_visitors() {
         .await;
     assert_eq!(coach["answer_length"], "medium");
     assert_eq!(coach["redact_pii"], false);
-    assert_eq!(coach["strictness"], "strict", "new coaches keep to their sources");
+    assert_eq!(
+        coach["strictness"], "strict",
+        "new coaches keep to their sources"
+    );
     let updated = app
         .json_ok(
             reqwest::Method::PATCH,

@@ -18,7 +18,7 @@ use super::citations;
 use super::faithfulness::{Checker, Outcome};
 use super::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatEvent, ChatStream};
-use crate::inference::embed::EmbedKind;
+use crate::inference::embed::{EmbedKind, cosine};
 use crate::knowledge::chunk::sentences;
 
 /// What a delivery yields.
@@ -32,7 +32,10 @@ pub enum Delivered {
 impl Chat {
     /// The answer to a prepared turn as checked pieces, then the stored message. Generation is
     /// driven by this stream: dropping it stops the model at its next token.
-    pub fn deliver(&self, mut prepared: Prepared) -> impl Stream<Item = Delivered> + Send + 'static {
+    pub fn deliver(
+        &self,
+        mut prepared: Prepared,
+    ) -> impl Stream<Item = Delivered> + Send + 'static {
         let stream = match std::mem::replace(&mut prepared.reply, Reply::Fallback) {
             Reply::Fallback => None,
             Reply::Generate(stream) => Some(stream),
@@ -130,9 +133,11 @@ impl Delivery {
                     }
                     let prepared = self.prepared.take()?;
                     let mut checker = self.checker.take().expect("made before generation");
-                    if !self.committed
-                        && let Some(quote) = checker.quote_answer()
-                    {
+                    let quote = match self.committed {
+                        true => None,
+                        false => self.chat.best_quote(&prepared, &mut checker).await,
+                    };
+                    if let Some(quote) = quote {
                         // What was held (supported, but not enough to answer by itself),
                         // then the quotation that answers.
                         let held = std::mem::take(&mut self.held);
@@ -263,9 +268,46 @@ impl Chat {
         let engine = self.inference.embedder().ok()?;
         let texts = prepared.passages.iter().map(|p| p.text.clone()).collect();
         engine
-            .embed(prepared.speaker.scope().tenant_id(), texts, EmbedKind::Document)
+            .embed(
+                prepared.speaker.scope().tenant_id(),
+                texts,
+                EmbedKind::Document,
+            )
             .await
             .ok()
+    }
+
+    /// The quotation that answers best: of the checker's candidates, the one closest in
+    /// meaning to the question (by words alone without the embedder).
+    async fn best_quote(&self, prepared: &Prepared, checker: &mut Checker) -> Option<String> {
+        const CANDIDATES: usize = 8;
+        let mut candidates = checker.quote_candidates();
+        candidates.truncate(CANDIDATES);
+        if candidates.is_empty() {
+            return None;
+        }
+        let tenant = prepared.speaker.scope().tenant_id();
+        let texts = candidates.iter().map(|(text, _)| text.clone()).collect();
+        let vectors = match self.inference.embedder() {
+            Ok(engine) => {
+                let question = engine
+                    .embed(tenant, vec![prepared.query.clone()], EmbedKind::Query)
+                    .await;
+                let sentences = engine.embed(tenant, texts, EmbedKind::Document).await;
+                question.ok().zip(sentences.ok())
+            }
+            Err(_) => None,
+        };
+        let chosen = match vectors {
+            Some((question, sentences)) if sentences.len() == candidates.len() => candidates
+                .iter()
+                .zip(&sentences)
+                .map(|((text, words), vector)| (text, words + cosine(&question[0], vector)))
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(text, _)| text.clone()),
+            _ => candidates.first().map(|(text, _)| text.clone()),
+        }?;
+        checker.quote(&chosen)
     }
 
     async fn embed_sentence(&self, prepared: &Prepared, sentence: &str) -> Option<Vec<f32>> {

@@ -14,11 +14,11 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::json;
 
 use super::answer::Pending;
-use super::delivery::Delivered;
 use super::conversations::{
     self, Access, Conversation, InboxItem, InboxQuery, Message, NewMessage, ReceiptStatus, Side,
     Speaker,
 };
+use super::delivery::Delivered;
 use super::hub::{Audience, Event};
 use super::protocol::ServerEvent;
 use super::{Chat, ChatError};

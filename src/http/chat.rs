@@ -20,6 +20,7 @@ use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::route_table::Routes;
 use super::streams::sse_until_shutdown;
 use crate::auth::{Principal, Role};
+use crate::chat::ChatError;
 use crate::chat::coach::{self, Coach, CoachUpdate, WidgetPosition};
 use crate::chat::conversations::{
     self, Access, Conversation, InboxFilter, InboxItem, InboxQuery, Message, ReceiptStatus,
@@ -27,7 +28,6 @@ use crate::chat::conversations::{
 };
 use crate::chat::delivery::Delivered;
 use crate::chat::live::Hands;
-use crate::chat::ChatError;
 
 pub fn routes() -> Routes {
     Routes::new()

@@ -70,9 +70,9 @@ fn tokens(sentence: &str) -> Vec<Token<'_>> {
     for m in TOKEN.find_iter(sentence) {
         let between = &sentence[last_end..m.start()];
         // After a colon, a dash that opens a list item, or an opening quote, a capital starts
-        // a phrase of its own.
+        // a phrase of its own. (In brackets it does not: "(EU)", "(C)" name something.)
         let opens = out.is_empty()
-            || between.contains(['.', '!', '?', ':', '\n', '“', '"', '(', '•'])
+            || between.contains(['.', '!', '?', ':', '\n', '“', '"', '•'])
             || between.trim_start().starts_with("- ");
         out.push(Token {
             text: m.as_str(),
@@ -409,8 +409,20 @@ pub fn facts(sentence: &str) -> Vec<Fact> {
             if matches!(lower, "a" | "an")
                 && matches!(
                     previous,
-                    "within" | "in" | "for" | "after" | "about" | "over" | "under" | "than"
-                        | "least" | "most" | "to" | "take" | "takes" | "half"
+                    "within"
+                        | "in"
+                        | "for"
+                        | "after"
+                        | "about"
+                        | "over"
+                        | "under"
+                        | "than"
+                        | "least"
+                        | "most"
+                        | "to"
+                        | "take"
+                        | "takes"
+                        | "half"
                 )
             {
                 // "within a week" is a duration; "one call a week" a frequency.
@@ -503,7 +515,9 @@ fn is_name_word(token: &Token<'_>) -> bool {
         return false;
     }
     let acronym = letters >= 2 && text.chars().all(|c| !c.is_lowercase());
-    acronym || (!token.opens && text.starts_with(char::is_uppercase))
+    // A capital letter alone in brackets is a label the model made up, or a name.
+    let bracketed = token.gap.ends_with('(');
+    acronym || ((!token.opens || bracketed) && text.starts_with(char::is_uppercase))
 }
 
 /// The facts of a passage as a set of keys, with the bare number of each counted fact too
@@ -519,9 +533,12 @@ pub fn keys(text: &str) -> HashSet<String> {
         {
             keys.insert(format!("number:{n}"));
         }
-        if let Some(n) = fact.text.split_whitespace().next().and_then(|w| {
-            number(&w.to_lowercase()).filter(|_| fact.kind == FactKind::Duration)
-        }) {
+        if let Some(n) = fact
+            .text
+            .split_whitespace()
+            .next()
+            .and_then(|w| number(&w.to_lowercase()).filter(|_| fact.kind == FactKind::Duration))
+        {
             keys.insert(format!("number:{}", format_number(n)));
         }
         keys.insert(fact.key);
@@ -554,27 +571,27 @@ mod tests {
         assert_eq!(keys_of("Refunds take fourteen days."), ["days:14"]);
         assert_eq!(keys_of("Refunds take two weeks."), ["days:14"]);
         assert_eq!(keys_of("A 14-day refund window."), ["days:14"]);
-        assert_eq!(keys_of("It costs €29 or 290 euros."), [
-            "amount:eur:29",
-            "amount:eur:290"
-        ]);
-        assert_eq!(keys_of("Calls last 45 minutes, or 1 hour."), [
-            "minutes:45",
-            "minutes:60"
-        ]);
-        assert_eq!(keys_of("Sessions start at 6 pm or 18:00."), [
-            "time:18:00",
-            "time:18:00"
-        ]);
+        assert_eq!(
+            keys_of("It costs €29 or 290 euros."),
+            ["amount:eur:29", "amount:eur:290"]
+        );
+        assert_eq!(
+            keys_of("Calls last 45 minutes, or 1 hour."),
+            ["minutes:45", "minutes:60"]
+        );
+        assert_eq!(
+            keys_of("Sessions start at 6 pm or 18:00."),
+            ["time:18:00", "time:18:00"]
+        );
         assert_eq!(keys_of("You save 20% on it."), ["percent:20"]);
-        assert_eq!(keys_of("It starts on 3 March, or on Monday."), [
-            "date:mar:3",
-            "weekday:mon"
-        ]);
-        assert_eq!(keys_of("You may book one call per month."), [
-            "number:1",
-            "per:month"
-        ]);
+        assert_eq!(
+            keys_of("It starts on 3 March, or on Monday."),
+            ["date:mar:3", "weekday:mon"]
+        );
+        assert_eq!(
+            keys_of("You may book one call per month."),
+            ["number:1", "per:month"]
+        );
         assert_eq!(keys_of("Refunds come within a week."), ["days:7"]);
         assert_eq!(keys_of("Available one day a week."), ["days:1", "per:week"]);
         assert_eq!(keys_of("The monthly plan."), ["per:month"]);
@@ -596,12 +613,12 @@ mod tests {
         // A capital opening the sentence, "I" and an answering "No" are not facts.
         assert!(keys_of("No, I think that is fine.").is_empty());
         assert_eq!(keys_of("The UK rules apply."), ["entity:uk"]);
-        assert_eq!(keys_of("It is in English, Spanish and German."), [
-            "entity:english",
-            "entity:spanish",
-            "entity:german"
-        ]);
+        assert_eq!(
+            keys_of("It is in English, Spanish and German."),
+            ["entity:english", "entity:spanish", "entity:german"]
+        );
         assert_eq!(keys_of("No gym is needed."), ["negation"]);
+        assert_eq!(keys_of("A certificate (C) follows."), ["entity:c"]);
     }
 
     #[test]

@@ -73,12 +73,69 @@ const POLARITY_OVERLAP: f32 = 0.5;
 
 /// Words of a question that do not say what it is about ("How long does it take to get…").
 const GENERIC: &[&str] = &[
-    "get", "gets", "getting", "got", "take", "takes", "taking", "make", "makes", "need", "needs",
-    "want", "wants", "know", "tell", "long", "much", "many", "often", "soon", "way", "ways",
-    "possible", "able", "please", "help", "happen", "happens", "work", "works", "mean", "means",
-    "thing", "things", "anything", "something", "really", "still", "ever", "else", "okay",
-    "hello", "thanks", "thank", "coach", "two", "three", "four", "five", "six", "seven", "eight",
-    "nine", "ten", "use", "ask", "give", "keep", "after", "back", "find", "go", "come",
+    "get",
+    "gets",
+    "getting",
+    "got",
+    "take",
+    "takes",
+    "taking",
+    "make",
+    "makes",
+    "need",
+    "needs",
+    "want",
+    "wants",
+    "know",
+    "tell",
+    "long",
+    "much",
+    "many",
+    "often",
+    "soon",
+    "way",
+    "ways",
+    "possible",
+    "able",
+    "please",
+    "help",
+    "happen",
+    "happens",
+    "work",
+    "works",
+    "mean",
+    "means",
+    "thing",
+    "things",
+    "anything",
+    "something",
+    "really",
+    "still",
+    "ever",
+    "else",
+    "okay",
+    "hello",
+    "thanks",
+    "thank",
+    "coach",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "use",
+    "ask",
+    "give",
+    "keep",
+    "after",
+    "back",
+    "find",
+    "go",
+    "come",
 ];
 
 /// Share of the question's words the shown claims must contain to answer it, and the higher
@@ -142,7 +199,10 @@ pub struct SentenceCheck {
 pub enum Outcome {
     /// Show `text` (with its marker). `claim` when it states something from a source: the
     /// first one commits the answer (it will not become the fallback).
-    Show { text: String, claim: bool },
+    Show {
+        text: String,
+        claim: bool,
+    },
     Hide,
 }
 
@@ -315,9 +375,7 @@ impl Checker {
             (None, None) => unfound(&sentence_facts),
         };
         if self.strictness == Strictness::Open
-            || (self.strictness == Strictness::Balanced
-                && !has_value
-                && assessment.best.is_none())
+            || (self.strictness == Strictness::Balanced && !has_value && assessment.best.is_none())
         {
             self.record(
                 &text,
@@ -445,13 +503,14 @@ impl Checker {
             .extend(words.intersection(&self.question).cloned());
     }
 
-    /// When the model's sentences did not answer the question: the passage sentence that does
-    /// best (it contains enough of the question's words), as a quotation with its marker.
-    pub fn quote_answer(&mut self) -> Option<String> {
+    /// When the model's sentences did not answer the question: the passage sentences that
+    /// would (with them the shown claims contain enough of the question's words), with a
+    /// score by words, best first. [`Checker::quote`] gives the chosen one.
+    pub fn quote_candidates(&self) -> Vec<(String, f32)> {
         if self.strictness == Strictness::Open {
-            return None;
+            return Vec::new();
         }
-        let (p, sentence) = self
+        let mut candidates: Vec<(String, f32)> = self
             .passages
             .iter()
             .enumerate()
@@ -470,23 +529,30 @@ impl Checker {
                 );
                 self.coverage(&covered)
             })
-            .max_by(|a, b| {
-                // Its own words count more than its headings'; then the shorter one.
-                let score = |p: usize, s: &Window| {
-                    citations::overlap(&self.question, &s.words)
-                        + 0.5 * citations::overlap(&self.question, &self.passages[p].context_words)
-                        - 0.0001 * s.text.len() as f32
-                };
-                score(a.0, a.1).total_cmp(&score(b.0, b.1))
+            .map(|(p, s)| {
+                // Its own words count more than its headings'.
+                let score = citations::overlap(&self.question, &s.words)
+                    + 0.5 * citations::overlap(&self.question, &self.passages[p].context_words);
+                (s.text.clone(), score)
             })
-            .map(|(p, s)| (p, s.text.clone()))?;
-        let marker = self.cite(p, &sentence);
-        let words = content_words(&sentence);
-        self.shown_claim(&words);
-        self.shown.insert(sentence.clone());
+            .collect();
+        candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
+        candidates.dedup_by(|a, b| a.0 == b.0);
+        candidates
+    }
+
+    /// Shows `sentence` (one of [`Checker::quote_candidates`]) as a quotation with its marker.
+    pub fn quote(&mut self, sentence: &str) -> Option<String> {
+        let p = self
+            .passages
+            .iter()
+            .position(|passage| passage.sentences.iter().any(|s| s.text == sentence))?;
+        let marker = self.cite(p, sentence);
+        self.shown_claim(&content_words(sentence));
+        self.shown.insert(sentence.to_string());
         let delivered = format!("“{sentence}” [{marker}]");
         self.record(
-            &sentence,
+            sentence,
             Verdict::Quoted,
             Some(delivered.clone()),
             Some(marker),
@@ -582,12 +648,7 @@ impl Checker {
     }
 
     /// Checks the claim's facts in the window of passage `p` that holds most of them.
-    fn against(
-        &self,
-        p: usize,
-        words: &HashSet<String>,
-        sentence_facts: &[Fact],
-    ) -> Candidate {
+    fn against(&self, p: usize, words: &HashSet<String>, sentence_facts: &[Fact]) -> Candidate {
         let passage = &self.passages[p];
         let checked: Vec<&Fact> = sentence_facts
             .iter()
@@ -598,9 +659,10 @@ impl Checker {
             .iter()
             .max_by(|a, b| {
                 let found = |w: &Window| checked.iter().filter(|f| w.has(f)).count();
-                found(a)
-                    .cmp(&found(b))
-                    .then(citations::overlap(words, &a.words).total_cmp(&citations::overlap(words, &b.words)))
+                found(a).cmp(&found(b)).then(
+                    citations::overlap(words, &a.words)
+                        .total_cmp(&citations::overlap(words, &b.words)),
+                )
             })
             .expect("a passage has a window");
         let mut facts = Vec::new();
@@ -701,7 +763,10 @@ impl Checker {
             ));
         }
         let asked: HashSet<String> = words.intersection(&self.question).cloned().collect();
-        let values: Vec<&Fact> = sentence_facts.iter().filter(|f| f.kind.is_value()).collect();
+        let values: Vec<&Fact> = sentence_facts
+            .iter()
+            .filter(|f| f.kind.is_value())
+            .collect();
         self.passages
             .iter()
             .enumerate()
@@ -710,8 +775,9 @@ impl Checker {
             .map(|(p, s)| {
                 let overlap = citations::overlap(words, &s.words);
                 let about = citations::overlap(&asked, &s.words);
+                let asked_all = citations::overlap(&self.question, &s.words);
                 let held = values.iter().filter(|f| s.has(f)).count() as f32;
-                (p, s, overlap, overlap + about + 0.25 * held)
+                (p, s, overlap, overlap + about + asked_all + 0.25 * held)
             })
             .filter(|(_, _, overlap, _)| *overlap >= REPAIR_OVERLAP)
             .max_by(|a, b| a.3.total_cmp(&b.3))
@@ -831,9 +897,12 @@ fn evidence(window: &str, fact: Option<&Fact>) -> String {
     let lower = window.to_lowercase();
     let at = fact
         .and_then(|f| {
-            lower
-                .find(&f.text.to_lowercase())
-                .or_else(|| f.text.split_whitespace().next().and_then(|w| lower.find(&w.to_lowercase())))
+            lower.find(&f.text.to_lowercase()).or_else(|| {
+                f.text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|w| lower.find(&w.to_lowercase()))
+            })
         })
         .map(|byte| window[..byte.min(window.len())].chars().count())
         .unwrap_or(0);
@@ -892,9 +961,22 @@ fn is_conversational(text: &str, words: &HashSet<String>, sentence_facts: &[Fact
         return false;
     }
     const OPENINGS: &[&str] = &[
-        "hi", "hello", "hey", "thanks", "thank you", "welcome", "good morning", "good afternoon",
-        "good evening", "great question", "good question", "you're welcome", "you are welcome",
-        "of course", "certainly", "absolutely",
+        "hi",
+        "hello",
+        "hey",
+        "thanks",
+        "thank you",
+        "welcome",
+        "good morning",
+        "good afternoon",
+        "good evening",
+        "great question",
+        "good question",
+        "you're welcome",
+        "you are welcome",
+        "of course",
+        "certainly",
+        "absolutely",
     ];
     const OFFERS: &[&str] = &[
         "let me know",
