@@ -437,3 +437,104 @@ async fn cancelled_generations(app: &TestApp) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The numbers a text states, as digits.
+fn numbers_in(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_strict_coach_says_only_what_its_guide_says_and_shows_how_it_checked() {
+    let app = start(with_models).await;
+    let (staff, _) = app.coach_taught_the_guide(json!({})).await;
+    let coach = app
+        .json_ok(reqwest::Method::GET, "/api/v1/coach", &staff, None)
+        .await;
+    assert_eq!(coach["strictness"], "strict");
+
+    for question in [
+        "How many days does it take to get a refund?",
+        "How cool should my bedroom be for sleep?",
+        "What should I do with screens before bed?",
+    ] {
+        let conversation = app.conversation(&staff).await;
+        let answer = app.ask(&staff, &conversation, question).await;
+        let content = answer["content"].as_str().unwrap();
+        assert_markers_match_citations(&answer);
+        let checks = answer["stats"]["checks"].as_array().unwrap_or_else(|| {
+            panic!("the test chat gets the sentence checks: {answer}");
+        });
+        assert!(!checks.is_empty(), "{answer}");
+        // No number reaches the reader that the guide does not state (markers aside).
+        let without_markers = content
+            .split('[')
+            .map(|part| part.split_once(']').map_or(part, |(_, rest)| rest))
+            .collect::<String>();
+        for number in numbers_in(&without_markers) {
+            assert!(GUIDE.contains(&number), "{number} is invented: {answer}");
+        }
+        for check in checks {
+            let sentence = check["sentence"].as_str().unwrap();
+            match check["verdict"].as_str().unwrap() {
+                "supported" => {
+                    for fact in check["facts"].as_array().unwrap() {
+                        assert_eq!(fact["found"], true, "{check}");
+                        assert!(fact["evidence"].is_string(), "{check}");
+                    }
+                    assert!(check["marker"].is_u64(), "{check}");
+                }
+                "repaired" | "quoted" => {
+                    let shown = check["delivered"].as_str().unwrap();
+                    assert!(shown.starts_with('“'), "a quotation: {check}");
+                    assert!(
+                        answer["fallback"] == true || content.contains(shown),
+                        "{check} / {content}"
+                    );
+                }
+                "dropped" => assert!(
+                    !content.contains(sentence),
+                    "a dropped sentence is not shown: {check}"
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    // A question that shares words with the guide but that it does not answer gets the
+    // fallback, whatever the model wrote.
+    let conversation = app.conversation(&staff).await;
+    let answer = app
+        .ask(&staff, &conversation, "Can I get a refund for a gift card?")
+        .await;
+    assert_eq!(answer["fallback"], true, "{answer}");
+    assert!(answer["citations"].as_array().unwrap().is_empty());
+
+    // An open coach shows what the model wrote, citing what it can.
+    app.json_ok(
+        reqwest::Method::PATCH,
+        "/api/v1/coach",
+        &staff,
+        Some(json!({"strictness": "open"})),
+    )
+    .await;
+    let conversation = app.conversation(&staff).await;
+    let answer = app
+        .ask(
+            &staff,
+            &conversation,
+            "How many days does it take to get a refund?",
+        )
+        .await;
+    assert_eq!(answer["stats"]["strictness"], "open", "{answer}");
+    let checks = answer["stats"]["checks"].as_array().unwrap();
+    assert!(
+        checks.iter().all(|c| !matches!(
+            c["verdict"].as_str(),
+            Some("repaired" | "dropped" | "quoted")
+        )),
+        "open changes no sentence: {answer}"
+    );
+}

@@ -15,10 +15,10 @@ use serde_json::json;
 
 use super::answer::{Checked, Prepared, Reply};
 use super::citations;
-use super::faithfulness::{Checker, Outcome};
+use super::faithfulness::{Checker, Embeddings, Outcome, passage_sentences};
 use super::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatEvent, ChatStream};
-use crate::inference::embed::{EmbedKind, cosine};
+use crate::inference::embed::EmbedKind;
 use crate::knowledge::chunk::sentences;
 
 /// What a delivery yields.
@@ -26,7 +26,7 @@ pub enum Delivered {
     /// The next checked piece of the answer, to be appended to what was shown.
     Text(String),
     /// The stored message (or why there is none); the last item.
-    Done(Result<super::conversations::Message, ChatError>),
+    Done(Box<Result<super::conversations::Message, ChatError>>),
 }
 
 impl Chat {
@@ -53,6 +53,7 @@ impl Chat {
             committed: false,
             first_token_s: None,
             first_shown_s: None,
+            to_store: None,
         };
         stream::unfold(delivery, |mut delivery| async move {
             let items = delivery.step().await?;
@@ -83,17 +84,25 @@ struct Delivery {
     committed: bool,
     first_token_s: Option<f64>,
     first_shown_s: Option<f64>,
+    /// Everything was handed out: what to store next (`Some(None)`: the fallback).
+    to_store: Option<Option<Checked>>,
 }
 
 impl Delivery {
     /// The next items, or `None` when the delivery is over.
     async fn step(&mut self) -> Option<Vec<Delivered>> {
+        // Storing publishes the message to live followers, so it comes after the last piece
+        // was handed out: a piece that arrived after its message would start a new draft.
+        if let Some(checked) = self.to_store.take() {
+            let prepared = self.prepared.take()?;
+            let stored = self.chat.finish(prepared, checked).await;
+            return Some(vec![Delivered::Done(Box::new(stored))]);
+        }
         let started = self.prepared.as_ref()?.started;
         if self.stream.is_none() {
-            let prepared = self.prepared.take()?;
-            let text = Chat::fallback_text(&prepared.coach);
-            let stored = self.chat.finish(prepared, None).await;
-            return Some(vec![Delivered::Text(text), Delivered::Done(stored)]);
+            let text = Chat::fallback_text(&self.prepared.as_ref()?.coach);
+            self.to_store = Some(None);
+            return Some(vec![Delivered::Text(text)]);
         }
         if self.checker.is_none() {
             let prepared = self.prepared.as_ref()?;
@@ -131,11 +140,11 @@ impl Delivery {
                             items.push(Delivered::Text(text));
                         }
                     }
-                    let prepared = self.prepared.take()?;
+                    let prepared = self.prepared.as_ref()?;
                     let mut checker = self.checker.take().expect("made before generation");
                     let quote = match self.committed {
                         true => None,
-                        false => self.chat.best_quote(&prepared, &mut checker).await,
+                        false => Chat::best_quote(&mut checker),
                     };
                     if let Some(quote) = quote {
                         // What was held (supported, but not enough to answer by itself),
@@ -169,19 +178,18 @@ impl Delivery {
                             "first_sentence_s": self.first_shown_s,
                         }),
                     };
-                    let stored = self.chat.finish(prepared, Some(checked)).await;
-                    items.push(Delivered::Done(stored));
+                    self.to_store = Some(Some(checked));
                     return Some(items);
                 }
                 Some(Err(error)) => {
                     self.prepared = None;
-                    return Some(vec![Delivered::Done(Err(error.into()))]);
+                    return Some(vec![Delivered::Done(Box::new(Err(error.into())))]);
                 }
                 None => {
                     self.prepared = None;
-                    return Some(vec![Delivered::Done(Err(ChatError::Invalid(
+                    return Some(vec![Delivered::Done(Box::new(Err(ChatError::Invalid(
                         "the model stopped before finishing its answer".into(),
-                    )))]);
+                    ))))]);
                 }
             }
         }
@@ -263,51 +271,44 @@ fn complete_sentences(pending: &mut String) -> Vec<String> {
 }
 
 impl Chat {
-    /// The passages' embeddings for the checker's paraphrase test, when the embedder is there.
-    async fn embed_passages(&self, prepared: &Prepared) -> Option<Vec<Vec<f32>>> {
+    /// The question's, the passages' and their sentences' embeddings, when the embedder is
+    /// there: for the checker's paraphrase test and for choosing quotations by meaning.
+    async fn embed_passages(&self, prepared: &Prepared) -> Option<Embeddings> {
         let engine = self.inference.embedder().ok()?;
-        let texts = prepared.passages.iter().map(|p| p.text.clone()).collect();
-        engine
-            .embed(
-                prepared.speaker.scope().tenant_id(),
-                texts,
-                EmbedKind::Document,
-            )
+        let tenant = prepared.speaker.scope().tenant_id();
+        let sentences: Vec<Vec<String>> = prepared
+            .passages
+            .iter()
+            .map(|p| passage_sentences(&p.text))
+            .collect();
+        let mut texts: Vec<String> = prepared.passages.iter().map(|p| p.text.clone()).collect();
+        texts.extend(sentences.iter().flatten().cloned());
+        let question = engine
+            .embed(tenant, vec![prepared.query.clone()], EmbedKind::Query)
             .await
-            .ok()
+            .ok()?
+            .pop()?;
+        let mut vectors = engine
+            .embed(tenant, texts, EmbedKind::Document)
+            .await
+            .ok()?
+            .into_iter();
+        let passages = vectors.by_ref().take(prepared.passages.len()).collect();
+        let sentences = sentences
+            .iter()
+            .map(|of_passage| vectors.by_ref().take(of_passage.len()).collect())
+            .collect();
+        Some(Embeddings {
+            question,
+            passages,
+            sentences,
+        })
     }
 
-    /// The quotation that answers best: of the checker's candidates, the one closest in
-    /// meaning to the question (by words alone without the embedder).
-    async fn best_quote(&self, prepared: &Prepared, checker: &mut Checker) -> Option<String> {
-        const CANDIDATES: usize = 8;
-        let mut candidates = checker.quote_candidates();
-        candidates.truncate(CANDIDATES);
-        if candidates.is_empty() {
-            return None;
-        }
-        let tenant = prepared.speaker.scope().tenant_id();
-        let texts = candidates.iter().map(|(text, _)| text.clone()).collect();
-        let vectors = match self.inference.embedder() {
-            Ok(engine) => {
-                let question = engine
-                    .embed(tenant, vec![prepared.query.clone()], EmbedKind::Query)
-                    .await;
-                let sentences = engine.embed(tenant, texts, EmbedKind::Document).await;
-                question.ok().zip(sentences.ok())
-            }
-            Err(_) => None,
-        };
-        let chosen = match vectors {
-            Some((question, sentences)) if sentences.len() == candidates.len() => candidates
-                .iter()
-                .zip(&sentences)
-                .map(|((text, words), vector)| (text, words + cosine(&question[0], vector)))
-                .max_by(|a, b| a.1.total_cmp(&b.1))
-                .map(|(text, _)| text.clone()),
-            _ => candidates.first().map(|(text, _)| text.clone()),
-        }?;
-        checker.quote(&chosen)
+    /// The quotation that answers best (the checker ranks by words and meaning).
+    fn best_quote(checker: &mut Checker) -> Option<String> {
+        let best = checker.quote_candidates().into_iter().next()?;
+        checker.quote(&best.0)
     }
 
     async fn embed_sentence(&self, prepared: &Prepared, sentence: &str) -> Option<Vec<f32>> {

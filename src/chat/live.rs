@@ -610,7 +610,7 @@ impl Chat {
                         .publish(&tenant_id, Event::new(&event), Audience::Followers);
                     index += 1;
                 }
-                Delivered::Done(stored) => return stored,
+                Delivered::Done(stored) => return *stored,
             }
         }
         Err(ChatError::Invalid(

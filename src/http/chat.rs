@@ -363,7 +363,7 @@ pub(crate) async fn send_message(
     // Each delta is a checked sentence: what a client shows is never taken back.
     let events = delivery.map(move |item| match item {
         Delivered::Text(text) => delta_event(&text),
-        Delivered::Done(stored) => final_event(stored.map(|m| m.seen_by(&speaker))),
+        Delivered::Done(stored) => final_event((*stored).map(|m| m.seen_by(&speaker))),
     });
     // A held sentence may write nothing for seconds: a comment every second finds a client
     // that left, so the model stops instead of generating for nobody.
@@ -380,7 +380,7 @@ async fn stored_message(
     let mut delivery = std::pin::pin!(delivery);
     while let Some(item) = delivery.next().await {
         if let Delivered::Done(stored) = item {
-            return stored;
+            return *stored;
         }
     }
     Err(ChatError::Invalid(

@@ -96,7 +96,7 @@ try {
     await page.getByRole('button', { name: 'Ask' }).click();
     const answer = page.locator('[data-role="answer"]');
     await answer.waitFor({ timeout: ANSWER_MS });
-    await answer.locator('summary').click();
+    await answer.locator('summary').filter({ hasText: 'Passages retrieved' }).click();
     const passages = await answer.locator('[data-test="passage"]').allInnerTexts();
     check(passages.some((p) => p.includes('Answer: Do you ship to Canada')), `the coach read the new answer: ${passages}`);
   });

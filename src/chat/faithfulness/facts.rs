@@ -69,10 +69,10 @@ fn tokens(sentence: &str) -> Vec<Token<'_>> {
     let mut last_end = 0;
     for m in TOKEN.find_iter(sentence) {
         let between = &sentence[last_end..m.start()];
-        // After a colon, a dash that opens a list item, or an opening quote, a capital starts
-        // a phrase of its own. (In brackets it does not: "(EU)", "(C)" name something.)
+        // After a colon or a dash that opens a list item a capital starts a phrase of its own.
+        // In brackets or quotes it does not: "(EU)", "Plan Cancellation" name something.
         let opens = out.is_empty()
-            || between.contains(['.', '!', '?', ':', '\n', '“', '"', '•'])
+            || between.contains(['.', '!', '?', ':', '\n', '•'])
             || between.trim_start().starts_with("- ");
         out.push(Token {
             text: m.as_str(),
@@ -374,7 +374,7 @@ pub fn facts(sentence: &str) -> Vec<Fact> {
             push(FactKind::Time, text, format!("time:{time}"), used)
         } else if let Some(month) = month(token) {
             match number(next) {
-                Some(day) if day >= 1.0 && day <= 31.0 && day.fract() == 0.0 => push(
+                Some(day) if (1.0..=31.0).contains(&day) && day.fract() == 0.0 => push(
                     FactKind::Date,
                     format!("{} {}", token.text, tokens[i + 1].text),
                     format!("date:{month}:{}", format_number(day)),

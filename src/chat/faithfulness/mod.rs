@@ -222,6 +222,8 @@ struct Indexed {
 /// Consecutive sentences of a passage, with their words and fact keys.
 struct Window {
     text: String,
+    /// Its embedding, for sentences when the embedder is there.
+    vector: Option<Vec<f32>>,
     lower: String,
     words: HashSet<String>,
     keys: HashSet<String>,
@@ -230,6 +232,7 @@ struct Window {
 impl Window {
     fn new(text: String) -> Window {
         Window {
+            vector: None,
             lower: text.to_lowercase(),
             words: content_words(&text),
             keys: facts::keys(&text),
@@ -250,6 +253,7 @@ pub struct Checker {
     strictness: Strictness,
     passages: Vec<Indexed>,
     passage_embeddings: Option<Vec<Vec<f32>>>,
+    question_embedding: Option<Vec<f32>>,
     /// What the end user asked about: the question's content words.
     question: HashSet<String>,
     /// Every content word of every passage.
@@ -272,14 +276,26 @@ impl Checker {
         strictness: Strictness,
         question: &str,
         passages: &[SearchHit],
-        passage_embeddings: Option<Vec<Vec<f32>>>,
+        embeddings: Option<Embeddings>,
     ) -> Checker {
-        let passages: Vec<Indexed> = passages.iter().map(index).collect();
+        let mut passages: Vec<Indexed> = passages.iter().map(index).collect();
+        let (passage_embeddings, question_embedding) = match embeddings {
+            Some(e) => {
+                for (passage, vectors) in passages.iter_mut().zip(e.sentences) {
+                    for (sentence, vector) in passage.sentences.iter_mut().zip(vectors) {
+                        sentence.vector = Some(vector);
+                    }
+                }
+                (Some(e.passages), Some(e.question))
+            }
+            None => (None, None),
+        };
         let known = passages.iter().flat_map(|p| p.words.clone()).collect();
         Checker {
             strictness,
             passages,
             passage_embeddings,
+            question_embedding,
             question: content_words(question)
                 .difference(&content_words(&GENERIC.join(" ")))
                 .cloned()
@@ -387,7 +403,7 @@ impl Checker {
             );
             return self.show(text, false);
         }
-        match self.repair(&words, &sentence_facts) {
+        match self.repair(&words, &sentence_facts, embedding) {
             Ok((passage, quote)) if !self.shown.contains(&quote) => {
                 self.supported += 1;
                 let marker = self.cite(passage, &quote);
@@ -504,8 +520,8 @@ impl Checker {
     }
 
     /// When the model's sentences did not answer the question: the passage sentences that
-    /// would (with them the shown claims contain enough of the question's words), with a
-    /// score by words, best first. [`Checker::quote`] gives the chosen one.
+    /// would (each contains enough of the question's words by itself, with its headings),
+    /// with a score by words and meaning, best first. [`Checker::quote`] gives the chosen one.
     pub fn quote_candidates(&self) -> Vec<(String, f32)> {
         if self.strictness == Strictness::Open {
             return Vec::new();
@@ -517,10 +533,11 @@ impl Checker {
             .flat_map(|(p, passage)| passage.sentences.iter().map(move |s| (p, s)))
             .filter(|(_, s)| s.words.len() >= 3 && !self.shown.contains(&s.text))
             .filter(|(p, s)| {
-                // A sentence is about its section's subject too ("Can I watch a session
-                // later?" over "Recordings stay in the app for 7 days").
-                let mut covered = self.covered.clone();
-                covered.extend(s.words.intersection(&self.question).cloned());
+                // It must answer by itself, not with words scattered over other sentences. A
+                // sentence is about its section's subject too ("Can I watch a session later?"
+                // over "Recordings stay in the app for 7 days").
+                let mut covered: HashSet<String> =
+                    s.words.intersection(&self.question).cloned().collect();
                 covered.extend(
                     self.passages[*p]
                         .context_words
@@ -530,15 +547,24 @@ impl Checker {
                 self.coverage(&covered)
             })
             .map(|(p, s)| {
-                // Its own words count more than its headings'.
+                // Its own words count more than its headings'; then closeness in meaning.
                 let score = citations::overlap(&self.question, &s.words)
-                    + 0.5 * citations::overlap(&self.question, &self.passages[p].context_words);
+                    + 0.5 * citations::overlap(&self.question, &self.passages[p].context_words)
+                    + self.similarity(self.question_embedding.as_deref(), s);
                 (s.text.clone(), score)
             })
             .collect();
         candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
         candidates.dedup_by(|a, b| a.0 == b.0);
         candidates
+    }
+
+    /// Cosine between a vector and a passage sentence, 0 when either is unknown.
+    fn similarity(&self, vector: Option<&[f32]>, sentence: &Window) -> f32 {
+        vector
+            .zip(sentence.vector.as_deref())
+            .map(|(a, b)| cosine(a, b))
+            .unwrap_or(0.0)
     }
 
     /// Shows `sentence` (one of [`Checker::quote_candidates`]) as a quotation with its marker.
@@ -749,6 +775,7 @@ impl Checker {
         &self,
         words: &HashSet<String>,
         sentence_facts: &[Fact],
+        embedding: Option<&[f32]>,
     ) -> Result<(usize, String), String> {
         let mut absent: Vec<&str> = words
             .intersection(&self.question)
@@ -777,9 +804,25 @@ impl Checker {
                 let about = citations::overlap(&asked, &s.words);
                 let asked_all = citations::overlap(&self.question, &s.words);
                 let held = values.iter().filter(|f| s.has(f)).count() as f32;
-                (p, s, overlap, overlap + about + asked_all + 0.25 * held)
+                // Closeness in meaning to the claim and to the question, when known.
+                let meaning = self.similarity(embedding, s)
+                    + self.similarity(self.question_embedding.as_deref(), s);
+                (
+                    p,
+                    s,
+                    overlap,
+                    overlap + about + asked_all + 0.25 * held + meaning,
+                )
             })
-            .filter(|(_, _, overlap, _)| *overlap >= REPAIR_OVERLAP)
+            // It says enough of the claim, or it is about everything the claim says about
+            // what was asked (the claim got a detail of it wrong).
+            .filter(|(p, s, overlap, _)| {
+                *overlap >= REPAIR_OVERLAP
+                    || (!asked.is_empty()
+                        && asked.iter().all(|w| {
+                            s.words.contains(w) || self.passages[*p].context_words.contains(w)
+                        }))
+            })
             .max_by(|a, b| a.3.total_cmp(&b.3))
             .map(|(p, s, _, _)| (p, s.text.clone()))
             .ok_or_else(|| "no passage sentence says enough of it to quote".into())
@@ -838,12 +881,28 @@ struct Candidate {
     value_failed: bool,
 }
 
-fn index(passage: &SearchHit) -> Indexed {
-    let text = passage.text.as_str();
-    let sentences: Vec<Window> = crate::knowledge::chunk::sentences(text)
+/// Embeddings for the paraphrase test and for choosing quotations.
+pub struct Embeddings {
+    pub question: Vec<f32>,
+    /// One per passage.
+    pub passages: Vec<Vec<f32>>,
+    /// Per passage, one per sentence of [`passage_sentences`].
+    pub sentences: Vec<Vec<Vec<f32>>>,
+}
+
+/// A passage's sentences, as the checker quotes them.
+pub fn passage_sentences(text: &str) -> Vec<String> {
+    crate::knowledge::chunk::sentences(text)
         .into_iter()
         .map(|r| text[r].trim().to_string())
         .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn index(passage: &SearchHit) -> Indexed {
+    let text = passage.text.as_str();
+    let sentences: Vec<Window> = passage_sentences(text)
+        .into_iter()
         .map(Window::new)
         .collect();
     let windows = if sentences.len() <= 1 {
