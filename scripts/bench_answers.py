@@ -533,6 +533,9 @@ def ask_all(api, items, kind, documents, fallback_text):
                 "citations": [{k: c.get(k) for k in ("marker", "snippet", "document_title", "heading_path")}
                               for c in message.get("citations") or []],
                 "ttft_s": stats.get("ttft_s"),
+                # Newer binaries time both from the question, on the server.
+                "server_first_token_s": stats.get("first_token_s"),
+                "server_first_sentence_s": stats.get("first_sentence_s"),
                 "server_total_s": stats.get("total_s"),
                 "retrieval_score": stats.get("retrieval_score"),
                 "support": stats.get("support"),
@@ -640,6 +643,10 @@ def summarise(rows):
             "first_delivered_minus_ttft_s": dist(
                 r["first_delivered_s"] - r["ttft_s"] for r in generated
                 if isinstance(r.get("first_delivered_s"), (int, float))),
+            "server_first_sentence_minus_first_token_s": dist(
+                r["server_first_sentence_s"] - r["server_first_token_s"] for r in generated
+                if isinstance(r.get("server_first_sentence_s"), (int, float))
+                and isinstance(r.get("server_first_token_s"), (int, float))),
             "total_s": dist(r.get("total_s") for r in generated),
             "first_delivered_all_s": dist(r.get("first_delivered_s") for r in ok),
             "total_all_s": dist(r.get("total_s") for r in ok),
@@ -688,6 +695,8 @@ def markdown(report):
         f"| time to first token (stats.ttft_s) p50 / p90 | {t(s['timing']['ttft_s'])} |",
         f"| first delivered (client, first delta) p50 / p90 | {t(s['timing']['first_delivered_s'])} |",
         f"| first delivered - first token p50 / p90 | {t(s['timing']['first_delivered_minus_ttft_s'])} |",
+        f"| server: first checked sentence - first token, both from the question, p50 / p90 | "
+        f"{t(s['timing']['server_first_sentence_minus_first_token_s'])} |",
         f"| total p50 (generated / all answers) | {p50(s['timing']['total_s'])} / {p50(s['timing']['total_all_s'])} |",
     ]
     if s["errors"]:
