@@ -143,6 +143,20 @@ fn number(lower: &str) -> Option<f64> {
     tens.iter().find(|(w, _)| *w == lower).map(|(_, n)| *n)
 }
 
+/// `text` without its number words and numbers ("Can I book two calls?" → "Can I book calls?").
+pub fn without_numbers(text: &str) -> String {
+    text.split_whitespace()
+        .filter(|w| {
+            let word = w
+                .trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase();
+            // "twice" and "half" say how, not how many: they stay.
+            number(&word).is_none() || matches!(word.as_str(), "twice" | "single" | "half")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn format_number(n: f64) -> String {
     if n.fract() == 0.0 {
         format!("{}", n as i64)
