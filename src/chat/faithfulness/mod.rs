@@ -69,7 +69,7 @@ impl Strictness {
 /// Share of a claim's content words a passage sentence must contain to replace it.
 pub const REPAIR_OVERLAP: f32 = 0.34;
 /// Share of a claim's words the passage's closest sentence must share for its "not" to count.
-const POLARITY_OVERLAP: f32 = 0.5;
+const POLARITY_OVERLAP: f32 = 0.34;
 
 /// Words of a question that do not say what it is about ("How long does it take to get…").
 const GENERIC: &[&str] = &[

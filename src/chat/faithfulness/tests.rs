@@ -251,3 +251,35 @@ fn an_answer_must_answer_the_question_or_quote_what_does() {
     assert!(!checker.answers_question());
     assert!(checker.quote_candidates().is_empty());
 }
+
+#[test]
+fn a_claim_that_leaves_out_the_passage_s_not_is_quoted_instead() {
+    let passages = vec![passage(
+        1,
+        "You can cancel a Monthly membership at any time from the account page. We do not \
+         accept cancellations by email or in the chat, because we need to confirm that the \
+         request comes from the account holder.",
+    )];
+    let mut checker = Checker::new(
+        Strictness::Strict,
+        "How do I cancel my membership?",
+        &passages,
+        None,
+    );
+    let shown = checker.check(
+        "You can also cancel a membership by email or chat with them via phone [1].",
+        None,
+    );
+    // Replaced by the passage's own words: the sentence about what was asked.
+    assert_eq!(
+        shown,
+        Outcome::Show {
+            text: "“You can cancel a Monthly membership at any time from the account page.” [1]"
+                .into(),
+            claim: true
+        }
+    );
+    let check = &checker.checks[0];
+    assert_eq!(check.verdict, Verdict::Repaired);
+    assert!(check.reason.as_ref().unwrap().contains("not"), "{check:?}");
+}
