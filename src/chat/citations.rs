@@ -142,6 +142,12 @@ const STOP: &[&str] = &[
     "how", "all", "any", "also", "its", "our", "out", "one", "may", "more", "most", "some", "such",
     "only", "other", "very", "just", "like", "does", "did", "been", "being", "these", "those",
     "here", "yes", "sure", "great", "question",
+    // Spanish function words: creators write in Spanish too.
+    "los", "las", "del", "que", "por", "para", "con", "una", "uno", "unos", "unas", "como", "más",
+    "pero", "sus", "este", "esta", "estos", "estas", "ese", "esa", "hay", "muy", "sin", "sobre",
+    "entre", "cuando", "donde", "desde", "hasta", "también", "puede", "pueden", "puedes", "puedo",
+    "tu", "tus", "usted", "nuestro", "nuestra", "nos", "les", "todo", "toda", "todos", "todas",
+    "qué", "cómo", "cuál", "cuándo", "dónde", "sí", "claro",
 ];
 
 #[cfg(test)]

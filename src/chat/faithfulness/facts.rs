@@ -137,6 +137,21 @@ fn number(lower: &str) -> Option<f64> {
         ("hundred", 100.0),
         ("thousand", 1000.0),
         ("twice", 2.0),
+        // Spanish ("once", eleven, is left out: it is an English word too).
+        ("dos", 2.0),
+        ("tres", 3.0),
+        ("cuatro", 4.0),
+        ("cinco", 5.0),
+        ("seis", 6.0),
+        ("siete", 7.0),
+        ("ocho", 8.0),
+        ("nueve", 9.0),
+        ("diez", 10.0),
+        ("doce", 12.0),
+        ("catorce", 14.0),
+        ("quince", 15.0),
+        ("veinte", 20.0),
+        ("treinta", 30.0),
         ("single", 1.0),
         ("half", 0.5),
     ];
@@ -170,7 +185,23 @@ fn format_number(n: f64) -> String {
 /// days" (that would not be safe).
 fn time_unit(lower: &str) -> Option<(&'static str, f64)> {
     let singular = lower.strip_suffix('s').unwrap_or(lower);
+    // Spanish plurals: "meses" → "mese", "horas" → "hora".
+    let singular = singular
+        .strip_suffix("e")
+        .filter(|s| *s == "mes")
+        .unwrap_or(singular);
     Some(match singular {
+        "minuto" | "hora" | "día" | "dia" | "semana" | "quincena" | "mes" | "año" | "ano" => {
+            match singular {
+                "minuto" => ("minutes", 1.0),
+                "hora" => ("minutes", 60.0),
+                "día" | "dia" => ("days", 1.0),
+                "semana" => ("days", 7.0),
+                "quincena" => ("days", 14.0),
+                "mes" => ("months", 1.0),
+                _ => ("months", 12.0),
+            }
+        }
         "minute" | "min" => ("minutes", 1.0),
         "hour" | "hr" | "hrs" | "h" => ("minutes", 60.0),
         "day" | "night" => ("days", 1.0),
@@ -243,6 +274,19 @@ fn month(token: &Token<'_>) -> Option<&'static str> {
 }
 
 fn weekday(lower: &str) -> Option<&'static str> {
+    let spanish = match lower {
+        "lunes" => Some("mon"),
+        "martes" => Some("tue"),
+        "miércoles" | "miercoles" => Some("wed"),
+        "jueves" => Some("thu"),
+        "viernes" => Some("fri"),
+        "sábado" | "sábados" | "sabado" | "sabados" => Some("sat"),
+        "domingo" | "domingos" => Some("sun"),
+        _ => None,
+    };
+    if spanish.is_some() {
+        return spanish;
+    }
     let singular = lower.strip_suffix('s').unwrap_or(lower);
     WEEKDAYS
         .iter()
@@ -257,6 +301,8 @@ fn weekday(lower: &str) -> Option<&'static str> {
 
 const NEGATIONS: &[&str] = &[
     "not", "no", "never", "none", "cannot", "without", "nor", "neither", "nothing", "nobody",
+    // Spanish ("no" is shared).
+    "nunca", "sin", "ni", "nada", "nadie", "ningún", "ninguna", "ninguno", "tampoco", "jamás",
 ];
 
 /// Words that narrow or widen a claim: "any card" is not "the card used for the purchase".
@@ -280,6 +326,21 @@ const QUALIFIERS: &[&str] = &[
     "everyone",
     "anyone",
     "exclusively",
+    // Spanish
+    "cualquier",
+    "cualquiera",
+    "solo",
+    "sólo",
+    "solamente",
+    "únicamente",
+    "siempre",
+    "gratis",
+    "gratuito",
+    "gratuita",
+    "ilimitado",
+    "ilimitada",
+    "automáticamente",
+    "inmediatamente",
 ];
 
 /// Capitalised words that are not names.
@@ -633,6 +694,15 @@ mod tests {
         );
         assert_eq!(keys_of("No gym is needed."), ["negation"]);
         assert_eq!(keys_of("A certificate (C) follows."), ["entity:c"]);
+        // Spanish too.
+        assert_eq!(
+            keys_of("Los reembolsos se pagan en catorce días, nunca en efectivo, el lunes."),
+            ["days:14", "negation", "weekday:mon"]
+        );
+        assert_eq!(
+            keys_of("Dura dos semanas o 3 meses."),
+            ["days:14", "months:3"]
+        );
     }
 
     #[test]

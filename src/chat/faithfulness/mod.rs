@@ -127,6 +127,22 @@ const GENERIC: &[&str] = &[
     "find",
     "go",
     "come",
+    // Spanish
+    "cuánto",
+    "cuánta",
+    "cuántos",
+    "cuántas",
+    "tarda",
+    "tardan",
+    "hacer",
+    "tengo",
+    "tiene",
+    "quiero",
+    "necesito",
+    "saber",
+    "favor",
+    "ayuda",
+    "pasa",
 ];
 
 /// Share of the question's words the shown claims must contain to answer it, and the higher
@@ -993,6 +1009,18 @@ fn is_refusal(text: &str) -> bool {
         "cannot answer",
         "can't answer",
         "not able to answer",
+        // Spanish
+        "no lo sé",
+        "no sé",
+        "no tengo información",
+        "no hay información",
+        "no se menciona",
+        "no mencionan",
+        "no menciona",
+        "no puedo responder",
+        "no encuentro",
+        "no estoy seguro",
+        "no estoy segura",
     ];
     let lower = text.to_lowercase().replace('’', "'");
     PHRASES.iter().any(|p| lower.contains(p))
@@ -1021,6 +1049,16 @@ fn is_conversational(text: &str, words: &HashSet<String>, sentence_facts: &[Fact
         "of course",
         "certainly",
         "absolutely",
+        // Spanish
+        "hola",
+        "gracias",
+        "claro",
+        "por supuesto",
+        "buena pregunta",
+        "bienvenido",
+        "bienvenida",
+        "buenos días",
+        "buenas tardes",
     ];
     const OFFERS: &[&str] = &[
         "let me know",
@@ -1040,6 +1078,16 @@ fn is_conversational(text: &str, words: &HashSet<String>, sentence_facts: &[Fact
         "good luck",
         "have a great",
         "have a nice",
+        "no dudes en",
+        "espero que te ayude",
+        "espero que esto",
+        "avísame",
+        "otra pregunta",
+        "más preguntas",
+        "aquí para ayudar",
+        "encantado de ayudar",
+        "encantada de ayudar",
+        "mucha suerte",
     ];
     let lower = text.to_lowercase().replace('’', "'");
     let opening = OPENINGS.iter().any(|o| {

@@ -283,3 +283,48 @@ fn a_claim_that_leaves_out_the_passage_s_not_is_quoted_instead() {
     assert_eq!(check.verdict, Verdict::Repaired);
     assert!(check.reason.as_ref().unwrap().contains("not"), "{check:?}");
 }
+
+#[test]
+fn spanish_answers_are_checked_the_same_way() {
+    let passages = vec![passage(
+        1,
+        "Los reembolsos se pagan en un plazo de 14 días desde la solicitud, a la tarjeta usada \
+         en la compra. Las tarjetas regalo no son reembolsables.",
+    )];
+    let question = "¿Cuánto tarda un reembolso?";
+    let mut checker = Checker::new(Strictness::Strict, question, &passages, None);
+    // Right: shown as written.
+    let right = "Los reembolsos se pagan en 14 días desde la solicitud [1].";
+    assert_eq!(
+        checker.check(right, None),
+        Outcome::Show {
+            text: "Los reembolsos se pagan en 14 días desde la solicitud [1].".into(),
+            claim: true
+        }
+    );
+    assert!(checker.answers_question());
+    // A wrong duration is replaced by the passage's sentence; a greeting needs no source.
+    let wrong = checker.check("Los reembolsos se pagan en tres semanas [1].", None);
+    assert_eq!(
+        checker.checks.last().unwrap().verdict,
+        Verdict::Repaired,
+        "{wrong:?}"
+    );
+    let greeting = checker.check("¡Espero que te ayude!", None);
+    assert!(matches!(greeting, Outcome::Show { claim: false, .. }));
+    // "I don't know" is left to the fallback.
+    assert_eq!(checker.check("No lo sé.", None), Outcome::Hide);
+    // A dropped "no" is caught.
+    let mut checker = Checker::new(
+        Strictness::Strict,
+        "¿Son reembolsables las tarjetas regalo?",
+        &passages,
+        None,
+    );
+    checker.check("Las tarjetas regalo son reembolsables [1].", None);
+    assert_eq!(checker.checks[0].verdict, Verdict::Repaired);
+    assert_eq!(
+        checker.checks[0].delivered.as_deref(),
+        Some("“Las tarjetas regalo no son reembolsables.” [1]")
+    );
+}
