@@ -806,8 +806,9 @@ impl Checker {
                 let asked_all = citations::overlap(&self.question, &s.words);
                 let held = values.iter().filter(|f| s.has(f)).count() as f32;
                 // Closeness in meaning to the claim and to the question, when known.
-                let meaning = self.similarity(embedding, s)
-                    + self.similarity(self.question_embedding.as_deref(), s);
+                // The question weighs more than the claim: the claim got something wrong.
+                let meaning = 0.5 * self.similarity(embedding, s)
+                    + 1.5 * self.similarity(self.question_embedding.as_deref(), s);
                 (
                     p,
                     s,
