@@ -15,11 +15,10 @@ use serde_json::json;
 
 use super::answer::{Checked, Prepared, Reply};
 use super::citations;
-use super::faithfulness::{Checker, Embeddings, Outcome, passage_sentences};
+use super::faithfulness::{Checker, Embeddings, Outcome, answer_sentences, passage_sentences};
 use super::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatEvent, ChatStream};
 use crate::inference::embed::EmbedKind;
-use crate::knowledge::chunk::sentences;
 
 /// What a delivery yields.
 pub enum Delivered {
@@ -135,7 +134,7 @@ impl Delivery {
                 Some(Ok(ChatEvent::Done(summary))) => {
                     let rest = std::mem::take(&mut self.pending);
                     let mut items = Vec::new();
-                    for range in sentences(&rest) {
+                    for range in answer_sentences(&rest) {
                         if let Some(text) = self.consider(&rest[range], started).await {
                             items.push(Delivered::Text(text));
                         }
@@ -257,7 +256,7 @@ impl Delivery {
 /// Takes the complete sentences off the front of `pending` (each with the whitespace after
 /// it); the last, possibly unfinished one stays.
 fn complete_sentences(pending: &mut String) -> Vec<String> {
-    let ranges = sentences(pending);
+    let ranges = answer_sentences(pending);
     if ranges.len() < 2 {
         return Vec::new();
     }
@@ -337,5 +336,18 @@ mod tests {
         // "14." could still become "14.5": a sentence ends only when the next one begins.
         let mut pending = "It costs 14.".to_string();
         assert!(complete_sentences(&mut pending).is_empty());
+        // List items, lines after a code fence and CJK sentences are pieces of their own.
+        let mut pending =
+            "Plans:\n- Monthly: €29\n```\nGift cards 退款需要14天。礼品卡".to_string();
+        assert_eq!(
+            complete_sentences(&mut pending),
+            [
+                "Plans:\n",
+                "- Monthly: €29\n",
+                "```\n",
+                "Gift cards 退款需要14天。"
+            ]
+        );
+        assert_eq!(pending, "礼品卡");
     }
 }

@@ -325,9 +325,11 @@ impl Checker {
     /// included). `embedding` is the sentence's embedding without markers, when the embedder
     /// is there ([`citations::strip_markers`] gives that text).
     pub fn check(&mut self, piece: &str, embedding: Option<&[f32]>) -> Outcome {
-        let fences = piece.matches("```").count();
-        if self.in_code || fences > 0 {
-            if fences % 2 == 1 {
+        // A fence line opens or closes a code block. Lines inside one are shown as written,
+        // except to a strict coach, for whom code states facts like prose does.
+        let fence = piece.trim_start().starts_with("```");
+        if fence || (self.in_code && self.strictness != Strictness::Strict) {
+            if fence {
                 self.in_code = !self.in_code;
             }
             self.record(piece, Verdict::Code, None, None, Vec::new(), None);
@@ -892,6 +894,36 @@ pub struct Embeddings {
     pub sentences: Vec<Vec<Vec<f32>>>,
 }
 
+/// The pieces an answer is checked in, covering the text: a sentence ends after `.`, `!` or
+/// `?` followed by whitespace, after `。`, `！` or `？`, and at every line break (list items and
+/// code lines are pieces of their own). Each piece keeps the whitespace after it.
+pub fn answer_sentences(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((index, c)) = chars.next() {
+        let next_is_space = chars.peek().is_none_or(|(_, next)| next.is_whitespace());
+        let ends = matches!(c, '。' | '！' | '？' | '\n')
+            || (matches!(c, '.' | '!' | '?') && next_is_space);
+        if ends {
+            let mut end = index + c.len_utf8();
+            while let Some(&(i, next)) = chars.peek() {
+                if !next.is_whitespace() {
+                    break;
+                }
+                end = i + next.len_utf8();
+                chars.next();
+            }
+            ranges.push(start..end);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        ranges.push(start..text.len());
+    }
+    ranges
+}
+
 /// A passage's sentences, as the checker quotes them.
 pub fn passage_sentences(text: &str) -> Vec<String> {
     crate::knowledge::chunk::sentences(text)
@@ -965,7 +997,9 @@ fn evidence(window: &str, fact: Option<&Fact>) -> String {
                     .and_then(|w| lower.find(&w.to_lowercase()))
             })
         })
-        .map(|byte| window[..byte.min(window.len())].chars().count())
+        // The offset is into the lower-cased text (lower-casing can change a character's
+        // length in bytes, even the number of characters): count there, then clamp.
+        .map(|byte| lower[..byte].chars().count().min(chars.len()))
         .unwrap_or(0);
     let start = at.saturating_sub(WIDTH / 3).min(chars.len() - WIDTH);
     let mut out: String = chars[start..start + WIDTH].iter().collect();

@@ -36,7 +36,7 @@ fn run(strictness: Strictness, question: &str, answer: &str) -> (String, Checker
     let passages = passages();
     let mut checker = Checker::new(strictness, question, &passages, None);
     let mut shown = Vec::new();
-    for range in crate::knowledge::chunk::sentences(answer) {
+    for range in answer_sentences(answer) {
         if let Outcome::Show { text, .. } = checker.check(answer[range].trim(), None) {
             shown.push(text);
         }
@@ -210,7 +210,7 @@ fn open_only_fixes_markers() {
 #[test]
 fn code_is_shown_as_written() {
     let passages = passages();
-    let mut checker = Checker::new(Strictness::Strict, "q", &passages, None);
+    let mut checker = Checker::new(Strictness::Open, "q", &passages, None);
     for line in ["```python", "refund(days=14) [1]", "```"] {
         assert_eq!(
             checker.check(line, None),
@@ -221,6 +221,15 @@ fn code_is_shown_as_written() {
         );
     }
     assert!(checker.citations(&passages).is_empty());
+    // To a strict coach code states facts too: an invented value in it is not shown.
+    let mut checker = Checker::new(Strictness::Strict, "q", &passages, None);
+    assert!(matches!(checker.check("```", None), Outcome::Show { .. }));
+    let line = "refund(days=90, fee=\"€500\")";
+    let outcome = checker.check(line, None);
+    assert!(
+        !matches!(&outcome, Outcome::Show { text, .. } if text.contains("€500")),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -327,4 +336,26 @@ fn spanish_answers_are_checked_the_same_way() {
         checker.checks[0].delivered.as_deref(),
         Some("“Las tarjetas regalo no son reembolsables.” [1]")
     );
+}
+
+#[test]
+fn evidence_is_cut_safely_around_characters_that_change_length_in_lower_case() {
+    let passages = vec![passage(
+        1,
+        "Our studio in İstanbul opens early for members who want to train before work, and the \
+         coaches there speak English and Turkish. The monthly membership in that studio costs \
+         €29 and includes two coaching calls.",
+    )];
+    let mut checker = Checker::new(Strictness::Strict, "What does it cost?", &passages, None);
+    let shown = checker.check("The monthly membership in İstanbul costs €29 [1].", None);
+    assert!(
+        matches!(shown, Outcome::Show { claim: true, .. }),
+        "{shown:?}"
+    );
+    let fact = checker.checks[0]
+        .facts
+        .iter()
+        .find(|f| f.text == "€29")
+        .unwrap();
+    assert!(fact.found && fact.evidence.as_ref().unwrap().contains("€29"));
 }
