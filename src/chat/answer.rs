@@ -43,6 +43,8 @@ pub struct Prepared {
     pub coach: Coach,
     /// The question as logged and recorded in knowledge gaps (personal data masked).
     pub masked_question: String,
+    /// The question as stored: what the answer is checked against.
+    pub question: String,
     /// What was searched: the question (with the one before it, for a short follow-up).
     pub query: String,
     pub passages: Vec<SearchHit>,
@@ -71,7 +73,8 @@ pub struct Checked {
     pub answered: bool,
     /// The model's text as generated.
     pub raw: String,
-    pub summary: ChatSummary,
+    /// `None` when generation ended early (an error, a shutdown) after sentences were shown.
+    pub summary: Option<ChatSummary>,
     /// Seconds from the question to the first token and to the first delivered sentence.
     pub timings: serde_json::Value,
 }
@@ -265,6 +268,7 @@ impl Chat {
             reply_to: question.seq,
             coach,
             masked_question,
+            question: stored_question,
             query,
             passages,
             retrieval_score,
@@ -326,9 +330,14 @@ impl Chat {
                 let confidence = (0.5 * retrieval_score + 0.5 * checked.support).clamp(0.0, 1.0);
                 stats["support"] = json!(checked.support);
                 stats["model_markers_correct"] = json!(checked.model_markers_correct);
-                stats["ttft_s"] = json!(checked.summary.stats.ttft_s);
-                stats["prompt_tokens"] = json!(checked.summary.stats.prompt_tokens);
-                stats["completion_tokens"] = json!(checked.summary.stats.completion_tokens);
+                match &checked.summary {
+                    Some(summary) => {
+                        stats["ttft_s"] = json!(summary.stats.ttft_s);
+                        stats["prompt_tokens"] = json!(summary.stats.prompt_tokens);
+                        stats["completion_tokens"] = json!(summary.stats.completion_tokens);
+                    }
+                    None => stats["ended_early"] = json!(true),
+                }
                 stats["raw_answer"] = json!(checked.raw);
                 stats["checks"] = json!(checked.checks);
                 if let Some(timings) = checked.timings.as_object() {

@@ -17,7 +17,7 @@ use super::answer::{Checked, Prepared, Reply};
 use super::citations;
 use super::faithfulness::{Checker, Embeddings, Outcome, answer_sentences, passage_sentences};
 use super::{Chat, ChatError};
-use crate::inference::chat_engine::{ChatEvent, ChatStream};
+use crate::inference::chat_engine::{ChatEvent, ChatStream, ChatSummary};
 use crate::inference::embed::EmbedKind;
 
 /// What a delivery yields.
@@ -108,7 +108,7 @@ impl Delivery {
             let embeddings = self.chat.embed_passages(prepared).await;
             self.checker = Some(Checker::new(
                 prepared.coach.strictness,
-                &prepared.query,
+                &prepared.question,
                 &prepared.passages,
                 embeddings,
             ));
@@ -163,34 +163,56 @@ impl Delivery {
                     if !self.committed {
                         items.push(Delivered::Text(Chat::fallback_text(&prepared.coach)));
                     }
-                    let checked = Checked {
-                        citations: checker.citations(&prepared.passages),
-                        support: checker.support(),
-                        model_markers_correct: checker.model_markers_correct(),
-                        checks: checker.checks,
-                        text: std::mem::take(&mut self.shown),
-                        answered: self.committed,
-                        raw: std::mem::take(&mut self.raw),
-                        summary,
-                        timings: json!({
-                            "first_token_s": self.first_token_s,
-                            "first_sentence_s": self.first_shown_s,
-                        }),
-                    };
+                    let checked = self.checked(checker, Some(summary));
                     self.to_store = Some(Some(checked));
                     return Some(items);
                 }
-                Some(Err(error)) => {
-                    self.prepared = None;
-                    return Some(vec![Delivered::Done(Box::new(Err(error.into())))]);
-                }
-                None => {
-                    self.prepared = None;
-                    return Some(vec![Delivered::Done(Box::new(Err(ChatError::Invalid(
-                        "the model stopped before finishing its answer".into(),
-                    ))))]);
+                ended => {
+                    let error = match ended {
+                        Some(Err(error)) => ChatError::from(error),
+                        _ => ChatError::Invalid(
+                            "the model stopped before finishing its answer".into(),
+                        ),
+                    };
+                    // What was shown stays shown: it is stored as the answer. Otherwise the
+                    // turn fails.
+                    match self.checker.take().filter(|_| self.committed) {
+                        Some(checker) => {
+                            tracing::warn!(%error, "generation ended early; keeping what was shown");
+                            let checked = self.checked(checker, None);
+                            self.to_store = Some(Some(checked));
+                            return Some(Vec::new());
+                        }
+                        None => {
+                            self.prepared = None;
+                            return Some(vec![Delivered::Done(Box::new(Err(error)))]);
+                        }
+                    }
                 }
             }
+        }
+    }
+
+    /// What was shown, with the checker's citations and checks, for storing.
+    fn checked(&mut self, checker: Checker, summary: Option<ChatSummary>) -> Checked {
+        let passages = self
+            .prepared
+            .as_ref()
+            .map(|p| p.passages.as_slice())
+            .unwrap_or_default();
+        Checked {
+            citations: checker.citations(passages),
+            support: checker.support(),
+            model_markers_correct: checker.model_markers_correct(),
+            checks: checker.checks,
+            text: std::mem::take(&mut self.shown),
+            answered: self.committed,
+            raw: std::mem::take(&mut self.raw),
+            summary,
+            timings: json!({
+                "first_token_s": self.first_token_s,
+                "first_sentence_s": self.first_shown_s,
+            }),
         }
     }
 
@@ -283,7 +305,7 @@ impl Chat {
         let mut texts: Vec<String> = prepared.passages.iter().map(|p| p.text.clone()).collect();
         texts.extend(sentences.iter().flatten().cloned());
         let question = engine
-            .embed(tenant, vec![prepared.query.clone()], EmbedKind::Query)
+            .embed(tenant, vec![prepared.question.clone()], EmbedKind::Query)
             .await
             .ok()?
             .pop()?;

@@ -127,7 +127,29 @@ const GENERIC: &[&str] = &[
     "find",
     "go",
     "come",
+    // What kind of value is asked for: the value itself is checked ("costs €290" answers
+    // "what does it cost", whatever verb the passage uses).
+    "cost",
+    "costs",
+    "price",
+    "prices",
+    "pay",
+    "paid",
+    "payment",
+    "charge",
+    "lasts",
+    "last",
     // Spanish
+    "cuesta",
+    "cuestan",
+    "precio",
+    "precios",
+    "pagar",
+    "pago",
+    "vale",
+    "dura",
+    "duran",
+    "duración",
     "cuánto",
     "cuánta",
     "cuántos",
@@ -270,6 +292,8 @@ pub struct Checker {
     /// Words of the question that the shown claims contain.
     covered: HashSet<String>,
     shown: HashSet<String>,
+    /// A "Yes!" waiting for its claim, and the index of its check.
+    particle: Option<(String, usize)>,
     in_code: bool,
     claims: usize,
     supported: usize,
@@ -312,6 +336,7 @@ impl Checker {
             used: Vec::new(),
             covered: HashSet::new(),
             shown: HashSet::new(),
+            particle: None,
             in_code: false,
             claims: 0,
             supported: 0,
@@ -325,6 +350,49 @@ impl Checker {
     /// included). `embedding` is the sentence's embedding without markers, when the embedder
     /// is there ([`citations::strip_markers`] gives that text).
     pub fn check(&mut self, piece: &str, embedding: Option<&[f32]>) -> Outcome {
+        // "Yes!" waits for the claim it answers: shown with it when that claim holds up, left
+        // out when it was repaired or dropped (so no "Yes!" stands before a quotation that says
+        // no).
+        if self.strictness != Strictness::Open && !self.in_code && is_particle(piece) {
+            self.record(
+                piece,
+                Verdict::Conversational,
+                None,
+                None,
+                Vec::new(),
+                Some("an answer to the question: shown with the sentence after it".into()),
+            );
+            self.particle = Some((piece.to_string(), self.checks.len() - 1));
+            return Outcome::Hide;
+        }
+        let particle = self.particle.take();
+        let before = self.checks.len();
+        let outcome = self.check_piece(piece, embedding);
+        let Some((particle, at)) = particle else {
+            return outcome;
+        };
+        let held_up = self.checks.get(before).is_some_and(|c| {
+            matches!(
+                c.verdict,
+                Verdict::Supported | Verdict::Unsupported | Verdict::Conversational
+            )
+        });
+        match outcome {
+            Outcome::Show { text, claim } if held_up => Outcome::Show {
+                text: format!("{particle} {text}"),
+                claim,
+            },
+            outcome => {
+                if let Some(check) = self.checks.get_mut(at) {
+                    check.verdict = Verdict::Dropped;
+                    check.reason = Some("the sentence it answered with did not hold up".into());
+                }
+                outcome
+            }
+        }
+    }
+
+    fn check_piece(&mut self, piece: &str, embedding: Option<&[f32]>) -> Outcome {
         // A fence line opens or closes a code block. Lines inside one are shown as written,
         // except to a strict coach, for whom code states facts like prose does.
         let fence = piece.trim_start().starts_with("```");
@@ -351,7 +419,7 @@ impl Checker {
                 _ => Outcome::Hide,
             };
         }
-        if is_conversational(&text, &words, &sentence_facts) {
+        if is_conversational(&text, &words, &sentence_facts, &self.question) {
             self.record(&text, Verdict::Conversational, None, None, Vec::new(), None);
             return self.show(text, false);
         }
@@ -1057,13 +1125,43 @@ fn is_refusal(text: &str) -> bool {
         "no estoy seguro",
         "no estoy segura",
     ];
-    let lower = text.to_lowercase().replace('’', "'");
+    // Said of the coach's own knowledge or of the sources: "If you are not sure, write to…"
+    // is advice, and "Towels are not provided" a fact.
+    const SPEAKERS: &[&str] = &[
+        "i ",
+        "i'",
+        "we ",
+        "passage",
+        "document",
+        "guide",
+        "context",
+        "source",
+        "text",
+        "yo ",
+        "no lo sé",
+        "no sé",
+        "pasaje",
+        "documento",
+        "guía",
+        "fuente",
+        "información",
+    ];
+    let lower = format!(" {}", text.to_lowercase().replace('’', "'"));
     PHRASES.iter().any(|p| lower.contains(p))
+        && SPEAKERS
+            .iter()
+            .any(|s| lower.contains(&format!(" {s}")) || lower.starts_with(s))
 }
 
-/// Greetings, thanks, offers of help, questions back and very short sentences that state no
-/// value need no source.
-fn is_conversational(text: &str, words: &HashSet<String>, sentence_facts: &[Fact]) -> bool {
+/// Greetings, thanks, offers of help and questions back that state no value need no source:
+/// the sentence without its set phrase has fewer than three content words and none of the
+/// question's. A bare "Sure!" or "Great question." is one too.
+fn is_conversational(
+    text: &str,
+    words: &HashSet<String>,
+    sentence_facts: &[Fact],
+    question: &HashSet<String>,
+) -> bool {
     if sentence_facts.iter().any(|f| f.kind.is_value()) {
         return false;
     }
@@ -1124,18 +1222,88 @@ fn is_conversational(text: &str, words: &HashSet<String>, sentence_facts: &[Fact
         "encantada de ayudar",
         "mucha suerte",
     ];
+    const ASKING_BACK: &[&str] = &[
+        "would you",
+        "do you",
+        "are you",
+        "can i help",
+        "how can i",
+        "shall i",
+        "should i",
+        "is there anything",
+        "anything else",
+        "what else",
+        "want me to",
+        "¿quieres",
+        "¿te gustaría",
+        "¿puedo ayudar",
+        "¿necesitas",
+        "¿hay algo",
+    ];
     let lower = text.to_lowercase().replace('’', "'");
-    let opening = OPENINGS.iter().any(|o| {
-        lower
-            .strip_prefix(o)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',', '!', '.']))
-    });
-    // An opening followed by a claim ("Thanks, refunds take ...") is still a claim.
-    let short = words.len() < 3;
-    short
-        || (opening && words.len() <= 4)
-        || OFFERS.iter().any(|o| lower.contains(o))
-        || text.trim_end().ends_with('?')
+    let opening = OPENINGS
+        .iter()
+        .filter(|o| {
+            lower
+                .strip_prefix(**o)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ',', '!', '.']))
+        })
+        .max_by_key(|o| o.len());
+    let phrase = opening.or_else(|| OFFERS.iter().find(|o| lower.contains(**o)));
+    let asking_back = text.trim_end().ends_with('?')
+        && ASKING_BACK.iter().any(|a| {
+            lower
+                .trim_start_matches(['¿', ' '])
+                .starts_with(a.trim_start_matches('¿'))
+        });
+    // What the sentence says besides its set phrase: "Thanks, refunds take…" is a claim.
+    let residual = match phrase {
+        Some(phrase) => content_words(&lower.replacen(phrase, " ", 1)),
+        None => words.clone(),
+    };
+    let about_question = residual.intersection(question).next().is_some();
+    if asking_back {
+        return residual.len() < 5;
+    }
+    (phrase.is_some() || words.len() < 3) && residual.len() < 3 && !about_question
+}
+
+/// "Yes!", "No.", "Of course." alone: an answer to the question that is only as true as the
+/// claim after it.
+fn is_particle(text: &str) -> bool {
+    const PARTICLES: &[&str] = &[
+        "yes",
+        "no",
+        "yeah",
+        "yep",
+        "nope",
+        "sure",
+        "certainly",
+        "absolutely",
+        "definitely",
+        "exactly",
+        "correct",
+        "right",
+        "indeed",
+        "of",
+        "course",
+        "sí",
+        "si",
+        "claro",
+        "vale",
+        "exacto",
+        "desde",
+        "luego",
+        "por",
+        "supuesto",
+        "cierto",
+    ];
+    let words: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    !words.is_empty() && words.iter().all(|w| PARTICLES.contains(&w.as_str()))
 }
 
 #[cfg(test)]

@@ -359,3 +359,39 @@ fn evidence_is_cut_safely_around_characters_that_change_length_in_lower_case() {
         .unwrap();
     assert!(fact.found && fact.evidence.as_ref().unwrap().contains("€29"));
 }
+
+#[test]
+fn set_phrases_carry_no_claim_past_the_check() {
+    let passages = passages();
+    let question = "Are gift cards refundable?";
+    for claim in [
+        "Yes, they are fully refundable!",
+        "Certainly, gift cards are refundable.",
+        "Feel free to request a gift card refund by phone or in the chat.",
+        "Did you know gift cards can also be exchanged for cash?",
+    ] {
+        let mut checker = Checker::new(Strictness::Strict, question, &passages, None);
+        checker.check(claim, None);
+        assert_ne!(
+            checker.checks[0].verdict,
+            Verdict::Conversational,
+            "{claim}"
+        );
+    }
+    // A "Yes!" is only as true as the claim after it.
+    let (shown, checker) = run(
+        Strictness::Strict,
+        question,
+        "Yes! Gift cards are refundable [1].",
+    );
+    assert_eq!(shown, "“Gift cards are not refundable.” [1]");
+    assert_eq!(verdicts(&checker), [Verdict::Dropped, Verdict::Repaired]);
+    // A refusal is said of the coach's knowledge or the sources; advice is a claim.
+    let (shown, _) = run(
+        Strictness::Strict,
+        "Where do I write for a refund?",
+        "If you are not sure, write to the support team from the email address of your \
+         account [1].",
+    );
+    assert!(shown.contains("support team"), "{shown}");
+}
