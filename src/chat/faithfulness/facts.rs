@@ -91,14 +91,7 @@ fn number(lower: &str) -> Option<f64> {
         if lower.contains(':') {
             return None;
         }
-        // "1,000" groups thousands; "2,5" (a decimal comma) is read as 2.5.
-        let grouped = lower.split(',').skip(1).all(|g| g.len() == 3);
-        let plain = if grouped {
-            lower.replace(',', "")
-        } else {
-            lower.replace(',', ".")
-        };
-        return plain.parse().ok();
+        return parse_digits(lower);
     }
     let small = [
         "zero",
@@ -158,6 +151,32 @@ fn number(lower: &str) -> Option<f64> {
     tens.iter().find(|(w, _)| *w == lower).map(|(_, n)| *n)
 }
 
+/// Digits with separators, whatever the locale: with both "." and ",", the last one is the
+/// decimal point ("1,299.99", "1.234,56"); one kind used more than once, or once before exactly
+/// three digits, groups thousands ("1.000.000", "1,000", "1.000"); otherwise it is the decimal
+/// point ("29.99", "2,5").
+fn parse_digits(text: &str) -> Option<f64> {
+    let separators: Vec<(usize, char)> = text
+        .char_indices()
+        .filter(|(_, c)| matches!(c, '.' | ','))
+        .collect();
+    let Some(&(last_at, last)) = separators.last() else {
+        return text.parse().ok();
+    };
+    let mixed = separators.iter().any(|(_, c)| *c != last);
+    let single_decimal = separators.len() == 1 && text.len() - last_at - 1 != 3;
+    let decimal = (mixed || single_decimal).then_some(last_at);
+    let plain: String = text
+        .char_indices()
+        .filter_map(|(at, c)| match c {
+            '.' | ',' if Some(at) == decimal => Some('.'),
+            '.' | ',' => None,
+            c => Some(c),
+        })
+        .collect();
+    plain.parse().ok()
+}
+
 /// `text` without its number words and numbers ("Can I book two calls?" → "Can I book calls?").
 pub fn without_numbers(text: &str) -> String {
     text.split_whitespace()
@@ -184,6 +203,9 @@ fn format_number(n: f64) -> String {
 /// days, hours in minutes, years in months: "two weeks" is "14 days", but "a month" is not "30
 /// days" (that would not be safe).
 fn time_unit(lower: &str) -> Option<(&'static str, f64)> {
+    if matches!(lower, "mes" | "meses") {
+        return Some(("months", 1.0));
+    }
     let singular = lower.strip_suffix('s').unwrap_or(lower);
     // Spanish plurals: "meses" → "mese", "horas" → "hora".
     let singular = singular
@@ -230,7 +252,12 @@ fn currency(token: &str) -> Option<&'static str> {
     Some(match token {
         "€" | "eur" | "euro" | "euros" => "eur",
         "$" | "usd" | "dollar" | "dollars" => "usd",
-        "£" | "gbp" | "pound" | "pounds" => "gbp",
+        "£" | "gbp" | "pound" | "pounds" | "libra" | "libras" => "gbp",
+        "dólar" | "dólares" | "dolar" | "dolares" => "usd",
+        "peso" | "pesos" | "mxn" | "ars" | "cop" | "clp" => "peso",
+        "chf" | "franc" | "francs" | "franco" | "francos" => "chf",
+        "cad" => "cad",
+        "aud" => "aud",
         _ => return None,
     })
 }
@@ -395,7 +422,66 @@ pub fn facts(sentence: &str) -> Vec<Fact> {
             )
         } else if let Some(n) = number(lower) {
             let unit = next.strip_prefix('-').unwrap_or(next);
-            if let Some(code) = currency(unit) {
+            let after = |k: usize| tokens.get(i + k).map(|t| t.lower.as_str()).unwrap_or("");
+            // "1st of March", "3rd March"
+            let ordinal = matches!(unit, "st" | "nd" | "rd" | "th" | "º" | "o");
+            let month_at = if ordinal { 2 } else { 1 };
+            let month_at = if matches!(after(month_at), "of" | "de") {
+                month_at + 1
+            } else {
+                month_at
+            };
+            let dated = tokens.get(i + month_at).and_then(month);
+            if let Some(month) = dated.filter(|_| (1.0..=31.0).contains(&n) && n.fract() == 0.0) {
+                push(
+                    FactKind::Date,
+                    tokens[i..=i + month_at]
+                        .iter()
+                        .map(|t| t.text)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    format!("date:{month}:{}", format_number(n)),
+                    month_at + 1,
+                )
+            } else if n == 0.5
+                && matches!(unit, "a" | "an")
+                && let Some((key_unit, scale)) = time_unit(after(2))
+            {
+                // "half an hour"
+                push(
+                    FactKind::Duration,
+                    format!(
+                        "{} {} {}",
+                        token.text,
+                        tokens[i + 1].text,
+                        tokens[i + 2].text
+                    ),
+                    format!("{key_unit}:{}", format_number(0.5 * scale)),
+                    3,
+                )
+            } else if matches!((unit, after(2)), ("per", "cent") | ("por", "ciento")) {
+                push(
+                    FactKind::Percent,
+                    format!("{}%", token.text),
+                    format!("percent:{}", format_number(n)),
+                    3,
+                )
+            } else if matches!(unit, "am" | "pm")
+                && let Some((hours, minutes)) = lower.split_once(['.', ','])
+                && let (Ok(hours), Ok(minutes)) = (hours.parse::<u32>(), minutes.parse::<u32>())
+                && hours <= 12
+                && minutes < 60
+                && lower.len() - hours.to_string().len() == 3
+            {
+                // "9.30 am"
+                let hours = (hours % 12) + if unit == "pm" { 12 } else { 0 };
+                push(
+                    FactKind::Time,
+                    format!("{} {}", token.text, tokens[i + 1].text),
+                    format!("time:{hours:02}:{minutes:02}"),
+                    2,
+                )
+            } else if let Some(code) = currency(unit) {
                 push(
                     FactKind::Amount,
                     format!("{} {}", token.text, tokens[i + 1].text),
@@ -422,13 +508,6 @@ pub fn facts(sentence: &str) -> Vec<Fact> {
                     FactKind::Time,
                     format!("{} {}", token.text, tokens[i + 1].text),
                     format!("time:{hours:02}:00"),
-                    2,
-                )
-            } else if let Some(month) = tokens.get(i + 1).and_then(month) {
-                push(
-                    FactKind::Date,
-                    format!("{} {}", token.text, tokens[i + 1].text),
-                    format!("date:{month}:{}", format_number(n)),
                     2,
                 )
             } else {
@@ -475,6 +554,34 @@ pub fn facts(sentence: &str) -> Vec<Fact> {
                 token.text.to_string(),
                 format!("per:{unit}"),
                 1,
+            )
+        } else if matches!(lower, "un" | "una" | "media") && time_unit(next).is_some() {
+            // Spanish "una hora", "un mes", "media hora": durations.
+            let (key_unit, scale) = time_unit(next).expect("matched above");
+            let scale = if lower == "media" { scale / 2.0 } else { scale };
+            push(
+                FactKind::Duration,
+                format!("{} {}", token.text, tokens[i + 1].text),
+                format!("{key_unit}:{}", format_number(scale)),
+                2,
+            )
+        } else if matches!(lower, "por" | "al" | "cada") && time_unit(next).is_some() {
+            // Spanish "por semana", "al mes", "cada día": rates.
+            let (key_unit, scale) = time_unit(next).expect("matched above");
+            let unit = match (key_unit, scale) {
+                ("minutes", 1.0) => "minute",
+                ("minutes", _) => "hour",
+                ("days", 1.0) => "day",
+                ("days", 7.0) => "week",
+                ("days", _) => "fortnight",
+                ("months", 1.0) => "month",
+                _ => "year",
+            };
+            push(
+                FactKind::Frequency,
+                format!("{} {}", token.text, tokens[i + 1].text),
+                format!("per:{unit}"),
+                2,
             )
         } else if matches!(lower, "per" | "a" | "an" | "each" | "every")
             && let Some((_, _)) = time_unit(next)
@@ -670,6 +777,32 @@ mod tests {
         assert_eq!(keys_of("Refunds come within a week."), ["days:7"]);
         assert_eq!(keys_of("Available one day a week."), ["days:1", "per:week"]);
         assert_eq!(keys_of("The monthly plan."), ["per:month"]);
+    }
+
+    #[test]
+    fn numbers_are_read_whatever_the_locale() {
+        assert_eq!(
+            keys_of("It costs €1,299.99 or 1.234,56 €."),
+            ["amount:eur:1299.99", "amount:eur:1234.56"]
+        );
+        assert_eq!(
+            keys_of("It costs 1.000 € or 1,000 €, not 1 €."),
+            [
+                "amount:eur:1000",
+                "amount:eur:1000",
+                "negation",
+                "amount:eur:1"
+            ]
+        );
+        assert_eq!(
+            keys_of("Doors open at 9.30 am, in half an hour."),
+            ["time:09:30", "minutes:30"]
+        );
+        assert_eq!(
+            keys_of("It starts on the 1st of March and saves 20 per cent."),
+            ["date:mar:1", "percent:20"]
+        );
+        assert_eq!(keys_of("Version 2.5 ships."), ["number:2.5"]);
     }
 
     #[test]
