@@ -265,13 +265,20 @@ impl Chunker<'_> {
 /// Sentence ranges: cuts after `.`, `!`, `?` (and their CJK forms) followed by whitespace, and
 /// at line breaks. The ranges cover the text.
 pub(crate) fn sentences(text: &str) -> Vec<Range<usize>> {
+    split_after(text, |c, next_is_space| {
+        matches!(c, '.' | '!' | '?' | '。' | '！' | '？' | '\n') && next_is_space
+    })
+}
+
+/// Ranges that cover `text`, each ending after a character for which `ends(character, whether
+/// whitespace or the end follows)` holds, with the whitespace after it.
+pub(crate) fn split_after(text: &str, ends: impl Fn(char, bool) -> bool) -> Vec<Range<usize>> {
     let mut ranges = Vec::new();
     let mut start = 0;
     let mut chars = text.char_indices().peekable();
     while let Some((index, c)) = chars.next() {
-        let end_of_sentence = matches!(c, '.' | '!' | '?' | '。' | '！' | '？' | '\n')
-            && chars.peek().is_none_or(|(_, next)| next.is_whitespace());
-        if end_of_sentence {
+        let next_is_space = chars.peek().is_none_or(|(_, next)| next.is_whitespace());
+        if ends(c, next_is_space) {
             let mut end = index + c.len_utf8();
             while let Some(&(i, next)) = chars.peek() {
                 if !next.is_whitespace() {

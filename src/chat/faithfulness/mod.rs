@@ -966,30 +966,9 @@ pub struct Embeddings {
 /// `?` followed by whitespace, after `。`, `！` or `？`, and at every line break (list items and
 /// code lines are pieces of their own). Each piece keeps the whitespace after it.
 pub fn answer_sentences(text: &str) -> Vec<std::ops::Range<usize>> {
-    let mut ranges = Vec::new();
-    let mut start = 0;
-    let mut chars = text.char_indices().peekable();
-    while let Some((index, c)) = chars.next() {
-        let next_is_space = chars.peek().is_none_or(|(_, next)| next.is_whitespace());
-        let ends = matches!(c, '。' | '！' | '？' | '\n')
-            || (matches!(c, '.' | '!' | '?') && next_is_space);
-        if ends {
-            let mut end = index + c.len_utf8();
-            while let Some(&(i, next)) = chars.peek() {
-                if !next.is_whitespace() {
-                    break;
-                }
-                end = i + next.len_utf8();
-                chars.next();
-            }
-            ranges.push(start..end);
-            start = end;
-        }
-    }
-    if start < text.len() {
-        ranges.push(start..text.len());
-    }
-    ranges
+    crate::knowledge::chunk::split_after(text, |c, next_is_space| {
+        matches!(c, '。' | '！' | '？' | '\n') || (matches!(c, '.' | '!' | '?') && next_is_space)
+    })
 }
 
 /// A passage's sentences, as the checker quotes them.
