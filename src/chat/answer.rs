@@ -76,7 +76,8 @@ pub struct Checked {
     /// `None` when generation ended early (an error, a shutdown) after sentences were shown.
     pub summary: Option<ChatSummary>,
     /// Seconds from the question to the first token and to the first delivered sentence.
-    pub timings: serde_json::Value,
+    pub first_token_s: Option<f64>,
+    pub first_sentence_s: Option<f64>,
 }
 
 /// A stored message and what follows it.
@@ -340,11 +341,8 @@ impl Chat {
                 }
                 stats["raw_answer"] = json!(checked.raw);
                 stats["checks"] = json!(checked.checks);
-                if let Some(timings) = checked.timings.as_object() {
-                    for (key, value) in timings {
-                        stats[key] = value.clone();
-                    }
-                }
+                stats["first_token_s"] = json!(checked.first_token_s);
+                stats["first_sentence_s"] = json!(checked.first_sentence_s);
                 // Delivery already chose: the fallback was shown when no claim survived.
                 if checked.answered {
                     (checked.text, checked.citations, confidence, false)

@@ -11,7 +11,6 @@
 use std::time::Instant;
 
 use futures_util::{Stream, StreamExt, stream};
-use serde_json::json;
 
 use super::answer::{Checked, Prepared, Reply};
 use super::citations;
@@ -143,7 +142,7 @@ impl Delivery {
                     let mut checker = self.checker.take().expect("made before generation");
                     let quote = match self.committed {
                         true => None,
-                        false => Chat::best_quote(&mut checker),
+                        false => checker.quote_answer(),
                     };
                     if let Some(quote) = quote {
                         // What was held (supported, but not enough to answer by itself),
@@ -209,10 +208,8 @@ impl Delivery {
             answered: self.committed,
             raw: std::mem::take(&mut self.raw),
             summary,
-            timings: json!({
-                "first_token_s": self.first_token_s,
-                "first_sentence_s": self.first_shown_s,
-            }),
+            first_token_s: self.first_token_s,
+            first_sentence_s: self.first_shown_s,
         }
     }
 
@@ -324,12 +321,6 @@ impl Chat {
             passages,
             sentences,
         })
-    }
-
-    /// The quotation that answers best (the checker ranks by words and meaning).
-    fn best_quote(checker: &mut Checker) -> Option<String> {
-        let best = checker.quote_candidates().into_iter().next()?;
-        checker.quote(&best.0)
     }
 
     async fn embed_sentence(&self, prepared: &Prepared, sentence: &str) -> Option<Vec<f32>> {

@@ -207,23 +207,13 @@ fn time_unit(lower: &str) -> Option<(&'static str, f64)> {
         return Some(("months", 1.0));
     }
     let singular = lower.strip_suffix('s').unwrap_or(lower);
-    // Spanish plurals: "meses" → "mese", "horas" → "hora".
-    let singular = singular
-        .strip_suffix("e")
-        .filter(|s| *s == "mes")
-        .unwrap_or(singular);
     Some(match singular {
-        "minuto" | "hora" | "día" | "dia" | "semana" | "quincena" | "mes" | "año" | "ano" => {
-            match singular {
-                "minuto" => ("minutes", 1.0),
-                "hora" => ("minutes", 60.0),
-                "día" | "dia" => ("days", 1.0),
-                "semana" => ("days", 7.0),
-                "quincena" => ("days", 14.0),
-                "mes" => ("months", 1.0),
-                _ => ("months", 12.0),
-            }
-        }
+        "minuto" => ("minutes", 1.0),
+        "hora" => ("minutes", 60.0),
+        "día" | "dia" => ("days", 1.0),
+        "semana" => ("days", 7.0),
+        "quincena" => ("days", 14.0),
+        "año" | "ano" => ("months", 12.0),
         "minute" | "min" => ("minutes", 1.0),
         "hour" | "hr" | "hrs" | "h" => ("minutes", 60.0),
         "day" | "night" => ("days", 1.0),

@@ -167,6 +167,10 @@ const GENERIC: &[&str] = &[
     "pasa",
 ];
 
+/// [`GENERIC`] as content words, made once.
+static GENERIC_WORDS: std::sync::LazyLock<HashSet<String>> =
+    std::sync::LazyLock::new(|| content_words(&GENERIC.join(" ")));
+
 /// Share of the question's words the shown claims must contain to answer it, and the higher
 /// share when the question names something no passage mentions (a likely near miss).
 const ANSWERS_QUESTION: f32 = 0.5;
@@ -269,6 +273,18 @@ impl Window {
         }
     }
 
+    /// Two consecutive sentences as one window: their words and facts together, without
+    /// reading the text again.
+    fn pair(first: &Window, second: &Window) -> Window {
+        Window {
+            vector: None,
+            text: format!("{} {}", first.text, second.text),
+            lower: format!("{} {}", first.lower, second.lower),
+            words: first.words.union(&second.words).cloned().collect(),
+            keys: first.keys.union(&second.keys).cloned().collect(),
+        }
+    }
+
     fn has(&self, fact: &Fact) -> bool {
         match fact.kind {
             FactKind::Entity => facts::mentions(&self.lower, &fact.text.to_lowercase()),
@@ -329,7 +345,7 @@ impl Checker {
             question_embedding,
             // Numbers in a question ("two calls") are facts to check, not its subject.
             question: content_words(&facts::without_numbers(question))
-                .difference(&content_words(&GENERIC.join(" ")))
+                .difference(&GENERIC_WORDS)
                 .cloned()
                 .collect(),
             known,
@@ -645,8 +661,14 @@ impl Checker {
             .unwrap_or(0.0)
     }
 
+    /// The best of [`Checker::quote_candidates`] as a quotation with its marker, if any.
+    pub fn quote_answer(&mut self) -> Option<String> {
+        let (best, _) = self.quote_candidates().into_iter().next()?;
+        self.quote(&best)
+    }
+
     /// Shows `sentence` (one of [`Checker::quote_candidates`]) as a quotation with its marker.
-    pub fn quote(&mut self, sentence: &str) -> Option<String> {
+    fn quote(&mut self, sentence: &str) -> Option<String> {
         let p = self
             .passages
             .iter()
@@ -991,7 +1013,7 @@ fn index(passage: &SearchHit) -> Indexed {
     } else {
         sentences
             .windows(2)
-            .map(|pair| Window::new(format!("{} {}", pair[0].text, pair[1].text)))
+            .map(|pair| Window::pair(&pair[0], &pair[1]))
             .collect()
     };
     let context = format!("{} > {}", passage.document_title, passage.heading_path);
