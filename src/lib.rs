@@ -6,6 +6,8 @@
 //! - [`inference`]: the chat model and the embedder, in-process with candle;
 //! - [`knowledge`]: documents, chunks, the vector index and hybrid search;
 //! - [`chat`]: conversations, grounded answers with citations and confidence;
+//! - [`coaching`]: end users, goals, programs, nudges and test clocks;
+//! - [`jobs`]: the durable job system every background task runs on;
 //! - [`server`]: start-up and graceful shutdown;
 //! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
 
@@ -13,11 +15,13 @@ pub mod auth;
 pub mod bench;
 pub mod chat;
 pub mod cli;
+pub mod coaching;
 pub mod config;
 pub mod data_dir;
 pub mod db;
 pub mod http;
 pub mod inference;
+pub mod jobs;
 pub mod knowledge;
 pub mod mail;
 pub mod server;

@@ -106,12 +106,23 @@ impl Server {
                 config.live.connections_per_ip,
             ),
         );
+        let jobs = crate::jobs::Jobs::new(db.clone());
+        let coaching = crate::coaching::Coaching::new(
+            db.clone(),
+            jobs.clone(),
+            chat.clone(),
+            knowledge.clone(),
+            inference.clone(),
+        );
+        chat.set_hook(std::sync::Arc::new(coaching.clone()));
         let state = AppState {
             db,
             inference,
             auth,
             knowledge,
             chat,
+            coaching,
+            jobs,
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
             live: config.live,
@@ -179,6 +190,7 @@ impl Server {
             .start(shutdown.clone())
             .await
             .context("cannot start document ingestion")?;
+        self.state.jobs.start(shutdown.clone());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         let mut http = auto::Builder::new(TokioExecutor::new());

@@ -215,6 +215,9 @@ async fn every_role_against_every_route_matches_the_permission_matrix() {
             let body = match path.as_str() {
                 "/api/v1/conversations/{id}/typing" => Some(json!({"active": true})),
                 "/api/v1/conversations/{id}/receipts" => Some(json!({"seq": 1, "status": "read"})),
+                "/api/v1/goals/{id}/check-ins" => Some(json!({"value": 1})),
+                "/api/v1/public/me/consent" => Some(json!({"consent": true})),
+                "/api/v1/public/me/enrollments" => Some(json!({"program_id": "none"})),
                 "/api/v1/conversations/{id}/messages" if method == Method::POST => {
                     Some(json!({"content": "hello", "stream": false}))
                 }
@@ -306,6 +309,64 @@ async fn cross_tenant_sweep_generated_from_the_router() {
     let invitation_id = invitation["id"].as_str().unwrap().to_string();
     let me = call_json(&app, Method::GET, "/api/v1/auth/me", None, Some(owner)).await;
     let tenant_id = me["tenant"]["id"].as_str().unwrap().to_string();
+    // Coaching: a test clock, a test end user with a goal, a published program they are
+    // enrolled in, a nudge rule.
+    let clock = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/test-clocks",
+        Some(json!({"now": "2026-03-02T08:00:00Z"})),
+        Some(owner),
+    )
+    .await;
+    let clock_id = clock["id"].as_str().unwrap().to_string();
+    let end_user = call_json(&app, Method::POST, "/api/v1/end-users",
+        Some(json!({"name": "Zoe Ana-client", "time_zone": "Europe/Madrid", "test_clock_id": clock_id, "consent": true})),
+        Some(owner)).await;
+    let end_user_id = end_user["id"].as_str().unwrap().to_string();
+    let goal = call_json(&app, Method::POST, &format!("/api/v1/end-users/{end_user_id}/goals"),
+        Some(json!({"title": "Ana-goal walking", "metric": "steps", "target": 8000, "direction": "increase"})),
+        Some(owner)).await;
+    let goal_id = goal["id"].as_str().unwrap().to_string();
+    let program_body = json!({"name": "Ana-program", "steps": [
+        {"key": "hello", "day": 0, "at": "09:00", "kind": "message", "text": "Welcome"}]});
+    let program = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/programs",
+        Some(program_body.clone()),
+        Some(owner),
+    )
+    .await;
+    let program_id = program["id"].as_str().unwrap().to_string();
+    call_json(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program_id}/publish"),
+        None,
+        Some(owner),
+    )
+    .await;
+    let enrollment = call_json(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program_id}/enrollments"),
+        Some(json!({"end_user_id": end_user_id})),
+        Some(owner),
+    )
+    .await;
+    let enrollment_id = enrollment["id"].as_str().unwrap().to_string();
+    let rule_body = json!({"name": "Ana-rule", "trigger": {"type": "inactivity", "days": 3},
+        "instruction": "Ask how it is going"});
+    let rule = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/nudge-rules",
+        Some(rule_body.clone()),
+        Some(owner),
+    )
+    .await;
+    let rule_id = rule["id"].as_str().unwrap().to_string();
     let markers = [
         document_id.clone(),
         conversation_id.clone(),
@@ -315,6 +376,13 @@ async fn cross_tenant_sweep_generated_from_the_router() {
         "ana-notes".to_string(),
         "pending@example.com".to_string(),
         "ana-coach@example.com".to_string(),
+        end_user_id.clone(),
+        goal_id.clone(),
+        program_id.clone(),
+        rule_id.clone(),
+        clock_id.clone(),
+        "Zoe Ana-client".to_string(),
+        "Ana-program".to_string(),
     ];
 
     let bob = &b.tokens["admin"];
@@ -333,6 +401,18 @@ async fn cross_tenant_sweep_generated_from_the_router() {
             &invitation_id
         } else if path.starts_with("/api/v1/team/") {
             &a.coach_user_id
+        } else if path.starts_with("/api/v1/end-users/") {
+            &end_user_id
+        } else if path.starts_with("/api/v1/goals/") {
+            &goal_id
+        } else if path.starts_with("/api/v1/programs/") {
+            &program_id
+        } else if path.starts_with("/api/v1/enrollments/") {
+            &enrollment_id
+        } else if path.starts_with("/api/v1/nudge-rules/") {
+            &rule_id
+        } else if path.starts_with("/api/v1/test-clocks/") {
+            &clock_id
         } else {
             &tenant_id
         };
@@ -362,6 +442,16 @@ async fn cross_tenant_sweep_generated_from_the_router() {
                 json!({"gap_ids": [conversation_id], "document_id": document_id})
             }
             ("POST", "/api/v1/search") => json!({"query": "habits"}),
+            ("PATCH", "/api/v1/end-users/{id}") => json!({"name": "mine now"}),
+            ("POST", "/api/v1/end-users/{id}/goals") => {
+                json!({"title": "t", "metric": "m", "target": 1, "direction": "increase"})
+            }
+            ("POST", "/api/v1/goals/{id}/check-ins") => json!({"value": 1}),
+            ("PUT", "/api/v1/programs/{id}") => program_body.clone(),
+            ("POST", "/api/v1/programs/{id}/enrollments") => json!({"end_user_id": end_user_id}),
+            ("PATCH", "/api/v1/enrollments/{id}") => json!({"status": "unenrolled"}),
+            ("PUT", "/api/v1/nudge-rules/{id}") => rule_body.clone(),
+            ("POST", "/api/v1/test-clocks/{id}/advance") => json!({"to": "2030-01-01T00:00:00Z"}),
             _ => json!({}),
         };
         let concrete = fill(&path, &values);
@@ -418,6 +508,29 @@ async fn cross_tenant_sweep_generated_from_the_router() {
         .status(),
         200
     );
+    let profile = call_json(
+        &app,
+        Method::GET,
+        &format!("/api/v1/end-users/{end_user_id}"),
+        None,
+        Some(owner),
+    )
+    .await;
+    assert_eq!(profile["name"], "Zoe Ana-client");
+    assert_eq!(profile["enrollments"][0]["status"], "active");
+    assert_eq!(
+        profile["goals"][0]["check_ins"].as_array().unwrap().len(),
+        0
+    );
+    let clock = call_json(
+        &app,
+        Method::GET,
+        &format!("/api/v1/test-clocks/{clock_id}"),
+        None,
+        Some(owner),
+    )
+    .await;
+    assert_eq!(clock["now"], "2026-03-02T08:00:00Z");
     let team = call_json(&app, Method::GET, "/api/v1/team", None, Some(owner)).await;
     assert!(
         team.to_string().contains("pending@example.com"),

@@ -87,6 +87,9 @@ pub struct Asked {
     pub duplicate: bool,
     /// `Some` when the coach should answer it.
     pub pending: Option<Pending>,
+    /// The coaching engine's reply (an opt-out confirmed, a check-in recorded), stored and
+    /// published already; the coach does not answer then.
+    pub reply: Option<Message>,
 }
 
 /// A question the coach is to answer.
@@ -187,6 +190,7 @@ impl Chat {
                 message: stored.message,
                 duplicate: true,
                 pending: None,
+                reply: None,
             });
         }
         self.publish_message(tenant_id, &stored.message);
@@ -196,7 +200,22 @@ impl Chat {
             personal_data = ?masked.kinds,
             "message"
         );
-        let coach_answers = stored.message.role == "user" && !conversation.is_human();
+        let mut coach_answers = stored.message.role == "user" && !conversation.is_human();
+        let mut reply = None;
+        if let (Speaker::Visitor { visitor_id, .. }, Some(hook)) = (speaker, self.hook.get())
+            && stored.message.role == "user"
+            && let Some(text) = hook
+                .end_user_wrote(speaker.scope(), visitor_id, content)
+                .await
+        {
+            coach_answers = false;
+            if !text.is_empty() {
+                reply = Some(
+                    self.store_coach_reply(speaker.scope(), conversation_id, &text)
+                        .await?,
+                );
+            }
+        }
         if coach_answers && wants_person {
             self.request_person(speaker, conversation_id).await?;
         }
@@ -211,6 +230,7 @@ impl Chat {
             message: stored.message,
             duplicate: false,
             pending,
+            reply,
         })
     }
 
@@ -293,6 +313,7 @@ impl Chat {
         let Prepared {
             speaker,
             conversation_id,
+            reply_to,
             coach,
             masked_question,
             passages,
@@ -315,6 +336,7 @@ impl Chat {
             })
             .collect();
         let mut stats = json!({
+            "reply_to": reply_to,
             "retrieval_score": retrieval_score,
             "passages": passages.len(),
             "retrieved": retrieved,

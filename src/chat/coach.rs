@@ -84,6 +84,13 @@ pub struct Coach {
     /// for wrong numbers, durations, amounts, dates, times and names and keeps other sentences
     /// without a source; `open` only fixes citation markers.
     pub strictness: Strictness,
+    /// Proactive messages wait out these hours of the end user's local time, e.g. `21:00-08:00`
+    /// (equal times: none).
+    pub quiet_hours: String,
+    /// Most rule nudges one end user gets per local day and per seven days; more are
+    /// suppressed. Program steps and check-in prompts do not count.
+    pub nudges_per_day: u32,
+    pub nudges_per_week: u32,
 }
 
 /// The bottom corner the widget sits in.
@@ -105,7 +112,8 @@ impl WidgetPosition {
 
 const COLUMNS: &str = "slug, name, persona, greeting, confidence_threshold, fallback_message, \
                        answer_length, temperature, redact_pii, avatar_url, brand_color, \
-                       widget_position, opening_message, strictness";
+                       widget_position, opening_message, strictness, quiet_hours, nudges_per_day, \
+                       nudges_per_week";
 
 /// Reads [`COLUMNS`] starting at column `at`.
 fn coach_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coach> {
@@ -128,6 +136,9 @@ fn coach_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Coach> {
         },
         opening_message: r.get(at + 12)?,
         strictness: Strictness::parse(&r.get::<_, String>(at + 13)?),
+        quiet_hours: r.get(at + 14)?,
+        nudges_per_day: r.get(at + 15)?,
+        nudges_per_week: r.get(at + 16)?,
     })
 }
 
@@ -174,6 +185,9 @@ pub struct CoachUpdate {
     pub widget_position: Option<WidgetPosition>,
     pub opening_message: Option<String>,
     pub strictness: Option<Strictness>,
+    pub quiet_hours: Option<String>,
+    pub nudges_per_day: Option<u32>,
+    pub nudges_per_week: Option<u32>,
 }
 
 pub fn update(
@@ -234,11 +248,36 @@ pub fn update(
     if let Some(strictness) = change.strictness {
         coach.strictness = strictness;
     }
+    if let Some(quiet) = &change.quiet_hours {
+        let parsed = crate::coaching::schedule::QuietHours::parse("quiet_hours", quiet)
+            .map_err(|e| ChatError::Invalid(e.to_string()))?;
+        coach.quiet_hours = parsed.to_string();
+    }
+    for (field, value, target) in [
+        (
+            "nudges_per_day",
+            change.nudges_per_day,
+            &mut coach.nudges_per_day,
+        ),
+        (
+            "nudges_per_week",
+            change.nudges_per_week,
+            &mut coach.nudges_per_week,
+        ),
+    ] {
+        if let Some(value) = value {
+            if value > 50 {
+                return Err(ChatError::Invalid(format!("{field} must be 0 to 50")));
+            }
+            *target = value;
+        }
+    }
     let result = c.execute(
         "UPDATE coaches SET slug = ?2, name = ?3, persona = ?4, greeting = ?5, \
          confidence_threshold = ?6, fallback_message = ?7, answer_length = ?8, temperature = ?9, \
          redact_pii = ?10, avatar_url = ?11, brand_color = ?12, widget_position = ?13, \
-         opening_message = ?14, strictness = ?15 WHERE tenant_id = ?1",
+         opening_message = ?14, strictness = ?15, quiet_hours = ?16, nudges_per_day = ?17, \
+         nudges_per_week = ?18 WHERE tenant_id = ?1",
         params![
             scope.tenant_id(),
             coach.slug,
@@ -255,6 +294,9 @@ pub fn update(
             coach.widget_position.as_str(),
             coach.opening_message,
             coach.strictness.as_str(),
+            coach.quiet_hours,
+            coach.nudges_per_day,
+            coach.nudges_per_week,
         ],
     );
     match result {

@@ -43,14 +43,29 @@ pub fn create_visitor(
     c: &Connection,
     tenant_id: &str,
     origin: Option<&str>,
+    time_zone: Option<&str>,
 ) -> rusqlite::Result<(String, String)> {
     let id = new_id();
     let token = secret_token(VISITOR_TOKEN_PREFIX);
     c.execute(
-        "INSERT INTO visitors (id, tenant_id, token_hash, origin) VALUES (?1, ?2, ?3, ?4)",
-        params![id, tenant_id, secret_hash(&token), origin],
+        "INSERT INTO visitors (id, tenant_id, token_hash, origin, time_zone) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, tenant_id, secret_hash(&token), origin, time_zone],
     )?;
     Ok((id, token))
+}
+
+/// A new token for an existing visitor (the old one stops working); `None` if no such visitor.
+pub fn reissue_visitor_token(
+    c: &Connection,
+    scope: &TenantScope,
+    visitor_id: &str,
+) -> rusqlite::Result<Option<String>> {
+    let token = secret_token(VISITOR_TOKEN_PREFIX);
+    let changed = c.execute(
+        "UPDATE visitors SET token_hash = ?3 WHERE tenant_id = ?1 AND id = ?2",
+        params![scope.tenant_id(), visitor_id, secret_hash(&token)],
+    )?;
+    Ok((changed == 1).then_some(token))
 }
 
 /// How often a visitor's last-seen time is written: every request writing it would make end

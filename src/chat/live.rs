@@ -23,6 +23,7 @@ use super::hub::{Audience, Event};
 use super::protocol::ServerEvent;
 use super::{Chat, ChatError};
 use crate::auth::TenantScope;
+use crate::db::coaching::OutboxStore;
 
 /// Limits on what one end user may send, and on live connections.
 #[derive(Clone)]
@@ -498,14 +499,12 @@ impl Chat {
             .db
             .call(move |c| {
                 conversations::open(c, &who, &id, Access::Act)?;
-                Ok::<_, ChatError>(conversations::record_receipt(
-                    c,
-                    who.scope(),
-                    &id,
-                    by,
-                    status,
-                    seq,
-                )?)
+                let seq = conversations::record_receipt(c, who.scope(), &id, by, status, seq)?;
+                // What the coach sent out is delivered (or read) once the end user's side says so.
+                if by == Side::Visitor {
+                    c.outbound_receipt(who.scope(), &id, seq, status == ReceiptStatus::Read)?;
+                }
+                Ok::<_, ChatError>(seq)
             })
             .await?;
         let event = ServerEvent::Receipt {
@@ -539,6 +538,126 @@ impl Chat {
                 .is_visitor_online(scope.tenant_id(), &item.visitor_id);
         }
         Ok(items)
+    }
+
+    /// Stores a message the coach sends on its own (a program step, a nudge) in the visitor's
+    /// newest conversation, opening one when there is none. Stored once per `client_id`, so a
+    /// retry after a crash finds the first one. Publishing is the caller's (its channel's).
+    pub async fn store_proactive(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+        client_id: &str,
+        content: &str,
+        citations: &[super::citations::Citation],
+        stats: serde_json::Value,
+    ) -> Result<Message, ChatError> {
+        let speaker = Speaker::Visitor {
+            scope: scope.clone(),
+            visitor_id: visitor_id.to_string(),
+        };
+        let (client_id, content, citations) = (
+            client_id.to_string(),
+            content.to_string(),
+            citations.to_vec(),
+        );
+        self.db
+            .call(move |c| {
+                let scope = speaker.scope();
+                let Speaker::Visitor { visitor_id, .. } = &speaker else {
+                    unreachable!("built above")
+                };
+                let id = match conversations::latest_of_visitor(c, scope, visitor_id)? {
+                    Some(id) => id,
+                    None => conversations::create(c, &speaker)?.id,
+                };
+                let stored = conversations::add_message(
+                    c,
+                    scope,
+                    &id,
+                    &NewMessage {
+                        role: "assistant",
+                        content: &content,
+                        citations: &citations,
+                        stats: Some(stats),
+                        client_id: Some(&client_id),
+                        ..NewMessage::default()
+                    },
+                )?;
+                Ok::<_, ChatError>(stored.message)
+            })
+            .await
+    }
+
+    /// Stores and publishes the coach's reply that needs no model (a check-in recorded).
+    pub(super) async fn store_coach_reply(
+        &self,
+        scope: &TenantScope,
+        conversation_id: &str,
+        text: &str,
+    ) -> Result<Message, ChatError> {
+        let (scope_moved, id, text) =
+            (scope.clone(), conversation_id.to_string(), text.to_string());
+        let message = self
+            .db
+            .call(move |c| {
+                Ok::<_, ChatError>(
+                    conversations::add_message(
+                        c,
+                        &scope_moved,
+                        &id,
+                        &NewMessage {
+                            role: "assistant",
+                            content: &text,
+                            stats: Some(json!({ "coaching": true })),
+                            ..NewMessage::default()
+                        },
+                    )?
+                    .message,
+                )
+            })
+            .await?;
+        self.publish_message(scope.tenant_id(), &message);
+        Ok(message)
+    }
+
+    /// A visitor with no browser behind it yet (an end user made through the API).
+    pub async fn create_visitor_for(&self, scope: &TenantScope) -> Result<String, ChatError> {
+        let tenant = scope.tenant_id().to_string();
+        let (id, _token) = self
+            .db
+            .call(move |c| {
+                Ok::<_, ChatError>(conversations::create_visitor(c, &tenant, None, None)?)
+            })
+            .await?;
+        Ok(id)
+    }
+
+    /// A new token for the visitor (test end users' sessions).
+    pub async fn reissue_visitor_token(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+    ) -> Result<String, ChatError> {
+        let (scope, id) = (scope.clone(), visitor_id.to_string());
+        self.db
+            .call(move |c| {
+                conversations::reissue_visitor_token(c, &scope, &id)?
+                    .ok_or(ChatError::NotFound("no such visitor"))
+            })
+            .await
+    }
+
+    /// A person of the team is handling the conversation (the coach keeps quiet).
+    pub async fn is_taken_over(
+        &self,
+        scope: &TenantScope,
+        conversation_id: &str,
+    ) -> Result<bool, ChatError> {
+        Ok(self
+            .conversation_in(scope, conversation_id)
+            .await?
+            .is_human())
     }
 
     /// Answers in a task of its own, so the answer is stored (and reaches the end user when they

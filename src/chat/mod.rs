@@ -49,6 +49,18 @@ impl From<rusqlite::Error> for ChatError {
     }
 }
 
+/// Looks at an end user's message before the coach answers it (the coaching engine: opt-outs,
+/// check-in values, quick replies). `Some(text)`: it was handled, and `text` (when not empty)
+/// is the coach's reply; the coach then does not answer from the knowledge base.
+pub trait EndUserHook: Send + Sync {
+    fn end_user_wrote<'a>(
+        &'a self,
+        scope: &'a crate::auth::TenantScope,
+        visitor_id: &'a str,
+        text: &'a str,
+    ) -> crate::jobs::BoxFuture<'a, Option<String>>;
+}
+
 /// The conversation service. Cheap to clone.
 #[derive(Clone)]
 pub struct Chat {
@@ -57,6 +69,8 @@ pub struct Chat {
     inference: Inference,
     hub: hub::Hub,
     limits: live::VisitorLimits,
+    /// Set once at start (the coaching engine is built after the chat it sends through).
+    hook: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn EndUserHook>>>,
 }
 
 impl Chat {
@@ -72,7 +86,13 @@ impl Chat {
             inference,
             hub: hub::Hub::new(),
             limits,
+            hook: std::sync::Arc::default(),
         }
+    }
+
+    /// Installs the hook that sees end users' messages first.
+    pub fn set_hook(&self, hook: std::sync::Arc<dyn EndUserHook>) {
+        let _ = self.hook.set(hook);
     }
 
     /// Live connections and the fan-out of events to them.

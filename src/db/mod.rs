@@ -7,6 +7,8 @@
 //! failing when it upgrades a read lock.
 
 pub mod access;
+pub mod coaching;
+pub mod jobs;
 pub mod migrations;
 pub mod storage;
 
@@ -16,6 +18,22 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
+
+/// An instant as stored: RFC 3339 in UTC with milliseconds, the format of SQLite's
+/// `strftime('%Y-%m-%dT%H:%M:%fZ')`, so stored times compare as text.
+pub fn instant(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// Reads a stored instant (any RFC 3339 form; SQLite's `datetime()` form too).
+pub fn parse_instant(text: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .or_else(|_| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S").map(|t| t.and_utc())
+        })
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
+}
 
 /// How long a connection waits for another writer before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

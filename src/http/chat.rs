@@ -221,8 +221,16 @@ pub(crate) async fn public_coach(
     Ok(Json(PublicCoach::new(coach, online)))
 }
 
+/// What the widget tells about the browser.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct VisitorOptions {
+    /// The browser's IANA time zone, e.g. `Europe/Madrid`: program steps and check-ins reach
+    /// the end user at their local times.
+    time_zone: Option<String>,
+}
+
 #[utoipa::path(post, path = "/api/v1/public/coaches/{slug}/visitors", tag = "chat",
-    params(("slug" = String, Path, description = "The coach's public slug")),
+    params(("slug" = String, Path, description = "The coach's public slug"), VisitorOptions),
     responses(
         (status = 201, description = "A visitor token for this coach", body = NewVisitor),
         (status = 403, description = "The browser's origin is not allowed by the creator", body = ErrorBody),
@@ -233,8 +241,13 @@ pub(crate) async fn create_visitor(
     State(state): State<AppState>,
     Client(context): Client,
     Path(slug): Path<String>,
+    Query(options): Query<VisitorOptions>,
     headers: axum::http::HeaderMap,
 ) -> Result<(StatusCode, Json<NewVisitor>), ApiError> {
+    // A zone the browser got wrong is ignored rather than refused: the chat must open.
+    let time_zone = options
+        .time_zone
+        .filter(|z| crate::coaching::schedule::parse_time_zone("time_zone", z).is_ok());
     state.auth.limiters.check_new_visitor(context.ip)?;
     let origin = headers
         .get(header::ORIGIN)
@@ -246,7 +259,8 @@ pub(crate) async fn create_visitor(
     let (visitor_id, token) = state
         .db
         .call(move |c| {
-            conversations::create_visitor(c, &tenant, origin.as_deref()).map_err(ChatError::from)
+            conversations::create_visitor(c, &tenant, origin.as_deref(), time_zone.as_deref())
+                .map_err(ChatError::from)
         })
         .await?;
     let visitor = NewVisitor {
@@ -342,6 +356,16 @@ pub(crate) async fn send_message(
     let asked = chat
         .ask(&speaker, &id, &input.content, input.client_id.as_deref())
         .await?;
+    // The coaching engine answered (a check-in recorded, an opt-out confirmed).
+    if let Some(reply) = asked.reply {
+        let reply = reply.seen_by(&speaker);
+        if !input.stream {
+            return Ok(Json(reply).into_response());
+        }
+        let events =
+            futures_util::stream::iter([delta_event(&reply.content), final_event(Ok(reply))]);
+        return Ok(sse_until_shutdown(events, state.shutdown.clone()).into_response());
+    }
     let Some(pending) = asked.pending else {
         let status = if asked.duplicate {
             StatusCode::OK

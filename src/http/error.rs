@@ -87,6 +87,16 @@ error_codes! {
     /// The upload would take the tenant over its storage quota; the message says how much is
     /// used and allowed.
     QuotaExceeded => (PAYLOAD_TOO_LARGE, "quota_exceeded"),
+    /// A field has a value that is not allowed; the message names the field.
+    InvalidField => (BAD_REQUEST, "invalid_field"),
+    /// A bad time zone, time of day (`HH:MM`), period or recurrence rule; the message names it.
+    InvalidSchedule => (BAD_REQUEST, "invalid_schedule"),
+    /// A program whose steps do not hold together (a missing day, a duplicate key, a `next`
+    /// to no step); the message names the field.
+    InvalidProgram => (BAD_REQUEST, "invalid_program"),
+    /// The end user opted out of messages from the coach.
+    OptedOut => (CONFLICT, "opted_out"),
+    AlreadyEnrolled => (CONFLICT, "already_enrolled"),
 }
 
 impl ErrorCode {

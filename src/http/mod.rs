@@ -5,6 +5,7 @@ pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod chat;
+pub mod coaching;
 pub mod cors;
 pub mod error;
 pub mod health;
@@ -47,6 +48,10 @@ pub struct AppState {
     pub knowledge: crate::knowledge::Knowledge,
     /// Conversations and answers.
     pub chat: crate::chat::Chat,
+    /// Programs, goals, nudges and test clocks.
+    pub coaching: crate::coaching::Coaching,
+    /// Durable background work.
+    pub jobs: crate::jobs::Jobs,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down; long-lived streams watch it.
     pub shutdown: CancellationToken,
@@ -87,6 +92,7 @@ pub fn route_table() -> route_table::Routes {
         .merge(chat::routes())
         .merge(realtime::routes())
         .merge(insights::routes())
+        .merge(coaching::routes())
         .merge(admin::routes())
         .merge(pages::routes())
 }
@@ -157,11 +163,16 @@ async fn security_headers(request: Request, next: middleware::Next) -> Response 
 /// for retrieval and storing it), so they are never cut before the model gives up.
 async fn deadline(limits: Limits, request: Request, next: middleware::Next) -> Response {
     // Routing has run (this is a router layer), so the route's pattern is known.
-    let answers = request.method() == axum::http::Method::POST
-        && request
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .is_some_and(|path| path.as_str() == "/api/v1/conversations/{id}/messages");
+    let pattern = (request.method() == axum::http::Method::POST)
+        .then(|| request.extensions().get::<axum::extract::MatchedPath>())
+        .flatten()
+        .map(|path| path.as_str().to_string())
+        .unwrap_or_default();
+    // Advancing a test clock runs every job due by then, however many: it has no deadline.
+    if pattern == "/api/v1/test-clocks/{id}/advance" {
+        return next.run(request).await;
+    }
+    let answers = pattern == "/api/v1/conversations/{id}/messages";
     let limit = if answers {
         limits
             .request_timeout

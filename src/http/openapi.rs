@@ -10,7 +10,7 @@ use axum::response::{Html, IntoResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, chat, health, insights, knowledge, metrics, realtime};
+use super::{admin, auth, chat, coaching, health, insights, knowledge, metrics, realtime};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -72,6 +72,32 @@ use super::{admin, auth, chat, health, insights, knowledge, metrics, realtime};
         insights::gap_groups,
         insights::resolve_gaps,
         insights::analytics_report,
+        coaching::list_end_users,
+        coaching::create_end_user,
+        coaching::get_end_user,
+        coaching::update_end_user,
+        coaching::end_user_session,
+        coaching::create_goal,
+        coaching::get_goal,
+        coaching::check_in,
+        coaching::list_programs,
+        coaching::create_program,
+        coaching::get_program,
+        coaching::update_program,
+        coaching::publish_program,
+        coaching::enroll,
+        coaching::change_enrollment,
+        coaching::list_rules,
+        coaching::create_rule,
+        coaching::update_rule,
+        coaching::delete_rule,
+        coaching::list_nudges,
+        coaching::outcomes,
+        coaching::create_test_clock,
+        coaching::get_test_clock,
+        coaching::advance_test_clock,
+        coaching::give_consent,
+        coaching::enroll_myself,
         chat::public_coach,
         chat::get_conversation,
         chat::typing,

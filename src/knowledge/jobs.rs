@@ -1,94 +1,64 @@
-//! The durable job queue: rows in `jobs` that workers claim one at a time. A restart re-queues
-//! whatever was running, so work interrupted by a crash is done again (jobs are idempotent).
+//! Ingestion's jobs in the shared durable job system (`crate::jobs`, `db::jobs`): a document
+//! to extract, chunk and embed. Ingestion keeps workers of its own (their number is a setting,
+//! and they wait for the embedder), but claims, leases and retries are the shared ones, so a
+//! document whose worker died is taken up again when its lease runs out.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use chrono::Utc;
+use rusqlite::Connection;
+
+use crate::db::DbError;
+pub use crate::db::jobs::Job;
+use crate::db::jobs::{JobStore, NewJob, Timeline};
 
 /// Ingest a document: extract, chunk, embed.
 pub const INGEST: &str = "ingest";
 
-/// A claimed job.
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: i64,
-    pub tenant_id: Option<String>,
-    pub subject_id: String,
-    pub attempts: i64,
-}
-
 pub fn enqueue(
     c: &Connection,
     tenant_id: Option<&str>,
-    kind: &str,
+    kind: &'static str,
     subject_id: &str,
-) -> rusqlite::Result<i64> {
-    c.execute(
-        "INSERT INTO jobs (tenant_id, kind, subject_id, status) VALUES (?1, ?2, ?3, 'queued')",
-        params![tenant_id, kind, subject_id],
-    )?;
-    Ok(c.last_insert_rowid())
-}
-
-/// Takes the oldest queued job of `kind`, marking it running.
-pub fn claim(c: &Connection, kind: &str) -> rusqlite::Result<Option<Job>> {
-    c.query_row(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, \
-         updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND kind = ?1 ORDER BY id LIMIT 1) \
-         RETURNING id, tenant_id, subject_id, attempts",
-        params![kind],
-        |r| {
-            Ok(Job {
-                id: r.get(0)?,
-                tenant_id: r.get(1)?,
-                subject_id: r.get(2)?,
-                attempts: r.get(3)?,
-            })
-        },
-    )
-    .optional()
-}
-
-pub fn finish(c: &Connection, id: i64, error: Option<&str>) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE jobs SET status = CASE WHEN ?2 IS NULL THEN 'done' ELSE 'failed' END, \
-         last_error = ?2, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-        params![id, error],
-    )?;
+) -> Result<(), DbError> {
+    c.enqueue_job(&NewJob {
+        kind,
+        tenant_id: tenant_id.map(str::to_string),
+        subject_id: subject_id.to_string(),
+        payload: serde_json::json!({}),
+        run_at: Utc::now(),
+        dedupe_key: None,
+        clock_id: None,
+    })?;
     Ok(())
+}
+
+/// Takes the oldest due job of `kind` under a lease (see [`extend_lease`]).
+pub fn claim(c: &Connection, kind: &str) -> Result<Option<Job>, DbError> {
+    let now = Utc::now();
+    c.claim_job(&[kind], Timeline::Real, now, now, lease_from_now())
+}
+
+fn lease_from_now() -> chrono::DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(crate::jobs::LEASE).expect("small")
+}
+
+/// The worker is still on it (ingesting a long document takes minutes).
+pub fn extend_lease(c: &Connection, id: i64) -> Result<(), DbError> {
+    c.extend_lease(id, lease_from_now())
+}
+
+pub fn finish(c: &Connection, id: i64, error: Option<&str>) -> Result<(), DbError> {
+    match error {
+        None => c.complete_job(id),
+        Some(error) => c.fail_job(id, error),
+    }
 }
 
 /// Puts a job back in the queue (it could not run yet, e.g. no embedder).
-pub fn requeue(c: &Connection, id: i64) -> rusqlite::Result<()> {
-    c.execute(
-        "UPDATE jobs SET status = 'queued', updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-         WHERE id = ?1",
-        params![id],
-    )?;
-    Ok(())
+pub fn requeue(c: &Connection, id: i64) -> Result<(), DbError> {
+    c.retry_job(id, Utc::now(), None)
 }
 
-/// At start: jobs a previous process was running are queued again; returns how many.
-pub fn recover(c: &Connection) -> rusqlite::Result<usize> {
-    c.execute(
-        "UPDATE jobs SET status = 'queued' WHERE status = 'running'",
-        [],
-    )
-}
-
-/// Jobs waiting or running, for readiness and metrics.
-pub fn pending(c: &Connection, kind: &str) -> rusqlite::Result<i64> {
-    c.query_row(
-        "SELECT count(*) FROM jobs WHERE kind = ?1 AND status IN ('queued', 'running')",
-        params![kind],
-        |r| r.get(0),
-    )
-}
-
-/// Finished jobs older than a week are forgotten.
-pub fn prune(c: &Connection) -> rusqlite::Result<usize> {
-    c.execute(
-        "DELETE FROM jobs WHERE status IN ('done', 'failed') \
-         AND updated_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-7 days')",
-        [],
-    )
+/// Finished jobs of every kind older than a week are forgotten.
+pub fn prune(c: &Connection) -> Result<usize, DbError> {
+    c.prune_jobs(Utc::now() - chrono::Duration::days(7))
 }

@@ -220,23 +220,16 @@ impl Knowledge {
         }
     }
 
-    /// Re-queues jobs a previous run left unfinished, then starts the ingestion workers and
+    /// Starts the ingestion workers and
     /// the background embedder (which embeds chunks that lack a vector from the current
     /// embedder, e.g. after the embedder changed).
     pub async fn start(&self, shutdown: CancellationToken) -> Result<(), KnowledgeError> {
         self.sweep_incoming().await?;
-        let recovered = self
-            .inner
+        // Jobs a previous run left unfinished are claimed again when their lease runs out.
+        self.inner
             .db
-            .call(|c| {
-                let recovered = jobs::recover(c)?;
-                jobs::prune(c)?;
-                Ok::<_, KnowledgeError>(recovered)
-            })
+            .call(|c| jobs::prune(c).map_err(KnowledgeError::from))
             .await?;
-        if recovered > 0 {
-            tracing::info!(jobs = recovered, "resuming interrupted ingestion");
-        }
         for worker in 0..self.inner.settings.workers.max(1) {
             let this = self.clone();
             let shutdown = shutdown.clone();

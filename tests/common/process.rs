@@ -84,6 +84,12 @@ impl Served {
         panic!("server did not report its address:\n{}", self.log());
     }
 
+    /// `kill -9`: the process gets no chance to finish anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
     pub fn terminate_and_wait(mut self) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();
         let pid = self.child.id().to_string();

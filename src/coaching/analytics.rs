@@ -1,0 +1,183 @@
+//! Outcomes of a program for real end users (test end users are left out): enrolment,
+//! completion, drop-off per step, weekly cohorts, goal progress, check-in adherence and how
+//! often nudges get a reply.
+
+use std::collections::BTreeMap;
+
+use chrono::{Datelike, Duration, Utc};
+use serde::Serialize;
+
+use super::model::NudgeKind;
+use super::{Coaching, CoachingError};
+use crate::auth::TenantScope;
+use crate::db::coaching::{GoalStore, NudgeStore, ProgramStore};
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StepDropOff {
+    pub step_key: String,
+    /// Enrolments that reached the step.
+    pub reached: i64,
+    /// Share of all enrolments that did not reach it.
+    pub drop_off: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Cohort {
+    /// Monday of the enrolment week, `YYYY-MM-DD`.
+    pub week: String,
+    pub enrolled: i64,
+    /// Share of the cohort active (wrote, or checked in) in the last 7 days.
+    pub retained: f64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Outcomes {
+    pub program_id: String,
+    pub enrolled: i64,
+    /// Enrolments active now.
+    pub active: i64,
+    pub completed: i64,
+    pub completion_rate: f64,
+    pub drop_off: Vec<StepDropOff>,
+    pub retention: Vec<Cohort>,
+    /// Median progress (0 to 1) of the program's goals.
+    pub median_goal_progress: Option<f64>,
+    /// Check-in prompts and check-in steps answered with a value / sent.
+    pub check_in_adherence: Option<f64>,
+    /// Rule nudges replied to / sent.
+    pub nudge_reply_rate: Option<f64>,
+}
+
+fn ratio(part: i64, whole: i64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        ((part as f64 / whole as f64) * 1000.0).round() / 1000.0
+    }
+}
+
+impl Coaching {
+    pub async fn outcomes(
+        &self,
+        scope: &TenantScope,
+        program_id: &str,
+    ) -> Result<Outcomes, CoachingError> {
+        let program = self.program(scope, program_id).await?;
+        let (scope, id) = (scope.clone(), program_id.to_string());
+        let (enrollments, nudges, progress) = self
+            .db()
+            .call(move |c| {
+                let enrollments = c.real_enrollments_in(&scope, &id)?;
+                let ids: Vec<&str> = enrollments.iter().map(|e| e.id.as_str()).collect();
+                let mut users: Vec<&str> =
+                    enrollments.iter().map(|e| e.end_user_id.as_str()).collect();
+                users.sort_unstable();
+                users.dedup();
+                let nudges: Vec<_> = c
+                    .real_nudges(&scope)?
+                    .into_iter()
+                    .filter(|n| {
+                        users.contains(&n.end_user_id.as_str())
+                            && n.enrollment_id.as_deref().is_none_or(|e| ids.contains(&e))
+                    })
+                    .collect();
+                let mut progress = Vec::new();
+                for user in &users {
+                    for goal in c.goals_of(&scope, user)? {
+                        if goal
+                            .enrollment_id
+                            .as_deref()
+                            .is_some_and(|e| ids.contains(&e))
+                        {
+                            let latest = c.check_ins(&scope, &goal.id)?.last().map(|c| c.value);
+                            progress.push(goal.progress(latest.unwrap_or(goal.baseline)));
+                        }
+                    }
+                }
+                Ok::<_, crate::db::DbError>((enrollments, nudges, progress))
+            })
+            .await?;
+        let enrolled = enrollments.len() as i64;
+        let count = |status: &str| enrollments.iter().filter(|e| e.status == status).count() as i64;
+        let completed = count("completed");
+        let drop_off = program
+            .definition
+            .ordered_steps()
+            .into_iter()
+            .map(|step| {
+                let reached = enrollments
+                    .iter()
+                    .filter(|e| e.steps_done.contains(&step.key))
+                    .count() as i64;
+                StepDropOff {
+                    step_key: step.key.clone(),
+                    reached,
+                    drop_off: ratio(enrolled - reached, enrolled),
+                }
+            })
+            .collect();
+        let week_ago = Utc::now() - Duration::days(7);
+        let mut cohorts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for e in &enrollments {
+            let date = e.enrolled_at.date_naive();
+            let monday = date - Duration::days(date.weekday().num_days_from_monday().into());
+            let active = nudges.iter().any(|n| {
+                n.end_user_id == e.end_user_id
+                    && n.status == "replied"
+                    && n.sent_at.is_some_and(|s| s >= week_ago)
+            }) || e.status == "active" && e.enrolled_at >= week_ago;
+            let entry = cohorts.entry(monday.to_string()).or_default();
+            entry.0 += 1;
+            entry.1 += i64::from(active);
+        }
+        let mut progress = progress;
+        progress.sort_by(f64::total_cmp);
+        let median_goal_progress = (!progress.is_empty()).then(|| {
+            let middle = progress.len() / 2;
+            if progress.len() % 2 == 1 {
+                progress[middle]
+            } else {
+                (progress[middle - 1] + progress[middle]) / 2.0
+            }
+        });
+        let sent = |n: &&super::model::Nudge| {
+            matches!(n.status.as_str(), "sent" | "delivered" | "read" | "replied")
+        };
+        let check_ins: Vec<_> = nudges
+            .iter()
+            .filter(|n| {
+                n.kind == NudgeKind::CheckIn || (n.kind == NudgeKind::Step && n.goal_id.is_some())
+            })
+            .filter(sent)
+            .collect();
+        let rule_nudges: Vec<_> = nudges
+            .iter()
+            .filter(|n| n.kind == NudgeKind::Rule)
+            .filter(sent)
+            .collect();
+        let replied = |list: &[&super::model::Nudge]| {
+            list.iter().filter(|n| n.status == "replied").count() as i64
+        };
+        Ok(Outcomes {
+            program_id: program.id,
+            enrolled,
+            active: count("active"),
+            completed,
+            completion_rate: ratio(completed, enrolled),
+            drop_off,
+            retention: cohorts
+                .into_iter()
+                .map(|(week, (enrolled, retained))| Cohort {
+                    week,
+                    enrolled,
+                    retained: ratio(retained, enrolled),
+                })
+                .collect(),
+            median_goal_progress,
+            check_in_adherence: (!check_ins.is_empty())
+                .then(|| ratio(replied(&check_ins), check_ins.len() as i64)),
+            nudge_reply_rate: (!rule_nudges.is_empty())
+                .then(|| ratio(replied(&rule_nudges), rule_nudges.len() as i64)),
+        })
+    }
+}

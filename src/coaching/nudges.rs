@@ -1,0 +1,532 @@
+//! Planned proactive messages: each is a row in `nudges` (unique per rule or step + person +
+//! occurrence) and a job that writes it a few minutes ahead, applies the guardrails when it is
+//! due, and hands it to the outbox.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::json;
+
+use super::model::{EndUser, NewNudge, Nudge, NudgeKind, StepKind};
+use super::schedule::{self, QuietHours};
+use super::writer::Written;
+use super::{Coaching, CoachingError, job_scope, kinds};
+use crate::auth::{TenantScope, new_id};
+use crate::chat::coach::Coach;
+use crate::db::coaching::{EndUserStore, NudgeStore, NudgeUpdate};
+use crate::jobs::{BoxFuture, Handler, Job, JobError, NewJob, Outcome};
+
+/// Messages the coach writes are written this long before they are due, so slow inference on a
+/// CPU never makes them late.
+pub const WRITE_AHEAD: Duration = Duration::minutes(5);
+/// A person who wrote this recently is in a conversation: a nudge waits instead of cutting in.
+const IN_CONVERSATION: Duration = Duration::minutes(10);
+/// How long a nudge waits for a conversation (or a staff takeover) to end before trying again.
+const CONVERSATION_WAIT: Duration = Duration::minutes(15);
+
+/// What the guardrails decide for a nudge that is due.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Send,
+    Defer(DateTime<Utc>, &'static str),
+    Suppress(&'static str),
+}
+
+/// Facts the guardrails look at.
+struct Situation<'a> {
+    user: &'a EndUser,
+    coach: &'a Coach,
+    kind: NudgeKind,
+    now: DateTime<Utc>,
+    /// A person of the team took the end user's conversation over.
+    taken_over: bool,
+    rule_nudges_today: i64,
+    rule_nudges_week: i64,
+    /// For program steps: the enrolment is not active.
+    enrollment_inactive: Option<&'static str>,
+}
+
+/// Opt-out and enrolment state stop everything; consent and caps only rule nudges; quiet
+/// hours and a live conversation defer everything.
+fn guardrails(s: &Situation<'_>) -> Verdict {
+    if s.user.opted_out_at.is_some() {
+        return Verdict::Suppress("opted_out");
+    }
+    if let Some(reason) = s.enrollment_inactive {
+        return Verdict::Suppress(reason);
+    }
+    let rule = s.kind == NudgeKind::Rule;
+    if rule && !s.user.consent {
+        return Verdict::Suppress("no_consent");
+    }
+    if s.taken_over {
+        return Verdict::Defer(s.now + CONVERSATION_WAIT, "staff_takeover");
+    }
+    if s.user
+        .last_active_at
+        .is_some_and(|at| at <= s.now && s.now - at < IN_CONVERSATION)
+    {
+        return Verdict::Defer(s.now + CONVERSATION_WAIT, "in_conversation");
+    }
+    let quiet = QuietHours::parse("quiet_hours", &s.coach.quiet_hours).unwrap_or_default();
+    if let Some(end) = quiet.deferral(s.user.tz(), s.now) {
+        return Verdict::Defer(end, "quiet_hours");
+    }
+    if rule && s.rule_nudges_today >= i64::from(s.coach.nudges_per_day) {
+        return Verdict::Suppress("daily_cap");
+    }
+    if rule && s.rule_nudges_week >= i64::from(s.coach.nudges_per_week) {
+        return Verdict::Suppress("weekly_cap");
+    }
+    Verdict::Send
+}
+
+/// The job that works on a nudge. No dedupe key: the nudge's own status keeps it to one send,
+/// and a resumed enrolment queues its held step again.
+fn nudge_job(scope: &TenantScope, user: &EndUser, nudge_id: &str, run_at: DateTime<Utc>) -> NewJob {
+    NewJob {
+        kind: kinds::NUDGE,
+        tenant_id: Some(scope.tenant_id().to_string()),
+        subject_id: nudge_id.to_string(),
+        payload: json!({}),
+        run_at,
+        dedupe_key: None,
+        clock_id: user.test_clock_id.clone(),
+    }
+}
+
+/// Whether the coach writes this nudge (ahead of time) rather than sending set text.
+fn needs_writing(kind: NudgeKind, step: Option<StepKind>) -> bool {
+    match kind {
+        NudgeKind::Rule => true,
+        NudgeKind::Step => matches!(step, Some(StepKind::Message | StepKind::Resource)),
+        NudgeKind::CheckIn => false,
+    }
+}
+
+impl Coaching {
+    /// Plans a nudge once (by its dedupe key) and queues its job; a nudge planned inside quiet
+    /// hours is deferred to their end at once. Returns the nudge id when it was new.
+    pub(super) async fn plan(
+        &self,
+        scope: &TenantScope,
+        user: &EndUser,
+        mut nudge: NewNudge,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, CoachingError> {
+        let coach = self.coach(scope).await?;
+        let quiet = QuietHours::parse("quiet_hours", &coach.quiet_hours).unwrap_or_default();
+        if let Some(end) = quiet.deferral(user.tz(), nudge.scheduled_for) {
+            nudge.scheduled_for = end;
+            nudge.status = "deferred";
+            nudge.reason = Some("quiet_hours".into());
+        }
+        let step_kind = self.step_kind_of(scope, &nudge).await?;
+        let run_at = if needs_writing(nudge.kind, step_kind) {
+            nudge.scheduled_for - WRITE_AHEAD
+        } else {
+            nudge.scheduled_for
+        };
+        let id = new_id();
+        let job = nudge_job(scope, user, &id, run_at.max(now));
+        let (scope_moved, id_moved, planned) = (scope.clone(), id.clone(), nudge.clone());
+        let inserted = self
+            .db()
+            .call(move |c| c.plan_nudge(&scope_moved, &id_moved, &planned, &job))
+            .await?;
+        if !inserted {
+            return Ok(None);
+        }
+        self.jobs().wake();
+        Ok(Some(id))
+    }
+
+    /// Queues (again) the job that works on a planned nudge.
+    pub(super) async fn queue_nudge(
+        &self,
+        scope: &TenantScope,
+        user: &EndUser,
+        nudge_id: &str,
+        run_at: DateTime<Utc>,
+    ) -> Result<(), CoachingError> {
+        self.jobs()
+            .enqueue(nudge_job(scope, user, nudge_id, run_at))
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn coach(&self, scope: &TenantScope) -> Result<Coach, CoachingError> {
+        let scope = scope.clone();
+        Ok(self
+            .db()
+            .call(move |c| crate::chat::coach::get(c, &scope))
+            .await?)
+    }
+
+    async fn step_kind_of(
+        &self,
+        scope: &TenantScope,
+        nudge: &NewNudge,
+    ) -> Result<Option<StepKind>, CoachingError> {
+        let (Some(enrollment), Some(key)) = (&nudge.enrollment_id, &nudge.step_key) else {
+            return Ok(None);
+        };
+        let found = self.enrollment_and_program(scope, enrollment).await?;
+        Ok(found.and_then(|(_, program)| program.step(key).map(|s| s.kind)))
+    }
+
+    /// Nudges, newest first; for one end user when given; `status` filters the status shown.
+    pub async fn nudges(
+        &self,
+        scope: &TenantScope,
+        end_user_id: Option<String>,
+        status: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Nudge>, CoachingError> {
+        let scope = scope.clone();
+        let nudges = self
+            .db()
+            .call(move |c| c.nudges(&scope, end_user_id.as_deref(), limit))
+            .await?;
+        Ok(nudges
+            .into_iter()
+            .filter(|n| status.as_deref().is_none_or(|s| n.status == s))
+            .collect())
+    }
+
+    /// Works on one nudge at its job's time: write, or apply the guardrails and send.
+    async fn work_on_nudge(
+        &self,
+        scope: &TenantScope,
+        nudge_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, CoachingError> {
+        let (scope_moved, id) = (scope.clone(), nudge_id.to_string());
+        let found = self
+            .db()
+            .call(move |c| {
+                let Some(nudge) = c.nudge(&scope_moved, &id)? else {
+                    return Ok(None);
+                };
+                let user = c.end_user(&scope_moved, &nudge.end_user_id)?;
+                Ok::<_, crate::db::DbError>(user.map(|u| (nudge, u)))
+            })
+            .await?;
+        let Some((nudge, user)) = found else {
+            return Ok(Outcome::Done);
+        };
+        let program = match &nudge.enrollment_id {
+            Some(id) => self.enrollment_and_program(scope, id).await?,
+            None => None,
+        };
+        if !matches!(nudge.planned_status.as_str(), "scheduled" | "deferred") {
+            // Sent by a process that died before it planned the next step: plan it now (both
+            // steps are idempotent).
+            if let (Some((enrollment, definition)), Some(key), "sent") =
+                (&program, &nudge.step_key, nudge.planned_status.as_str())
+            {
+                self.step_done(scope, &user, enrollment, definition, key, now)
+                    .await?;
+            }
+            return Ok(Outcome::Done);
+        }
+        let step = program
+            .as_ref()
+            .and_then(|(_, p)| nudge.step_key.as_deref().and_then(|k| p.step(k).cloned()));
+        // Written ahead: the text is stored on the nudge, the job comes back when it is due.
+        if nudge.content.is_none() && needs_writing(nudge.kind, step.as_ref().map(|s| s.kind)) {
+            let written = self
+                .write_nudge(scope, &user, &nudge, step.as_ref())
+                .await?;
+            self.store_content(scope, &nudge.id, &written).await?;
+            if now < nudge.scheduled_for {
+                return Ok(Outcome::Again {
+                    at: nudge.scheduled_for,
+                    payload: json!({}),
+                });
+            }
+        }
+        if now < nudge.scheduled_for {
+            return Ok(Outcome::Again {
+                at: nudge.scheduled_for,
+                payload: json!({}),
+            });
+        }
+        let coach = self.coach(scope).await?;
+        let situation = self
+            .situation(scope, &user, &coach, &nudge, program.as_ref(), now)
+            .await?;
+        match guardrails(&situation) {
+            Verdict::Suppress(reason) => {
+                // A paused enrolment keeps its step for the resume, which plans it again.
+                let status = if reason == "paused" {
+                    "scheduled"
+                } else {
+                    "suppressed"
+                };
+                self.set_status(scope, &nudge.id, status, Some(reason), None)
+                    .await?;
+                Ok(Outcome::Done)
+            }
+            Verdict::Defer(until, reason) => {
+                self.set_status(scope, &nudge.id, "deferred", Some(reason), Some(until))
+                    .await?;
+                Ok(Outcome::Again {
+                    at: until,
+                    payload: json!({}),
+                })
+            }
+            Verdict::Send => {
+                let written = match &nudge.content {
+                    Some(text) => Written::stored(text),
+                    None => {
+                        self.write_nudge(scope, &user, &nudge, step.as_ref())
+                            .await?
+                    }
+                };
+                self.send_nudge(scope, &user, &nudge, step.as_ref(), &written, now)
+                    .await?;
+                if let (Some((enrollment, definition)), Some(key)) = (&program, &nudge.step_key) {
+                    self.step_done(scope, &user, enrollment, definition, key, now)
+                        .await?;
+                }
+                Ok(Outcome::Done)
+            }
+        }
+    }
+
+    async fn situation<'a>(
+        &self,
+        scope: &TenantScope,
+        user: &'a EndUser,
+        coach: &'a Coach,
+        nudge: &Nudge,
+        program: Option<&(super::model::Enrollment, super::model::ProgramDefinition)>,
+        now: DateTime<Utc>,
+    ) -> Result<Situation<'a>, CoachingError> {
+        let tz = user.tz();
+        let midnight = schedule::at_local(
+            tz,
+            schedule::local_date(tz, now),
+            schedule::LocalTime { hour: 0, minute: 0 },
+        );
+        let week = now - Duration::days(7);
+        let (scope_moved, user_id) = (scope.clone(), user.id.clone());
+        let (today, this_week, conversations) = self
+            .db()
+            .call(move |c| {
+                Ok::<_, crate::db::DbError>((
+                    c.rule_nudges_sent_since(&scope_moved, &user_id, midnight)?,
+                    c.rule_nudges_sent_since(&scope_moved, &user_id, week)?,
+                    c.end_user_conversations(&scope_moved, &user_id)?,
+                ))
+            })
+            .await?;
+        let taken_over = match conversations.first() {
+            Some(conversation) => self
+                .inner
+                .chat
+                .is_taken_over(scope, &conversation.id)
+                .await
+                .map_err(CoachingError::from)?,
+            None => false,
+        };
+        let enrollment_inactive = match (nudge.kind, program) {
+            (NudgeKind::Step, Some((enrollment, _))) => match enrollment.status.as_str() {
+                "active" => None,
+                "paused" => Some("paused"),
+                _ => Some("unenrolled"),
+            },
+            _ => None,
+        };
+        Ok(Situation {
+            user,
+            coach,
+            kind: nudge.kind,
+            now,
+            taken_over,
+            rule_nudges_today: today,
+            rule_nudges_week: this_week,
+            enrollment_inactive,
+        })
+    }
+
+    async fn store_content(
+        &self,
+        scope: &TenantScope,
+        nudge_id: &str,
+        written: &Written,
+    ) -> Result<(), CoachingError> {
+        let (scope, id, text) = (scope.clone(), nudge_id.to_string(), written.text.clone());
+        self.db()
+            .call(move |c| {
+                c.update_nudge(
+                    &scope,
+                    &id,
+                    &NudgeUpdate {
+                        content: Some(&text),
+                        ..NudgeUpdate::default()
+                    },
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn set_status(
+        &self,
+        scope: &TenantScope,
+        nudge_id: &str,
+        status: &'static str,
+        reason: Option<&'static str>,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) -> Result<(), CoachingError> {
+        let (scope, id) = (scope.clone(), nudge_id.to_string());
+        self.db()
+            .call(move |c| {
+                c.update_nudge(
+                    &scope,
+                    &id,
+                    &NudgeUpdate {
+                        status: Some(status),
+                        reason,
+                        scheduled_for,
+                        ..NudgeUpdate::default()
+                    },
+                )
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Works on planned nudges (kind [`kinds::NUDGE`]).
+pub struct NudgeJob(pub Coaching);
+
+impl Handler for NudgeJob {
+    fn run<'a>(
+        &'a self,
+        job: &'a Job,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Outcome, JobError>> {
+        Box::pin(async move {
+            let scope = job_scope(job)?;
+            self.0
+                .work_on_nudge(&scope, &job.subject_id, now)
+                .await
+                .map_err(|error| match error {
+                    CoachingError::Db(error) => JobError::Retry(error.to_string()),
+                    other => JobError::Fatal(other.to_string()),
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(consent: bool) -> EndUser {
+        EndUser {
+            id: "u".into(),
+            name: "Ana".into(),
+            email: None,
+            time_zone: "Europe/Madrid".into(),
+            locale: "en".into(),
+            tags: vec![],
+            last_active_at: None,
+            consent,
+            consent_at: None,
+            consent_channel: None,
+            opted_out_at: None,
+            test_clock_id: None,
+            created_at: DateTime::UNIX_EPOCH,
+            awaiting_goal_id: None,
+            awaiting_retried: false,
+        }
+    }
+
+    fn coach() -> Coach {
+        Coach {
+            slug: "c".into(),
+            name: "C".into(),
+            persona: String::new(),
+            greeting: String::new(),
+            confidence_threshold: 0.35,
+            fallback_message: String::new(),
+            answer_length: crate::chat::coach::AnswerLength::Short,
+            temperature: 0.0,
+            redact_pii: false,
+            avatar_url: String::new(),
+            brand_color: String::new(),
+            widget_position: crate::chat::coach::WidgetPosition::Right,
+            opening_message: String::new(),
+            strictness: crate::chat::faithfulness::Strictness::Strict,
+            quiet_hours: "21:00-08:00".into(),
+            nudges_per_day: 1,
+            nudges_per_week: 3,
+        }
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn guardrails_in_their_order() {
+        let (consenting, coach) = (user(true), coach());
+        let base = |user, kind, now, today| Situation {
+            user,
+            coach: &coach,
+            kind,
+            now,
+            taken_over: false,
+            rule_nudges_today: today,
+            rule_nudges_week: today,
+            enrollment_inactive: None,
+        };
+        // 10:00 in Madrid (09:00 UTC in winter): sent.
+        let day = at("2026-01-15T09:00:00Z");
+        assert_eq!(
+            guardrails(&base(&consenting, NudgeKind::Rule, day, 0)),
+            Verdict::Send
+        );
+        // The cap of one a day suppresses a second rule nudge, not a program step.
+        assert_eq!(
+            guardrails(&base(&consenting, NudgeKind::Rule, day, 1)),
+            Verdict::Suppress("daily_cap")
+        );
+        assert_eq!(
+            guardrails(&base(&consenting, NudgeKind::Step, day, 1)),
+            Verdict::Send
+        );
+        // 23:00 in Madrid: deferred to 08:00 local (07:00 UTC).
+        let night = at("2026-01-15T22:00:00Z");
+        assert_eq!(
+            guardrails(&base(&consenting, NudgeKind::Step, night, 0)),
+            Verdict::Defer(at("2026-01-16T07:00:00Z"), "quiet_hours")
+        );
+        // No consent: rule nudges only.
+        let no_consent = user(false);
+        assert_eq!(
+            guardrails(&base(&no_consent, NudgeKind::Rule, day, 0)),
+            Verdict::Suppress("no_consent")
+        );
+        assert_eq!(
+            guardrails(&base(&no_consent, NudgeKind::CheckIn, day, 0)),
+            Verdict::Send
+        );
+        // Opted out: nothing at all.
+        let mut stopped = user(true);
+        stopped.opted_out_at = Some(day);
+        assert_eq!(
+            guardrails(&base(&stopped, NudgeKind::Step, day, 0)),
+            Verdict::Suppress("opted_out")
+        );
+        // Writing just now: wait.
+        let mut chatting = user(true);
+        chatting.last_active_at = Some(day - Duration::minutes(2));
+        assert!(matches!(
+            guardrails(&base(&chatting, NudgeKind::Step, day, 0)),
+            Verdict::Defer(_, "in_conversation")
+        ));
+    }
+}

@@ -1,0 +1,349 @@
+//! One durable job system for all background work: a job is a row (kind, JSON payload,
+//! `run_at`, dedupe key) claimed under a lease. A job whose process died is claimed again when
+//! its lease runs out, so work in flight survives a crash (handlers are idempotent). Failures
+//! are retried with backoff, then recorded.
+//!
+//! Jobs on real time run in the background runner ([`Jobs::start`]). Jobs of a test clock run
+//! only when the clock is advanced ([`Jobs::advance`]), each at its own time on the clock, so a
+//! 30-day program plays out in seconds.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::TenantScope;
+use crate::db::coaching::ClockStore;
+use crate::db::jobs::JobStore;
+pub use crate::db::jobs::{Job, NewJob, Timeline};
+use crate::db::{Db, DbError};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a handler did.
+#[derive(Debug)]
+pub enum Outcome {
+    Done,
+    /// Run the same job again at `at` with `payload` (a next phase, a recurring job).
+    Again {
+        at: DateTime<Utc>,
+        payload: serde_json::Value,
+    },
+}
+
+#[derive(Debug)]
+pub enum JobError {
+    /// Worth trying again later (a busy database, no model yet).
+    Retry(String),
+    /// Will not get better by retrying.
+    Fatal(String),
+}
+
+impl From<DbError> for JobError {
+    fn from(error: DbError) -> JobError {
+        JobError::Retry(error.to_string())
+    }
+}
+
+/// Runs jobs of one kind. `now` is the job's time: real time, or its test clock's.
+pub trait Handler: Send + Sync + 'static {
+    fn run<'a>(
+        &'a self,
+        job: &'a Job,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Outcome, JobError>>;
+}
+
+/// How long a claim holds a job without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(15);
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Attempts before a job is recorded as failed.
+pub const MAX_ATTEMPTS: i64 = 5;
+/// Jobs the runner works on at once (answers wait for the model's own queue anyway).
+const CONCURRENCY: usize = 8;
+/// The longest the idle runner sleeps without looking (new jobs wake it at once).
+const IDLE_WAKE: Duration = Duration::from_secs(60);
+/// Most jobs one advance of a test clock runs: a runaway schedule stops here.
+const MAX_ADVANCE_JOBS: usize = 200_000;
+
+#[derive(Clone)]
+pub struct Jobs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    handlers: RwLock<HashMap<&'static str, Arc<dyn Handler>>>,
+    wake: Notify,
+    /// One advance at a time per test clock.
+    clocks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Delay before attempt `attempts + 1`: 5 s, 20 s, 80 s, 320 s...
+fn backoff(attempts: i64) -> chrono::Duration {
+    let exponent = attempts.clamp(1, 6) as u32 - 1;
+    chrono::Duration::seconds(5 * 4_i64.pow(exponent))
+}
+
+fn lease_from(now: DateTime<Utc>) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(LEASE).expect("small")
+}
+
+impl Jobs {
+    pub fn new(db: Db) -> Jobs {
+        Jobs {
+            inner: Arc::new(Inner {
+                db,
+                handlers: RwLock::new(HashMap::new()),
+                wake: Notify::new(),
+                clocks: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn register(&self, kind: &'static str, handler: Arc<dyn Handler>) {
+        self.inner
+            .handlers
+            .write()
+            .expect("handlers lock")
+            .insert(kind, handler);
+    }
+
+    fn kinds(&self) -> Vec<&'static str> {
+        let mut kinds: Vec<_> = self
+            .inner
+            .handlers
+            .read()
+            .expect("handlers lock")
+            .keys()
+            .copied()
+            .collect();
+        kinds.sort_unstable();
+        kinds
+    }
+
+    fn handler(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.inner
+            .handlers
+            .read()
+            .expect("handlers lock")
+            .get(kind)
+            .cloned()
+    }
+
+    /// Queues a job (once per dedupe key) and wakes the runner; false when it existed.
+    pub async fn enqueue(&self, job: NewJob) -> Result<bool, DbError> {
+        let queued = self.inner.db.call(move |c| c.enqueue_job(&job)).await?;
+        self.inner.wake.notify_one();
+        Ok(queued)
+    }
+
+    /// Queues a recurring job unless it is already waiting or running.
+    pub async fn ensure(&self, job: NewJob) -> Result<(), DbError> {
+        self.inner.db.call(move |c| c.ensure_job(&job)).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// New jobs were queued from inside a transaction of another service.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Starts the runner of real-time jobs; it stops with `shutdown`.
+    pub fn start(&self, shutdown: CancellationToken) {
+        let this = self.clone();
+        tokio::spawn(async move { this.run_loop(shutdown).await });
+    }
+
+    async fn run_loop(self, shutdown: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(CONCURRENCY));
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit.expect("never closed"),
+                _ = shutdown.cancelled() => return,
+            };
+            let kinds = self.kinds();
+            let now = Utc::now();
+            let claimed = {
+                let kinds = kinds.clone();
+                self.inner
+                    .db
+                    .call(move |c| c.claim_job(&kinds, Timeline::Real, now, now, lease_from(now)))
+                    .await
+            };
+            match claimed {
+                Ok(Some(job)) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        this.execute(job, Utc::now()).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    let next = self
+                        .inner
+                        .db
+                        .call(move |c| c.next_due(&kinds))
+                        .await
+                        .ok()
+                        .flatten();
+                    let wait = next
+                        .map(|at| (at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                        .unwrap_or(IDLE_WAKE)
+                        .min(IDLE_WAKE);
+                    tokio::select! {
+                        _ = self.inner.wake.notified() => {}
+                        _ = tokio::time::sleep(wait + Duration::from_millis(5)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+                Err(error) => {
+                    drop(permit);
+                    tracing::error!(%error, "cannot claim a job");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a claimed job under a heartbeat and records what came of it.
+    async fn execute(&self, job: Job, now: DateTime<Utc>) {
+        let id = job.id;
+        let heartbeat = {
+            let db = self.inner.db.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEARTBEAT).await;
+                    let until = lease_from(Utc::now());
+                    if let Err(error) = db.call(move |c| c.extend_lease(id, until)).await {
+                        tracing::warn!(%error, job = id, "cannot extend a job's lease");
+                    }
+                }
+            })
+        };
+        let result = match self.handler(&job.kind) {
+            Some(handler) => handler.run(&job, now).await,
+            None => Err(JobError::Fatal(format!(
+                "no handler for jobs of kind {}",
+                job.kind
+            ))),
+        };
+        heartbeat.abort();
+        let attempts = job.attempts;
+        let kind = job.kind.clone();
+        let record = self
+            .inner
+            .db
+            .call(move |c| match result {
+                Ok(Outcome::Done) => c.complete_job(id),
+                Ok(Outcome::Again { at, payload }) => c.reschedule_job(id, at, &payload),
+                Err(JobError::Retry(error)) if attempts < MAX_ATTEMPTS => {
+                    tracing::warn!(job = id, %kind, attempts, %error, "job will be retried");
+                    c.retry_job(id, now + backoff(attempts), Some(&error))
+                }
+                Err(JobError::Retry(error)) | Err(JobError::Fatal(error)) => {
+                    tracing::error!(job = id, %kind, attempts, %error, "job failed");
+                    c.fail_job(id, &error)
+                }
+            })
+            .await;
+        if let Err(error) = record {
+            tracing::error!(%error, job = id, "cannot record a job's outcome");
+        }
+    }
+
+    /// Moves a test clock forward to `to`, running every job of the clock due by then in time
+    /// order, including jobs those jobs queue before `to`. Returns how many ran.
+    pub async fn advance(
+        &self,
+        scope: &TenantScope,
+        clock_id: &str,
+        to: DateTime<Utc>,
+    ) -> Result<usize, DbError> {
+        let lock = Arc::clone(
+            self.inner
+                .clocks
+                .lock()
+                .expect("clocks lock")
+                .entry(clock_id.to_string())
+                .or_default(),
+        );
+        let _one_at_a_time = lock.lock().await;
+        let kinds = self.kinds();
+        let mut ran = 0;
+        loop {
+            let (scope_moved, clock, kinds) = (scope.clone(), clock_id.to_string(), kinds.clone());
+            let claimed = self
+                .inner
+                .db
+                .call(move |c| {
+                    let now = Utc::now();
+                    // Time does not pass a job another process holds (one that died mid-run
+                    // holds it until its lease runs out): its successors must run after it.
+                    if c.held_clock_jobs(&clock, now)? > 0 {
+                        return Ok::<_, DbError>(Claim::Wait);
+                    }
+                    let job =
+                        c.claim_job(&kinds, Timeline::Clock(&clock), to, now, lease_from(now))?;
+                    let Some(job) = job else {
+                        return Ok(Claim::Finished);
+                    };
+                    let clock_now = c.clock_now(&scope_moved, &clock)?.unwrap_or(job.run_at);
+                    let at = job.run_at.max(clock_now);
+                    c.set_clock_now(&scope_moved, &clock, at)?;
+                    Ok(Claim::Run(job, at))
+                })
+                .await?;
+            let (job, at) = match claimed {
+                Claim::Run(job, at) => (job, at),
+                Claim::Finished => break,
+                Claim::Wait => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            };
+            self.execute(job, at).await;
+            ran += 1;
+            if ran >= MAX_ADVANCE_JOBS {
+                tracing::warn!(clock = clock_id, "advance stopped after {ran} jobs");
+                break;
+            }
+        }
+        let (scope, clock) = (scope.clone(), clock_id.to_string());
+        self.inner
+            .db
+            .call(move |c| c.set_clock_now(&scope, &clock, to))
+            .await?;
+        Ok(ran)
+    }
+}
+
+/// What an advance of a test clock does next.
+enum Claim {
+    Run(Job, DateTime<Utc>),
+    Wait,
+    Finished,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        assert_eq!(backoff(1).num_seconds(), 5);
+        assert_eq!(backoff(2).num_seconds(), 20);
+        assert_eq!(backoff(3).num_seconds(), 80);
+        assert_eq!(backoff(50), backoff(6));
+    }
+}
