@@ -115,6 +115,7 @@ impl Server {
             inference.clone(),
         );
         chat.set_hook(std::sync::Arc::new(coaching.clone()));
+        chat.use_jobs(&jobs);
         let state = AppState {
             db,
             inference,

@@ -421,12 +421,23 @@ async fn bad_schedules_programs_and_enrolments_get_clear_errors_and_change_nothi
         .as_str()
         .unwrap()
         .to_string();
+    let real = app
+        .send(
+            Method::POST,
+            "/api/v1/end-users",
+            &staff,
+            Some(json!({"name": "Ana"})),
+        )
+        .await;
+    let message = expect_error(real, 400, "invalid_field").await;
+    assert!(message.contains("test_clock_id"), "{message}");
+    let clock = call(&app, Method::POST, "/api/v1/test-clocks", &staff, json!({})).await;
     let user = call(
         &app,
         Method::POST,
         "/api/v1/end-users",
         &staff,
-        json!({"name": "Ana"}),
+        json!({"name": "Ana", "test_clock_id": clock["id"]}),
     )
     .await;
     let user = user["id"].as_str().unwrap().to_string();
@@ -507,11 +518,24 @@ async fn bad_schedules_programs_and_enrolments_get_clear_errors_and_change_nothi
     assert_eq!(saved["version"], 2);
     assert_eq!(saved["status"], "draft");
     assert_eq!(profile["enrollments"][0]["version"], 1);
-    // Real end users created through the API get no session.
+    // A real end user (a visitor who wrote) gets no session, and shows in the list.
+    let slug = app.slug(&staff).await;
+    let visitor = app.visitor(&slug).await;
+    let conversation = app.conversation(&visitor).await;
+    app.ask(&visitor, &conversation, "hello").await;
+    let list = call(&app, Method::GET, "/api/v1/end-users", &staff, Value::Null).await;
+    assert_eq!(list["total"], 2, "{list}");
+    let real = list["end_users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["test_clock_id"].is_null())
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(real["last_active_at"].is_string(), "{real}");
     let session = app
         .send(
             Method::POST,
-            &format!("/api/v1/end-users/{user}/session"),
+            &format!("/api/v1/end-users/{}/session", real["id"].as_str().unwrap()),
             &staff,
             Some(json!({})),
         )
@@ -761,4 +785,309 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
         assert_eq!(distinct.len(), 30, "a message was repeated: {texts:?}");
     }
     served.terminate_and_wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (llm, embedder) = (common::smollm_gguf(), common::minilm_dir());
+    let (llm, embedder) = (llm.to_str().unwrap(), embedder.to_str().unwrap());
+    let args = ["--offline", "--llm", llm, "--embedder", embedder];
+    let env = [("COMPANERO_SETUP_TOKEN", common::SETUP_TOKEN)];
+    let served = Served::start_with_env(data, &args, &env);
+    let base = served.wait_for_address();
+    let client = reqwest::Client::new();
+    let registered = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(
+            &json!({"email": "coach@example.com", "password": common::PASSWORD,
+                      "full_name": "Coach", "setup_token": common::SETUP_TOKEN}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let staff = registered.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(common::chat::GUIDE.as_bytes().to_vec())
+            .file_name("guide.md"),
+    );
+    let document = client
+        .post(format!("{base}/api/v1/documents"))
+        .bearer_auth(&staff)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let document = document["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while remote(
+        &client,
+        &base,
+        Method::GET,
+        &format!("/api/v1/documents/{document}"),
+        &staff,
+        Value::Null,
+    )
+    .await["status"]
+        != "ready"
+    {
+        assert!(Instant::now() < deadline, "the guide was not ingested");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let slug = remote(
+        &client,
+        &base,
+        Method::GET,
+        "/api/v1/coach",
+        &staff,
+        Value::Null,
+    )
+    .await["slug"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let visitor = client
+        .post(format!("{base}/api/v1/public/coaches/{slug}/visitors"))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let conversation = remote(
+        &client,
+        &base,
+        Method::POST,
+        "/api/v1/conversations",
+        &visitor,
+        json!({}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let messages = format!("/api/v1/conversations/{conversation}/messages");
+    let asked = client
+        .post(format!("{base}{messages}"))
+        .bearer_auth(&visitor)
+        .json(&json!({"content": "How long do refunds take?", "background": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 202);
+    let before = remote(
+        &client,
+        &base,
+        Method::GET,
+        &messages,
+        &visitor,
+        Value::Null,
+    )
+    .await;
+    served.kill();
+    let roles = |history: &Value| -> Vec<String> {
+        history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        roles(&before),
+        ["user"],
+        "the answer was still being written: {before}"
+    );
+
+    let served = Served::start_with_env(data, &args, &env);
+    let base = served.wait_for_address();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let after = loop {
+        let history = remote(
+            &client,
+            &base,
+            Method::GET,
+            &messages,
+            &visitor,
+            Value::Null,
+        )
+        .await;
+        if roles(&history).len() > 1 {
+            break history;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the question was never answered: {history}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(roles(&after), ["user", "assistant"], "{after}");
+    let answer = &after["messages"][1];
+    assert_eq!(answer["stats"], Value::Null, "end users see no stats");
+    served.terminate_and_wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_reply_leads_to_its_step_and_a_pause_holds_steps_until_resumed() {
+    let app = TestApp::spawn().await;
+    let staff = app.sign_up("coach@example.com").await;
+    let clock = call(
+        &app,
+        Method::POST,
+        "/api/v1/test-clocks",
+        &staff,
+        json!({"now": "2026-05-04T06:00:00Z"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let program = call(&app, Method::POST, "/api/v1/programs", &staff, json!({
+        "name": "Choose your path",
+        "steps": [
+            {"key": "pick", "day": 0, "at": "09:00", "kind": "message", "text": "Morning or evening workouts?",
+             "choices": [{"label": "Morning", "next": "am"}, {"label": "Evening", "next": "pm"}]},
+            {"key": "am", "day": 0, "at": "09:00", "kind": "message", "text": "Great: set your alarm 20 minutes early."},
+            {"key": "pm", "day": 0, "at": "09:00", "kind": "message", "text": "Great: block 18:00 in your calendar."},
+            {"key": "later", "day": 3, "at": "09:00", "kind": "message", "text": "How is your new routine?"},
+        ]})).await["id"].as_str().unwrap().to_string();
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/publish"),
+        &staff,
+        json!({}),
+    )
+    .await;
+    let user = call(
+        &app,
+        Method::POST,
+        "/api/v1/end-users",
+        &staff,
+        json!({"name": "Ana", "time_zone": "UTC", "test_clock_id": clock}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enrollment = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/enrollments"),
+        &staff,
+        json!({"end_user_id": user}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/end-users/{user}/session"),
+        &staff,
+        json!({}),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    advance(&app, &staff, &clock, "2026-05-04T09:10:00Z").await;
+    let sent = nudges(&app, &staff, &user).await;
+    assert_eq!(step(&sent, "pick")["status"], "sent");
+    assert!(
+        !sent
+            .iter()
+            .any(|n| n["step_key"] == "am" || n["step_key"] == "pm"),
+        "branches wait for the choice"
+    );
+    let profile = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/end-users/{user}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    let conversation = profile["conversations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let history = app.history(&token, &conversation).await;
+    assert!(
+        history.to_string().contains("Morning or evening"),
+        "{history}"
+    );
+
+    // The quick reply: the chosen step comes at once (it answers, it does not interrupt).
+    let reply = app
+        .post_message(
+            &token,
+            &conversation,
+            json!({"content": "Evening", "stream": false}),
+        )
+        .await;
+    assert_eq!(reply.status(), 201, "stored; the step answers it");
+    advance(&app, &staff, &clock, "2026-05-04T09:11:00Z").await;
+    let sent = nudges(&app, &staff, &user).await;
+    assert_eq!(step(&sent, "pm")["status"], "sent", "{sent:?}");
+    assert!(!sent.iter().any(|n| n["step_key"] == "am"));
+    let history = app.history(&token, &conversation).await;
+    assert!(history.to_string().contains("block 18:00"), "{history}");
+
+    // Paused, day 3 passes without its step; resumed, it comes.
+    let paused = call(
+        &app,
+        Method::PATCH,
+        &format!("/api/v1/enrollments/{enrollment}"),
+        &staff,
+        json!({"status": "paused"}),
+    )
+    .await;
+    assert_eq!(paused["status"], "paused");
+    advance(&app, &staff, &clock, "2026-05-08T12:00:00Z").await;
+    let later = step(&nudges(&app, &staff, &user).await, "later").clone();
+    assert_eq!(later["status"], "scheduled", "{later}");
+    assert_eq!(later["reason"], "paused");
+    call(
+        &app,
+        Method::PATCH,
+        &format!("/api/v1/enrollments/{enrollment}"),
+        &staff,
+        json!({"status": "active"}),
+    )
+    .await;
+    advance(&app, &staff, &clock, "2026-05-08T12:10:00Z").await;
+    let later = step(&nudges(&app, &staff, &user).await, "later").clone();
+    assert_eq!(later["status"], "sent", "{later}");
+    let profile = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/end-users/{user}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(profile["enrollments"][0]["status"], "completed");
+    let ended = app
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/enrollments/{enrollment}"),
+            &staff,
+            Some(json!({"status": "paused"})),
+        )
+        .await;
+    expect_error(ended, 409, "conflict").await;
 }

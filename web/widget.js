@@ -6,7 +6,8 @@
  * The UI lives in a shadow root, so the host page's CSS cannot reach it and its CSS cannot reach
  * the page. It talks to the server over the live WebSocket (docs/websocket-protocol.md) and falls
  * back to the event stream and plain requests when a WebSocket cannot be opened.
- * Options (data- attributes): data-coach (required), data-mode="page" (full window),
+ * Options (data- attributes): data-coach (required), data-program (enrol the visitor in a
+ * program, as the link /c/{slug}?program={id} does), data-mode="page" (full window),
  * data-transport="events" (skip the WebSocket), data-preview + data-mount="#selector" (the
  * dashboard's live preview: drawn inside that element, offline, restyled by `companero-preview`
  * events carrying coach settings).
@@ -666,10 +667,15 @@
     started = true;
     try {
       if (!state.token) {
-        const visitor = await api(`/api/v1/public/coaches/${encodeURIComponent(slug)}/visitors`, { method: 'POST' });
+        // The browser's zone: program steps and check-ins then reach the person at their local times.
+        let zone = '';
+        try { zone = Intl.DateTimeFormat().resolvedOptions().timeZone || ''; } catch (_) { /* old browser */ }
+        const query = zone ? `?time_zone=${encodeURIComponent(zone)}` : '';
+        const visitor = await api(`/api/v1/public/coaches/${encodeURIComponent(slug)}/visitors${query}`, { method: 'POST' });
         state.token = visitor.token;
         store.save({ token: visitor.token, conversationId: null, lastSeq: 0 });
       }
+      await enrollFromLink();
       // History is replayed from the start on each page load; lastSeq only serves reconnects.
       state.lastSeq = 0;
       transport = forceEvents || !('WebSocket' in window) ? eventsTransport() : webSocketTransport();
@@ -678,6 +684,20 @@
       if (error.code === 'origin_not_allowed') refused();
       else showError(error.message);
     }
+  }
+
+  // `/c/{slug}?program={id}` (or data-program) enrols the person in that program, once.
+  async function enrollFromLink() {
+    const program = script.dataset.program || new URLSearchParams(location.search).get('program');
+    if (!program || preview) return;
+    const done = `companero-enrolled:${slug}:${program}`;
+    try { if (localStorage.getItem(done)) return; } catch (_) { /* storage off */ }
+    try {
+      await api('/api/v1/public/me/enrollments', { method: 'POST', token: state.token, body: { program_id: program } });
+    } catch (error) {
+      if (error.code !== 'already_enrolled') { showError(error.message); return; }
+    }
+    try { localStorage.setItem(done, '1'); } catch (_) { /* storage off */ }
   }
 
   function submit() {

@@ -101,7 +101,50 @@ pub struct Pending {
     started: Instant,
 }
 
+impl Pending {
+    /// The question's sequence number.
+    pub fn seq(&self) -> i64 {
+        self.question.seq
+    }
+}
+
 impl Chat {
+    /// The question numbered `seq`, ready to be answered again (an answer job that a crash
+    /// interrupted); `None` when it is answered already or gone.
+    pub async fn pending_for(
+        &self,
+        speaker: &Speaker,
+        conversation_id: &str,
+        seq: i64,
+    ) -> Result<Option<Pending>, ChatError> {
+        let (speaker, id) = (speaker.clone(), conversation_id.to_string());
+        self.db
+            .call(move |c| {
+                let scope = speaker.scope();
+                conversations::open(c, &speaker, &id, Access::Read)?;
+                if conversations::is_answered(c, scope, &id, seq)? {
+                    return Ok(None);
+                }
+                let Some(question) = conversations::messages_after(c, scope, &id, seq - 1, 1)?
+                    .into_iter()
+                    .find(|m| m.seq == seq)
+                else {
+                    return Ok(None);
+                };
+                let history =
+                    conversations::recent_messages_before(c, scope, &id, seq, HISTORY_MESSAGES)?;
+                let coach = coach::get(c, scope)?;
+                Ok::<_, ChatError>(Some(Pending {
+                    coach,
+                    history,
+                    masked_question: pii::mask(&question.content).text,
+                    question,
+                    started: Instant::now(),
+                }))
+            })
+            .await
+    }
+
     /// Stores a participant's message (once per `client_id`) and publishes it. The coach is to
     /// answer (`pending`) when it is in charge of the conversation and the message is a new
     /// question from the end user (or staff in a test conversation) that does not ask for a

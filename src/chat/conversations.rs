@@ -390,15 +390,44 @@ pub fn recent_messages(
     conversation_id: &str,
     count: u32,
 ) -> rusqlite::Result<Vec<Message>> {
+    recent_messages_before(c, scope, conversation_id, i64::MAX, count)
+}
+
+/// The last `count` messages numbered before `before_seq`, oldest first.
+pub fn recent_messages_before(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    before_seq: i64,
+    count: u32,
+) -> rusqlite::Result<Vec<Message>> {
     let mut statement = c.prepare_cached(&format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
-         ORDER BY seq DESC LIMIT ?3"
+         AND seq < ?4 ORDER BY seq DESC LIMIT ?3"
     ))?;
     let mut messages = statement
-        .query_map(params![scope.tenant_id(), conversation_id, count], message)?
+        .query_map(
+            params![scope.tenant_id(), conversation_id, count, before_seq],
+            message,
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     messages.reverse();
     Ok(messages)
+}
+
+/// Whether the coach's answer to message `seq` is stored.
+pub fn is_answered(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    seq: i64,
+) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
+         AND role = 'assistant' AND seq > ?3 AND json_extract(stats, '$.reply_to') = ?3)",
+        params![scope.tenant_id(), conversation_id, seq],
+        |r| r.get(0),
+    )
 }
 
 /// A message to store.

@@ -660,8 +660,10 @@ impl Chat {
             .is_human())
     }
 
-    /// Answers in a task of its own, so the answer is stored (and reaches the end user when they
-    /// come back) even if the connection that asked drops. Pieces are published as they come.
+    /// Answers as a durable job, so the answer is stored (and reaches the end user when they
+    /// come back) even if the connection that asked drops, or the process dies: a job whose
+    /// lease ran out is run again, and answers the question unless its answer is stored.
+    /// Pieces are published as they come.
     pub fn answer_in_background(
         &self,
         speaker: Speaker,
@@ -669,39 +671,65 @@ impl Chat {
         pending: Pending,
     ) {
         let chat = self.clone();
+        let Some(jobs) = self.jobs.get().cloned() else {
+            // Without the job system (a bare service in a unit test): a task of its own.
+            tokio::spawn(async move { chat.answer_now(speaker, conversation_id, pending).await });
+            return;
+        };
+        let payload = answer_payload(&speaker, &conversation_id, pending.seq());
         tokio::spawn(async move {
-            let tenant_id = speaker.scope().tenant_id().to_string();
-            let typing = |active: bool| ServerEvent::Typing {
-                conversation_id: conversation_id.clone(),
-                from: "coach".into(),
-                name: None,
-                active,
-            };
-            chat.hub
-                .publish(&tenant_id, Event::new(&typing(true)), Audience::Followers);
-            let result = chat
-                .answer_published(speaker, &conversation_id, pending)
+            let queued = jobs
+                .enqueue(crate::jobs::NewJob {
+                    kind: ANSWER_JOB,
+                    tenant_id: Some(speaker.scope().tenant_id().to_string()),
+                    subject_id: conversation_id.clone(),
+                    payload,
+                    run_at: chrono::Utc::now(),
+                    dedupe_key: None,
+                    clock_id: None,
+                })
                 .await;
-            chat.hub
-                .publish(&tenant_id, Event::new(&typing(false)), Audience::Followers);
-            if let Err(error) = result {
-                tracing::warn!(conversation = %conversation_id, %error, "answer failed");
-                // Model errors say what to do ("install a model..."); others stay internal.
-                let message = match &error {
-                    ChatError::Inference(error) => error.to_string(),
-                    _ => "the coach could not answer just now; please try again".to_string(),
-                };
-                let event = ServerEvent::Error {
-                    code: "answer_failed".into(),
-                    message,
-                    reference: None,
-                    retry_after_s: None,
-                };
-                let mut event = Event::new(&event);
-                event.conversation_id = Some(conversation_id.clone());
-                chat.hub.publish(&tenant_id, event, Audience::Followers);
+            if let Err(error) = queued {
+                tracing::warn!(%error, "cannot queue an answer; answering at once");
+                chat.answer_now(speaker, conversation_id, pending).await;
             }
         });
+    }
+
+    /// Answers, telling followers the coach is typing and what went wrong if it did.
+    async fn answer_now(&self, speaker: Speaker, conversation_id: String, pending: Pending) {
+        let chat = self;
+        let tenant_id = speaker.scope().tenant_id().to_string();
+        let typing = |active: bool| ServerEvent::Typing {
+            conversation_id: conversation_id.clone(),
+            from: "coach".into(),
+            name: None,
+            active,
+        };
+        chat.hub
+            .publish(&tenant_id, Event::new(&typing(true)), Audience::Followers);
+        let result = chat
+            .answer_published(speaker, &conversation_id, pending)
+            .await;
+        chat.hub
+            .publish(&tenant_id, Event::new(&typing(false)), Audience::Followers);
+        if let Err(error) = result {
+            tracing::warn!(conversation = %conversation_id, %error, "answer failed");
+            // Model errors say what to do ("install a model..."); others stay internal.
+            let message = match &error {
+                ChatError::Inference(error) => error.to_string(),
+                _ => "the coach could not answer just now; please try again".to_string(),
+            };
+            let event = ServerEvent::Error {
+                code: "answer_failed".into(),
+                message,
+                reference: None,
+                retry_after_s: None,
+            };
+            let mut event = Event::new(&event);
+            event.conversation_id = Some(conversation_id.clone());
+            chat.hub.publish(&tenant_id, event, Audience::Followers);
+        }
     }
 
     async fn answer_published(
@@ -735,6 +763,64 @@ impl Chat {
         Err(ChatError::Invalid(
             "the answer ended before it was stored".into(),
         ))
+    }
+}
+
+/// Jobs that answer a question in the background.
+pub const ANSWER_JOB: &str = "answer";
+
+fn answer_payload(speaker: &Speaker, conversation_id: &str, seq: i64) -> serde_json::Value {
+    match speaker {
+        Speaker::Visitor { visitor_id, .. } => {
+            json!({"conversation_id": conversation_id, "seq": seq, "visitor_id": visitor_id})
+        }
+        Speaker::Staff { user_id, role, .. } => json!({
+            "conversation_id": conversation_id, "seq": seq,
+            "user_id": user_id, "role": role.as_str(),
+        }),
+    }
+}
+
+/// Runs answer jobs: the question is read again from SQLite.
+pub struct AnswerJob(pub Chat);
+
+impl crate::jobs::Handler for AnswerJob {
+    fn run<'a>(
+        &'a self,
+        job: &'a crate::jobs::Job,
+        _now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::jobs::BoxFuture<'a, Result<crate::jobs::Outcome, crate::jobs::JobError>> {
+        Box::pin(async move {
+            use crate::jobs::{JobError, Outcome};
+            let p = &job.payload;
+            let scope = TenantScope::new(
+                job.tenant_id
+                    .clone()
+                    .ok_or_else(|| JobError::Fatal("an answer without a tenant".into()))?,
+            );
+            let text = |key: &str| p[key].as_str().map(str::to_string);
+            let speaker = match (
+                text("visitor_id"),
+                text("role").and_then(|r| crate::auth::Role::parse(&r)),
+            ) {
+                (Some(visitor_id), _) => Speaker::Visitor { scope, visitor_id },
+                (None, Some(role)) => Speaker::Staff {
+                    scope,
+                    user_id: text("user_id"),
+                    role,
+                },
+                _ => return Err(JobError::Fatal("an answer job names nobody".into())),
+            };
+            let conversation_id = text("conversation_id").unwrap_or_default();
+            let seq = p["seq"].as_i64().unwrap_or_default();
+            let pending = match self.0.pending_for(&speaker, &conversation_id, seq).await {
+                Ok(Some(pending)) => pending,
+                Ok(None) | Err(ChatError::NotFound(_)) => return Ok(Outcome::Done),
+                Err(error) => return Err(JobError::Retry(error.to_string())),
+            };
+            self.0.answer_now(speaker, conversation_id, pending).await;
+            Ok(Outcome::Done)
+        })
     }
 }
 

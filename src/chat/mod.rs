@@ -71,6 +71,8 @@ pub struct Chat {
     limits: live::VisitorLimits,
     /// Set once at start (the coaching engine is built after the chat it sends through).
     hook: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn EndUserHook>>>,
+    /// Background answers run as durable jobs once [`Chat::use_jobs`] was called.
+    jobs: std::sync::Arc<std::sync::OnceLock<crate::jobs::Jobs>>,
 }
 
 impl Chat {
@@ -87,7 +89,17 @@ impl Chat {
             hub: hub::Hub::new(),
             limits,
             hook: std::sync::Arc::default(),
+            jobs: std::sync::Arc::default(),
         }
+    }
+
+    /// Background answers become durable jobs of `jobs`.
+    pub fn use_jobs(&self, jobs: &crate::jobs::Jobs) {
+        jobs.register(
+            live::ANSWER_JOB,
+            std::sync::Arc::new(live::AnswerJob(self.clone())),
+        );
+        let _ = self.jobs.set(jobs.clone());
     }
 
     /// Installs the hook that sees end users' messages first.

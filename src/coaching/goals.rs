@@ -353,32 +353,48 @@ impl Handler for CheckInJob {
             if goal.status != "open" || user.opted_out_at.is_some() {
                 return Ok(Outcome::Done);
             }
+            // A program's goal asks only while its enrolment runs (or after it completed);
+            // paused, it skips this time; unenrolled, it stops.
+            let enrollment = match &goal.enrollment_id {
+                Some(id) => coaching
+                    .enrollment_and_program(&scope, id)
+                    .await
+                    .map_err(|e| JobError::Retry(e.to_string()))?
+                    .map(|(e, _)| e.status),
+                None => None,
+            };
+            if enrollment.as_deref() == Some("unenrolled") {
+                return Ok(Outcome::Done);
+            }
+            let paused = enrollment.as_deref() == Some("paused");
             let tz = user.tz();
             let occurrence = job.run_at;
-            coaching
-                .plan(
-                    &scope,
-                    &user,
-                    NewNudge {
-                        end_user_id: user.id.clone(),
-                        kind: NudgeKind::CheckIn,
-                        rule_id: None,
-                        enrollment_id: goal.enrollment_id.clone(),
-                        step_key: None,
-                        goal_id: Some(goal.id.clone()),
-                        dedupe_key: format!(
-                            "checkin:{}:{}",
-                            goal.id,
-                            schedule::local_date(tz, occurrence)
-                        ),
-                        scheduled_for: occurrence.max(now),
-                        status: "scheduled",
-                        reason: None,
-                    },
-                    now,
-                )
-                .await
-                .map_err(|e| JobError::Retry(e.to_string()))?;
+            if !paused {
+                coaching
+                    .plan(
+                        &scope,
+                        &user,
+                        NewNudge {
+                            end_user_id: user.id.clone(),
+                            kind: NudgeKind::CheckIn,
+                            rule_id: None,
+                            enrollment_id: goal.enrollment_id.clone(),
+                            step_key: None,
+                            goal_id: Some(goal.id.clone()),
+                            dedupe_key: format!(
+                                "checkin:{}:{}",
+                                goal.id,
+                                schedule::local_date(tz, occurrence)
+                            ),
+                            scheduled_for: occurrence.max(now),
+                            status: "scheduled",
+                            reason: None,
+                        },
+                        now,
+                    )
+                    .await
+                    .map_err(|e| JobError::Retry(e.to_string()))?;
+            }
             let at = LocalTime::parse("check_in.at", &check_in.at)
                 .map_err(|e| JobError::Fatal(e.to_string()))?;
             let next = schedule::next_repeat(

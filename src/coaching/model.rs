@@ -119,7 +119,8 @@ pub struct CheckIn {
     pub value: f64,
     pub note: Option<String>,
     pub at: DateTime<Utc>,
-    /// api or chat.
+    /// Who gave it: `end_user` (the API with their token), `staff`, or `chat` (a reply to the
+    /// coach's question).
     pub source: String,
     /// The end user's local date, which streaks count.
     pub local_date: NaiveDate,

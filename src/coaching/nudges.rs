@@ -22,6 +22,10 @@ const IN_CONVERSATION: Duration = Duration::minutes(10);
 /// How long a nudge waits for a conversation (or a staff takeover) to end before trying again.
 const CONVERSATION_WAIT: Duration = Duration::minutes(15);
 
+/// The reason of a step a quick reply asked for: it is an answer, so a live conversation does
+/// not hold it back.
+pub const CHOSEN: &str = "chosen";
+
 /// What the guardrails decide for a nudge that is due.
 #[derive(Debug, PartialEq)]
 enum Verdict {
@@ -42,6 +46,11 @@ struct Situation<'a> {
     rule_nudges_week: i64,
     /// For program steps: the enrolment is not active.
     enrollment_inactive: Option<&'static str>,
+    /// The end user asked for this just now (a quick reply).
+    chosen: bool,
+    /// For rule nudges: why the rule no longer applies (disabled, deleted, the person did
+    /// what it was about).
+    no_longer_due: Option<&'static str>,
 }
 
 /// Opt-out and enrolment state stop everything; consent and caps only rule nudges; quiet
@@ -57,12 +66,16 @@ fn guardrails(s: &Situation<'_>) -> Verdict {
     if rule && !s.user.consent {
         return Verdict::Suppress("no_consent");
     }
+    if let Some(reason) = s.no_longer_due {
+        return Verdict::Suppress(reason);
+    }
     if s.taken_over {
         return Verdict::Defer(s.now + CONVERSATION_WAIT, "staff_takeover");
     }
-    if s.user
-        .last_active_at
-        .is_some_and(|at| at <= s.now && s.now - at < IN_CONVERSATION)
+    if !s.chosen
+        && s.user
+            .last_active_at
+            .is_some_and(|at| at <= s.now && s.now - at < IN_CONVERSATION)
     {
         return Verdict::Defer(s.now + CONVERSATION_WAIT, "in_conversation");
     }
@@ -182,14 +195,10 @@ impl Coaching {
         limit: u32,
     ) -> Result<Vec<Nudge>, CoachingError> {
         let scope = scope.clone();
-        let nudges = self
+        Ok(self
             .db()
-            .call(move |c| c.nudges(&scope, end_user_id.as_deref(), limit))
-            .await?;
-        Ok(nudges
-            .into_iter()
-            .filter(|n| status.as_deref().is_none_or(|s| n.status == s))
-            .collect())
+            .call(move |c| c.nudges(&scope, end_user_id.as_deref(), status.as_deref(), limit))
+            .await?)
     }
 
     /// Works on one nudge at its job's time: write, or apply the guardrails and send.
@@ -337,6 +346,13 @@ impl Coaching {
             },
             _ => None,
         };
+        let no_longer_due = match (&nudge.rule_id, nudge.kind) {
+            (Some(rule), NudgeKind::Rule) => {
+                self.rule_no_longer_due(scope, rule, user, nudge, now)
+                    .await?
+            }
+            _ => None,
+        };
         Ok(Situation {
             user,
             coach,
@@ -346,6 +362,8 @@ impl Coaching {
             rule_nudges_today: today,
             rule_nudges_week: this_week,
             enrollment_inactive,
+            chosen: nudge.reason.as_deref() == Some(CHOSEN),
+            no_longer_due,
         })
     }
 
@@ -482,6 +500,8 @@ mod tests {
             rule_nudges_today: today,
             rule_nudges_week: today,
             enrollment_inactive: None,
+            chosen: false,
+            no_longer_due: None,
         };
         // 10:00 in Madrid (09:00 UTC in winter): sent.
         let day = at("2026-01-15T09:00:00Z");

@@ -172,6 +172,15 @@ impl Coaching {
         input: NewEndUser,
     ) -> Result<EndUser, CoachingError> {
         schedule::parse_time_zone("time_zone", &input.time_zone)?;
+        // Real end users come from the chat (and channels), where they can read what the coach
+        // sends; one made here would have nowhere to read it.
+        if input.test_clock_id.is_none() {
+            return Err(CoachingError::Invalid(
+                "test_clock_id: end users created through the API are test end users; real ones \
+                 appear when a visitor writes"
+                    .into(),
+            ));
+        }
         let name = clean_name(&input.name)?;
         let tags = clean_tags(input.tags)?;
         let now = match &input.test_clock_id {
@@ -231,7 +240,7 @@ impl Coaching {
                 Ok::<_, CoachingError>(Profile {
                     goals,
                     enrollments: c.enrollments_of(&scope, &user_moved.id)?,
-                    recent_nudges: c.nudges(&scope, Some(&user_moved.id), 20)?,
+                    recent_nudges: c.nudges(&scope, Some(&user_moved.id), None, 20)?,
                     conversations: c.end_user_conversations(&scope, &user_moved.id)?,
                     end_user: user_moved,
                 })

@@ -47,6 +47,9 @@ pub fn validate(definition: &ProgramDefinition) -> Result<(), CoachingError> {
         )
         .map_err(|e| match e {
             CoachingError::Invalid(m) => CoachingError::InvalidProgram(format!("goals[{i}].{m}")),
+            CoachingError::InvalidSchedule(m) => {
+                CoachingError::InvalidSchedule(format!("goals[{i}].{m}"))
+            }
             other => other,
         })?;
     }
@@ -263,7 +266,7 @@ impl Coaching {
         let user = self.end_user(scope, end_user_id).await?;
         if user.opted_out_at.is_some() {
             return Err(CoachingError::OptedOut(
-                "this person opted out of messages from the coach; they can opt in again by writing to it"
+                "this person opted out of messages from the coach; only they can opt in again (consent in the chat)"
                     .into(),
             ));
         }
@@ -418,7 +421,8 @@ impl Coaching {
                 dedupe_key: format!("step:{}:{key}", enrollment.id),
                 scheduled_for: when,
                 status: "scheduled",
-                reason: None,
+                // The person asked for it just now: it answers them, it does not interrupt.
+                reason: now_please.then(|| super::nudges::CHOSEN.to_string()),
             },
             now,
         )
@@ -508,7 +512,7 @@ impl Coaching {
             .db()
             .call(move |c| {
                 c.update_enrollment(&scope_moved, &stored)?;
-                let nudges = c.nudges(&scope_moved, Some(&stored.end_user_id), 10_000)?;
+                let nudges = c.nudges(&scope_moved, Some(&stored.end_user_id), None, 10_000)?;
                 Ok::<_, crate::db::DbError>(
                     nudges
                         .into_iter()
@@ -553,7 +557,7 @@ impl Coaching {
         let (scope_moved, user_id) = (scope.clone(), user.id.clone());
         let sent = self
             .db()
-            .call(move |c| c.nudges(&scope_moved, Some(&user_id), 20))
+            .call(move |c| c.nudges(&scope_moved, Some(&user_id), None, 20))
             .await?;
         let answer = text.trim().to_lowercase();
         // The newest step sent that is still waiting for its reply.

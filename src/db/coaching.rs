@@ -858,6 +858,11 @@ fn rule(r: &Row<'_>) -> rusqlite::Result<NudgeRule> {
     })
 }
 
+/// The status a nudge shows: its plan's, with delivery receipts and replies folded in.
+const NUDGE_STATUS: &str = "CASE WHEN n.status = 'sent' AND n.replied_at IS NOT NULL THEN 'replied' \
+     WHEN n.status = 'sent' AND o.status IS NOT NULL AND o.status != 'queued' THEN o.status \
+     ELSE n.status END";
+
 const NUDGE_COLUMNS: &str = "n.id, n.end_user_id, n.kind, n.rule_id, n.enrollment_id, n.step_key, n.goal_id, \
      n.status, n.reason, n.scheduled_for, n.sent_at, n.channel, n.content, n.message_id, n.dedupe_key, \
      n.replied_at, o.status";
@@ -924,10 +929,12 @@ pub trait NudgeStore {
         id: &str,
         update: &NudgeUpdate<'_>,
     ) -> Result<(), DbError>;
+    /// Newest first; `status`: only those showing it.
     fn nudges(
         &self,
         scope: &TenantScope,
         end_user_id: Option<&str>,
+        status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Nudge>, DbError>;
     /// Rule nudges sent to the end user at or after `since` (the caps count these).
@@ -1099,15 +1106,20 @@ impl NudgeStore for Connection {
         &self,
         scope: &TenantScope,
         end_user_id: Option<&str>,
+        status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Nudge>, DbError> {
         let mut statement = self.prepare(&format!(
             "SELECT {NUDGE_COLUMNS} FROM nudges n LEFT JOIN outbox o ON o.id = n.outbox_id \
              WHERE n.tenant_id = ?1 AND (?2 IS NULL OR n.end_user_id = ?2) \
+             AND (?4 IS NULL OR {NUDGE_STATUS} = ?4) \
              ORDER BY n.scheduled_for DESC, n.rowid DESC LIMIT ?3"
         ))?;
         Ok(statement
-            .query_map(params![scope.tenant_id(), end_user_id, limit], nudge)?
+            .query_map(
+                params![scope.tenant_id(), end_user_id, limit, status],
+                nudge,
+            )?
             .collect::<Result<Vec<_>, _>>()?)
     }
 

@@ -230,6 +230,41 @@ try {
     await visit.close();
   });
 
+  await step('a program link enrols the visitor in their time zone, and the first step arrives live', async () => {
+    // No quiet hours, so the step goes out now whatever the hour of the run.
+    await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '00:00-00:00' } });
+    const program = await api('/api/v1/programs', {
+      method: 'POST',
+      body: { name: 'Welcome week', steps: [{ key: 'hello', day: 0, at: '00:00', kind: 'message', text: 'Welcome the person to the week and invite them to reply any time.' }] },
+    });
+    await api(`/api/v1/programs/${program.id}/publish`, { method: 'POST', body: {} });
+    const visit = await browser.newContext({ viewport: desktop, timezoneId: 'Asia/Tokyo' });
+    const site = watch(await visit.newPage(), problems);
+    await site.goto(`${base}/c/${slug}?program=${program.id}`);
+    await ready(site);
+    const person = await until('the enrolment', async () => {
+      const list = await api(`/api/v1/end-users?program_id=${program.id}`);
+      return list.total === 1 && list.end_users[0];
+    });
+    check(person.time_zone === 'Asia/Tokyo', `the browser's zone: ${person.time_zone}`);
+    const sent = await until('the step', async () => {
+      const { nudges } = await api(`/api/v1/nudges?end_user_id=${person.id}`);
+      return nudges.find((n) => n.step_key === 'hello' && n.sent_at);
+    }, ANSWER_MS);
+    // The coach wrote it (the model is loaded); the page shows it without a reload.
+    const opening = sent.content.replace(/\s+/g, ' ').trim().slice(0, 24);
+    await site.waitForSelector(`.msg.assistant:has-text(${JSON.stringify(opening)})`);
+    const receipt = await until('the delivery receipt', async () => {
+      const { nudges } = await api(`/api/v1/nudges?end_user_id=${person.id}`);
+      const step = nudges.find((n) => n.step_key === 'hello');
+      return ['delivered', 'read'].includes(step.status) && step.status;
+    });
+    check(Boolean(receipt), 'delivered on the open page');
+    await site.screenshot({ path: path.join(shots, 'chat-page-program-step.png') });
+    await visit.close();
+    await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '21:00-08:00' } });
+  });
+
   allowed.close();
   noSockets.close();
   refused.close();
