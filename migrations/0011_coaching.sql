@@ -13,8 +13,8 @@ ALTER TABLE jobs ADD COLUMN clock_id TEXT;
 UPDATE jobs SET run_at = created_at;
 CREATE UNIQUE INDEX jobs_by_dedupe_key ON jobs(dedupe_key) WHERE dedupe_key IS NOT NULL;
 DROP INDEX jobs_pending;
-CREATE INDEX jobs_due ON jobs(status, run_at) WHERE status IN ('queued', 'running');
-CREATE INDEX jobs_by_clock ON jobs(clock_id, status, run_at) WHERE clock_id IS NOT NULL;
+-- Claims look for queued (or lease-expired running) jobs of one timeline in time order.
+CREATE INDEX jobs_queue ON jobs(status, clock_id, run_at);
 
 -- A simulated "now" for test end users (Stripe's test clocks).
 CREATE TABLE test_clocks (

@@ -186,6 +186,21 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A day of a program for many enrolled end users on a test clock (SQLite, in-process):
+    /// time to plan, claim and deliver, throughput, and the scheduler's idle CPU
+    Nudges {
+        #[arg(long, default_value_t = 10_000)]
+        end_users: usize,
+        /// A GGUF chat model: also time the coach writing one message
+        #[arg(long)]
+        llm: Option<PathBuf>,
+        /// Seconds of quiet for the idle CPU measurement
+        #[arg(long, default_value_t = 10)]
+        idle_seconds: u64,
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Embedding throughput for 256-token chunks, one at a time and in batches of 32
     Embed {
         /// A folder with model.safetensors, config.json and tokenizer.json
@@ -610,6 +625,38 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     report.delivery_p99_ms,
                     report.delivery_max_ms
                 );
+            }
+            Ok(())
+        }
+        BenchCommand::Nudges {
+            end_users,
+            llm,
+            idle_seconds,
+            json,
+        } => {
+            let report = crate::bench::nudges::run(crate::bench::nudges::NudgeBenchOptions {
+                end_users,
+                llm,
+                idle_s: idle_seconds,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} end users created in {:.1} s, enrolled (planned) in {:.1} s",
+                    report.end_users, report.create_s, report.plan_s
+                );
+                println!(
+                    "the day: {} jobs, {} deliveries in {:.1} s: {:.0} deliveries/s",
+                    report.jobs_run, report.deliveries, report.deliver_s, report.deliveries_per_s
+                );
+                println!(
+                    "idle: {:.2}% of a core over {} s",
+                    report.idle_cpu_percent, report.idle_s
+                );
+                if let Some(seconds) = report.write_one_s {
+                    println!("the coach writes one message in {seconds:.2} s (median of 3)");
+                }
             }
             Ok(())
         }

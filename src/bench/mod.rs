@@ -14,6 +14,7 @@
 pub mod index;
 pub mod ingest;
 pub mod live;
+pub mod nudges;
 pub mod sample_pdf;
 
 use std::path::Path;

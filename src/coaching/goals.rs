@@ -390,6 +390,7 @@ impl Handler for CheckInJob {
                             status: "scheduled",
                             reason: None,
                         },
+                        None,
                         now,
                     )
                     .await

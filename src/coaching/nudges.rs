@@ -11,7 +11,7 @@ use super::writer::Written;
 use super::{Coaching, CoachingError, job_scope, kinds};
 use crate::auth::{TenantScope, new_id};
 use crate::chat::coach::Coach;
-use crate::db::coaching::{EndUserStore, NudgeStore, NudgeUpdate};
+use crate::db::coaching::{EndUserStore, NudgeStore, NudgeUpdate, ProgramStore};
 use crate::jobs::{BoxFuture, Handler, Job, JobError, NewJob, Outcome};
 
 /// Messages the coach writes are written this long before they are due, so slow inference on a
@@ -122,28 +122,34 @@ impl Coaching {
         &self,
         scope: &TenantScope,
         user: &EndUser,
-        mut nudge: NewNudge,
+        nudge: NewNudge,
+        step_kind: Option<StepKind>,
         now: DateTime<Utc>,
     ) -> Result<Option<String>, CoachingError> {
-        let coach = self.coach(scope).await?;
-        let quiet = QuietHours::parse("quiet_hours", &coach.quiet_hours).unwrap_or_default();
-        if let Some(end) = quiet.deferral(user.tz(), nudge.scheduled_for) {
-            nudge.scheduled_for = end;
-            nudge.status = "deferred";
-            nudge.reason = Some("quiet_hours".into());
-        }
-        let step_kind = self.step_kind_of(scope, &nudge).await?;
-        let run_at = if needs_writing(nudge.kind, step_kind) {
-            nudge.scheduled_for - WRITE_AHEAD
-        } else {
-            nudge.scheduled_for
-        };
+        // Written ahead only when there is a model to write it; set text goes out when due.
+        let ahead = needs_writing(nudge.kind, step_kind) && self.inner.inference.chat().is_ok();
         let id = new_id();
-        let job = nudge_job(scope, user, &id, run_at.max(now));
-        let (scope_moved, id_moved, planned) = (scope.clone(), id.clone(), nudge.clone());
+        let (scope_moved, id_moved, user_moved) = (scope.clone(), id.clone(), user.clone());
         let inserted = self
             .db()
-            .call(move |c| c.plan_nudge(&scope_moved, &id_moved, &planned, &job))
+            .call(move |c| {
+                let mut nudge = nudge;
+                let coach = crate::chat::coach::get(c, &scope_moved)?;
+                let quiet =
+                    QuietHours::parse("quiet_hours", &coach.quiet_hours).unwrap_or_default();
+                if let Some(end) = quiet.deferral(user_moved.tz(), nudge.scheduled_for) {
+                    nudge.scheduled_for = end;
+                    nudge.status = "deferred";
+                    nudge.reason = Some("quiet_hours".into());
+                }
+                let run_at = if ahead {
+                    nudge.scheduled_for - WRITE_AHEAD
+                } else {
+                    nudge.scheduled_for
+                };
+                let job = nudge_job(&scope_moved, &user_moved, &id_moved, run_at.max(now));
+                Ok::<_, CoachingError>(c.plan_nudge(&scope_moved, &id_moved, &nudge, &job)?)
+            })
             .await?;
         if !inserted {
             return Ok(None);
@@ -172,18 +178,6 @@ impl Coaching {
             .db()
             .call(move |c| crate::chat::coach::get(c, &scope))
             .await?)
-    }
-
-    async fn step_kind_of(
-        &self,
-        scope: &TenantScope,
-        nudge: &NewNudge,
-    ) -> Result<Option<StepKind>, CoachingError> {
-        let (Some(enrollment), Some(key)) = (&nudge.enrollment_id, &nudge.step_key) else {
-            return Ok(None);
-        };
-        let found = self.enrollment_and_program(scope, enrollment).await?;
-        Ok(found.and_then(|(_, program)| program.step(key).map(|s| s.kind)))
     }
 
     /// Nudges, newest first; for one end user when given; `status` filters the status shown.
@@ -215,16 +209,24 @@ impl Coaching {
                 let Some(nudge) = c.nudge(&scope_moved, &id)? else {
                     return Ok(None);
                 };
-                let user = c.end_user(&scope_moved, &nudge.end_user_id)?;
-                Ok::<_, crate::db::DbError>(user.map(|u| (nudge, u)))
+                let Some(user) = c.end_user(&scope_moved, &nudge.end_user_id)? else {
+                    return Ok(None);
+                };
+                let program = match &nudge.enrollment_id {
+                    Some(id) => match c.enrollment(&scope_moved, id)? {
+                        Some(e) => c
+                            .program_version(&scope_moved, &e.program_id, e.version)?
+                            .map(|p| (e, p)),
+                        None => None,
+                    },
+                    None => None,
+                };
+                let coach = crate::chat::coach::get(c, &scope_moved)?;
+                Ok::<_, CoachingError>(Some((nudge, user, program, coach)))
             })
             .await?;
-        let Some((nudge, user)) = found else {
+        let Some((nudge, user, program, coach)) = found else {
             return Ok(Outcome::Done);
-        };
-        let program = match &nudge.enrollment_id {
-            Some(id) => self.enrollment_and_program(scope, id).await?,
-            None => None,
         };
         if !matches!(nudge.planned_status.as_str(), "scheduled" | "deferred") {
             // Sent by a process that died before it planned the next step: plan it now (both
@@ -259,7 +261,6 @@ impl Coaching {
                 payload: json!({}),
             });
         }
-        let coach = self.coach(scope).await?;
         let situation = self
             .situation(scope, &user, &coach, &nudge, program.as_ref(), now)
             .await?;
@@ -329,15 +330,7 @@ impl Coaching {
                 ))
             })
             .await?;
-        let taken_over = match conversations.first() {
-            Some(conversation) => self
-                .inner
-                .chat
-                .is_taken_over(scope, &conversation.id)
-                .await
-                .map_err(CoachingError::from)?,
-            None => false,
-        };
+        let taken_over = conversations.first().is_some_and(|c| c.taken_over);
         let enrollment_inactive = match (nudge.kind, program) {
             (NudgeKind::Step, Some((enrollment, _))) => match enrollment.status.as_str() {
                 "active" => None,

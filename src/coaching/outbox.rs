@@ -87,19 +87,6 @@ impl Coaching {
             .await?;
         let channel = WebChannel(self.inner.chat.clone());
         let outbox_id = format!("out-{}", nudge.id);
-        let (scope_moved, outbox, stored) = (scope.clone(), outbox_id.clone(), message.clone());
-        self.db()
-            .call(move |c| {
-                c.add_outbound(
-                    &scope_moved,
-                    &outbox,
-                    &stored.id,
-                    &stored.conversation_id,
-                    stored.seq,
-                    "web",
-                )
-            })
-            .await?;
         let status = match channel.deliver(scope, &message).await {
             Ok(status) => status,
             Err(error) => {
@@ -115,8 +102,20 @@ impl Coaching {
         let message_id = message.id.clone();
         let name = channel.name();
         let text = written.text.clone();
+        let (conversation_id, seq) = (message.conversation_id.clone(), message.seq);
+        // Stored first (above), then recorded with what delivery reached. A crash in between
+        // delivers again on the retry, which a client shows once (same seq); each write here
+        // is idempotent.
         self.db()
             .call(move |c| {
+                c.add_outbound(
+                    &scope_moved,
+                    &outbox_id,
+                    &message_id,
+                    &conversation_id,
+                    seq,
+                    name,
+                )?;
                 c.set_outbound_status(&scope_moved, &outbox_id, status, None)?;
                 c.update_nudge(
                     &scope_moved,

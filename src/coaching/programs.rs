@@ -405,9 +405,15 @@ impl Coaching {
         } else {
             Self::step_time(user, enrollment, step.day.unwrap_or(0), &step.at, now)?
         };
-        let goal_id = self
-            .goal_for_step(scope, enrollment, step.goal_key.as_deref(), definition)
-            .await?;
+        // Check-ins ask for a goal's value and milestones show it; other steps name no goal.
+        let goal_id = match step.kind {
+            StepKind::CheckIn | StepKind::Milestone => {
+                self.goal_for_step(scope, enrollment, step.goal_key.as_deref(), definition)
+                    .await?
+            }
+            StepKind::Message | StepKind::Resource => None,
+        };
+        let step_kind = step.kind;
         self.plan(
             scope,
             user,
@@ -424,6 +430,7 @@ impl Coaching {
                 // The person asked for it just now: it answers them, it does not interrupt.
                 reason: now_please.then(|| super::nudges::CHOSEN.to_string()),
             },
+            Some(step_kind),
             now,
         )
         .await?;

@@ -175,6 +175,7 @@ impl Coaching {
                     format!("rule:{}:{}", rule.id, goal.id),
                     now,
                 ),
+                None,
                 now,
             )
             .await?;
@@ -250,6 +251,7 @@ impl Coaching {
                         scope,
                         user,
                         rule_nudge(rule, user, goal.as_deref(), key, due.max(now)),
+                        None,
                         now,
                     )
                     .await?;

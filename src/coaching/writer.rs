@@ -127,6 +127,19 @@ impl Coaching {
         }
     }
 
+    /// The coach writes a proactive message from an instruction for an end user, as a nudge
+    /// would be written (the benchmark times this).
+    pub async fn write_message(
+        &self,
+        scope: &TenantScope,
+        end_user_id: &str,
+        instruction: &str,
+    ) -> Result<Written, CoachingError> {
+        let user = self.end_user(scope, end_user_id).await?;
+        let goals = self.goal_lines(scope, &user).await?;
+        self.compose(scope, &user, instruction, &goals, None).await
+    }
+
     async fn rule_instruction(
         &self,
         scope: &TenantScope,

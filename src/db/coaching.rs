@@ -72,6 +72,8 @@ pub struct ConversationRef {
     pub id: String,
     pub channel: String,
     pub last_message_at: Option<String>,
+    /// A person of the team is handling it (the coach keeps quiet).
+    pub taken_over: bool,
 }
 
 pub trait EndUserStore {
@@ -127,11 +129,9 @@ pub trait EndUserStore {
 
 impl EndUserStore for Connection {
     fn create_end_user(&self, scope: &TenantScope, u: &EndUser) -> Result<(), DbError> {
-        self.execute(
-            "INSERT INTO end_users (id, tenant_id, name, email, time_zone, locale, tags, last_active_at, \
+        self.prepare_cached("INSERT INTO end_users (id, tenant_id, name, email, time_zone, locale, tags, last_active_at, \
              consent, consent_at, consent_channel, opted_out_at, test_clock_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)")?.execute(params![
                 u.id,
                 scope.tenant_id(),
                 u.name,
@@ -201,10 +201,10 @@ impl EndUserStore for Connection {
         visitor_id: &str,
         end_user_id: &str,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE visitors SET end_user_id = ?3 WHERE tenant_id = ?1 AND id = ?2",
-            params![scope.tenant_id(), visitor_id, end_user_id],
-        )?;
+        )?
+        .execute(params![scope.tenant_id(), visitor_id, end_user_id])?;
         Ok(())
     }
 
@@ -243,9 +243,7 @@ impl EndUserStore for Connection {
             f.limit,
             f.offset
         ];
-        let total: i64 = self.query_row(
-            &format!("SELECT count(*) FROM end_users WHERE {filter} AND ?6 IS NOT NULL AND ?7 IS NOT NULL"),
-            args,
+        let total: i64 = self.prepare_cached(&format!("SELECT count(*) FROM end_users WHERE {filter} AND ?6 IS NOT NULL AND ?7 IS NOT NULL"))?.query_row(args,
             |r| r.get(0),
         )?;
         let mut statement = self.prepare(&format!(
@@ -273,28 +271,28 @@ impl EndUserStore for Connection {
     }
 
     fn update_end_user(&self, scope: &TenantScope, u: &EndUser) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE end_users SET name = ?3, email = ?4, time_zone = ?5, locale = ?6, tags = ?7, \
              last_active_at = ?8, consent = ?9, consent_at = ?10, consent_channel = ?11, \
              opted_out_at = ?12, awaiting_goal_id = ?13, awaiting_retried = ?14 \
              WHERE tenant_id = ?1 AND id = ?2",
-            params![
-                scope.tenant_id(),
-                u.id,
-                u.name,
-                u.email,
-                u.time_zone,
-                u.locale,
-                serde_json::to_string(&u.tags).expect("tags serialise"),
-                u.last_active_at.map(instant),
-                u.consent,
-                u.consent_at.map(instant),
-                u.consent_channel,
-                u.opted_out_at.map(instant),
-                u.awaiting_goal_id,
-                u.awaiting_retried,
-            ],
-        )?;
+        )?
+        .execute(params![
+            scope.tenant_id(),
+            u.id,
+            u.name,
+            u.email,
+            u.time_zone,
+            u.locale,
+            serde_json::to_string(&u.tags).expect("tags serialise"),
+            u.last_active_at.map(instant),
+            u.consent,
+            u.consent_at.map(instant),
+            u.consent_channel,
+            u.opted_out_at.map(instant),
+            u.awaiting_goal_id,
+            u.awaiting_retried,
+        ])?;
         Ok(())
     }
 
@@ -304,7 +302,8 @@ impl EndUserStore for Connection {
         end_user_id: &str,
     ) -> Result<Vec<ConversationRef>, DbError> {
         let mut statement = self.prepare(
-            "SELECT c.id, (SELECT max(m.created_at) FROM messages m WHERE m.conversation_id = c.id) \
+            "SELECT c.id, (SELECT max(m.created_at) FROM messages m WHERE m.conversation_id = c.id), \
+             c.mode = 'human' \
              FROM conversations c JOIN visitors v ON v.id = c.visitor_id \
              WHERE c.tenant_id = ?1 AND v.end_user_id = ?2 ORDER BY c.updated_at DESC",
         )?;
@@ -314,6 +313,7 @@ impl EndUserStore for Connection {
                     id: r.get(0)?,
                     channel: "web".into(),
                     last_message_at: r.get(1)?,
+                    taken_over: r.get(2)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?)
@@ -362,10 +362,8 @@ impl ClockStore for Connection {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        self.execute(
-            "INSERT INTO test_clocks (id, tenant_id, now) VALUES (?1, ?2, ?3)",
-            params![id, scope.tenant_id(), instant(now)],
-        )?;
+        self.prepare_cached("INSERT INTO test_clocks (id, tenant_id, now) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, scope.tenant_id(), instant(now)])?;
         Ok(())
     }
 
@@ -386,10 +384,10 @@ impl ClockStore for Connection {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE test_clocks SET now = max(now, ?3) WHERE tenant_id = ?1 AND id = ?2",
-            params![scope.tenant_id(), id, instant(now)],
-        )?;
+        )?
+        .execute(params![scope.tenant_id(), id, instant(now)])?;
         Ok(())
     }
 
@@ -463,12 +461,10 @@ pub trait GoalStore {
 
 impl GoalStore for Connection {
     fn create_goal(&self, scope: &TenantScope, g: &Goal) -> Result<(), DbError> {
-        self.execute(
-            &format!(
+        self.prepare_cached(&format!(
                 "INSERT INTO goals (tenant_id, {GOAL_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-            ),
-            params![
+            ))?.execute(params![
                 scope.tenant_id(),
                 g.id,
                 g.end_user_id,
@@ -512,20 +508,20 @@ impl GoalStore for Connection {
     }
 
     fn add_check_in(&self, scope: &TenantScope, goal_id: &str, c: &CheckIn) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "INSERT INTO check_ins (id, tenant_id, goal_id, value, note, source, local_date, at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                crate::auth::new_id(),
-                scope.tenant_id(),
-                goal_id,
-                c.value,
-                c.note,
-                c.source,
-                c.local_date.to_string(),
-                instant(c.at)
-            ],
-        )?;
+        )?
+        .execute(params![
+            crate::auth::new_id(),
+            scope.tenant_id(),
+            goal_id,
+            c.value,
+            c.note,
+            c.source,
+            c.local_date.to_string(),
+            instant(c.at)
+        ])?;
         Ok(())
     }
 
@@ -555,11 +551,16 @@ impl GoalStore for Connection {
         status: &str,
         reached_at: Option<DateTime<Utc>>,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE goals SET status = ?3, reached_at = coalesce(?4, reached_at) \
              WHERE tenant_id = ?1 AND id = ?2",
-            params![scope.tenant_id(), id, status, reached_at.map(instant)],
-        )?;
+        )?
+        .execute(params![
+            scope.tenant_id(),
+            id,
+            status,
+            reached_at.map(instant)
+        ])?;
         Ok(())
     }
 }
@@ -649,19 +650,19 @@ impl ProgramStore for Connection {
         id: &str,
         definition: &ProgramDefinition,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "INSERT INTO programs (id, tenant_id, latest_version) VALUES (?1, ?2, 1)",
-            params![id, scope.tenant_id()],
-        )?;
-        self.execute(
+        )?
+        .execute(params![id, scope.tenant_id()])?;
+        self.prepare_cached(
             "INSERT INTO program_versions (program_id, version, tenant_id, definition) \
              VALUES (?1, 1, ?2, ?3)",
-            params![
-                id,
-                scope.tenant_id(),
-                serde_json::to_string(definition).expect("programs serialise")
-            ],
-        )?;
+        )?
+        .execute(params![
+            id,
+            scope.tenant_id(),
+            serde_json::to_string(definition).expect("programs serialise")
+        ])?;
         Ok(())
     }
 
@@ -681,16 +682,16 @@ impl ProgramStore for Connection {
             )
             .optional()?;
         if let Some(version) = version {
-            self.execute(
+            self.prepare_cached(
                 "INSERT INTO program_versions (program_id, version, tenant_id, definition) \
                  VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    id,
-                    version,
-                    scope.tenant_id(),
-                    serde_json::to_string(definition).expect("programs serialise")
-                ],
-            )?;
+            )?
+            .execute(params![
+                id,
+                version,
+                scope.tenant_id(),
+                serde_json::to_string(definition).expect("programs serialise")
+            ])?;
         }
         Ok(version)
     }
@@ -746,12 +747,12 @@ impl ProgramStore for Connection {
     }
 
     fn create_enrollment(&self, scope: &TenantScope, e: &Enrollment) -> Result<bool, DbError> {
-        let inserted = self.execute(
-            &format!(
+        let inserted = self
+            .prepare_cached(&format!(
                 "INSERT INTO enrollments (tenant_id, {ENROLLMENT_COLUMNS}) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-            ),
-            params![
+            ))?
+            .execute(params![
                 scope.tenant_id(),
                 e.id,
                 e.program_id,
@@ -761,8 +762,7 @@ impl ProgramStore for Connection {
                 instant(e.enrolled_at),
                 e.completed_at.map(instant),
                 serde_json::to_string(&e.steps_done).expect("keys serialise"),
-            ],
-        );
+            ]);
         match inserted {
             Ok(_) => Ok(true),
             Err(error) if is_unique_violation(&error) => Ok(false),
@@ -816,17 +816,17 @@ impl ProgramStore for Connection {
     }
 
     fn update_enrollment(&self, scope: &TenantScope, e: &Enrollment) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE enrollments SET status = ?3, completed_at = ?4, steps_done = ?5 \
              WHERE tenant_id = ?1 AND id = ?2",
-            params![
-                scope.tenant_id(),
-                e.id,
-                e.status,
-                e.completed_at.map(instant),
-                serde_json::to_string(&e.steps_done).expect("keys serialise"),
-            ],
-        )?;
+        )?
+        .execute(params![
+            scope.tenant_id(),
+            e.id,
+            e.status,
+            e.completed_at.map(instant),
+            serde_json::to_string(&e.steps_done).expect("keys serialise"),
+        ])?;
         Ok(())
     }
 }
@@ -957,11 +957,9 @@ pub trait NudgeStore {
 
 impl NudgeStore for Connection {
     fn create_rule(&self, scope: &TenantScope, r: &NudgeRule) -> Result<(), DbError> {
-        self.execute(
-            &format!(
+        self.prepare_cached(&format!(
                 "INSERT INTO nudge_rules (tenant_id, {RULE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-            ),
-            params![
+            ))?.execute(params![
                 scope.tenant_id(),
                 r.id,
                 r.name,
@@ -995,27 +993,27 @@ impl NudgeStore for Connection {
     }
 
     fn update_rule(&self, scope: &TenantScope, r: &NudgeRule) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE nudge_rules SET name = ?3, enabled = ?4, trigger = ?5, audience = ?6, \
              instruction = ?7 WHERE tenant_id = ?1 AND id = ?2",
-            params![
-                scope.tenant_id(),
-                r.id,
-                r.name,
-                r.enabled,
-                serde_json::to_string(&r.trigger).expect("triggers serialise"),
-                serde_json::to_string(&r.audience).expect("audiences serialise"),
-                r.instruction
-            ],
-        )?;
+        )?
+        .execute(params![
+            scope.tenant_id(),
+            r.id,
+            r.name,
+            r.enabled,
+            serde_json::to_string(&r.trigger).expect("triggers serialise"),
+            serde_json::to_string(&r.audience).expect("audiences serialise"),
+            r.instruction
+        ])?;
         Ok(())
     }
 
     fn delete_rule(&self, scope: &TenantScope, id: &str) -> Result<bool, DbError> {
-        Ok(self.execute(
-            "DELETE FROM nudge_rules WHERE tenant_id = ?1 AND id = ?2",
-            params![scope.tenant_id(), id],
-        )? == 1)
+        Ok(self
+            .prepare_cached("DELETE FROM nudge_rules WHERE tenant_id = ?1 AND id = ?2")?
+            .execute(params![scope.tenant_id(), id])?
+            == 1)
     }
 
     fn plan_nudge(
@@ -1026,11 +1024,9 @@ impl NudgeStore for Connection {
         job: &NewJob,
     ) -> Result<bool, DbError> {
         let tx = self.unchecked_transaction()?;
-        let planned = tx.execute(
-            "INSERT INTO nudges (id, tenant_id, end_user_id, kind, rule_id, enrollment_id, step_key, \
+        let planned = tx.prepare_cached("INSERT INTO nudges (id, tenant_id, end_user_id, kind, rule_id, enrollment_id, step_key, \
              goal_id, dedupe_key, status, reason, scheduled_for) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING",
-            params![
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING")?.execute(params![
                 id,
                 scope.tenant_id(),
                 n.end_user_id,
@@ -1080,25 +1076,25 @@ impl NudgeStore for Connection {
             ),
             None => (None, None, None, None),
         };
-        self.execute(
+        self.prepare_cached(
             "UPDATE nudges SET status = coalesce(?3, status), reason = coalesce(?4, reason), \
              scheduled_for = coalesce(?5, scheduled_for), content = coalesce(?6, content), \
              sent_at = coalesce(?7, sent_at), channel = coalesce(?8, channel), \
              message_id = coalesce(?9, message_id), outbox_id = coalesce(?10, outbox_id) \
              WHERE tenant_id = ?1 AND id = ?2",
-            params![
-                scope.tenant_id(),
-                id,
-                u.status,
-                u.reason,
-                u.scheduled_for.map(instant),
-                u.content,
-                sent_at,
-                channel,
-                message_id,
-                outbox_id
-            ],
-        )?;
+        )?
+        .execute(params![
+            scope.tenant_id(),
+            id,
+            u.status,
+            u.reason,
+            u.scheduled_for.map(instant),
+            u.content,
+            sent_at,
+            channel,
+            message_id,
+            outbox_id
+        ])?;
         Ok(())
     }
 
@@ -1129,12 +1125,15 @@ impl NudgeStore for Connection {
         end_user_id: &str,
         since: DateTime<Utc>,
     ) -> Result<i64, DbError> {
-        Ok(self.query_row(
-            "SELECT count(*) FROM nudges WHERE tenant_id = ?1 AND end_user_id = ?2 \
+        Ok(self
+            .prepare_cached(
+                "SELECT count(*) FROM nudges WHERE tenant_id = ?1 AND end_user_id = ?2 \
              AND kind = 'rule' AND status = 'sent' AND sent_at >= ?3",
-            params![scope.tenant_id(), end_user_id, instant(since)],
-            |r| r.get(0),
-        )?)
+            )?
+            .query_row(
+                params![scope.tenant_id(), end_user_id, instant(since)],
+                |r| r.get(0),
+            )?)
     }
 
     fn mark_replied(
@@ -1143,11 +1142,11 @@ impl NudgeStore for Connection {
         end_user_id: &str,
         at: DateTime<Utc>,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE nudges SET replied_at = ?3 WHERE tenant_id = ?1 AND end_user_id = ?2 \
              AND status = 'sent' AND replied_at IS NULL AND sent_at <= ?3",
-            params![scope.tenant_id(), end_user_id, instant(at)],
-        )?;
+        )?
+        .execute(params![scope.tenant_id(), end_user_id, instant(at)])?;
         Ok(())
     }
 
@@ -1205,18 +1204,18 @@ impl OutboxStore for Connection {
         seq: i64,
         channel: &str,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "INSERT INTO outbox (id, tenant_id, message_id, conversation_id, seq, channel, status) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued') ON CONFLICT DO NOTHING",
-            params![
-                id,
-                scope.tenant_id(),
-                message_id,
-                conversation_id,
-                seq,
-                channel
-            ],
-        )?;
+        )?
+        .execute(params![
+            id,
+            scope.tenant_id(),
+            message_id,
+            conversation_id,
+            seq,
+            channel
+        ])?;
         Ok(())
     }
 
@@ -1227,11 +1226,11 @@ impl OutboxStore for Connection {
         status: &str,
         error: Option<&str>,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE outbox SET status = ?3, error = ?4, \
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE tenant_id = ?1 AND id = ?2",
-            params![scope.tenant_id(), id, status, error],
-        )?;
+        )?
+        .execute(params![scope.tenant_id(), id, status, error])?;
         Ok(())
     }
 
@@ -1247,13 +1246,11 @@ impl OutboxStore for Connection {
         } else {
             ("delivered", "('queued', 'sent')")
         };
-        self.execute(
-            &format!(
-                "UPDATE outbox SET status = ?4, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+        self.prepare_cached(&format!(
+            "UPDATE outbox SET status = ?4, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
                  WHERE tenant_id = ?1 AND conversation_id = ?2 AND seq <= ?3 AND status IN {from}"
-            ),
-            params![scope.tenant_id(), conversation_id, seq, to],
-        )?;
+        ))?
+        .execute(params![scope.tenant_id(), conversation_id, seq, to])?;
         Ok(())
     }
 }

@@ -117,10 +117,8 @@ fn job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 
 impl JobStore for Connection {
     fn enqueue_job(&self, job: &NewJob) -> Result<bool, DbError> {
-        Ok(self.execute(
-            "INSERT INTO jobs (tenant_id, kind, subject_id, status, payload, run_at, dedupe_key, clock_id) \
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
-            params![
+        Ok(self.prepare_cached("INSERT INTO jobs (tenant_id, kind, subject_id, status, payload, run_at, dedupe_key, clock_id) \
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING")?.execute(params![
                 job.tenant_id,
                 job.kind,
                 job.subject_id,
@@ -133,13 +131,11 @@ impl JobStore for Connection {
     }
 
     fn ensure_job(&self, job: &NewJob) -> Result<(), DbError> {
-        self.execute(
-            "INSERT INTO jobs (tenant_id, kind, subject_id, status, payload, run_at, dedupe_key, clock_id) \
+        self.prepare_cached("INSERT INTO jobs (tenant_id, kind, subject_id, status, payload, run_at, dedupe_key, clock_id) \
              VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7) \
              ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO UPDATE SET status = 'queued', \
              run_at = excluded.run_at, payload = excluded.payload, attempts = 0, last_error = NULL \
-             WHERE jobs.status IN ('done', 'failed')",
-            params![
+             WHERE jobs.status IN ('done', 'failed')")?.execute(params![
                 job.tenant_id,
                 job.kind,
                 job.subject_id,
@@ -164,18 +160,23 @@ impl JobStore for Connection {
             Timeline::Real => None,
             Timeline::Clock(id) => Some(id),
         };
+        // Two index range scans (queued; running with a lease that ran out), earliest first.
         Ok(self
+            .prepare_cached(&format!(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?5, \
+                 updated_at = ?4 \
+                 WHERE id = (SELECT id FROM ( \
+                   SELECT * FROM (SELECT id, run_at FROM jobs WHERE status = 'queued' \
+                     AND clock_id IS ?2 AND run_at <= ?3 \
+                     AND kind IN (SELECT value FROM json_each(?1)) ORDER BY run_at, id LIMIT 1) \
+                   UNION ALL \
+                   SELECT * FROM (SELECT id, run_at FROM jobs WHERE status = 'running' \
+                     AND clock_id IS ?2 AND run_at <= ?3 AND lease_until < ?4 \
+                     AND kind IN (SELECT value FROM json_each(?1)) ORDER BY run_at, id LIMIT 1)) \
+                   ORDER BY run_at, id LIMIT 1) \
+                 RETURNING {JOB_COLUMNS}"
+            ))?
             .query_row(
-                &format!(
-                    "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ?5, \
-                     updated_at = ?4 \
-                     WHERE id = (SELECT id FROM jobs \
-                       WHERE kind IN (SELECT value FROM json_each(?1)) \
-                         AND clock_id IS ?2 AND run_at <= ?3 \
-                         AND (status = 'queued' OR (status = 'running' AND lease_until < ?4)) \
-                       ORDER BY run_at, id LIMIT 1) \
-                     RETURNING {JOB_COLUMNS}"
-                ),
                 params![
                     kinds_json(kinds),
                     clock,
@@ -189,19 +190,19 @@ impl JobStore for Connection {
     }
 
     fn extend_lease(&self, id: i64, until: DateTime<Utc>) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE jobs SET lease_until = ?2 WHERE id = ?1 AND status = 'running'",
-            params![id, instant(until)],
-        )?;
+        )?
+        .execute(params![id, instant(until)])?;
         Ok(())
     }
 
     fn complete_job(&self, id: i64) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE jobs SET status = 'done', lease_until = NULL, last_error = NULL, \
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-            [id],
-        )?;
+        )?
+        .execute([id])?;
         Ok(())
     }
 
@@ -211,12 +212,12 @@ impl JobStore for Connection {
         run_at: DateTime<Utc>,
         error: Option<&str>,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE jobs SET status = 'queued', run_at = ?2, lease_until = NULL, \
              last_error = coalesce(?3, last_error), \
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-            params![id, instant(run_at), error],
-        )?;
+        )?
+        .execute(params![id, instant(run_at), error])?;
         Ok(())
     }
 
@@ -226,55 +227,54 @@ impl JobStore for Connection {
         run_at: DateTime<Utc>,
         payload: &serde_json::Value,
     ) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE jobs SET status = 'queued', run_at = ?2, payload = ?3, attempts = 0, \
              lease_until = NULL, last_error = NULL, \
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-            params![id, instant(run_at), payload.to_string()],
-        )?;
+        )?
+        .execute(params![id, instant(run_at), payload.to_string()])?;
         Ok(())
     }
 
     fn fail_job(&self, id: i64, error: &str) -> Result<(), DbError> {
-        self.execute(
+        self.prepare_cached(
             "UPDATE jobs SET status = 'failed', lease_until = NULL, last_error = ?2, \
              updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-            params![id, error],
-        )?;
+        )?
+        .execute(params![id, error])?;
         Ok(())
     }
 
     fn next_due(&self, kinds: &[&str]) -> Result<Option<DateTime<Utc>>, DbError> {
-        let next: Option<String> = self.query_row(
-            "SELECT min(CASE status WHEN 'queued' THEN run_at ELSE lease_until END) FROM jobs \
+        let next: Option<String> = self
+            .prepare_cached(
+                "SELECT min(CASE status WHEN 'queued' THEN run_at ELSE lease_until END) FROM jobs \
              WHERE status IN ('queued', 'running') AND clock_id IS NULL \
                AND kind IN (SELECT value FROM json_each(?1))",
-            [kinds_json(kinds)],
-            |r| r.get(0),
-        )?;
+            )?
+            .query_row([kinds_json(kinds)], |r| r.get(0))?;
         Ok(next.map(|t| parse_instant(&t)))
     }
 
     fn held_clock_jobs(&self, clock_id: &str, now: DateTime<Utc>) -> Result<i64, DbError> {
-        Ok(self.query_row(
-            "SELECT count(*) FROM jobs WHERE clock_id = ?1 AND status = 'running' AND lease_until >= ?2",
-            params![clock_id, instant(now)],
+        Ok(self.prepare_cached("SELECT count(*) FROM jobs WHERE clock_id = ?1 AND status = 'running' AND lease_until >= ?2")?.query_row(params![clock_id, instant(now)],
             |r| r.get(0),
         )?)
     }
 
     fn pending_jobs(&self, kind: &str) -> Result<i64, DbError> {
-        Ok(self.query_row(
-            "SELECT count(*) FROM jobs WHERE kind = ?1 AND status IN ('queued', 'running')",
-            [kind],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .prepare_cached(
+                "SELECT count(*) FROM jobs WHERE kind = ?1 AND status IN ('queued', 'running')",
+            )?
+            .query_row([kind], |r| r.get(0))?)
     }
 
     fn prune_jobs(&self, before: DateTime<Utc>) -> Result<usize, DbError> {
-        Ok(self.execute(
-            "DELETE FROM jobs WHERE status IN ('done', 'failed') AND updated_at < ?1",
-            [instant(before)],
-        )?)
+        Ok(self
+            .prepare_cached(
+                "DELETE FROM jobs WHERE status IN ('done', 'failed') AND updated_at < ?1",
+            )?
+            .execute([instant(before)])?)
     }
 }
