@@ -149,8 +149,9 @@ CREATE TABLE nudges (
     step_key         TEXT,
     goal_id          TEXT,
     dedupe_key       TEXT NOT NULL UNIQUE,
+    -- sending: the guardrails let it through and it is on its way (counts against the caps).
     status           TEXT NOT NULL CHECK (status IN
-                         ('scheduled', 'deferred', 'sent', 'suppressed', 'failed')),
+                         ('scheduled', 'deferred', 'sending', 'sent', 'suppressed', 'failed')),
     reason           TEXT,
     scheduled_for    TEXT NOT NULL,
     sent_at          TEXT,

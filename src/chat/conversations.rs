@@ -278,7 +278,9 @@ pub fn latest_of_visitor(
     visitor_id: &str,
 ) -> rusqlite::Result<Option<String>> {
     c.query_row(
-        "SELECT id FROM conversations WHERE tenant_id = ?1 AND visitor_id = ?2 \
+        // `+tenant_id`: look up by the visitor's index; the tenant's index, ordered by time,
+        // would walk every conversation of the tenant.
+        "SELECT id FROM conversations WHERE +tenant_id = ?1 AND visitor_id = ?2 \
          ORDER BY updated_at DESC, rowid DESC LIMIT 1",
         params![scope.tenant_id(), visitor_id],
         |r| r.get(0),

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
-use super::model::{EndUser, NewNudge, Nudge, NudgeKind, StepKind};
+use super::model::{EndUser, Enrollment, NewNudge, Nudge, NudgeKind, ProgramDefinition, StepKind};
 use super::schedule::{self, QuietHours};
 use super::writer::Written;
 use super::{Coaching, CoachingError, job_scope, kinds};
@@ -104,6 +104,82 @@ fn nudge_job(scope: &TenantScope, user: &EndUser, nudge_id: &str, run_at: DateTi
         dedupe_key: None,
         clock_id: user.test_clock_id.clone(),
     }
+}
+
+/// Applies the guardrails to a due nudge and records the verdict, in one writing transaction:
+/// two nudges for one person due at once cannot both pass a cap of one. Returns the verdict and
+/// the person's web visitor (to send through).
+#[allow(clippy::too_many_arguments)]
+fn decide<S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore>(
+    c: &S,
+    scope: &TenantScope,
+    user: &EndUser,
+    coach: &Coach,
+    nudge: &Nudge,
+    program: Option<&(Enrollment, ProgramDefinition)>,
+    now: DateTime<Utc>,
+) -> Result<(Verdict, Option<String>), crate::db::DbError> {
+    let tz = user.tz();
+    let midnight = schedule::at_local(
+        tz,
+        schedule::local_date(tz, now),
+        schedule::LocalTime { hour: 0, minute: 0 },
+    );
+    let conversations = c.end_user_conversations(scope, &user.id)?;
+    let enrollment_inactive = match (nudge.kind, program) {
+        (NudgeKind::Step, Some((enrollment, _))) => match enrollment.status.as_str() {
+            "active" => None,
+            "paused" => Some("paused"),
+            _ => Some("unenrolled"),
+        },
+        _ => None,
+    };
+    let no_longer_due = match (&nudge.rule_id, nudge.kind) {
+        (Some(rule), NudgeKind::Rule) => {
+            super::rules::rule_no_longer_due(c, scope, rule, user, nudge, now)?
+        }
+        _ => None,
+    };
+    // This nudge, when on its way already (a retry), does not count against itself.
+    let own = i64::from(nudge.planned_status == "sending");
+    let situation = Situation {
+        user,
+        coach,
+        kind: nudge.kind,
+        now,
+        taken_over: conversations.first().is_some_and(|c| c.taken_over),
+        rule_nudges_today: c.rule_nudges_sent_since(scope, &user.id, midnight)? - own,
+        rule_nudges_week: c.rule_nudges_sent_since(scope, &user.id, now - Duration::days(7))? - own,
+        enrollment_inactive,
+        chosen: nudge.reason.as_deref() == Some(CHOSEN),
+        no_longer_due,
+    };
+    let verdict = guardrails(&situation);
+    let update = match &verdict {
+        // A paused enrolment keeps its step for the resume, which plans it again.
+        Verdict::Suppress("paused") => NudgeUpdate {
+            status: Some("scheduled"),
+            reason: Some("paused"),
+            ..NudgeUpdate::default()
+        },
+        Verdict::Suppress(reason) => NudgeUpdate {
+            status: Some("suppressed"),
+            reason: Some(reason),
+            ..NudgeUpdate::default()
+        },
+        Verdict::Defer(until, reason) => NudgeUpdate {
+            status: Some("deferred"),
+            reason: Some(reason),
+            scheduled_for: Some(*until),
+            ..NudgeUpdate::default()
+        },
+        Verdict::Send => NudgeUpdate {
+            status: Some("sending"),
+            ..NudgeUpdate::default()
+        },
+    };
+    c.update_nudge(scope, &nudge.id, &update)?;
+    Ok((verdict, c.visitor_of_end_user(scope, &user.id)?))
 }
 
 /// Whether the coach writes this nudge (ahead of time) rather than sending set text.
@@ -228,7 +304,10 @@ impl Coaching {
         let Some((nudge, user, program, coach)) = found else {
             return Ok(Outcome::Done);
         };
-        if !matches!(nudge.planned_status.as_str(), "scheduled" | "deferred") {
+        if !matches!(
+            nudge.planned_status.as_str(),
+            "scheduled" | "deferred" | "sending"
+        ) {
             // Sent by a process that died before it planned the next step: plan it now (both
             // steps are idempotent).
             if let (Some((enrollment, definition)), Some(key), "sent") =
@@ -261,29 +340,32 @@ impl Coaching {
                 payload: json!({}),
             });
         }
-        let situation = self
-            .situation(scope, &user, &coach, &nudge, program.as_ref(), now)
-            .await?;
-        match guardrails(&situation) {
-            Verdict::Suppress(reason) => {
-                // A paused enrolment keeps its step for the resume, which plans it again.
-                let status = if reason == "paused" {
-                    "scheduled"
-                } else {
-                    "suppressed"
-                };
-                self.set_status(scope, &nudge.id, status, Some(reason), None)
-                    .await?;
-                Ok(Outcome::Done)
-            }
-            Verdict::Defer(until, reason) => {
-                self.set_status(scope, &nudge.id, "deferred", Some(reason), Some(until))
-                    .await?;
-                Ok(Outcome::Again {
-                    at: until,
-                    payload: json!({}),
+        let (scope_moved, user_moved, nudge_moved) = (scope.clone(), user.clone(), nudge.clone());
+        let (decided, visitor) = self
+            .db()
+            .call(move |c| {
+                crate::db::immediate(c, |c| {
+                    decide(
+                        c,
+                        &scope_moved,
+                        &user_moved,
+                        &coach,
+                        &nudge_moved,
+                        program.as_ref(),
+                        now,
+                    )
+                    .map(|(verdict, visitor)| (verdict, visitor, program))
                 })
-            }
+            })
+            .await
+            .map(|(verdict, visitor, program_back)| ((verdict, program_back), visitor))?;
+        let (verdict, program) = decided;
+        match verdict {
+            Verdict::Suppress(_) => Ok(Outcome::Done),
+            Verdict::Defer(until, _) => Ok(Outcome::Again {
+                at: until,
+                payload: json!({}),
+            }),
             Verdict::Send => {
                 let written = match &nudge.content {
                     Some(text) => Written::stored(text),
@@ -292,7 +374,7 @@ impl Coaching {
                             .await?
                     }
                 };
-                self.send_nudge(scope, &user, &nudge, step.as_ref(), &written, now)
+                self.send_nudge(scope, &user, &nudge, step.as_ref(), &written, visitor, now)
                     .await?;
                 if let (Some((enrollment, definition)), Some(key)) = (&program, &nudge.step_key) {
                     self.step_done(scope, &user, enrollment, definition, key, now)
@@ -301,63 +383,6 @@ impl Coaching {
                 Ok(Outcome::Done)
             }
         }
-    }
-
-    async fn situation<'a>(
-        &self,
-        scope: &TenantScope,
-        user: &'a EndUser,
-        coach: &'a Coach,
-        nudge: &Nudge,
-        program: Option<&(super::model::Enrollment, super::model::ProgramDefinition)>,
-        now: DateTime<Utc>,
-    ) -> Result<Situation<'a>, CoachingError> {
-        let tz = user.tz();
-        let midnight = schedule::at_local(
-            tz,
-            schedule::local_date(tz, now),
-            schedule::LocalTime { hour: 0, minute: 0 },
-        );
-        let week = now - Duration::days(7);
-        let (scope_moved, user_id) = (scope.clone(), user.id.clone());
-        let (today, this_week, conversations) = self
-            .db()
-            .call(move |c| {
-                Ok::<_, crate::db::DbError>((
-                    c.rule_nudges_sent_since(&scope_moved, &user_id, midnight)?,
-                    c.rule_nudges_sent_since(&scope_moved, &user_id, week)?,
-                    c.end_user_conversations(&scope_moved, &user_id)?,
-                ))
-            })
-            .await?;
-        let taken_over = conversations.first().is_some_and(|c| c.taken_over);
-        let enrollment_inactive = match (nudge.kind, program) {
-            (NudgeKind::Step, Some((enrollment, _))) => match enrollment.status.as_str() {
-                "active" => None,
-                "paused" => Some("paused"),
-                _ => Some("unenrolled"),
-            },
-            _ => None,
-        };
-        let no_longer_due = match (&nudge.rule_id, nudge.kind) {
-            (Some(rule), NudgeKind::Rule) => {
-                self.rule_no_longer_due(scope, rule, user, nudge, now)
-                    .await?
-            }
-            _ => None,
-        };
-        Ok(Situation {
-            user,
-            coach,
-            kind: nudge.kind,
-            now,
-            taken_over,
-            rule_nudges_today: today,
-            rule_nudges_week: this_week,
-            enrollment_inactive,
-            chosen: nudge.reason.as_deref() == Some(CHOSEN),
-            no_longer_due,
-        })
     }
 
     async fn store_content(

@@ -50,6 +50,7 @@ impl Channel for WebChannel {
 impl Coaching {
     /// Stores, records and delivers a nudge's message, then marks the nudge sent (and, for a
     /// check-in, waits for the value in the chat). Safe to repeat after a crash at any point.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn send_nudge(
         &self,
         scope: &TenantScope,
@@ -57,9 +58,13 @@ impl Coaching {
         nudge: &Nudge,
         step: Option<&Step>,
         written: &Written,
+        visitor: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<(), CoachingError> {
-        let visitor = self.web_visitor(scope, user).await?;
+        let visitor = match visitor {
+            Some(visitor) => visitor,
+            None => self.web_visitor(scope, user).await?,
+        };
         let mut stats = json!({
             "proactive": {
                 "kind": nudge.kind,

@@ -211,6 +211,8 @@ impl Coaching {
         self.db()
             .call(move |c| c.create_end_user(&scope_moved, &stored))
             .await?;
+        // Their web visitor now, so two messages due at once never open two conversations.
+        self.web_visitor(scope, &user).await?;
         Ok(user)
     }
 

@@ -262,52 +262,42 @@ impl Coaching {
     }
 }
 
-impl Coaching {
-    /// Why a rule nudge that is due should not go out after all: the rule is gone or off, or
-    /// the person already did what it is about.
-    pub(super) async fn rule_no_longer_due(
-        &self,
-        scope: &TenantScope,
-        rule_id: &str,
-        user: &EndUser,
-        nudge: &super::model::Nudge,
-        now: DateTime<Utc>,
-    ) -> Result<Option<&'static str>, CoachingError> {
-        let (scope, rule_id, goal_id) = (scope.clone(), rule_id.to_string(), nudge.goal_id.clone());
-        let (rule, check_ins) = self
-            .db()
-            .call(move |c| {
-                let rule = c.rule(&scope, &rule_id)?;
-                let check_ins = match goal_id {
-                    Some(goal) => c.check_ins(&scope, &goal)?,
-                    None => Vec::new(),
-                };
-                Ok::<_, crate::db::DbError>((rule, check_ins))
-            })
-            .await?;
-        let Some(rule) = rule else {
-            return Ok(Some("rule_deleted"));
-        };
-        if !rule.enabled {
-            return Ok(Some("rule_disabled"));
-        }
-        let today = schedule::local_date(user.tz(), now);
-        Ok(match rule.trigger {
-            Trigger::Inactivity { days } => user
-                .last_active_at
-                .is_some_and(|at| now - at < Duration::days(days.into()))
-                .then_some("active_again"),
-            Trigger::StreakAtRisk => check_ins
-                .iter()
-                .any(|c| c.local_date == today)
-                .then_some("checked_in"),
-            Trigger::MissedCheckIn => check_ins
-                .iter()
-                .any(|c| c.at >= nudge.scheduled_for - MISSED_AFTER)
-                .then_some("checked_in"),
-            Trigger::GoalReached | Trigger::Schedule { .. } => None,
-        })
+/// Why a rule nudge that is due should not go out after all: the rule is gone or off, or the
+/// person already did what it is about.
+pub(super) fn rule_no_longer_due<S: NudgeStore + GoalStore>(
+    c: &S,
+    scope: &TenantScope,
+    rule_id: &str,
+    user: &EndUser,
+    nudge: &super::model::Nudge,
+    now: DateTime<Utc>,
+) -> Result<Option<&'static str>, crate::db::DbError> {
+    let Some(rule) = c.rule(scope, rule_id)? else {
+        return Ok(Some("rule_deleted"));
+    };
+    if !rule.enabled {
+        return Ok(Some("rule_disabled"));
     }
+    let check_ins = match &nudge.goal_id {
+        Some(goal) => c.check_ins(scope, goal)?,
+        None => Vec::new(),
+    };
+    let today = schedule::local_date(user.tz(), now);
+    Ok(match rule.trigger {
+        Trigger::Inactivity { days } => user
+            .last_active_at
+            .is_some_and(|at| now - at < Duration::days(days.into()))
+            .then_some("active_again"),
+        Trigger::StreakAtRisk => check_ins
+            .iter()
+            .any(|c| c.local_date == today)
+            .then_some("checked_in"),
+        Trigger::MissedCheckIn => check_ins
+            .iter()
+            .any(|c| c.at >= nudge.scheduled_for - MISSED_AFTER)
+            .then_some("checked_in"),
+        Trigger::GoalReached | Trigger::Schedule { .. } => None,
+    })
 }
 
 fn in_audience(audience: &Audience, user: &EndUser, programs: &[String]) -> bool {

@@ -304,8 +304,9 @@ impl EndUserStore for Connection {
         let mut statement = self.prepare(
             "SELECT c.id, (SELECT max(m.created_at) FROM messages m WHERE m.conversation_id = c.id), \
              c.mode = 'human' \
-             FROM conversations c JOIN visitors v ON v.id = c.visitor_id \
-             WHERE c.tenant_id = ?1 AND v.end_user_id = ?2 ORDER BY c.updated_at DESC",
+             FROM visitors v CROSS JOIN conversations c ON c.visitor_id = v.id \
+             WHERE v.tenant_id = ?1 AND v.end_user_id = ?2 AND +c.tenant_id = ?1 \
+             ORDER BY c.updated_at DESC",
         )?;
         Ok(statement
             .query_map(params![scope.tenant_id(), end_user_id], |r| {
@@ -861,7 +862,7 @@ fn rule(r: &Row<'_>) -> rusqlite::Result<NudgeRule> {
 /// The status a nudge shows: its plan's, with delivery receipts and replies folded in.
 const NUDGE_STATUS: &str = "CASE WHEN n.status = 'sent' AND n.replied_at IS NOT NULL THEN 'replied' \
      WHEN n.status = 'sent' AND o.status IS NOT NULL AND o.status != 'queued' THEN o.status \
-     ELSE n.status END";
+     WHEN n.status = 'sending' THEN 'scheduled' ELSE n.status END";
 
 const NUDGE_COLUMNS: &str = "n.id, n.end_user_id, n.kind, n.rule_id, n.enrollment_id, n.step_key, n.goal_id, \
      n.status, n.reason, n.scheduled_for, n.sent_at, n.channel, n.content, n.message_id, n.dedupe_key, \
@@ -874,6 +875,7 @@ fn nudge(r: &Row<'_>) -> rusqlite::Result<Nudge> {
     let status = match (planned.as_str(), replied, delivery) {
         ("sent", Some(_), _) => "replied".to_string(),
         ("sent", None, Some(delivery)) if delivery != "queued" => delivery,
+        ("sending", _, _) => "scheduled".to_string(),
         _ => planned.clone(),
     };
     Ok(Nudge {
@@ -937,7 +939,8 @@ pub trait NudgeStore {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<Nudge>, DbError>;
-    /// Rule nudges sent to the end user at or after `since` (the caps count these).
+    /// Rule nudges sent to the end user at or after `since`, and those on their way (the caps
+    /// count these).
     fn rule_nudges_sent_since(
         &self,
         scope: &TenantScope,
@@ -1128,7 +1131,7 @@ impl NudgeStore for Connection {
         Ok(self
             .prepare_cached(
                 "SELECT count(*) FROM nudges WHERE tenant_id = ?1 AND end_user_id = ?2 \
-             AND kind = 'rule' AND status = 'sent' AND sent_at >= ?3",
+             AND kind = 'rule' AND (status = 'sent' AND sent_at >= ?3 OR status = 'sending')",
             )?
             .query_row(
                 params![scope.tenant_id(), end_user_id, instant(since)],

@@ -19,6 +19,27 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::Semaphore;
 
+/// Called by SQLite while another connection holds the write lock: waits a little and asks to
+/// try again, until [`BUSY_TIMEOUT`]. SQLite's own busy timeout sleeps in steps of up to 100 ms,
+/// so a writer queued behind a 1 ms transaction could wait 10 ms or more; these short waits keep
+/// concurrent writers close to the lock's real hold times.
+fn wait_for_the_writer(attempt: i32) -> bool {
+    // 50 µs, growing to 2 ms: about 2,500 tries make the five seconds.
+    let attempt = attempt.max(0) as u64;
+    let wait_us = |a: u64| (50 * (a + 1)).min(2_000);
+    // The sum of the waits so far: 50 µs more each time for 40 tries, then 2 ms each.
+    let waited_us = if attempt <= 40 {
+        25 * attempt * (attempt + 1)
+    } else {
+        41_000 + (attempt - 40) * 2_000
+    };
+    if waited_us >= BUSY_TIMEOUT.as_micros() as u64 {
+        return false;
+    }
+    std::thread::sleep(Duration::from_micros(wait_us(attempt)));
+    true
+}
+
 /// An instant as stored: RFC 3339 in UTC with milliseconds, the format of SQLite's
 /// `strftime('%Y-%m-%dT%H:%M:%fZ')`, so stored times compare as text.
 pub fn instant(at: chrono::DateTime<chrono::Utc>) -> String {
@@ -127,18 +148,37 @@ impl Pool {
     }
 }
 
+/// Runs `work` in an immediate (writing) transaction: committed when it returns `Ok`, rolled
+/// back otherwise. For decisions that must not race another writer (a cap that is checked,
+/// then used).
+pub fn immediate<T, E: From<DbError>>(
+    c: &mut Connection,
+    work: impl FnOnce(&Connection) -> Result<T, E>,
+) -> Result<T, E> {
+    let tx = c
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| E::from(DbError::from(e)))?;
+    let result = work(&tx)?;
+    tx.commit().map_err(|e| E::from(DbError::from(e)))?;
+    Ok(result)
+}
+
 /// Opens one connection with the standard settings (for commands that need no pool).
 pub fn connect(path: &Path) -> Result<Connection, DbError> {
-    let connection = Connection::open_with_flags(
+    let mut connection = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.busy_handler(Some(wait_for_the_writer))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Pages read through a memory map and a larger page cache: without them every statement
+    // re-reads its pages with a system call each (a tenth of the scheduler's time, measured).
+    connection.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;
+    connection.pragma_update(None, "cache_size", -16_000)?;
     Ok(connection)
 }
 

@@ -282,7 +282,8 @@ impl Jobs {
         let kinds = self.kinds();
         let mut ran = 0;
         loop {
-            let (scope_moved, clock, kinds) = (scope.clone(), clock_id.to_string(), kinds.clone());
+            let (scope_moved, clock, kinds_claimed) =
+                (scope.clone(), clock_id.to_string(), kinds.clone());
             let claimed = self
                 .inner
                 .db
@@ -293,8 +294,13 @@ impl Jobs {
                     if c.held_clock_jobs(&clock, now)? > 0 {
                         return Ok::<_, DbError>(Claim::Wait);
                     }
-                    let job =
-                        c.claim_job(&kinds, Timeline::Clock(&clock), to, now, lease_from(now))?;
+                    let job = c.claim_job(
+                        &kinds_claimed,
+                        Timeline::Clock(&clock),
+                        to,
+                        now,
+                        lease_from(now),
+                    )?;
                     let Some(job) = job else {
                         return Ok(Claim::Finished);
                     };
@@ -312,8 +318,35 @@ impl Jobs {
                     continue;
                 }
             };
-            self.execute(job, at).await;
-            ran += 1;
+            // Jobs due at the very same instant are independent (nothing orders them): they
+            // run together, as the real-time runner would run them.
+            let (kinds_moved, clock, due) = (kinds.clone(), clock_id.to_string(), job.run_at);
+            let mut batch = vec![job];
+            batch.extend(
+                self.inner
+                    .db
+                    .call(move |c| {
+                        let mut more = Vec::new();
+                        while more.len() + 1 < CONCURRENCY {
+                            let now = Utc::now();
+                            match c.claim_job(
+                                &kinds_moved,
+                                Timeline::Clock(&clock),
+                                due,
+                                now,
+                                lease_from(now),
+                            )? {
+                                Some(job) => more.push(job),
+                                None => break,
+                            }
+                        }
+                        Ok::<_, DbError>(more)
+                    })
+                    .await?,
+            );
+            ran += batch.len();
+            futures_util::future::join_all(batch.into_iter().map(|job| self.execute(job, at)))
+                .await;
             if ran >= MAX_ADVANCE_JOBS {
                 tracing::warn!(clock = clock_id, "advance stopped after {ran} jobs");
                 break;
