@@ -914,16 +914,9 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
     let served = Served::start_with_env(data, &args, &env);
     let base = served.wait_for_address();
     let deadline = Instant::now() + Duration::from_secs(90);
+    // Polled as staff: end users' requests have a budget of their own.
     let after = loop {
-        let history = remote(
-            &client,
-            &base,
-            Method::GET,
-            &messages,
-            &visitor,
-            Value::Null,
-        )
-        .await;
+        let history = remote(&client, &base, Method::GET, &messages, &staff, Value::Null).await;
         if roles(&history).len() > 1 {
             break history;
         }
@@ -934,7 +927,16 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(roles(&after), ["user", "assistant"], "{after}");
-    let answer = &after["messages"][1];
+    let seen = remote(
+        &client,
+        &base,
+        Method::GET,
+        &messages,
+        &visitor,
+        Value::Null,
+    )
+    .await;
+    let answer = &seen["messages"][1];
     assert_eq!(answer["stats"], Value::Null, "end users see no stats");
     served.terminate_and_wait();
 }
@@ -1090,4 +1092,120 @@ async fn a_quick_reply_leads_to_its_step_and_a_pause_holds_steps_until_resumed()
         )
         .await;
     expect_error(ended, 409, "conflict").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_end_users_enrol_themselves_get_steps_on_real_time_and_count_in_outcomes() {
+    let app = TestApp::spawn().await;
+    let staff = app.sign_up("coach@example.com").await;
+    // No quiet hours: the step goes out now, whatever the hour of the run.
+    call(
+        &app,
+        Method::PATCH,
+        "/api/v1/coach",
+        &staff,
+        json!({"quiet_hours": "00:00-00:00"}),
+    )
+    .await;
+    let program = call(
+        &app,
+        Method::POST,
+        "/api/v1/programs",
+        &staff,
+        json!({
+        "name": "One step", "steps": [{"key": "hi", "day": 0, "at": "00:00", "kind": "message",
+        "text": "Welcome aboard!"}]}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/publish"),
+        &staff,
+        json!({}),
+    )
+    .await;
+    let slug = app.slug(&staff).await;
+    let visitor = app.visitor(&slug).await;
+    let conversation = app.conversation(&visitor).await;
+    app.ask(&visitor, &conversation, "hello there").await;
+    let consent = call(
+        &app,
+        Method::POST,
+        "/api/v1/public/me/consent",
+        &visitor,
+        json!({"consent": true}),
+    )
+    .await;
+    assert_eq!(consent["consent"], true);
+    assert_eq!(consent["consent_channel"], "web");
+    let enrolled = call(
+        &app,
+        Method::POST,
+        "/api/v1/public/me/enrollments",
+        &visitor,
+        json!({"program_id": program}),
+    )
+    .await;
+    assert_eq!(enrolled["status"], "active");
+    let again = app
+        .send(
+            Method::POST,
+            "/api/v1/public/me/enrollments",
+            &visitor,
+            Some(json!({"program_id": program})),
+        )
+        .await;
+    expect_error(again, 409, "already_enrolled").await;
+    // Staff cannot act as an end user on these routes.
+    let staff_consent = app
+        .send(
+            Method::POST,
+            "/api/v1/public/me/consent",
+            &staff,
+            Some(json!({"consent": true})),
+        )
+        .await;
+    expect_error(staff_consent, 403, "forbidden").await;
+
+    // The real-time runner sends the step into the conversation the person already has.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let history = app.history(&staff, &conversation).await;
+        if history.to_string().contains("Welcome aboard!") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the step never came: {history}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let outcomes = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/analytics/outcomes?program_id={program}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(outcomes["enrolled"], 1, "{outcomes}");
+    assert_eq!(outcomes["completed"], 1, "{outcomes}");
+    assert_eq!(outcomes["completion_rate"], 1.0);
+    assert_eq!(outcomes["drop_off"][0]["step_key"], "hi");
+    assert_eq!(outcomes["drop_off"][0]["reached"], 1);
+    assert_eq!(
+        outcomes["retention"][0]["retained"], 1.0,
+        "they wrote this week: {outcomes}"
+    );
+    let people = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/end-users?program_id={program}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(people["total"], 1);
+    assert_eq!(people["end_users"][0]["consent"], true);
 }

@@ -813,6 +813,11 @@ impl crate::jobs::Handler for AnswerJob {
             };
             let conversation_id = text("conversation_id").unwrap_or_default();
             let seq = p["seq"].as_i64().unwrap_or_default();
+            // After a restart the models are still loading: answer once they are, not with an
+            // error now.
+            if self.0.inference.on_its_way() {
+                return Err(JobError::Retry("the models are still loading".into()));
+            }
             let pending = match self.0.pending_for(&speaker, &conversation_id, seq).await {
                 Ok(Some(pending)) => pending,
                 Ok(None) | Err(ChatError::NotFound(_)) => return Ok(Outcome::Done),

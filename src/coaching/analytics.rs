@@ -2,15 +2,15 @@
 //! completion, drop-off per step, weekly cohorts, goal progress, check-in adherence and how
 //! often nudges get a reply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{Datelike, Duration, Utc};
 use serde::Serialize;
 
-use super::model::NudgeKind;
+use super::model::{NudgeKind, StepKind};
 use super::{Coaching, CoachingError};
 use crate::auth::TenantScope;
-use crate::db::coaching::{GoalStore, NudgeStore, ProgramStore};
+use crate::db::coaching::{EndUserStore, GoalStore, NudgeStore, ProgramStore};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StepDropOff {
@@ -26,7 +26,7 @@ pub struct Cohort {
     /// Monday of the enrolment week, `YYYY-MM-DD`.
     pub week: String,
     pub enrolled: i64,
-    /// Share of the cohort active (wrote, or checked in) in the last 7 days.
+    /// Share of the cohort who wrote to the coach in the last 7 days.
     pub retained: f64,
 }
 
@@ -42,7 +42,7 @@ pub struct Outcomes {
     pub retention: Vec<Cohort>,
     /// Median progress (0 to 1) of the program's goals.
     pub median_goal_progress: Option<f64>,
-    /// Check-in prompts and check-in steps answered with a value / sent.
+    /// Check-in prompts and check-in steps answered with a value within a day / sent.
     pub check_in_adherence: Option<f64>,
     /// Rule nudges replied to / sent.
     pub nudge_reply_rate: Option<f64>,
@@ -64,7 +64,7 @@ impl Coaching {
     ) -> Result<Outcomes, CoachingError> {
         let program = self.program(scope, program_id).await?;
         let (scope, id) = (scope.clone(), program_id.to_string());
-        let (enrollments, nudges, progress) = self
+        let (enrollments, nudges, progress, check_ins, last_active) = self
             .db()
             .call(move |c| {
                 let enrollments = c.real_enrollments_in(&scope, &id)?;
@@ -82,19 +82,26 @@ impl Coaching {
                     })
                     .collect();
                 let mut progress = Vec::new();
+                let mut check_ins = HashMap::new();
+                let mut last_active = HashMap::new();
                 for user in &users {
+                    if let Some(person) = c.end_user(&scope, user)? {
+                        last_active.insert(person.id.clone(), person.last_active_at);
+                    }
                     for goal in c.goals_of(&scope, user)? {
                         if goal
                             .enrollment_id
                             .as_deref()
                             .is_some_and(|e| ids.contains(&e))
                         {
-                            let latest = c.check_ins(&scope, &goal.id)?.last().map(|c| c.value);
+                            let values = c.check_ins(&scope, &goal.id)?;
+                            let latest = values.last().map(|c| c.value);
                             progress.push(goal.progress(latest.unwrap_or(goal.baseline)));
+                            check_ins.insert(goal.id.clone(), values);
                         }
                     }
                 }
-                Ok::<_, crate::db::DbError>((enrollments, nudges, progress))
+                Ok::<_, crate::db::DbError>((enrollments, nudges, progress, check_ins, last_active))
             })
             .await?;
         let enrolled = enrollments.len() as i64;
@@ -121,11 +128,12 @@ impl Coaching {
         for e in &enrollments {
             let date = e.enrolled_at.date_naive();
             let monday = date - Duration::days(date.weekday().num_days_from_monday().into());
-            let active = nudges.iter().any(|n| {
-                n.end_user_id == e.end_user_id
-                    && n.status == "replied"
-                    && n.sent_at.is_some_and(|s| s >= week_ago)
-            }) || e.status == "active" && e.enrolled_at >= week_ago;
+            // Wrote to the coach in the last seven days.
+            let active = last_active
+                .get(&e.end_user_id)
+                .copied()
+                .flatten()
+                .is_some_and(|at| at >= week_ago);
             let entry = cohorts.entry(monday.to_string()).or_default();
             entry.0 += 1;
             entry.1 += i64::from(active);
@@ -143,13 +151,37 @@ impl Coaching {
         let sent = |n: &&super::model::Nudge| {
             matches!(n.status.as_str(), "sent" | "delivered" | "read" | "replied")
         };
-        let check_ins: Vec<_> = nudges
+        // Prompts for a value (goal prompts and check-in steps) answered with one within a day.
+        let check_in_steps: Vec<&str> = program
+            .definition
+            .steps
+            .iter()
+            .filter(|s| s.kind == StepKind::CheckIn)
+            .map(|s| s.key.as_str())
+            .collect();
+        let prompts: Vec<_> = nudges
             .iter()
             .filter(|n| {
-                n.kind == NudgeKind::CheckIn || (n.kind == NudgeKind::Step && n.goal_id.is_some())
+                n.kind == NudgeKind::CheckIn
+                    || n.step_key
+                        .as_deref()
+                        .is_some_and(|k| check_in_steps.contains(&k))
             })
             .filter(sent)
             .collect();
+        let answered = prompts
+            .iter()
+            .filter(|n| {
+                let (Some(goal), Some(at)) = (&n.goal_id, n.sent_at) else {
+                    return false;
+                };
+                check_ins.get(goal).is_some_and(|values| {
+                    values
+                        .iter()
+                        .any(|v| v.at >= at && v.at < at + Duration::days(1))
+                })
+            })
+            .count() as i64;
         let rule_nudges: Vec<_> = nudges
             .iter()
             .filter(|n| n.kind == NudgeKind::Rule)
@@ -174,8 +206,8 @@ impl Coaching {
                 })
                 .collect(),
             median_goal_progress,
-            check_in_adherence: (!check_ins.is_empty())
-                .then(|| ratio(replied(&check_ins), check_ins.len() as i64)),
+            check_in_adherence: (!prompts.is_empty())
+                .then(|| ratio(answered, prompts.len() as i64)),
             nudge_reply_rate: (!rule_nudges.is_empty())
                 .then(|| ratio(replied(&rule_nudges), rule_nudges.len() as i64)),
         })

@@ -25,6 +25,8 @@ const CONVERSATION_WAIT: Duration = Duration::minutes(15);
 /// The reason of a step a quick reply asked for: it is an answer, so a live conversation does
 /// not hold it back.
 pub const CHOSEN: &str = "chosen";
+/// The reason of a step due at the moment the person enrolled: it is their welcome.
+pub const ENROLLED: &str = "enrolled";
 
 /// What the guardrails decide for a nudge that is due.
 #[derive(Debug, PartialEq)]
@@ -151,7 +153,7 @@ fn decide<S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore>(
         rule_nudges_today: c.rule_nudges_sent_since(scope, &user.id, midnight)? - own,
         rule_nudges_week: c.rule_nudges_sent_since(scope, &user.id, now - Duration::days(7))? - own,
         enrollment_inactive,
-        chosen: nudge.reason.as_deref() == Some(CHOSEN),
+        chosen: matches!(nudge.reason.as_deref(), Some(CHOSEN | ENROLLED)),
         no_longer_due,
     };
     let verdict = guardrails(&situation);

@@ -427,8 +427,15 @@ impl Coaching {
                 dedupe_key: format!("step:{}:{key}", enrollment.id),
                 scheduled_for: when,
                 status: "scheduled",
-                // The person asked for it just now: it answers them, it does not interrupt.
-                reason: now_please.then(|| super::nudges::CHOSEN.to_string()),
+                // The person asked for it just now (a quick reply, or enrolling when the step's
+                // time has passed): it answers them, it does not interrupt.
+                reason: if now_please {
+                    Some(super::nudges::CHOSEN.to_string())
+                } else if when <= now && enrollment.enrolled_at == now {
+                    Some(super::nudges::ENROLLED.to_string())
+                } else {
+                    None
+                },
             },
             Some(step_kind),
             now,

@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::writer::figure;
 use super::{Coaching, CoachingError};
 use crate::auth::TenantScope;
 use crate::chat::EndUserHook;
@@ -115,24 +116,13 @@ impl Coaching {
                     None
                 }
             };
-            if reply.is_some() {
-                return Ok(reply);
-            }
-            return Ok(None);
+            return Ok(reply);
         }
         self.save_end_user(scope, &user).await?;
         if self.choose(scope, &user, text, now).await? {
             return Ok(Some(String::new()));
         }
         Ok(None)
-    }
-}
-
-fn figure(value: f64) -> String {
-    if value.fract().abs() < 1e-9 {
-        format!("{value:.0}")
-    } else {
-        format!("{value}")
     }
 }
 

@@ -49,11 +49,11 @@ impl Written {
 }
 
 /// "42", "7.5": figures without needless decimals.
-fn figure(value: f64) -> String {
-    if (value.fract()).abs() < 1e-9 {
+pub(super) fn figure(value: f64) -> String {
+    if value.fract().abs() < 1e-9 {
         format!("{value:.0}")
     } else {
-        format!("{value:.1}")
+        format!("{}", (value * 100.0).round() / 100.0)
     }
 }
 

@@ -119,6 +119,16 @@ impl Inference {
         }
     }
 
+    /// A model is downloading or loading: work that needs it should wait rather than fail.
+    pub fn on_its_way(&self) -> bool {
+        let slots = self.slots.lock().expect("slots");
+        matches!(slots.chat, Slot::Loading { .. } | Slot::Downloading { .. })
+            || matches!(
+                slots.embedder,
+                Slot::Loading { .. } | Slot::Downloading { .. }
+            )
+    }
+
     /// Puts a loaded chat engine in place (tests and benchmarks load models themselves).
     pub fn install_chat(&self, engine: ChatEngine) {
         self.slots.lock().expect("slots").chat = Slot::Ready(engine);
