@@ -184,6 +184,34 @@ fn decide<S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore>(
     Ok((verdict, c.visitor_of_end_user(scope, &user.id)?))
 }
 
+/// Plans a nudge once (by its dedupe key) with its job, inside a database call; a nudge planned
+/// inside quiet hours is deferred to their end at once. `ahead`: its job comes [`WRITE_AHEAD`]
+/// early to write it. False when it was planned already.
+pub(super) fn plan_in<S: NudgeStore>(
+    c: &S,
+    scope: &TenantScope,
+    user: &EndUser,
+    coach: &Coach,
+    mut nudge: NewNudge,
+    ahead: bool,
+    now: DateTime<Utc>,
+) -> Result<bool, crate::db::DbError> {
+    let quiet = QuietHours::parse("quiet_hours", &coach.quiet_hours).unwrap_or_default();
+    if let Some(end) = quiet.deferral(user.tz(), nudge.scheduled_for) {
+        nudge.scheduled_for = end;
+        nudge.status = "deferred";
+        nudge.reason = Some("quiet_hours".into());
+    }
+    let run_at = if ahead {
+        nudge.scheduled_for - WRITE_AHEAD
+    } else {
+        nudge.scheduled_for
+    };
+    let id = new_id();
+    let job = nudge_job(scope, user, &id, run_at.max(now));
+    c.plan_nudge(scope, &id, &nudge, &job)
+}
+
 /// Whether the coach writes this nudge (ahead of time) rather than sending set text.
 fn needs_writing(kind: NudgeKind, step: Option<StepKind>) -> bool {
     match kind {
@@ -203,37 +231,33 @@ impl Coaching {
         nudge: NewNudge,
         step_kind: Option<StepKind>,
         now: DateTime<Utc>,
-    ) -> Result<Option<String>, CoachingError> {
-        // Written ahead only when there is a model to write it; set text goes out when due.
-        let ahead = needs_writing(nudge.kind, step_kind) && self.inner.inference.chat().is_ok();
-        let id = new_id();
-        let (scope_moved, id_moved, user_moved) = (scope.clone(), id.clone(), user.clone());
-        let inserted = self
+    ) -> Result<bool, CoachingError> {
+        let ahead = self.writes_ahead(nudge.kind, step_kind);
+        let (scope_moved, user_moved) = (scope.clone(), user.clone());
+        let planned = self
             .db()
             .call(move |c| {
-                let mut nudge = nudge;
                 let coach = crate::chat::coach::get(c, &scope_moved)?;
-                let quiet =
-                    QuietHours::parse("quiet_hours", &coach.quiet_hours).unwrap_or_default();
-                if let Some(end) = quiet.deferral(user_moved.tz(), nudge.scheduled_for) {
-                    nudge.scheduled_for = end;
-                    nudge.status = "deferred";
-                    nudge.reason = Some("quiet_hours".into());
-                }
-                let run_at = if ahead {
-                    nudge.scheduled_for - WRITE_AHEAD
-                } else {
-                    nudge.scheduled_for
-                };
-                let job = nudge_job(&scope_moved, &user_moved, &id_moved, run_at.max(now));
-                Ok::<_, CoachingError>(c.plan_nudge(&scope_moved, &id_moved, &nudge, &job)?)
+                Ok::<_, CoachingError>(plan_in(
+                    c,
+                    &scope_moved,
+                    &user_moved,
+                    &coach,
+                    nudge,
+                    ahead,
+                    now,
+                )?)
             })
             .await?;
-        if !inserted {
-            return Ok(None);
+        if planned {
+            self.jobs().wake();
         }
-        self.jobs().wake();
-        Ok(Some(id))
+        Ok(planned)
+    }
+
+    /// Whether a nudge is written ahead of time: the coach writes it, and there is a model.
+    pub(super) fn writes_ahead(&self, kind: NudgeKind, step: Option<StepKind>) -> bool {
+        needs_writing(kind, step) && self.inner.inference.chat().is_ok()
     }
 
     /// Queues (again) the job that works on a planned nudge.
@@ -281,29 +305,60 @@ impl Coaching {
         now: DateTime<Utc>,
     ) -> Result<Outcome, CoachingError> {
         let (scope_moved, id) = (scope.clone(), nudge_id.to_string());
+        let model = self.inner.inference.chat().is_ok();
+        // One writing transaction loads the nudge and, when it is due and has nothing left to
+        // write, applies the guardrails to it.
         let found = self
             .db()
             .call(move |c| {
-                let Some(nudge) = c.nudge(&scope_moved, &id)? else {
-                    return Ok(None);
-                };
-                let Some(user) = c.end_user(&scope_moved, &nudge.end_user_id)? else {
-                    return Ok(None);
-                };
-                let program = match &nudge.enrollment_id {
-                    Some(id) => match c.enrollment(&scope_moved, id)? {
-                        Some(e) => c
-                            .program_version(&scope_moved, &e.program_id, e.version)?
-                            .map(|p| (e, p)),
+                crate::db::immediate(c, |c| {
+                    let Some(nudge) = c.nudge(&scope_moved, &id)? else {
+                        return Ok(None);
+                    };
+                    let Some(user) = c.end_user(&scope_moved, &nudge.end_user_id)? else {
+                        return Ok(None);
+                    };
+                    let program = match &nudge.enrollment_id {
+                        Some(id) => match c.enrollment(&scope_moved, id)? {
+                            Some(e) => c
+                                .program_version(&scope_moved, &e.program_id, e.version)?
+                                .map(|p| (e, p)),
+                            None => None,
+                        },
                         None => None,
-                    },
-                    None => None,
-                };
-                let coach = crate::chat::coach::get(c, &scope_moved)?;
-                Ok::<_, CoachingError>(Some((nudge, user, program, coach)))
+                    };
+                    let coach = crate::chat::coach::get(c, &scope_moved)?;
+                    let step_kind = program.as_ref().and_then(|(_, p)| {
+                        nudge
+                            .step_key
+                            .as_deref()
+                            .and_then(|k| p.step(k))
+                            .map(|s| s.kind)
+                    });
+                    let to_write =
+                        nudge.content.is_none() && model && needs_writing(nudge.kind, step_kind);
+                    let open = matches!(
+                        nudge.planned_status.as_str(),
+                        "scheduled" | "deferred" | "sending"
+                    );
+                    let decided = if open && !to_write && now >= nudge.scheduled_for {
+                        Some(decide(
+                            c,
+                            &scope_moved,
+                            &user,
+                            &coach,
+                            &nudge,
+                            program.as_ref(),
+                            now,
+                        )?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, CoachingError>(Some((nudge, user, program, coach, decided)))
+                })
             })
             .await?;
-        let Some((nudge, user, program, coach)) = found else {
+        let Some((nudge, user, program, coach, decided)) = found else {
             return Ok(Outcome::Done);
         };
         if !matches!(
@@ -323,45 +378,47 @@ impl Coaching {
         let step = program
             .as_ref()
             .and_then(|(_, p)| nudge.step_key.as_deref().and_then(|k| p.step(k).cloned()));
-        // Written ahead: the text is stored on the nudge, the job comes back when it is due.
-        if nudge.content.is_none() && needs_writing(nudge.kind, step.as_ref().map(|s| s.kind)) {
-            let written = self
-                .write_nudge(scope, &user, &nudge, step.as_ref())
-                .await?;
-            self.store_content(scope, &nudge.id, &written).await?;
-            if now < nudge.scheduled_for {
-                return Ok(Outcome::Again {
-                    at: nudge.scheduled_for,
-                    payload: json!({}),
-                });
+        let mut nudge = nudge;
+        let (verdict, visitor) = match decided {
+            Some(decided) => decided,
+            None => {
+                // Written ahead by the model: the text is stored on the nudge, and the job
+                // comes back when it is due.
+                if nudge.content.is_none()
+                    && model
+                    && needs_writing(nudge.kind, step.as_ref().map(|s| s.kind))
+                {
+                    let written = self
+                        .write_nudge(scope, &user, &nudge, step.as_ref())
+                        .await?;
+                    self.store_content(scope, &nudge.id, &written).await?;
+                    nudge.content = Some(written.text);
+                }
+                if now < nudge.scheduled_for {
+                    return Ok(Outcome::Again {
+                        at: nudge.scheduled_for,
+                        payload: json!({}),
+                    });
+                }
+                let (scope_moved, user_moved, nudge_moved, program_moved) =
+                    (scope.clone(), user.clone(), nudge.clone(), program.clone());
+                self.db()
+                    .call(move |c| {
+                        crate::db::immediate(c, |c| {
+                            decide(
+                                c,
+                                &scope_moved,
+                                &user_moved,
+                                &coach,
+                                &nudge_moved,
+                                program_moved.as_ref(),
+                                now,
+                            )
+                        })
+                    })
+                    .await?
             }
-        }
-        if now < nudge.scheduled_for {
-            return Ok(Outcome::Again {
-                at: nudge.scheduled_for,
-                payload: json!({}),
-            });
-        }
-        let (scope_moved, user_moved, nudge_moved) = (scope.clone(), user.clone(), nudge.clone());
-        let (decided, visitor) = self
-            .db()
-            .call(move |c| {
-                crate::db::immediate(c, |c| {
-                    decide(
-                        c,
-                        &scope_moved,
-                        &user_moved,
-                        &coach,
-                        &nudge_moved,
-                        program.as_ref(),
-                        now,
-                    )
-                    .map(|(verdict, visitor)| (verdict, visitor, program))
-                })
-            })
-            .await
-            .map(|(verdict, visitor, program_back)| ((verdict, program_back), visitor))?;
-        let (verdict, program) = decided;
+        };
         match verdict {
             Verdict::Suppress(_) => Ok(Outcome::Done),
             Verdict::Defer(until, _) => Ok(Outcome::Again {

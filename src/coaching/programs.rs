@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{
     EndUser, Enrollment, Goal, NewNudge, NudgeKind, Program, ProgramDefinition, StepKind,
 };
+use super::nudges::plan_in;
 use super::schedule::{self, LocalTime};
 use super::{Coaching, CoachingError};
 use crate::auth::{TenantScope, new_id};
@@ -338,7 +339,7 @@ impl Coaching {
     }
 
     /// When a step fires: on its day after enrolment, at its local time (now if that passed).
-    fn step_time(
+    pub(super) fn step_time(
         user: &EndUser,
         enrollment: &Enrollment,
         day: u32,
@@ -361,27 +362,8 @@ impl Coaching {
         definition: &ProgramDefinition,
         now: DateTime<Utc>,
     ) -> Result<(), CoachingError> {
-        let next = definition
-            .ordered_steps()
-            .into_iter()
-            .find(|s| !definition.is_branch(&s.key) && !enrollment.steps_done.contains(&s.key));
-        match next {
-            Some(step) => {
-                let key = step.key.clone();
-                self.plan_step(scope, user, enrollment, &key, definition, now, false)
-                    .await
-            }
-            None => {
-                let mut done = enrollment.clone();
-                done.status = "completed".into();
-                done.completed_at = Some(now);
-                let scope = scope.clone();
-                self.db()
-                    .call(move |c| c.update_enrollment(&scope, &done))
-                    .await?;
-                Ok(())
-            }
-        }
+        self.step_done_or_next(scope, user, enrollment, definition, None, now)
+            .await
     }
 
     /// Plans one step (once: the dedupe key is enrolment + step). `now_please`: a choice led
@@ -397,78 +379,39 @@ impl Coaching {
         now: DateTime<Utc>,
         now_please: bool,
     ) -> Result<(), CoachingError> {
-        let step = definition
+        let kind = definition
             .step(key)
-            .ok_or(CoachingError::NotFound("no such step"))?;
-        let when = if now_please {
-            now
-        } else {
-            Self::step_time(user, enrollment, step.day.unwrap_or(0), &step.at, now)?
-        };
-        // Check-ins ask for a goal's value and milestones show it; other steps name no goal.
-        let goal_id = match step.kind {
-            StepKind::CheckIn | StepKind::Milestone => {
-                self.goal_for_step(scope, enrollment, step.goal_key.as_deref(), definition)
-                    .await?
-            }
-            StepKind::Message | StepKind::Resource => None,
-        };
-        let step_kind = step.kind;
-        self.plan(
-            scope,
-            user,
-            NewNudge {
-                end_user_id: user.id.clone(),
-                kind: NudgeKind::Step,
-                rule_id: None,
-                enrollment_id: Some(enrollment.id.clone()),
-                step_key: Some(key.to_string()),
-                goal_id,
-                dedupe_key: format!("step:{}:{key}", enrollment.id),
-                scheduled_for: when,
-                status: "scheduled",
-                // The person asked for it just now (a quick reply, or enrolling when the step's
-                // time has passed): it answers them, it does not interrupt.
-                reason: if now_please {
-                    Some(super::nudges::CHOSEN.to_string())
-                } else if when <= now && enrollment.enrolled_at == now {
-                    Some(super::nudges::ENROLLED.to_string())
-                } else {
-                    None
-                },
-            },
-            Some(step_kind),
-            now,
-        )
-        .await?;
-        Ok(())
-    }
-
-    /// The end user's goal a step is about (its goal key, or the program's only goal).
-    async fn goal_for_step(
-        &self,
-        scope: &TenantScope,
-        enrollment: &Enrollment,
-        goal_key: Option<&str>,
-        definition: &ProgramDefinition,
-    ) -> Result<Option<String>, CoachingError> {
-        let key = match goal_key {
-            Some(key) => key.to_string(),
-            None if definition.goals.len() == 1 => definition.goals[0].key.clone(),
-            None => return Ok(None),
-        };
-        let (scope, user, enrollment_id) = (
+            .ok_or(CoachingError::NotFound("no such step"))?
+            .kind;
+        let ahead = self.writes_ahead(NudgeKind::Step, Some(kind));
+        let (scope, user, enrollment, definition, key) = (
             scope.clone(),
-            enrollment.end_user_id.clone(),
-            enrollment.id.clone(),
+            user.clone(),
+            enrollment.clone(),
+            definition.clone(),
+            key.to_string(),
         );
-        let goals = self.db().call(move |c| c.goals_of(&scope, &user)).await?;
-        Ok(goals
-            .into_iter()
-            .find(|g| {
-                g.enrollment_id.as_deref() == Some(&enrollment_id) && g.key.as_deref() == Some(&key)
+        let planned = self
+            .db()
+            .call(move |c| {
+                let nudge = step_nudge(
+                    c,
+                    &scope,
+                    &user,
+                    &enrollment,
+                    &definition,
+                    &key,
+                    now,
+                    now_please,
+                )?;
+                let coach = crate::chat::coach::get(c, &scope)?;
+                Ok::<_, CoachingError>(plan_in(c, &scope, &user, &coach, nudge, ahead, now)?)
             })
-            .map(|g| g.id))
+            .await?;
+        if planned {
+            self.jobs().wake();
+        }
+        Ok(())
     }
 
     /// A step was sent: it is done, and the next one is planned.
@@ -481,17 +424,58 @@ impl Coaching {
         key: &str,
         now: DateTime<Utc>,
     ) -> Result<(), CoachingError> {
+        self.step_done_or_next(scope, user, enrollment, definition, Some(key), now)
+            .await
+    }
+
+    /// In one database call: records `done` (when given) and plans the next step, or completes
+    /// the enrolment when none is left.
+    async fn step_done_or_next(
+        &self,
+        scope: &TenantScope,
+        user: &EndUser,
+        enrollment: &Enrollment,
+        definition: &ProgramDefinition,
+        done: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), CoachingError> {
         let mut enrollment = enrollment.clone();
-        if !enrollment.steps_done.iter().any(|k| k == key) {
+        if let Some(key) = done
+            && !enrollment.steps_done.iter().any(|k| k == key)
+        {
             enrollment.steps_done.push(key.to_string());
         }
-        let (scope_moved, stored) = (scope.clone(), enrollment.clone());
-        self.db()
-            .call(move |c| c.update_enrollment(&scope_moved, &stored))
+        let next = definition
+            .ordered_steps()
+            .into_iter()
+            .find(|s| !definition.is_branch(&s.key) && !enrollment.steps_done.contains(&s.key))
+            .map(|s| (s.key.clone(), s.kind));
+        let ahead = next
+            .as_ref()
+            .is_some_and(|(_, kind)| self.writes_ahead(NudgeKind::Step, Some(*kind)));
+        let (scope, user, definition) = (scope.clone(), user.clone(), definition.clone());
+        let planned = self
+            .db()
+            .call(move |c| {
+                if enrollment.status != "active" {
+                    c.update_enrollment(&scope, &enrollment)?;
+                    return Ok::<_, CoachingError>(false);
+                }
+                let Some((key, _)) = next else {
+                    enrollment.status = "completed".into();
+                    enrollment.completed_at = Some(now);
+                    c.update_enrollment(&scope, &enrollment)?;
+                    return Ok(false);
+                };
+                c.update_enrollment(&scope, &enrollment)?;
+                let nudge =
+                    step_nudge(c, &scope, &user, &enrollment, &definition, &key, now, false)?;
+                let coach = crate::chat::coach::get(c, &scope)?;
+                Ok(plan_in(c, &scope, &user, &coach, nudge, ahead, now)?)
+            })
             .await?;
-        if enrollment.status == "active" {
-            self.plan_next_step(scope, user, &enrollment, definition, now)
-                .await?;
+        if planned {
+            self.jobs().wake();
         }
         Ok(())
     }
@@ -607,6 +591,71 @@ impl Coaching {
             .await?;
         Ok(true)
     }
+}
+
+/// A step's nudge for an enrolment: its time (on its day, or now when chosen) and, for
+/// check-ins and milestones, its goal.
+#[allow(clippy::too_many_arguments)]
+fn step_nudge<S: GoalStore>(
+    c: &S,
+    scope: &TenantScope,
+    user: &EndUser,
+    enrollment: &Enrollment,
+    definition: &ProgramDefinition,
+    key: &str,
+    now: DateTime<Utc>,
+    now_please: bool,
+) -> Result<NewNudge, CoachingError> {
+    let step = definition
+        .step(key)
+        .ok_or(CoachingError::NotFound("no such step"))?;
+    let when = if now_please {
+        now
+    } else {
+        Coaching::step_time(user, enrollment, step.day.unwrap_or(0), &step.at, now)?
+    };
+    // Check-ins ask for a goal's value and milestones show it; other steps name no goal.
+    let goal_id = match step.kind {
+        StepKind::CheckIn | StepKind::Milestone => {
+            let key = match &step.goal_key {
+                Some(key) => Some(key.clone()),
+                None if definition.goals.len() == 1 => Some(definition.goals[0].key.clone()),
+                None => None,
+            };
+            match key {
+                Some(key) => c
+                    .goals_of(scope, &enrollment.end_user_id)?
+                    .into_iter()
+                    .find(|g| {
+                        g.enrollment_id.as_deref() == Some(&enrollment.id)
+                            && g.key.as_deref() == Some(&key)
+                    })
+                    .map(|g| g.id),
+                None => None,
+            }
+        }
+        StepKind::Message | StepKind::Resource => None,
+    };
+    Ok(NewNudge {
+        end_user_id: user.id.clone(),
+        kind: NudgeKind::Step,
+        rule_id: None,
+        enrollment_id: Some(enrollment.id.clone()),
+        step_key: Some(key.to_string()),
+        goal_id,
+        dedupe_key: format!("step:{}:{key}", enrollment.id),
+        scheduled_for: when,
+        status: "scheduled",
+        // The person asked for it just now (a quick reply, or enrolling when the step's time
+        // has passed): it answers them, it does not interrupt.
+        reason: if now_please {
+            Some(super::nudges::CHOSEN.to_string())
+        } else if when <= now && enrollment.enrolled_at == now {
+            Some(super::nudges::ENROLLED.to_string())
+        } else {
+            None
+        },
+    })
 }
 
 #[cfg(test)]

@@ -65,7 +65,6 @@ impl Coaching {
         nudge: &Nudge,
         step: Option<&Step>,
     ) -> Result<Written, CoachingError> {
-        let goals = self.goal_lines(scope, user).await?;
         let goal = match &nudge.goal_id {
             Some(id) => {
                 let (scope, id) = (scope.clone(), id.clone());
@@ -121,6 +120,12 @@ impl Coaching {
                     _ => String::new(),
                 };
                 let document = step.and_then(|s| s.document_id.clone());
+                // The person's goals go into the prompt; without a model nothing reads them.
+                let goals = if self.inner.inference.chat().is_ok() {
+                    self.goal_lines(scope, user).await?
+                } else {
+                    Vec::new()
+                };
                 self.compose(scope, user, &instruction, &goals, document.as_deref())
                     .await
             }
