@@ -922,7 +922,8 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         }
         assert!(
             Instant::now() < deadline,
-            "the question was never answered: {history}"
+            "the question was never answered: {history}\n{}",
+            served.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -1113,8 +1114,9 @@ async fn real_end_users_enrol_themselves_get_steps_on_real_time_and_count_in_out
         "/api/v1/programs",
         &staff,
         json!({
-        "name": "One step", "steps": [{"key": "hi", "day": 0, "at": "00:00", "kind": "message",
-        "text": "Welcome aboard!"}]}),
+        "name": "Two steps", "steps": [{"key": "hi", "day": 0, "at": "00:00", "kind": "message",
+        "text": "Welcome aboard!"}, {"key": "later", "day": 5, "at": "00:00", "kind": "message",
+        "text": "Five days in!"}]}),
     )
     .await["id"]
         .as_str()
@@ -1190,8 +1192,13 @@ async fn real_end_users_enrol_themselves_get_steps_on_real_time_and_count_in_out
     )
     .await;
     assert_eq!(outcomes["enrolled"], 1, "{outcomes}");
-    assert_eq!(outcomes["completed"], 1, "{outcomes}");
-    assert_eq!(outcomes["completion_rate"], 1.0);
+    assert_eq!(outcomes["active"], 1, "{outcomes}");
+    assert_eq!(outcomes["completed"], 0, "{outcomes}");
+    assert_eq!(outcomes["drop_off"][1]["step_key"], "later");
+    assert_eq!(
+        outcomes["drop_off"][1]["drop_off"], 1.0,
+        "nobody reached day 5 yet"
+    );
     assert_eq!(outcomes["drop_off"][0]["step_key"], "hi");
     assert_eq!(outcomes["drop_off"][0]["reached"], 1);
     assert_eq!(

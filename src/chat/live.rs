@@ -648,23 +648,11 @@ impl Chat {
             .await
     }
 
-    /// A person of the team is handling the conversation (the coach keeps quiet).
-    pub async fn is_taken_over(
-        &self,
-        scope: &TenantScope,
-        conversation_id: &str,
-    ) -> Result<bool, ChatError> {
-        Ok(self
-            .conversation_in(scope, conversation_id)
-            .await?
-            .is_human())
-    }
-
     /// Answers as a durable job, so the answer is stored (and reaches the end user when they
     /// come back) even if the connection that asked drops, or the process dies: a job whose
     /// lease ran out is run again, and answers the question unless its answer is stored.
     /// Pieces are published as they come.
-    pub fn answer_in_background(
+    pub async fn answer_in_background(
         &self,
         speaker: Speaker,
         conversation_id: String,
@@ -676,24 +664,22 @@ impl Chat {
             tokio::spawn(async move { chat.answer_now(speaker, conversation_id, pending).await });
             return;
         };
-        let payload = answer_payload(&speaker, &conversation_id, pending.seq());
-        tokio::spawn(async move {
-            let queued = jobs
-                .enqueue(crate::jobs::NewJob {
-                    kind: ANSWER_JOB,
-                    tenant_id: Some(speaker.scope().tenant_id().to_string()),
-                    subject_id: conversation_id.clone(),
-                    payload,
-                    run_at: chrono::Utc::now(),
-                    dedupe_key: None,
-                    clock_id: None,
-                })
-                .await;
-            if let Err(error) = queued {
-                tracing::warn!(%error, "cannot queue an answer; answering at once");
-                chat.answer_now(speaker, conversation_id, pending).await;
-            }
-        });
+        // Queued before the caller is told "accepted", so a crash right after loses nothing.
+        let queued = jobs
+            .enqueue(crate::jobs::NewJob {
+                kind: ANSWER_JOB,
+                tenant_id: Some(speaker.scope().tenant_id().to_string()),
+                subject_id: conversation_id.clone(),
+                payload: answer_payload(&speaker, &conversation_id, pending.seq()),
+                run_at: chrono::Utc::now(),
+                dedupe_key: None,
+                clock_id: None,
+            })
+            .await;
+        if let Err(error) = queued {
+            tracing::warn!(%error, "cannot queue an answer; answering at once");
+            tokio::spawn(async move { chat.answer_now(speaker, conversation_id, pending).await });
+        }
     }
 
     /// Answers, telling followers the coach is typing and what went wrong if it did.

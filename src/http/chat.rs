@@ -375,7 +375,7 @@ pub(crate) async fn send_message(
         return Ok((status, Json(asked.message)).into_response());
     };
     if input.background {
-        chat.answer_in_background(speaker, id, pending);
+        chat.answer_in_background(speaker, id, pending).await;
         return Ok((StatusCode::ACCEPTED, Json(asked.message)).into_response());
     }
     let prepared = chat.start_answer(speaker.clone(), &id, pending).await?;

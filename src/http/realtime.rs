@@ -474,7 +474,8 @@ impl Session {
                     duplicate: asked.duplicate,
                 };
                 if let Some(pending) = asked.pending {
-                    chat.answer_in_background(speaker, conversation_id, pending);
+                    chat.answer_in_background(speaker, conversation_id, pending)
+                        .await;
                 }
                 Ok(vec![ack])
             }

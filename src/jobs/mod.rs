@@ -90,6 +90,23 @@ fn backoff(attempts: i64) -> chrono::Duration {
     chrono::Duration::seconds(5 * 4_i64.pow(exponent))
 }
 
+/// Runs `work` for job `job_id`, extending the job's lease every few seconds until it is done,
+/// so a long job (an answer, a large document) keeps its claim while its process lives.
+pub async fn under_lease<F: Future>(db: &Db, job_id: i64, work: F) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            output = &mut work => return output,
+            _ = tokio::time::sleep(HEARTBEAT) => {
+                let until = lease_from(Utc::now());
+                if let Err(error) = db.call(move |c| c.extend_lease(job_id, until)).await {
+                    tracing::warn!(%error, job = job_id, "cannot extend a job's lease");
+                }
+            }
+        }
+    }
+}
+
 fn lease_from(now: DateTime<Utc>) -> DateTime<Utc> {
     now + chrono::Duration::from_std(LEASE).expect("small")
 }
@@ -219,26 +236,13 @@ impl Jobs {
     /// Runs a claimed job under a heartbeat and records what came of it.
     async fn execute(&self, job: Job, now: DateTime<Utc>) {
         let id = job.id;
-        let heartbeat = {
-            let db = self.inner.db.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(HEARTBEAT).await;
-                    let until = lease_from(Utc::now());
-                    if let Err(error) = db.call(move |c| c.extend_lease(id, until)).await {
-                        tracing::warn!(%error, job = id, "cannot extend a job's lease");
-                    }
-                }
-            })
-        };
         let result = match self.handler(&job.kind) {
-            Some(handler) => handler.run(&job, now).await,
+            Some(handler) => under_lease(&self.inner.db, id, handler.run(&job, now)).await,
             None => Err(JobError::Fatal(format!(
                 "no handler for jobs of kind {}",
                 job.kind
             ))),
         };
-        heartbeat.abort();
         let attempts = job.attempts;
         let kind = job.kind.clone();
         let record = self

@@ -78,23 +78,11 @@ impl Knowledge {
                 }
             };
             tracing::info!(worker, job = job.id, document = %job.subject_id, "ingesting");
-            let heartbeat = {
-                let (db, id) = (self.inner.db.clone(), job.id);
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(crate::jobs::LEASE / 3).await;
-                        if let Err(error) = db.call(move |c| jobs::extend_lease(c, id)).await {
-                            tracing::warn!(%error, "cannot extend an ingestion job's lease");
-                        }
-                    }
-                })
-            };
             let outcome = tokio::select! {
-                outcome = self.ingest(&job) => outcome,
+                outcome = crate::jobs::under_lease(&self.inner.db, job.id, self.ingest(&job)) => outcome,
                 // Left 'running': its lease runs out and the next process takes it up.
-                _ = shutdown.cancelled() => { heartbeat.abort(); return; }
+                _ = shutdown.cancelled() => return,
             };
-            heartbeat.abort();
             let id = job.id;
             let record = match outcome {
                 Ok(()) | Err(Interrupted::Gone) => {

@@ -31,7 +31,7 @@ pub fn enqueue(
     Ok(())
 }
 
-/// Takes the oldest due job of `kind` under a lease (see [`extend_lease`]).
+/// Takes the oldest due job of `kind` under a lease (kept with `crate::jobs::under_lease`).
 pub fn claim(c: &Connection, kind: &str) -> Result<Option<Job>, DbError> {
     let now = Utc::now();
     c.claim_job(&[kind], Timeline::Real, now, now, lease_from_now())
@@ -39,11 +39,6 @@ pub fn claim(c: &Connection, kind: &str) -> Result<Option<Job>, DbError> {
 
 fn lease_from_now() -> chrono::DateTime<Utc> {
     Utc::now() + chrono::Duration::from_std(crate::jobs::LEASE).expect("small")
-}
-
-/// The worker is still on it (ingesting a long document takes minutes).
-pub fn extend_lease(c: &Connection, id: i64) -> Result<(), DbError> {
-    c.extend_lease(id, lease_from_now())
 }
 
 pub fn finish(c: &Connection, id: i64, error: Option<&str>) -> Result<(), DbError> {
