@@ -1230,8 +1230,14 @@ impl OutboxStore for Connection {
         error: Option<&str>,
     ) -> Result<(), DbError> {
         self.prepare_cached(
-            "UPDATE outbox SET status = ?3, error = ?4, \
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE tenant_id = ?1 AND id = ?2",
+            // A receipt can come before the delivery is recorded (the client is fast): a sent
+            // message the end user's side already has is delivered, or read, at once.
+            "UPDATE outbox SET error = ?4, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
+             status = CASE WHEN ?3 != 'sent' THEN ?3 \
+               WHEN seq <= (SELECT visitor_read_seq FROM conversations c WHERE c.id = outbox.conversation_id) THEN 'read' \
+               WHEN seq <= (SELECT visitor_delivered_seq FROM conversations c WHERE c.id = outbox.conversation_id) THEN 'delivered' \
+               ELSE 'sent' END \
+             WHERE tenant_id = ?1 AND id = ?2",
         )?
         .execute(params![scope.tenant_id(), id, status, error])?;
         Ok(())
