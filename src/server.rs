@@ -34,8 +34,9 @@ use crate::knowledge::extract::ExtractLimits;
 use crate::knowledge::sandbox::Sandbox;
 use crate::knowledge::{Knowledge, KnowledgeSettings};
 
-/// Database connections in the pool: enough for concurrent readers on a small machine.
-const MAX_DB_CONNECTIONS: usize = 8;
+/// Read-only database connections, next to the one writer: enough for concurrent searches on a
+/// small machine.
+const MAX_DB_READERS: usize = 4;
 /// A client that has not sent its request headers by then is disconnected (slowloris).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,7 +55,7 @@ impl Server {
     /// directory lock, the database and its migrations, the listening address.
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
         let data_dir = DataDir::open(&config.data_dir)?;
-        let db = Db::open(&data_dir.database_path(), MAX_DB_CONNECTIONS)
+        let db = Db::open(&data_dir.database_path(), MAX_DB_READERS)
             .with_context(|| format!("cannot open {}", data_dir.database_path().display()))?;
         db.call(|connection| db::migrations::apply(connection).map_err(db::DbError::from))
             .await
@@ -113,6 +114,14 @@ impl Server {
             chat.clone(),
             knowledge.clone(),
             inference.clone(),
+        );
+        jobs.register(
+            crate::mail::MAIL,
+            Arc::new(crate::mail::MailJob {
+                accounts: auth.accounts.clone(),
+                mailer: auth.mailer.clone(),
+                public_url: auth.public_url.clone(),
+            }),
         );
         chat.set_hook(std::sync::Arc::new(coaching.clone()));
         chat.use_jobs(&jobs);

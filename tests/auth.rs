@@ -1163,6 +1163,56 @@ async fn reset_links_are_emailed_when_a_mail_server_is_configured() {
 }
 
 #[tokio::test]
+async fn an_invitation_mail_refused_by_the_mail_server_is_sent_again_with_the_same_link() {
+    let smtp = common::smtp::FakeSmtp::refusing(1).await;
+    let smtp_url = smtp.url.clone();
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(move |c| {
+            c.signup = SignupPolicy::Open;
+            c.smtp_url = Some(smtp_url);
+            c.public_url = "https://coach.example.com".into();
+        })),
+        ..Options::default()
+    })
+    .await;
+    let (admin, _) = app.register("ana@example.com", "Ana").await;
+    let invited: Value = app
+        .post(
+            "/api/v1/team/invitations",
+            json!({"email": "ben@example.com", "role": "coach"}),
+            Some(&admin),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let link = invited["link"].as_str().expect("a link").to_string();
+    // The server refused the first try; the job tries again after its backoff.
+    let messages = smtp.wait_for(1).await;
+    assert_eq!(messages.len(), 1, "the mail arrives after the refusal");
+    assert!(
+        messages[0].contains("To: ben@example.com"),
+        "{}",
+        messages[0]
+    );
+    let text = common::smtp::text_of(&messages[0]);
+    assert!(
+        text.contains(&link),
+        "the mailed link is the one the admin was shown: {link} in {text}"
+    );
+    // The job held no secret: what rests in the database does not contain the token.
+    let token = link.split("invitation=").nth(1).unwrap().to_string();
+    let db = std::fs::read(app.config.data_dir.join("companero.db")).unwrap();
+    let wal = std::fs::read(app.config.data_dir.join("companero.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(
+            !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the invitation token is not stored"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_instance_tells_sign_in_pages_its_policy_and_sign_out_can_end_every_session() {
     let app = TestApp::spawn().await;
     let info: Value = app.get("/api/v1/instance").await.json().await.unwrap();

@@ -736,9 +736,10 @@ impl Accounts {
         context: &RequestContext,
     ) -> Result<Invitation, AuthError> {
         let email = normalize_email(email)?;
-        let token = tokens::secret_token("inv_");
-        let hash = tokens::secret_hash(&token);
         let id = new_id();
+        // Derived from the id, so the mail job can make the same link again from the id alone.
+        let token = self.keys.link_secret("inv_", &id);
+        let hash = tokens::secret_hash(&token);
         let tenant_id = principal.tenant_id().to_string();
         let invited_by = principal.user_id.clone();
         let (invitation_id, invitee) = (id.clone(), email.clone());
@@ -768,6 +769,33 @@ impl Accounts {
             token,
             expires_at,
         })
+    }
+
+    /// An invitation that can still be accepted, with its token made again (for its email).
+    pub async fn pending_invitation(&self, id: &str) -> Result<Option<Invitation>, AuthError> {
+        let lookup = id.to_string();
+        let found: Option<(String, String, String)> = self
+            .db
+            .read(move |c| {
+                c.query_row(
+                    "SELECT email, role, expires_at FROM invitations WHERE id = ?1 \
+                     AND accepted_at IS NULL AND expires_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
+                    [&lookup],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(AuthError::from)
+            })
+            .await?;
+        Ok(found.and_then(|(email, role, expires_at)| {
+            Some(Invitation {
+                token: self.keys.link_secret("inv_", id),
+                id: id.to_string(),
+                email,
+                role: Role::parse(&role)?,
+                expires_at,
+            })
+        }))
     }
 
     /// Makes an account the instance owner, creating it (with its own tenant) if needed.

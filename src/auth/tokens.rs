@@ -49,6 +49,8 @@ pub struct TokenKeys {
     signing_kid: String,
     signing: EncodingKey,
     verifying: HashMap<String, DecodingKey>,
+    /// Derives the secrets of links that are mailed later (invitations), from a reference.
+    links: [u8; 32],
 }
 
 impl TokenKeys {
@@ -89,7 +91,25 @@ impl TokenKeys {
             signing: EncodingKey::from_ed_pem(pem.as_bytes())?,
             signing_kid,
             verifying,
+            links: load_or_create_link_key(dir)?,
         })
+    }
+
+    /// The secret of a link, derived from what it refers to (an invitation's id): the same
+    /// every time, and nobody can compute it without the key file, which is not in the
+    /// database. So a mail queued as a job holds only the reference, and the link is made
+    /// again when the mail goes out.
+    pub fn link_secret(&self, prefix: &str, reference: &str) -> String {
+        use hmac::{KeyInit, Mac};
+        let mut mac =
+            hmac::Hmac::<Sha256>::new_from_slice(&self.links).expect("any key length works");
+        mac.update(prefix.as_bytes());
+        mac.update(b":");
+        mac.update(reference.as_bytes());
+        format!(
+            "{prefix}{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
     }
 
     pub fn issue(
@@ -145,6 +165,22 @@ fn create_key(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     let path = dir.join(format!("jwt-{kid}.pem"));
     write_private(&path, pem.as_bytes())?;
     Ok(path)
+}
+
+/// The key of derived link secrets, `<keys>/links.key` (owner-only), created on first start.
+fn load_or_create_link_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = dir.join("links.key");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        super::random_bytes(&mut key);
+        write_private(&path, URL_SAFE_NO_PAD.encode(key).as_bytes())?;
+    }
+    let text = std::fs::read_to_string(&path)?;
+    URL_SAFE_NO_PAD
+        .decode(text.trim())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| anyhow::anyhow!("invalid link key {}", path.display()))
 }
 
 /// Writes a file only its owner can read.

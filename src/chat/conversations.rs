@@ -2,7 +2,7 @@
 //! a tenant, and conversation access goes through [`Speaker`], so a visitor only ever reaches
 //! its own conversations.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use super::ChatError;
@@ -455,38 +455,38 @@ pub struct Stored {
 
 /// Numbers and stores a message in one transaction, so sequence numbers are committed in order.
 pub fn add_message(
-    c: &mut Connection,
+    c: &Connection,
     scope: &TenantScope,
     conversation_id: &str,
     new: &NewMessage<'_>,
 ) -> rusqlite::Result<Stored> {
-    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some(client_id) = new.client_id {
-        let existing = tx
-            .query_row(
-                &format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 \
+    crate::db::atomically(c, |tx| {
+        if let Some(client_id) = new.client_id {
+            let existing = tx
+                .query_row(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 \
                      AND conversation_id = ?2 AND client_id = ?3"
-                ),
-                params![scope.tenant_id(), conversation_id, client_id],
-                message,
-            )
-            .optional()?;
-        if let Some(message) = existing {
-            return Ok(Stored {
-                message,
-                duplicate: true,
-            });
+                    ),
+                    params![scope.tenant_id(), conversation_id, client_id],
+                    message,
+                )
+                .optional()?;
+            if let Some(message) = existing {
+                return Ok(Stored {
+                    message,
+                    duplicate: true,
+                });
+            }
         }
-    }
-    let seq: i64 = tx.query_row(
-        "UPDATE conversations SET last_seq = last_seq + 1, \
+        let seq: i64 = tx.query_row(
+            "UPDATE conversations SET last_seq = last_seq + 1, \
          updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
          WHERE tenant_id = ?1 AND id = ?2 RETURNING last_seq",
-        params![scope.tenant_id(), conversation_id],
-        |r| r.get(0),
-    )?;
-    let message = tx.query_row(
+            params![scope.tenant_id(), conversation_id],
+            |r| r.get(0),
+        )?;
+        let message = tx.query_row(
         &format!(
             "INSERT INTO messages (id, conversation_id, tenant_id, seq, role, content, citations, \
              confidence, fallback, stats, client_id, author_id, author_name) \
@@ -510,11 +510,44 @@ pub fn add_message(
         ],
         message,
     )?;
-    tx.commit()?;
-    Ok(Stored {
-        message,
-        duplicate: false,
+        Ok(Stored {
+            message,
+            duplicate: false,
+        })
     })
+}
+
+/// Messages the coach sends first (nudges), stored inside the coaching engine's transactions.
+pub trait ProactiveStore {
+    /// Stores the message in the visitor's latest conversation, opening one when they have
+    /// none. Once per `client_id`, like every message.
+    fn add_proactive(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+        new: &NewMessage<'_>,
+    ) -> Result<Message, crate::db::DbError>;
+}
+
+impl ProactiveStore for Connection {
+    fn add_proactive(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+        new: &NewMessage<'_>,
+    ) -> Result<Message, crate::db::DbError> {
+        let id = match latest_of_visitor(self, scope, visitor_id)? {
+            Some(id) => id,
+            None => {
+                let speaker = Speaker::Visitor {
+                    scope: scope.clone(),
+                    visitor_id: visitor_id.to_string(),
+                };
+                create(self, &speaker)?.id
+            }
+        };
+        Ok(add_message(self, scope, &id, new)?.message)
+    }
 }
 
 /// Hands the conversation to a person (`Some(user)`) or back to the coach (`None`). A takeover

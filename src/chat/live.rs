@@ -540,55 +540,6 @@ impl Chat {
         Ok(items)
     }
 
-    /// Stores a message the coach sends on its own (a program step, a nudge) in the visitor's
-    /// newest conversation, opening one when there is none. Stored once per `client_id`, so a
-    /// retry after a crash finds the first one. Publishing is the caller's (its channel's).
-    pub async fn store_proactive(
-        &self,
-        scope: &TenantScope,
-        visitor_id: &str,
-        client_id: &str,
-        content: &str,
-        citations: &[super::citations::Citation],
-        stats: serde_json::Value,
-    ) -> Result<Message, ChatError> {
-        let speaker = Speaker::Visitor {
-            scope: scope.clone(),
-            visitor_id: visitor_id.to_string(),
-        };
-        let (client_id, content, citations) = (
-            client_id.to_string(),
-            content.to_string(),
-            citations.to_vec(),
-        );
-        self.db
-            .call(move |c| {
-                let scope = speaker.scope();
-                let Speaker::Visitor { visitor_id, .. } = &speaker else {
-                    unreachable!("built above")
-                };
-                let id = match conversations::latest_of_visitor(c, scope, visitor_id)? {
-                    Some(id) => id,
-                    None => conversations::create(c, &speaker)?.id,
-                };
-                let stored = conversations::add_message(
-                    c,
-                    scope,
-                    &id,
-                    &NewMessage {
-                        role: "assistant",
-                        content: &content,
-                        citations: &citations,
-                        stats: Some(stats),
-                        client_id: Some(&client_id),
-                        ..NewMessage::default()
-                    },
-                )?;
-                Ok::<_, ChatError>(stored.message)
-            })
-            .await
-    }
-
     /// Stores and publishes the coach's reply that needs no model (a check-in recorded).
     pub(super) async fn store_coach_reply(
         &self,

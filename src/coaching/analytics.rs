@@ -66,7 +66,7 @@ impl Coaching {
         let (scope, id) = (scope.clone(), program_id.to_string());
         let (enrollments, nudges, progress, check_ins, last_active) = self
             .db()
-            .call(move |c| {
+            .read(move |c| {
                 let enrollments = c.real_enrollments_in(&scope, &id)?;
                 let ids: Vec<&str> = enrollments.iter().map(|e| e.id.as_str()).collect();
                 let mut users: Vec<&str> =

@@ -4,10 +4,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::model::{CheckIn, CheckInSchedule, Direction, EndUser, Goal, NewNudge, NudgeKind};
+use super::nudges::plan_in;
 use super::schedule::{self, LocalTime};
 use super::{Coaching, CoachingError, job_scope, kinds};
 use crate::auth::{TenantScope, new_id};
-use crate::db::coaching::{EndUserStore, GoalStore};
+use crate::db::coaching::{EndUserStore, GoalStore, ProgramStore};
 use crate::jobs::{BoxFuture, Handler, Job, JobError, NewJob, Outcome};
 
 /// A goal as the API takes it.
@@ -334,47 +335,37 @@ impl Handler for CheckInJob {
             let scope = job_scope(job)?;
             let coaching = &self.0;
             let (scope_moved, id) = (scope.clone(), job.subject_id.clone());
+            let occurrence = job.run_at;
+            // One call reads the goal, its person and enrolment, and plans this time's prompt.
             let found = coaching
                 .db()
                 .call(move |c| {
                     let Some(goal) = c.goal(&scope_moved, &id)? else {
                         return Ok(None);
                     };
-                    let user = c.end_user(&scope_moved, &goal.end_user_id)?;
-                    Ok::<_, crate::db::DbError>(user.map(|u| (goal, u)))
-                })
-                .await?;
-            let Some((goal, user)) = found else {
-                return Ok(Outcome::Done);
-            };
-            let (Some(every), Some(check_in)) = (goal.every_days, &goal.check_in) else {
-                return Ok(Outcome::Done);
-            };
-            if goal.status != "open" || user.opted_out_at.is_some() {
-                return Ok(Outcome::Done);
-            }
-            // A program's goal asks only while its enrolment runs (or after it completed);
-            // paused, it skips this time; unenrolled, it stops.
-            let enrollment = match &goal.enrollment_id {
-                Some(id) => coaching
-                    .enrollment_and_program(&scope, id)
-                    .await
-                    .map_err(|e| JobError::Retry(e.to_string()))?
-                    .map(|(e, _)| e.status),
-                None => None,
-            };
-            if enrollment.as_deref() == Some("unenrolled") {
-                return Ok(Outcome::Done);
-            }
-            let paused = enrollment.as_deref() == Some("paused");
-            let tz = user.tz();
-            let occurrence = job.run_at;
-            if !paused {
-                coaching
-                    .plan(
-                        &scope,
-                        &user,
-                        NewNudge {
+                    let Some(user) = c.end_user(&scope_moved, &goal.end_user_id)? else {
+                        return Ok(None);
+                    };
+                    if goal.status != "open"
+                        || user.opted_out_at.is_some()
+                        || goal.every_days.is_none()
+                        || goal.check_in.is_none()
+                    {
+                        return Ok(None);
+                    }
+                    // A program's goal asks only while its enrolment runs (or after it
+                    // completed); paused, it skips this time; unenrolled, it stops.
+                    let enrollment = match &goal.enrollment_id {
+                        Some(id) => c.enrollment(&scope_moved, id)?.map(|e| e.status),
+                        None => None,
+                    };
+                    if enrollment.as_deref() == Some("unenrolled") {
+                        return Ok(None);
+                    }
+                    let mut planned = false;
+                    if enrollment.as_deref() != Some("paused") {
+                        let coach = crate::chat::coach::get(c, &scope_moved)?;
+                        let nudge = NewNudge {
                             end_user_id: user.id.clone(),
                             kind: NudgeKind::CheckIn,
                             rule_id: None,
@@ -384,18 +375,28 @@ impl Handler for CheckInJob {
                             dedupe_key: format!(
                                 "checkin:{}:{}",
                                 goal.id,
-                                schedule::local_date(tz, occurrence)
+                                schedule::local_date(user.tz(), occurrence)
                             ),
                             scheduled_for: occurrence.max(now),
                             status: "scheduled",
                             reason: None,
-                        },
-                        None,
-                        now,
-                    )
-                    .await
-                    .map_err(|e| JobError::Retry(e.to_string()))?;
+                        };
+                        planned = plan_in(c, &scope_moved, &user, &coach, nudge, false, now)?;
+                    }
+                    Ok::<_, CoachingError>(Some((goal, user, planned)))
+                })
+                .await
+                .map_err(|e| JobError::Retry(e.to_string()))?;
+            let Some((goal, user, planned)) = found else {
+                return Ok(Outcome::Done);
+            };
+            if planned {
+                coaching.jobs().wake();
             }
+            let (Some(every), Some(check_in)) = (goal.every_days, &goal.check_in) else {
+                return Ok(Outcome::Done);
+            };
+            let tz = user.tz();
             let at = LocalTime::parse("check_in.at", &check_in.at)
                 .map_err(|e| JobError::Fatal(e.to_string()))?;
             let next = schedule::next_repeat(

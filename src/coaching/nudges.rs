@@ -6,8 +6,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 
 use super::model::{EndUser, Enrollment, NewNudge, Nudge, NudgeKind, ProgramDefinition, StepKind};
+use super::outbox::{Outgoing, Recorded};
+use super::programs::{StepAdvance, step_advance};
 use super::schedule::{self, QuietHours};
-use super::writer::Written;
+use super::writer::{Written, goal_now, text_at_hand};
 use super::{Coaching, CoachingError, job_scope, kinds};
 use crate::auth::{TenantScope, new_id};
 use crate::chat::coach::Coach;
@@ -213,11 +215,38 @@ pub(super) fn plan_in<S: NudgeStore>(
 }
 
 /// Whether the coach writes this nudge (ahead of time) rather than sending set text.
-fn needs_writing(kind: NudgeKind, step: Option<StepKind>) -> bool {
+pub(super) fn needs_writing(kind: NudgeKind, step: Option<StepKind>) -> bool {
     match kind {
         NudgeKind::Rule => true,
         NudgeKind::Step => matches!(step, Some(StepKind::Message | StepKind::Resource)),
         NudgeKind::CheckIn => false,
+    }
+}
+
+/// What the transaction that loads a due nudge decided.
+enum Decided {
+    /// The guardrails' verdict, and the person's web visitor (when they have one).
+    Verdict(Verdict, Option<String>),
+    /// Sent: its text was at hand, so the same transaction stored and recorded it.
+    Sent(Box<Recorded>),
+}
+
+/// A program's step, once sent, is done and plans the next, in the transaction that sends it.
+fn next_step(
+    scope: &TenantScope,
+    user: &EndUser,
+    nudge: &Nudge,
+    program: &Option<(Enrollment, ProgramDefinition)>,
+    coach: &Coach,
+    now: DateTime<Utc>,
+    model: bool,
+) -> Option<(StepAdvance, Coach)> {
+    match (program, &nudge.step_key) {
+        (Some((enrollment, definition)), Some(key)) => Some((
+            step_advance(scope, user, enrollment, definition, Some(key), now, model),
+            coach.clone(),
+        )),
+        _ => None,
     }
 }
 
@@ -307,7 +336,7 @@ impl Coaching {
         let (scope_moved, id) = (scope.clone(), nudge_id.to_string());
         let model = self.inner.inference.chat().is_ok();
         // One writing transaction loads the nudge and, when it is due and has nothing left to
-        // write, applies the guardrails to it.
+        // write, applies the guardrails to it; when its text is at hand, it sends it too.
         let found = self
             .db()
             .call(move |c| {
@@ -328,21 +357,24 @@ impl Coaching {
                         None => None,
                     };
                     let coach = crate::chat::coach::get(c, &scope_moved)?;
-                    let step_kind = program.as_ref().and_then(|(_, p)| {
-                        nudge
-                            .step_key
-                            .as_deref()
-                            .and_then(|k| p.step(k))
-                            .map(|s| s.kind)
-                    });
-                    let to_write =
-                        nudge.content.is_none() && model && needs_writing(nudge.kind, step_kind);
+                    let goal = match &nudge.goal_id {
+                        Some(id) => goal_now(c, &scope_moved, id)?,
+                        None => None,
+                    };
+                    let step = program
+                        .as_ref()
+                        .and_then(|(_, p)| nudge.step_key.as_deref().and_then(|k| p.step(k)))
+                        .cloned();
+                    let to_write = nudge.content.is_none()
+                        && model
+                        && needs_writing(nudge.kind, step.as_ref().map(|s| s.kind));
                     let open = matches!(
                         nudge.planned_status.as_str(),
                         "scheduled" | "deferred" | "sending"
                     );
-                    let decided = if open && !to_write && now >= nudge.scheduled_for {
-                        Some(decide(
+                    let mut decided = None;
+                    if open && !to_write && now >= nudge.scheduled_for {
+                        let (verdict, visitor) = decide(
                             c,
                             &scope_moved,
                             &user,
@@ -350,15 +382,39 @@ impl Coaching {
                             &nudge,
                             program.as_ref(),
                             now,
-                        )?)
-                    } else {
-                        None
-                    };
-                    Ok::<_, CoachingError>(Some((nudge, user, program, coach, decided)))
+                        )?;
+                        let at_hand = text_at_hand(&nudge, step.as_ref(), goal.as_ref(), model);
+                        decided = Some(match (verdict, visitor, at_hand) {
+                            (Verdict::Send, Some(visitor), Some(written)) => {
+                                let advance = next_step(
+                                    &scope_moved,
+                                    &user,
+                                    &nudge,
+                                    &program,
+                                    &coach,
+                                    now,
+                                    model,
+                                );
+                                let outgoing = Outgoing::new(
+                                    &scope_moved,
+                                    &user,
+                                    &nudge,
+                                    step.as_ref(),
+                                    written,
+                                    visitor,
+                                    advance,
+                                    now,
+                                );
+                                Decided::Sent(Box::new(outgoing.record(c)?))
+                            }
+                            (verdict, visitor, _) => Decided::Verdict(verdict, visitor),
+                        });
+                    }
+                    Ok::<_, CoachingError>(Some((nudge, user, program, coach, goal, step, decided)))
                 })
             })
             .await?;
-        let Some((nudge, user, program, coach, decided)) = found else {
+        let Some((mut nudge, user, program, coach, goal, step, decided)) = found else {
             return Ok(Outcome::Done);
         };
         if !matches!(
@@ -375,12 +431,12 @@ impl Coaching {
             }
             return Ok(Outcome::Done);
         }
-        let step = program
-            .as_ref()
-            .and_then(|(_, p)| nudge.step_key.as_deref().and_then(|k| p.step(k).cloned()));
-        let mut nudge = nudge;
         let (verdict, visitor) = match decided {
-            Some(decided) => decided,
+            Some(Decided::Sent(recorded)) => {
+                self.hand_over(scope, *recorded).await?;
+                return Ok(Outcome::Done);
+            }
+            Some(Decided::Verdict(verdict, visitor)) => (verdict, visitor),
             None => {
                 // Written ahead by the model: the text is stored on the nudge, and the job
                 // comes back when it is due.
@@ -389,7 +445,7 @@ impl Coaching {
                     && needs_writing(nudge.kind, step.as_ref().map(|s| s.kind))
                 {
                     let written = self
-                        .write_nudge(scope, &user, &nudge, step.as_ref())
+                        .write_nudge(scope, &user, &nudge, step.as_ref(), goal.as_ref())
                         .await?;
                     self.store_content(scope, &nudge.id, &written).await?;
                     nudge.content = Some(written.text);
@@ -400,8 +456,13 @@ impl Coaching {
                         payload: json!({}),
                     });
                 }
-                let (scope_moved, user_moved, nudge_moved, program_moved) =
-                    (scope.clone(), user.clone(), nudge.clone(), program.clone());
+                let (scope_moved, user_moved, nudge_moved, program_moved, coach_moved) = (
+                    scope.clone(),
+                    user.clone(),
+                    nudge.clone(),
+                    program.clone(),
+                    coach.clone(),
+                );
                 self.db()
                     .call(move |c| {
                         crate::db::immediate(c, |c| {
@@ -409,7 +470,7 @@ impl Coaching {
                                 c,
                                 &scope_moved,
                                 &user_moved,
-                                &coach,
+                                &coach_moved,
                                 &nudge_moved,
                                 program_moved.as_ref(),
                                 now,
@@ -429,16 +490,26 @@ impl Coaching {
                 let written = match &nudge.content {
                     Some(text) => Written::stored(text),
                     None => {
-                        self.write_nudge(scope, &user, &nudge, step.as_ref())
+                        self.write_nudge(scope, &user, &nudge, step.as_ref(), goal.as_ref())
                             .await?
                     }
                 };
-                self.send_nudge(scope, &user, &nudge, step.as_ref(), &written, visitor, now)
-                    .await?;
-                if let (Some((enrollment, definition)), Some(key)) = (&program, &nudge.step_key) {
-                    self.step_done(scope, &user, enrollment, definition, key, now)
-                        .await?;
-                }
+                let visitor = match visitor {
+                    Some(visitor) => visitor,
+                    None => self.web_visitor(scope, &user).await?,
+                };
+                let advance = next_step(scope, &user, &nudge, &program, &coach, now, model);
+                let outgoing = Outgoing::new(
+                    scope,
+                    &user,
+                    &nudge,
+                    step.as_ref(),
+                    written,
+                    visitor,
+                    advance,
+                    now,
+                );
+                self.send_nudge(scope, outgoing).await?;
                 Ok(Outcome::Done)
             }
         }

@@ -7,12 +7,16 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::model::{EndUser, Nudge, Step};
+use super::programs::StepAdvance;
 use super::writer::Written;
 use super::{Coaching, CoachingError};
 use crate::auth::TenantScope;
 use crate::chat::Chat;
-use crate::chat::conversations::Message;
-use crate::db::coaching::{EndUserStore, NudgeStore, NudgeUpdate, OutboxStore};
+use crate::chat::coach::Coach;
+use crate::chat::conversations::{Message, NewMessage, ProactiveStore};
+use crate::db::coaching::{
+    EndUserStore, GoalStore, NudgeStore, NudgeUpdate, OutboxStore, ProgramStore,
+};
 use crate::jobs::BoxFuture;
 
 /// Where a message goes out.
@@ -30,9 +34,16 @@ pub trait Channel: Send + Sync {
 /// becomes `delivered` and `read` with the end user's receipts.
 pub struct WebChannel(pub Chat);
 
+impl WebChannel {
+    const NAME: &'static str = "web";
+    /// A message is recorded `sent` as it is stored: it is in the conversation, which the page
+    /// shows when it next loads (other channels record `queued` until they hand it over).
+    const STATUS_WHEN_STORED: &'static str = "sent";
+}
+
 impl Channel for WebChannel {
     fn name(&self) -> &'static str {
-        "web"
+        Self::NAME
     }
 
     fn deliver<'a>(
@@ -47,24 +58,45 @@ impl Channel for WebChannel {
     }
 }
 
-impl Coaching {
-    /// Stores, records and delivers a nudge's message, then marks the nudge sent (and, for a
-    /// check-in, waits for the value in the chat). Safe to repeat after a crash at any point.
+/// A nudge's message ready to go out: everything the one transaction that sends it writes.
+pub(super) struct Outgoing {
+    scope: TenantScope,
+    nudge_id: String,
+    user: EndUser,
+    visitor: String,
+    written: Written,
+    stats: serde_json::Value,
+    /// The goal whose value the reply gives (a check-in).
+    awaiting: Option<String>,
+    /// The program's next step, planned in the same transaction.
+    advance: Option<(StepAdvance, Coach)>,
+    channel: &'static str,
+    status: &'static str,
+    now: DateTime<Utc>,
+}
+
+/// A nudge's message stored and recorded, to hand to its channel.
+pub(super) struct Recorded {
+    nudge_id: String,
+    message: Message,
+    /// The status it was recorded with.
+    status: &'static str,
+    /// A next step was planned (the job runner needs a wake).
+    planned: bool,
+}
+
+impl Outgoing {
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn send_nudge(
-        &self,
+    pub(super) fn new(
         scope: &TenantScope,
         user: &EndUser,
         nudge: &Nudge,
         step: Option<&Step>,
-        written: &Written,
-        visitor: Option<String>,
+        written: Written,
+        visitor: String,
+        advance: Option<(StepAdvance, Coach)>,
         now: DateTime<Utc>,
-    ) -> Result<(), CoachingError> {
-        let visitor = match visitor {
-            Some(visitor) => visitor,
-            None => self.web_visitor(scope, user).await?,
-        };
+    ) -> Outgoing {
         let mut stats = json!({
             "proactive": {
                 "kind": nudge.kind,
@@ -78,68 +110,147 @@ impl Coaching {
         if let Some(step) = step.filter(|s| !s.choices.is_empty()) {
             stats["choices"] = json!(step.choices.iter().map(|c| &c.label).collect::<Vec<_>>());
         }
-        let message = self
-            .inner
-            .chat
-            .store_proactive(
-                scope,
-                &visitor,
-                &format!("nudge-{}", nudge.id),
-                &written.text,
-                &written.citations,
-                stats,
-            )
+        Outgoing {
+            scope: scope.clone(),
+            nudge_id: nudge.id.clone(),
+            user: user.clone(),
+            visitor,
+            written,
+            stats,
+            awaiting: nudge
+                .goal_id
+                .clone()
+                .filter(|_| asks_for_value(nudge, step)),
+            advance,
+            channel: WebChannel::NAME,
+            status: WebChannel::STATUS_WHEN_STORED,
+            now,
+        }
+    }
+
+    /// Stores the message (once per client id: a retry after a crash finds it), records it in
+    /// the outbox and on the nudge, and plans the next step. Call it inside a transaction.
+    pub(super) fn record<C>(self, c: &C) -> Result<Recorded, CoachingError>
+    where
+        C: ProactiveStore + OutboxStore + NudgeStore + EndUserStore + ProgramStore + GoalStore,
+    {
+        let Outgoing {
+            scope,
+            nudge_id,
+            user,
+            visitor,
+            written,
+            stats,
+            awaiting,
+            advance,
+            channel,
+            status,
+            now,
+        } = self;
+        let message = c.add_proactive(
+            &scope,
+            &visitor,
+            &NewMessage {
+                role: "assistant",
+                content: &written.text,
+                citations: &written.citations,
+                stats: Some(stats),
+                client_id: Some(&format!("nudge-{nudge_id}")),
+                ..NewMessage::default()
+            },
+        )?;
+        let outbox_id = outbox_id(&nudge_id);
+        c.add_outbound(
+            &scope,
+            &outbox_id,
+            &message.id,
+            &message.conversation_id,
+            message.seq,
+            channel,
+        )?;
+        c.set_outbound_status(&scope, &outbox_id, status, None)?;
+        c.update_nudge(
+            &scope,
+            &nudge_id,
+            &NudgeUpdate {
+                status: Some("sent"),
+                sent: Some((now, channel, &message.id, &outbox_id)),
+                content: Some(&written.text),
+                ..NudgeUpdate::default()
+            },
+        )?;
+        if let Some(goal) = awaiting {
+            let mut user = c.end_user(&scope, &user.id)?.unwrap_or(user);
+            user.awaiting_goal_id = Some(goal);
+            user.awaiting_retried = false;
+            c.update_end_user(&scope, &user)?;
+        }
+        let planned = match advance {
+            Some((advance, coach)) => advance.apply(c, &coach)?,
+            None => false,
+        };
+        Ok(Recorded {
+            nudge_id,
+            message,
+            status,
+            planned,
+        })
+    }
+}
+
+fn outbox_id(nudge_id: &str) -> String {
+    format!("out-{nudge_id}")
+}
+
+impl Coaching {
+    /// Sends a nudge: stored and recorded in one transaction, then handed to its channel.
+    pub(super) async fn send_nudge(
+        &self,
+        scope: &TenantScope,
+        outgoing: Outgoing,
+    ) -> Result<(), CoachingError> {
+        let recorded = self
+            .db()
+            .call(move |c| crate::db::immediate(c, |c| outgoing.record(c)))
             .await?;
+        self.hand_over(scope, recorded).await
+    }
+
+    /// Hands a recorded message to its channel, and records what delivery reached when it is
+    /// not what was recorded already.
+    pub(super) async fn hand_over(
+        &self,
+        scope: &TenantScope,
+        recorded: Recorded,
+    ) -> Result<(), CoachingError> {
+        if recorded.planned {
+            self.jobs().wake();
+        }
         let channel = WebChannel(self.inner.chat.clone());
-        let outbox_id = format!("out-{}", nudge.id);
-        let status = match channel.deliver(scope, &message).await {
+        let status = match channel.deliver(scope, &recorded.message).await {
             Ok(status) => status,
             Err(error) => {
-                tracing::warn!(%error, nudge = %nudge.id, "delivery failed");
+                tracing::warn!(%error, nudge = %recorded.nudge_id, "delivery failed");
                 "failed"
             }
         };
-        let awaiting = nudge
-            .goal_id
-            .clone()
-            .filter(|_| asks_for_value(nudge, step));
-        let (scope_moved, id, user_moved) = (scope.clone(), nudge.id.clone(), user.clone());
-        let message_id = message.id.clone();
-        let name = channel.name();
-        let text = written.text.clone();
-        let (conversation_id, seq) = (message.conversation_id.clone(), message.seq);
-        // Stored first (above), then recorded with what delivery reached. A crash in between
-        // delivers again on the retry, which a client shows once (same seq); each write here
-        // is idempotent.
+        if status == recorded.status {
+            return Ok(());
+        }
+        let (scope, id) = (scope.clone(), recorded.nudge_id);
         self.db()
             .call(move |c| {
-                c.add_outbound(
-                    &scope_moved,
-                    &outbox_id,
-                    &message_id,
-                    &conversation_id,
-                    seq,
-                    name,
-                )?;
-                c.set_outbound_status(&scope_moved, &outbox_id, status, None)?;
-                c.update_nudge(
-                    &scope_moved,
-                    &id,
-                    &NudgeUpdate {
-                        status: Some(if status == "failed" { "failed" } else { "sent" }),
-                        reason: (status == "failed").then_some("delivery_failed"),
-                        sent: Some((now, name, &message_id, &outbox_id)),
-                        content: Some(&text),
-                        ..NudgeUpdate::default()
-                    },
-                )?;
-                if let Some(goal) = awaiting {
-                    let mut user = c
-                        .end_user(&scope_moved, &user_moved.id)?
-                        .unwrap_or(user_moved);
-                    user.awaiting_goal_id = Some(goal);
-                    user.awaiting_retried = false;
-                    c.update_end_user(&scope_moved, &user)?;
+                c.set_outbound_status(&scope, &outbox_id(&id), status, None)?;
+                if status == "failed" {
+                    c.update_nudge(
+                        &scope,
+                        &id,
+                        &NudgeUpdate {
+                            status: Some("failed"),
+                            reason: Some("delivery_failed"),
+                            ..NudgeUpdate::default()
+                        },
+                    )?;
                 }
                 Ok::<_, crate::db::DbError>(())
             })

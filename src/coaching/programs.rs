@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::model::{
     EndUser, Enrollment, Goal, NewNudge, NudgeKind, Program, ProgramDefinition, StepKind,
 };
-use super::nudges::plan_in;
+use super::nudges::{needs_writing, plan_in};
 use super::schedule::{self, LocalTime};
 use super::{Coaching, CoachingError};
 use crate::auth::{TenantScope, new_id};
+use crate::chat::coach::Coach;
 use crate::db::coaching::{GoalStore, NudgeStore, ProgramRow, ProgramStore};
 
 /// Most steps and goals in one program.
@@ -439,39 +440,13 @@ impl Coaching {
         done: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), CoachingError> {
-        let mut enrollment = enrollment.clone();
-        if let Some(key) = done
-            && !enrollment.steps_done.iter().any(|k| k == key)
-        {
-            enrollment.steps_done.push(key.to_string());
-        }
-        let next = definition
-            .ordered_steps()
-            .into_iter()
-            .find(|s| !definition.is_branch(&s.key) && !enrollment.steps_done.contains(&s.key))
-            .map(|s| (s.key.clone(), s.kind));
-        let ahead = next
-            .as_ref()
-            .is_some_and(|(_, kind)| self.writes_ahead(NudgeKind::Step, Some(*kind)));
-        let (scope, user, definition) = (scope.clone(), user.clone(), definition.clone());
+        let model = self.inner.inference.chat().is_ok();
+        let advance = step_advance(scope, user, enrollment, definition, done, now, model);
         let planned = self
             .db()
             .call(move |c| {
-                if enrollment.status != "active" {
-                    c.update_enrollment(&scope, &enrollment)?;
-                    return Ok::<_, CoachingError>(false);
-                }
-                let Some((key, _)) = next else {
-                    enrollment.status = "completed".into();
-                    enrollment.completed_at = Some(now);
-                    c.update_enrollment(&scope, &enrollment)?;
-                    return Ok(false);
-                };
-                c.update_enrollment(&scope, &enrollment)?;
-                let nudge =
-                    step_nudge(c, &scope, &user, &enrollment, &definition, &key, now, false)?;
-                let coach = crate::chat::coach::get(c, &scope)?;
-                Ok(plan_in(c, &scope, &user, &coach, nudge, ahead, now)?)
+                let coach = crate::chat::coach::get(c, &advance.scope)?;
+                advance.apply(c, &coach)
             })
             .await?;
         if planned {
@@ -590,6 +565,88 @@ impl Coaching {
         self.plan_step(scope, user, &enrollment, &next, &definition, now, true)
             .await?;
         Ok(true)
+    }
+}
+
+/// What recording `done` and planning the next step will write, ready to apply inside a
+/// database call: on its own, or in the transaction that records the step sent. `model`: a
+/// chat model is loaded (the next step may be written ahead).
+pub(super) fn step_advance(
+    scope: &TenantScope,
+    user: &EndUser,
+    enrollment: &Enrollment,
+    definition: &ProgramDefinition,
+    done: Option<&str>,
+    now: DateTime<Utc>,
+    model: bool,
+) -> StepAdvance {
+    let mut enrollment = enrollment.clone();
+    if let Some(key) = done
+        && !enrollment.steps_done.iter().any(|k| k == key)
+    {
+        enrollment.steps_done.push(key.to_string());
+    }
+    let next = definition
+        .ordered_steps()
+        .into_iter()
+        .find(|s| !definition.is_branch(&s.key) && !enrollment.steps_done.contains(&s.key))
+        .map(|s| s.key.clone());
+    let ahead = model
+        && next.as_ref().is_some_and(|key| {
+            needs_writing(NudgeKind::Step, definition.step(key).map(|s| s.kind))
+        });
+    StepAdvance {
+        scope: scope.clone(),
+        user: user.clone(),
+        enrollment,
+        definition: definition.clone(),
+        next,
+        ahead,
+        now,
+    }
+}
+
+/// A step recorded done and the next one planned (or the enrolment completed), prepared by
+/// [`step_advance`].
+pub(super) struct StepAdvance {
+    scope: TenantScope,
+    user: EndUser,
+    enrollment: Enrollment,
+    definition: ProgramDefinition,
+    next: Option<String>,
+    ahead: bool,
+    now: DateTime<Utc>,
+}
+
+impl StepAdvance {
+    /// Writes it; true when a nudge was planned (the job runner needs a wake).
+    pub(super) fn apply<S: ProgramStore + GoalStore + NudgeStore>(
+        self,
+        c: &S,
+        coach: &Coach,
+    ) -> Result<bool, CoachingError> {
+        let StepAdvance {
+            scope,
+            user,
+            mut enrollment,
+            definition,
+            next,
+            ahead,
+            now,
+        } = self;
+        if enrollment.status != "active" {
+            c.update_enrollment(&scope, &enrollment)?;
+            return Ok(false);
+        }
+        let Some(key) = next else {
+            enrollment.status = "completed".into();
+            enrollment.completed_at = Some(now);
+            c.update_enrollment(&scope, &enrollment)?;
+            return Ok(false);
+        };
+        c.update_enrollment(&scope, &enrollment)?;
+        let nudge = step_nudge(c, &scope, &user, &enrollment, &definition, &key, now, false)?;
+        Ok(plan_in(c, &scope, &user, coach, nudge, ahead, now)?)
     }
 }
 

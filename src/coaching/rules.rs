@@ -217,11 +217,22 @@ impl Coaching {
         let needs_goals = rules
             .iter()
             .any(|r| matches!(r.trigger, Trigger::MissedCheckIn | Trigger::StreakAtRisk));
+        // Read beside the writer: a sweep over everyone does not hold up deliveries.
+        // When every rule is about inactivity, only people quiet long enough for one of them
+        // to be due within the horizon are candidates: most people are not.
+        let quiet_since = rules
+            .iter()
+            .map(|r| match r.trigger {
+                Trigger::Inactivity { days } => Some(now + HORIZON - Duration::days(days.into())),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .and_then(|cutoffs| cutoffs.into_iter().max());
         let people = self
             .db()
-            .call(move |c| {
+            .read(move |c| {
                 let mut people = Vec::new();
-                for user in c.end_users_on(&scope_moved, clock_id.as_deref())? {
+                for user in c.end_users_on(&scope_moved, clock_id.as_deref(), quiet_since)? {
                     let programs = if needs_programs {
                         c.enrolled_programs(&scope_moved, &user.id)?
                     } else {

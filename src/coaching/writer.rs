@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::model::{EndUser, Nudge, NudgeKind, Step, StepKind};
+use super::model::{EndUser, Goal, Nudge, NudgeKind, Step, StepKind};
 use super::{Coaching, CoachingError};
 use crate::auth::TenantScope;
 use crate::chat::citations::Citation;
@@ -57,79 +57,110 @@ pub(super) fn figure(value: f64) -> String {
     }
 }
 
+/// A nudge's goal and its latest value, read with the nudge: check-ins and milestones quote
+/// them.
+pub(super) type GoalNow = (Goal, Option<f64>);
+
+/// Reads a goal and its latest value.
+pub(super) fn goal_now<S: GoalStore>(
+    c: &S,
+    scope: &TenantScope,
+    goal_id: &str,
+) -> Result<Option<GoalNow>, crate::db::DbError> {
+    let goal = c.goal(scope, goal_id)?;
+    let latest = c.check_ins(scope, goal_id)?.last().map(|c| c.value);
+    Ok(goal.map(|g| (g, latest)))
+}
+
+/// The set texts that need no model: a check-in prompt and a milestone (quoting the goal
+/// read with the nudge).
+fn set_text(nudge: &Nudge, step: Option<&Step>, goal: Option<&GoalNow>) -> Option<Written> {
+    match (nudge.kind, step.map(|s| s.kind)) {
+        (NudgeKind::CheckIn, _) | (NudgeKind::Step, Some(StepKind::CheckIn)) => {
+            let set = step.map(|s| s.text.trim()).filter(|t| !t.is_empty());
+            let text = match (set, goal) {
+                (Some(text), _) => text.to_string(),
+                (None, Some((goal, _))) => format!(
+                    "Time to check in on “{}”: what is your {} today{}? Just reply with the number.",
+                    goal.title,
+                    goal.metric,
+                    if goal.unit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (in {})", goal.unit)
+                    }
+                ),
+                (None, None) => "How did it go today? Just reply with the number.".into(),
+            };
+            Some(Written::template(text))
+        }
+        (NudgeKind::Step, Some(StepKind::Milestone)) => {
+            let mut text = step.map(|s| s.text.trim().to_string()).unwrap_or_default();
+            if let Some((goal, latest)) = goal {
+                let value = latest.unwrap_or(goal.baseline);
+                text.push_str(&format!(
+                    " {}: {} of {} {} ({:.0}% of the way).",
+                    goal.title,
+                    figure(value),
+                    figure(goal.target),
+                    goal.unit,
+                    100.0 * goal.progress(value)
+                ));
+            }
+            Some(Written::template(text.trim().replace("  ", " ")))
+        }
+        _ => None,
+    }
+}
+
+/// A nudge's text when it is at hand without a model or another read: written ahead and
+/// stored, a set text, or (with no model) a step's instruction as the creator wrote it. The
+/// nudge can then be decided and sent in one transaction.
+pub(super) fn text_at_hand(
+    nudge: &Nudge,
+    step: Option<&Step>,
+    goal: Option<&GoalNow>,
+    model: bool,
+) -> Option<Written> {
+    if let Some(text) = &nudge.content {
+        return Some(Written::stored(text));
+    }
+    set_text(nudge, step, goal).or_else(|| match (nudge.kind, step) {
+        (NudgeKind::Step, Some(step)) if !model && step.document_id.is_none() => {
+            Some(Written::template(step.text.trim().to_string()))
+        }
+        _ => None,
+    })
+}
+
 impl Coaching {
+    /// Writes a nudge's text: a set text, or the coach's message from its instruction (the
+    /// instruction as written when there is no model).
     pub(super) async fn write_nudge(
         &self,
         scope: &TenantScope,
         user: &EndUser,
         nudge: &Nudge,
         step: Option<&Step>,
+        goal: Option<&GoalNow>,
     ) -> Result<Written, CoachingError> {
-        let goal = match &nudge.goal_id {
-            Some(id) => {
-                let (scope, id) = (scope.clone(), id.clone());
-                self.db()
-                    .call(move |c| {
-                        let goal = c.goal(&scope, &id)?;
-                        let latest = c.check_ins(&scope, &id)?.last().map(|c| c.value);
-                        Ok::<_, crate::db::DbError>(goal.map(|g| (g, latest)))
-                    })
-                    .await?
-            }
-            None => None,
-        };
-        let step_kind = step.map(|s| s.kind);
-        match (nudge.kind, step_kind) {
-            (NudgeKind::CheckIn, _) | (NudgeKind::Step, Some(StepKind::CheckIn)) => {
-                let set = step.map(|s| s.text.trim()).filter(|t| !t.is_empty());
-                let text = match (set, &goal) {
-                    (Some(text), _) => text.to_string(),
-                    (None, Some((goal, _))) => format!(
-                        "Time to check in on “{}”: what is your {} today{}? Just reply with the number.",
-                        goal.title,
-                        goal.metric,
-                        if goal.unit.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (in {})", goal.unit)
-                        }
-                    ),
-                    (None, None) => "How did it go today? Just reply with the number.".into(),
-                };
-                Ok(Written::template(text))
-            }
-            (NudgeKind::Step, Some(StepKind::Milestone)) => {
-                let mut text = step.map(|s| s.text.trim().to_string()).unwrap_or_default();
-                if let Some((goal, latest)) = &goal {
-                    let value = latest.unwrap_or(goal.baseline);
-                    text.push_str(&format!(
-                        " {}: {} of {} {} ({:.0}% of the way).",
-                        goal.title,
-                        figure(value),
-                        figure(goal.target),
-                        goal.unit,
-                        100.0 * goal.progress(value)
-                    ));
-                }
-                Ok(Written::template(text.trim().replace("  ", " ")))
-            }
-            _ => {
-                let instruction = match (nudge.kind, step) {
-                    (NudgeKind::Rule, _) => self.rule_instruction(scope, nudge).await?,
-                    (_, Some(step)) => step.text.clone(),
-                    _ => String::new(),
-                };
-                let document = step.and_then(|s| s.document_id.clone());
-                // The person's goals go into the prompt; without a model nothing reads them.
-                let goals = if self.inner.inference.chat().is_ok() {
-                    self.goal_lines(scope, user).await?
-                } else {
-                    Vec::new()
-                };
-                self.compose(scope, user, &instruction, &goals, document.as_deref())
-                    .await
-            }
+        if let Some(written) = set_text(nudge, step, goal) {
+            return Ok(written);
         }
+        let instruction = match (nudge.kind, step) {
+            (NudgeKind::Rule, _) => self.rule_instruction(scope, nudge).await?,
+            (_, Some(step)) => step.text.clone(),
+            _ => String::new(),
+        };
+        let document = step.and_then(|s| s.document_id.clone());
+        // The person's goals go into the prompt; without a model nothing reads them.
+        let goals = if self.inner.inference.chat().is_ok() {
+            self.goal_lines(scope, user).await?
+        } else {
+            Vec::new()
+        };
+        self.compose(scope, user, &instruction, &goals, document.as_deref())
+            .await
     }
 
     /// The coach writes a proactive message from an instruction for an end user, as a nudge

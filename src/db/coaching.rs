@@ -108,10 +108,14 @@ pub trait EndUserStore {
         filter: &EndUserFilter,
     ) -> Result<(Vec<EndUser>, i64), DbError>;
     /// Every end user of the tenant on one timeline (real: no test clock), for rule sweeps.
+    /// Everyone on a timeline (real time, or a test clock) who has not opted out; with
+    /// `quiet_since`, only those who have not written since then (or never wrote and were
+    /// created before it).
     fn end_users_on(
         &self,
         scope: &TenantScope,
         clock_id: Option<&str>,
+        quiet_since: Option<DateTime<Utc>>,
     ) -> Result<Vec<EndUser>, DbError>;
     fn update_end_user(&self, scope: &TenantScope, user: &EndUser) -> Result<(), DbError>;
     fn end_user_conversations(
@@ -260,13 +264,17 @@ impl EndUserStore for Connection {
         &self,
         scope: &TenantScope,
         clock_id: Option<&str>,
+        quiet_since: Option<DateTime<Utc>>,
     ) -> Result<Vec<EndUser>, DbError> {
         let mut statement = self.prepare_cached(&format!(
             "SELECT {END_USER_COLUMNS} FROM end_users WHERE tenant_id = ?1 AND test_clock_id IS ?2 \
-             AND opted_out_at IS NULL"
+             AND opted_out_at IS NULL AND (?3 IS NULL OR coalesce(last_active_at, created_at) <= ?3)"
         ))?;
         Ok(statement
-            .query_map(params![scope.tenant_id(), clock_id], end_user)?
+            .query_map(
+                params![scope.tenant_id(), clock_id, quiet_since.map(instant)],
+                end_user,
+            )?
             .collect::<Result<Vec<_>, _>>()?)
     }
 
@@ -1026,8 +1034,8 @@ impl NudgeStore for Connection {
         n: &NewNudge,
         job: &NewJob,
     ) -> Result<bool, DbError> {
-        let tx = self.unchecked_transaction()?;
-        let planned = tx.prepare_cached("INSERT INTO nudges (id, tenant_id, end_user_id, kind, rule_id, enrollment_id, step_key, \
+        crate::db::atomically(self, |tx| {
+            let planned = tx.prepare_cached("INSERT INTO nudges (id, tenant_id, end_user_id, kind, rule_id, enrollment_id, step_key, \
              goal_id, dedupe_key, status, reason, scheduled_for) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) ON CONFLICT DO NOTHING")?.execute(params![
                 id,
@@ -1044,11 +1052,11 @@ impl NudgeStore for Connection {
                 instant(n.scheduled_for)
             ],
         )? == 1;
-        if planned {
-            tx.enqueue_job(job)?;
-        }
-        tx.commit()?;
-        Ok(planned)
+            if planned {
+                tx.enqueue_job(job)?;
+            }
+            Ok(planned)
+        })
     }
 
     fn nudge(&self, scope: &TenantScope, id: &str) -> Result<Option<Nudge>, DbError> {

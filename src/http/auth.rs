@@ -475,28 +475,18 @@ pub(crate) async fn request_reset(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.auth.limiters.check_auth(context.ip)?;
     state.auth.limiters.check_reset(&input.email)?;
-    if let Some(token) = state
-        .auth
-        .accounts
-        .request_reset(&input.email, &context)
-        .await?
-    {
-        let link = reset_link(&state.auth.public_url, &token);
-        let body = format!(
-            "Someone asked to reset the password of your Compañero account.\n\n\
-             Choose a new password here (the link works once, for one hour):\n{link}\n\n\
-             If it was not you, ignore this message; your password stays as it is.\n"
-        );
-        let mailer = state.auth.mailer.clone();
-        let to = input.email.trim().to_lowercase();
-        // Sent in the background so the answer takes the same time whether or not the account
-        // exists.
-        tokio::spawn(async move {
-            mailer
-                .send(&to, "Reset your Compañero password", &body)
-                .await
-        });
-    }
+    // Queued whether or not the email has an account (the job finds out), so the answer takes
+    // the same time either way.
+    crate::mail::queue(
+        &state.jobs,
+        crate::mail::Mail::PasswordReset {
+            email: input.email.trim().to_string(),
+            ip: context.ip,
+            request_id: context.request_id.clone(),
+        },
+    )
+    .await
+    .map_err(ApiError::from)?;
     // The same answer whether or not the email has an account.
     Ok((
         StatusCode::ACCEPTED,
@@ -642,35 +632,21 @@ pub(crate) async fn invite(
         .invite(&auth.principal, &input.email, input.role, &context)
         .await?;
     let link = invitation_link(&state.auth.public_url, &invitation.token);
-    let body = format!(
-        "You are invited to join a coaching team on Compañero as {role}.\n\n\
-         Create your account here with this email address:\n{link}\n\n\
-         The invitation expires on {expires}.\n",
-        role = invitation.role.as_str(),
-        expires = invitation.expires_at,
-    );
-    let mailer = state.auth.mailer.clone();
-    let to = invitation.email.clone();
-    tokio::spawn(async move {
-        mailer
-            .send(&to, "Your invitation to Compañero", &body)
-            .await
-    });
+    crate::mail::queue(
+        &state.jobs,
+        crate::mail::Mail::Invitation {
+            invitation_id: invitation.id.clone(),
+        },
+    )
+    .await
+    .map_err(ApiError::from)?;
     let mut answer = json!(invitation);
     answer["link"] = json!(link);
     answer["emailed"] = json!(state.auth.mailer.is_configured());
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
-/// Where an invitee signs up: the dashboard's sign-up form with the code filled in.
-fn invitation_link(public_url: &str, token: &str) -> String {
-    format!("{public_url}/app/#/signup?invitation={token}")
-}
-
-/// Where a reset token is used.
-pub fn reset_link(public_url: &str, token: &str) -> String {
-    format!("{public_url}/reset-password?token={token}")
-}
+pub use crate::mail::{invitation_link, reset_link};
 
 #[utoipa::path(
     delete,

@@ -143,7 +143,7 @@ pub(crate) async fn analytics_report(
     };
     let report = state
         .db
-        .call(move |c| analytics::compute(c, &scope, query.from.as_deref(), query.to.as_deref()))
+        .read(move |c| analytics::compute(c, &scope, query.from.as_deref(), query.to.as_deref()))
         .await?;
     if csv {
         let filename = format!(

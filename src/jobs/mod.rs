@@ -235,34 +235,26 @@ impl Jobs {
 
     /// Runs a claimed job under a heartbeat and records what came of it.
     async fn execute(&self, job: Job, now: DateTime<Utc>) {
+        let result = self.run_handler(&job, now).await;
         let id = job.id;
-        let result = match self.handler(&job.kind) {
-            Some(handler) => under_lease(&self.inner.db, id, handler.run(&job, now)).await,
+        let record = self
+            .inner
+            .db
+            .call(move |c| record_outcome(c, &job, result, now))
+            .await;
+        if let Err(error) = record {
+            tracing::error!(%error, job = id, "cannot record a job's outcome");
+        }
+    }
+
+    /// Runs a claimed job's handler under a heartbeat.
+    async fn run_handler(&self, job: &Job, now: DateTime<Utc>) -> Result<Outcome, JobError> {
+        match self.handler(&job.kind) {
+            Some(handler) => under_lease(&self.inner.db, job.id, handler.run(job, now)).await,
             None => Err(JobError::Fatal(format!(
                 "no handler for jobs of kind {}",
                 job.kind
             ))),
-        };
-        let attempts = job.attempts;
-        let kind = job.kind.clone();
-        let record = self
-            .inner
-            .db
-            .call(move |c| match result {
-                Ok(Outcome::Done) => c.complete_job(id),
-                Ok(Outcome::Again { at, payload }) => c.reschedule_job(id, at, &payload),
-                Err(JobError::Retry(error)) if attempts < MAX_ATTEMPTS => {
-                    tracing::warn!(job = id, %kind, attempts, %error, "job will be retried");
-                    c.retry_job(id, now + backoff(attempts), Some(&error))
-                }
-                Err(JobError::Retry(error)) | Err(JobError::Fatal(error)) => {
-                    tracing::error!(job = id, %kind, attempts, %error, "job failed");
-                    c.fail_job(id, &error)
-                }
-            })
-            .await;
-        if let Err(error) = record {
-            tracing::error!(%error, job = id, "cannot record a job's outcome");
         }
     }
 
@@ -285,76 +277,82 @@ impl Jobs {
         let _one_at_a_time = lock.lock().await;
         let kinds = self.kinds();
         let mut ran = 0;
+        // Jobs that ran and whose outcomes are recorded by the next call, with the next claim.
+        let mut finished: Vec<Finished> = Vec::new();
         loop {
             let (scope_moved, clock, kinds_claimed) =
                 (scope.clone(), clock_id.to_string(), kinds.clone());
+            let records = std::mem::take(&mut finished);
             let claimed = self
                 .inner
                 .db
                 .call(move |c| {
+                    for (job, result, at) in records {
+                        record_outcome(c, &job, result, at)?;
+                    }
                     let now = Utc::now();
                     // Time does not pass a job another process holds (one that died mid-run
                     // holds it until its lease runs out): its successors must run after it.
                     if c.held_clock_jobs(&clock, now)? > 0 {
                         return Ok::<_, DbError>(Claim::Wait);
                     }
-                    let job = c.claim_job(
-                        &kinds_claimed,
-                        Timeline::Clock(&clock),
-                        to,
-                        now,
-                        lease_from(now),
-                    )?;
-                    let Some(job) = job else {
+                    let claim = |due| {
+                        c.claim_job(
+                            &kinds_claimed,
+                            Timeline::Clock(&clock),
+                            due,
+                            now,
+                            lease_from(now),
+                        )
+                    };
+                    let Some(job) = claim(to)? else {
                         return Ok(Claim::Finished);
                     };
                     let clock_now = c.clock_now(&scope_moved, &clock)?.unwrap_or(job.run_at);
                     let at = job.run_at.max(clock_now);
                     c.set_clock_now(&scope_moved, &clock, at)?;
-                    Ok(Claim::Run(job, at))
+                    // Jobs due at the very same instant are independent (nothing orders them):
+                    // they run together, as the real-time runner would run them.
+                    let due = job.run_at;
+                    let mut batch = vec![job];
+                    while batch.len() < CONCURRENCY {
+                        match claim(due)? {
+                            Some(job) => batch.push(job),
+                            None => break,
+                        }
+                    }
+                    Ok(Claim::Run(batch, at))
                 })
                 .await?;
-            let (job, at) = match claimed {
-                Claim::Run(job, at) => (job, at),
+            let (batch, at) = match claimed {
+                Claim::Run(batch, at) => (batch, at),
                 Claim::Finished => break,
                 Claim::Wait => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     continue;
                 }
             };
-            // Jobs due at the very same instant are independent (nothing orders them): they
-            // run together, as the real-time runner would run them.
-            let (kinds_moved, clock, due) = (kinds.clone(), clock_id.to_string(), job.run_at);
-            let mut batch = vec![job];
-            batch.extend(
-                self.inner
-                    .db
-                    .call(move |c| {
-                        let mut more = Vec::new();
-                        while more.len() + 1 < CONCURRENCY {
-                            let now = Utc::now();
-                            match c.claim_job(
-                                &kinds_moved,
-                                Timeline::Clock(&clock),
-                                due,
-                                now,
-                                lease_from(now),
-                            )? {
-                                Some(job) => more.push(job),
-                                None => break,
-                            }
-                        }
-                        Ok::<_, DbError>(more)
-                    })
-                    .await?,
-            );
             ran += batch.len();
-            futures_util::future::join_all(batch.into_iter().map(|job| self.execute(job, at)))
-                .await;
+            finished = futures_util::future::join_all(batch.into_iter().map(|job| async move {
+                let result = self.run_handler(&job, at).await;
+                (job, result, at)
+            }))
+            .await;
             if ran >= MAX_ADVANCE_JOBS {
                 tracing::warn!(clock = clock_id, "advance stopped after {ran} jobs");
                 break;
             }
+        }
+        if !finished.is_empty() {
+            self.inner
+                .db
+                .call(move |c| {
+                    for (job, result, at) in finished {
+                        record_outcome(c, &job, result, at)?;
+                    }
+                    Ok::<_, DbError>(())
+                })
+                .await?;
         }
         let (scope, clock) = (scope.clone(), clock_id.to_string());
         self.inner
@@ -367,9 +365,35 @@ impl Jobs {
 
 /// What an advance of a test clock does next.
 enum Claim {
-    Run(Job, DateTime<Utc>),
+    /// Jobs due at the same instant, and the clock's time for them.
+    Run(Vec<Job>, DateTime<Utc>),
     Wait,
     Finished,
+}
+
+/// A job that ran, what came of it, and the time it ran at.
+type Finished = (Job, Result<Outcome, JobError>, DateTime<Utc>);
+
+/// Records what came of a job: done, again later, retried with backoff, or failed.
+fn record_outcome<S: JobStore>(
+    c: &S,
+    job: &Job,
+    result: Result<Outcome, JobError>,
+    now: DateTime<Utc>,
+) -> Result<(), DbError> {
+    let (id, attempts, kind) = (job.id, job.attempts, &job.kind);
+    match result {
+        Ok(Outcome::Done) => c.complete_job(id),
+        Ok(Outcome::Again { at, payload }) => c.reschedule_job(id, at, &payload),
+        Err(JobError::Retry(error)) if attempts < MAX_ATTEMPTS => {
+            tracing::warn!(job = id, %kind, attempts, %error, "job will be retried");
+            c.retry_job(id, now + backoff(attempts), Some(&error))
+        }
+        Err(JobError::Retry(error)) | Err(JobError::Fatal(error)) => {
+            tracing::error!(job = id, %kind, attempts, %error, "job failed");
+            c.fail_job(id, &error)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -109,7 +109,7 @@ impl Knowledge {
         let scope = scope.clone();
         self.inner
             .db
-            .call(move |c| {
+            .read(move |c| {
                 let results = search_blocking(
                     c,
                     &indexes,

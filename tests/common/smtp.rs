@@ -12,13 +12,20 @@ pub struct FakeSmtp {
 
 impl FakeSmtp {
     pub async fn start() -> FakeSmtp {
+        FakeSmtp::refusing(0).await
+    }
+
+    /// A server that answers the first `refusals` messages with a temporary failure (451), as
+    /// a mail server that is briefly down does, and accepts the rest.
+    pub async fn refusing(refusals: usize) -> FakeSmtp {
+        let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(refusals));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("smtp://{}", listener.local_addr().unwrap());
         let messages: Arc<Mutex<Vec<String>>> = Arc::default();
         let store = Arc::clone(&messages);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let store = Arc::clone(&store);
+                let (store, refusals) = (Arc::clone(&store), Arc::clone(&refusals));
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();
                     let mut lines = BufReader::new(read).lines();
@@ -27,9 +34,21 @@ impl FakeSmtp {
                     while let Ok(Some(line)) = lines.next_line().await {
                         if let Some(body) = &mut data {
                             if line == "." {
-                                store.lock().unwrap().push(std::mem::take(body));
+                                let refuse = refusals
+                                    .fetch_update(
+                                        std::sync::atomic::Ordering::SeqCst,
+                                        std::sync::atomic::Ordering::SeqCst,
+                                        |left| left.checked_sub(1),
+                                    )
+                                    .is_ok();
+                                let message = std::mem::take(body);
                                 data = None;
-                                write.write_all(b"250 queued\r\n").await.ok();
+                                if refuse {
+                                    write.write_all(b"451 try again later\r\n").await.ok();
+                                } else {
+                                    store.lock().unwrap().push(message);
+                                    write.write_all(b"250 queued\r\n").await.ok();
+                                }
                             } else {
                                 body.push_str(&line);
                                 body.push('\n');
@@ -57,9 +76,10 @@ impl FakeSmtp {
         FakeSmtp { url, messages }
     }
 
-    /// Waits until `count` messages have arrived (at most 10 s) and returns them.
+    /// Waits until `count` messages have arrived (at most 30 s: a retried mail comes after
+    /// its backoff) and returns them.
     pub async fn wait_for(&self, count: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let messages = self.messages.lock().unwrap().clone();
             if messages.len() >= count || Instant::now() > deadline {
