@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::model::{EndUser, Enrollment, NewNudge, Nudge, NudgeKind, ProgramDefinition, StepKind};
 use super::outbox::{Outgoing, Recorded};
-use super::programs::{StepAdvance, step_advance};
+use super::programs::step_advance;
 use super::schedule::{self, QuietHours};
 use super::writer::{Written, goal_now, text_at_hand};
 use super::{Coaching, CoachingError, job_scope, kinds};
@@ -231,23 +231,31 @@ enum Decided {
     Sent(Box<Recorded>),
 }
 
-/// A program's step, once sent, is done and plans the next, in the transaction that sends it.
-fn next_step(
+/// A nudge's message ready to go; a program's step, once sent, is done and plans the next, in
+/// the transaction that sends it.
+#[allow(clippy::too_many_arguments)]
+fn outgoing(
     scope: &TenantScope,
     user: &EndUser,
     nudge: &Nudge,
     program: &Option<(Enrollment, ProgramDefinition)>,
     coach: &Coach,
+    written: Written,
+    visitor: String,
     now: DateTime<Utc>,
     model: bool,
-) -> Option<(StepAdvance, Coach)> {
-    match (program, &nudge.step_key) {
+) -> Outgoing {
+    let advance = match (program, &nudge.step_key) {
         (Some((enrollment, definition)), Some(key)) => Some((
             step_advance(scope, user, enrollment, definition, Some(key), now, model),
             coach.clone(),
         )),
         _ => None,
-    }
+    };
+    let step = program
+        .as_ref()
+        .and_then(|(_, p)| nudge.step_key.as_deref().and_then(|k| p.step(k)));
+    Outgoing::new(scope, user, nudge, step, written, visitor, advance, now)
 }
 
 impl Coaching {
@@ -386,24 +394,16 @@ impl Coaching {
                         let at_hand = text_at_hand(&nudge, step.as_ref(), goal.as_ref(), model);
                         decided = Some(match (verdict, visitor, at_hand) {
                             (Verdict::Send, Some(visitor), Some(written)) => {
-                                let advance = next_step(
+                                let outgoing = outgoing(
                                     &scope_moved,
                                     &user,
                                     &nudge,
                                     &program,
                                     &coach,
-                                    now,
-                                    model,
-                                );
-                                let outgoing = Outgoing::new(
-                                    &scope_moved,
-                                    &user,
-                                    &nudge,
-                                    step.as_ref(),
                                     written,
                                     visitor,
-                                    advance,
                                     now,
+                                    model,
                                 );
                                 Decided::Sent(Box::new(outgoing.record(c)?))
                             }
@@ -498,16 +498,8 @@ impl Coaching {
                     Some(visitor) => visitor,
                     None => self.web_visitor(scope, &user).await?,
                 };
-                let advance = next_step(scope, &user, &nudge, &program, &coach, now, model);
-                let outgoing = Outgoing::new(
-                    scope,
-                    &user,
-                    &nudge,
-                    step.as_ref(),
-                    written,
-                    visitor,
-                    advance,
-                    now,
+                let outgoing = outgoing(
+                    scope, &user, &nudge, &program, &coach, written, visitor, now, model,
                 );
                 self.send_nudge(scope, outgoing).await?;
                 Ok(Outcome::Done)
