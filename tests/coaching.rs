@@ -1033,6 +1033,25 @@ async fn a_quick_reply_leads_to_its_step_and_a_pause_holds_steps_until_resumed()
         history.to_string().contains("Morning or evening"),
         "{history}"
     );
+    // The end user's copy carries the choices to tap (and no stats).
+    let asked = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["content"]
+                .as_str()
+                .unwrap_or("")
+                .contains("Morning or evening")
+        })
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        asked["quick_replies"],
+        json!(["Morning", "Evening"]),
+        "{asked}"
+    );
+    assert!(asked.get("stats").is_none(), "{asked}");
 
     // The quick reply: the chosen step comes at once (it answers, it does not interrupt).
     let reply = app
@@ -1215,4 +1234,119 @@ async fn real_end_users_enrol_themselves_get_steps_on_real_time_and_count_in_out
     .await;
     assert_eq!(people["total"], 1);
     assert_eq!(people["end_users"][0]["consent"], true);
+}
+
+#[tokio::test]
+async fn a_program_that_ends_on_a_choice_waits_for_it_before_it_completes() {
+    let app = TestApp::spawn().await;
+    let staff = app.sign_up("coach@example.com").await;
+    let clock = call(
+        &app,
+        Method::POST,
+        "/api/v1/test-clocks",
+        &staff,
+        json!({"now": "2026-05-04T06:00:00Z"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let program = call(&app, Method::POST, "/api/v1/programs", &staff, json!({
+        "name": "One question",
+        "steps": [
+            {"key": "pick", "day": 0, "at": "09:00", "kind": "message", "text": "Morning or evening?",
+             "choices": [{"label": "Morning", "next": "am"}, {"label": "Evening", "next": "pm"}]},
+            {"key": "am", "day": 0, "at": "09:00", "kind": "message", "text": "Set your alarm early."},
+            {"key": "pm", "day": 0, "at": "09:00", "kind": "message", "text": "Block 18:00."},
+        ]})).await["id"].as_str().unwrap().to_string();
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/publish"),
+        &staff,
+        json!({}),
+    )
+    .await;
+    let user = call(
+        &app,
+        Method::POST,
+        "/api/v1/end-users",
+        &staff,
+        json!({"name": "Ana", "time_zone": "UTC", "test_clock_id": clock}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/enrollments"),
+        &staff,
+        json!({"end_user_id": user}),
+    )
+    .await;
+    let token = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/end-users/{user}/session"),
+        &staff,
+        json!({}),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enrollment_status = || async {
+        call(
+            &app,
+            Method::GET,
+            &format!("/api/v1/end-users/{user}"),
+            &staff,
+            Value::Null,
+        )
+        .await["enrollments"][0]["status"]
+            .clone()
+    };
+    advance(&app, &staff, &clock, "2026-05-04T09:10:00Z").await;
+    assert_eq!(
+        step(&nudges(&app, &staff, &user).await, "pick")["status"],
+        "sent"
+    );
+    assert_eq!(
+        enrollment_status().await,
+        "active",
+        "the choice is still to come"
+    );
+
+    let profile = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/end-users/{user}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    let conversation = profile["conversations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = app
+        .post_message(
+            &token,
+            &conversation,
+            json!({"content": "morning", "stream": false}),
+        )
+        .await;
+    assert_eq!(reply.status(), 201);
+    advance(&app, &staff, &clock, "2026-05-04T09:11:00Z").await;
+    assert_eq!(
+        step(&nudges(&app, &staff, &user).await, "am")["status"],
+        "sent"
+    );
+    assert_eq!(
+        enrollment_status().await,
+        "completed",
+        "the branch was the last step"
+    );
 }

@@ -216,6 +216,17 @@
       font-weight: 650; cursor: pointer; }
     form button:disabled { opacity: .55; cursor: default; }
     :focus-visible { outline: 3px solid #2563eb; outline-offset: 2px; }
+    .prompt { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 8px; }
+    .prompt[hidden] { display: none; }
+    .prompt button { font: inherit; font-size: 14px; border: 1px solid var(--brand); background: #fff; color: #111827;
+      border-radius: 999px; padding: 5px 12px; cursor: pointer; }
+    .prompt button.primary { background: var(--brand); color: var(--on-brand); }
+    .msg form.value { border: 0; padding: 0; background: transparent; margin-top: 8px; gap: 6px; }
+    .msg form.value input { width: 7em; font: inherit; padding: 6px 8px; border-radius: 8px; border: 1px solid #9ca3af; color: #111827; background: #fff; }
+    .msg form.value button { padding: 6px 12px; }
+    .msg form.value .unit { align-self: center; color: #374151; }
+    .consent { align-self: flex-start; max-width: 85%; background: #fff; border: 1px dashed var(--brand); border-radius: 14px; padding: 10px 13px; }
+    .consent p { margin: 0; }
     .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
   `;
 
@@ -232,6 +243,8 @@
     coach: null, token: memory.token, conversationId: memory.conversationId, lastSeq: 0,
     messages: new Map(), pending: new Map(), draft: null, readSeq: 0, staffReadSeq: 0, staffOnline: false,
     mode: 'ai', maxChars: 4000,
+    // The end user's answer about check-ins: undefined until known, null when never asked.
+    consent: undefined,
   };
 
   const titleId = `companero-title-${slug}`;
@@ -241,6 +254,8 @@
   const statusDot = el('span', { class: 'dot' });
   const statusText = el('span');
   const personButton = el('button', { type: 'button', onclick: () => requestPerson() }, 'Talk to a person');
+  // Check-ins on or off, once the end user has answered; STOP works here too.
+  const checkInsButton = el('button', { type: 'button', hidden: true, 'aria-pressed': 'false', onclick: () => setConsent(!state.consent) }, 'Check-ins');
   const closeButton = pageMode ? null
     : el('button', { type: 'button', class: 'icon', 'aria-label': 'Close chat', onclick: () => toggle(false) }, '×');
   const inner = el('div', { class: 'inner' });
@@ -251,7 +266,7 @@
   const sendButton = el('button', { type: 'submit' }, 'Send');
   const form = el('form', { onsubmit: (event) => { event.preventDefault(); submit(); } }, input, sendButton);
   const panel = el('section', { class: 'panel', role: pageMode ? 'main' : 'dialog', 'aria-labelledby': titleId, hidden: !pageMode },
-    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), personButton, closeButton),
+    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), checkInsButton, personButton, closeButton),
     log, alert, form);
   const launcher = el('button', { class: 'launcher', type: 'button', 'aria-expanded': 'false', 'aria-label': 'Open chat', onclick: () => toggle() });
   launcher.innerHTML = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
@@ -378,8 +393,83 @@
     const parts = [];
     if (message.role === 'staff') parts.push(el('div', { class: 'author' }, message.author_name || 'Team'));
     parts.push(body);
+    const prompt = promptFor(message);
+    if (prompt) parts.push(prompt);
     if (message.role === 'user') parts.push(el('div', { class: 'meta receipt' }, receiptText(message)));
     return el('div', { class: `msg ${message.role}`, 'data-role': message.role, 'data-key': message.id, 'data-seq': message.seq || '' }, parts);
+  }
+
+  /** A proactive message's ways to answer: its quick replies, or a box for the number it asks. */
+  function promptFor(message) {
+    if (message.role !== 'assistant') return null;
+    if (message.quick_replies && message.quick_replies.length) {
+      return el('div', { class: 'prompt', role: 'group', 'aria-label': 'Quick replies' },
+        ...message.quick_replies.map((label) => el('button', { type: 'button', onclick: () => send(label) }, label)));
+    }
+    if (message.asks_value) {
+      const value = el('input', { type: 'number', step: 'any', inputmode: 'decimal', 'aria-label': 'Your number' });
+      const unit = message.value_unit ? el('span', { class: 'unit' }, message.value_unit) : null;
+      return el('form', { class: 'prompt value', onsubmit: (event) => { event.preventDefault(); if (value.value.trim()) send(value.value.trim()); } },
+        value, unit, el('button', { type: 'submit' }, 'Send'));
+    }
+    return null;
+  }
+
+  /** Only the latest message's prompt is live: once the end user has written, it has been answered. */
+  function refreshPrompts() {
+    const nodes = [...inner.querySelectorAll('.msg')];
+    const last = nodes[nodes.length - 1];
+    inner.querySelectorAll('.msg .prompt').forEach((node) => { node.hidden = node.closest('.msg') !== last; });
+  }
+
+  function renderCheckIns() {
+    checkInsButton.hidden = state.consent === undefined || state.consent === null;
+    checkInsButton.setAttribute('aria-pressed', String(Boolean(state.consent)));
+    checkInsButton.textContent = state.consent ? 'Check-ins on' : 'Check-ins off';
+    checkInsButton.title = state.consent ? 'The coach checks in now and then; press to stop' : 'Press to let the coach check in now and then';
+  }
+
+  async function setConsent(consent) {
+    try {
+      const me = await api('/api/v1/public/me/consent', { method: 'POST', token: state.token, body: { consent } });
+      state.consent = Boolean(me.consent) && !me.opted_out_at;
+      renderCheckIns();
+      return true;
+    } catch (error) {
+      showError(error.message);
+      return false;
+    }
+  }
+
+  async function loadConsent() {
+    if (preview) return;
+    try {
+      const me = await api('/api/v1/public/me', { token: state.token });
+      state.consent = me.consent;
+    } catch (_) { state.consent = undefined; }
+    renderCheckIns();
+  }
+
+  /** After the coach's first helpful answer, it asks once whether it may check in. */
+  function maybeAskConsent(message) {
+    if (state.consent !== null || preview || state.asking) return;
+    const answer = message.role === 'assistant' && !message.fallback && message.seq > 0
+      && !(message.client_id || '').startsWith('nudge-') && !promptFor(message);
+    if (!answer || !state.messages.has(message.seq - 1)) return;
+    state.asking = true;
+    const name = state.coach ? state.coach.name : 'The coach';
+    const note = el('p', {}, `May I check in with you now and then, to see how you are doing? You can change this any time with “Check-ins” at the top.`);
+    const card = el('div', { class: 'consent', 'data-role': 'consent', role: 'group', 'aria-label': `${name} asks` }, note);
+    const answerWith = (consent) => async () => {
+      if (await setConsent(consent)) {
+        card.replaceChildren(el('p', {}, consent ? 'Thank you! I will check in now and then.' : 'All right, I will not check in. You can turn check-ins on at the top.'));
+      }
+    };
+    card.append(el('div', { class: 'prompt' },
+      el('button', { type: 'button', class: 'primary', onclick: answerWith(true) }, 'Yes, please'),
+      el('button', { type: 'button', onclick: answerWith(false) }, 'No, thanks')));
+    inner.append(card);
+    scrollDown();
   }
 
   function refreshReceipts() {
@@ -407,6 +497,8 @@
     else inner.append(node);
     state.lastSeq = Math.max(state.lastSeq, message.seq);
     store.save({ lastSeq: state.lastSeq });
+    refreshPrompts();
+    maybeAskConsent(message);
     scrollDown();
     markRead();
   }
@@ -676,6 +768,7 @@
         store.save({ token: visitor.token, conversationId: null, lastSeq: 0 });
       }
       await enrollFromLink();
+      await loadConsent();
       // History is replayed from the start on each page load; lastSeq only serves reconnects.
       state.lastSeq = 0;
       transport = forceEvents || !('WebSocket' in window) ? eventsTransport() : webSocketTransport();
@@ -701,21 +794,28 @@
   }
 
   function submit() {
-    const content = input.value.trim();
-    if (!content) return;
-    if (content.length > state.maxChars) { showError(`Messages can have up to ${state.maxChars} characters.`); return; }
-    if (!transport || !state.conversationId) { showError('Connecting… try again in a moment.'); return; }
+    if (send(input.value.trim())) {
+      input.value = '';
+      input.style.height = 'auto';
+    }
+  }
+
+  /** Sends a message (typed, or a quick reply); false when it could not go yet. */
+  function send(content) {
+    if (!content) return false;
+    if (content.length > state.maxChars) { showError(`Messages can have up to ${state.maxChars} characters.`); return false; }
+    if (!transport || !state.conversationId) { showError('Connecting… try again in a moment.'); return false; }
     showError('');
     const clientId = newClientId();
     state.pending.set(clientId, { content, seq: 0 });
     const optimistic = { id: clientId, client_id: clientId, role: 'user', content, seq: 0, citations: [] };
     inner.append(renderMessage(optimistic));
+    refreshPrompts();
     scrollDown();
-    input.value = '';
-    input.style.height = 'auto';
     clearTimeout(typingTimer);
     transport.typing(false);
     transport.message(clientId, content);
+    return true;
   }
 
   function requestPerson() {

@@ -586,6 +586,9 @@ mod tests {
             fallback: false,
             created_at: String::new(),
             stats: None,
+            quick_replies: Vec::new(),
+            asks_value: false,
+            value_unit: None,
         };
         assert_eq!(
             retrieval_query("and for gift cards?", std::slice::from_ref(&previous)),

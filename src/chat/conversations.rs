@@ -314,9 +314,38 @@ pub struct Message {
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<serde_json::Value>,
+    /// A proactive message's answers to pick from (a program's choice step); a reply with one
+    /// of them takes its branch. End users see these, unlike `stats`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quick_replies: Vec<String>,
+    /// A proactive message that asks for a number (a check-in): the reply is the value.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub asks_value: bool,
+    /// The unit of the number it asks for (`reps`, `km`), when the goal has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_unit: Option<String>,
 }
 
 impl Message {
+    /// What the coaching engine recorded about a proactive message's expected reply (in
+    /// `stats`), as fields every reader sees.
+    fn with_prompts(mut self) -> Message {
+        if let Some(stats) = self.stats.as_ref().filter(|s| s.get("proactive").is_some()) {
+            self.quick_replies = stats["choices"]
+                .as_array()
+                .map(|choices| {
+                    choices
+                        .iter()
+                        .filter_map(|c| c.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.asks_value = stats["asks_value"].as_bool().unwrap_or(false);
+            self.value_unit = stats["value_unit"].as_str().map(str::to_string);
+        }
+        self
+    }
+
     /// The message without how it was made (for end users and channels).
     pub fn without_stats(mut self) -> Message {
         self.stats = None;
@@ -349,10 +378,14 @@ fn message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         confidence: r.get(8)?,
         fallback: r.get(9)?,
         created_at: r.get(10)?,
+        quick_replies: Vec::new(),
+        asks_value: false,
+        value_unit: None,
         stats: r
             .get::<_, Option<String>>(11)?
             .and_then(|s| serde_json::from_str(&s).ok()),
-    })
+    }
+    .with_prompts())
 }
 
 /// The conversation's messages, oldest first (the caller has checked access).

@@ -9,7 +9,7 @@ use super::model::{EndUser, Enrollment, NewNudge, Nudge, NudgeKind, ProgramDefin
 use super::outbox::{Outgoing, Recorded};
 use super::programs::step_advance;
 use super::schedule::{self, QuietHours};
-use super::writer::{Written, goal_now, text_at_hand};
+use super::writer::{GoalNow, Written, goal_now, text_at_hand};
 use super::{Coaching, CoachingError, job_scope, kinds};
 use crate::auth::{TenantScope, new_id};
 use crate::chat::coach::Coach;
@@ -240,6 +240,7 @@ fn outgoing(
     nudge: &Nudge,
     program: &Option<(Enrollment, ProgramDefinition)>,
     coach: &Coach,
+    goal: Option<&GoalNow>,
     written: Written,
     visitor: String,
     now: DateTime<Utc>,
@@ -255,7 +256,10 @@ fn outgoing(
     let step = program
         .as_ref()
         .and_then(|(_, p)| nudge.step_key.as_deref().and_then(|k| p.step(k)));
-    Outgoing::new(scope, user, nudge, step, written, visitor, advance, now)
+    let unit = goal.map(|(goal, _)| goal.unit.as_str());
+    Outgoing::new(
+        scope, user, nudge, step, unit, written, visitor, advance, now,
+    )
 }
 
 impl Coaching {
@@ -400,6 +404,7 @@ impl Coaching {
                                     &nudge,
                                     &program,
                                     &coach,
+                                    goal.as_ref(),
                                     written,
                                     visitor,
                                     now,
@@ -499,7 +504,16 @@ impl Coaching {
                     None => self.web_visitor(scope, &user).await?,
                 };
                 let outgoing = outgoing(
-                    scope, &user, &nudge, &program, &coach, written, visitor, now, model,
+                    scope,
+                    &user,
+                    &nudge,
+                    &program,
+                    &coach,
+                    goal.as_ref(),
+                    written,
+                    visitor,
+                    now,
+                    model,
                 );
                 self.send_nudge(scope, outgoing).await?;
                 Ok(Outcome::Done)

@@ -92,6 +92,7 @@ impl Outgoing {
         user: &EndUser,
         nudge: &Nudge,
         step: Option<&Step>,
+        unit: Option<&str>,
         written: Written,
         visitor: String,
         advance: Option<(StepAdvance, Coach)>,
@@ -109,6 +110,16 @@ impl Outgoing {
         });
         if let Some(step) = step.filter(|s| !s.choices.is_empty()) {
             stats["choices"] = json!(step.choices.iter().map(|c| &c.label).collect::<Vec<_>>());
+        }
+        let awaiting = nudge
+            .goal_id
+            .clone()
+            .filter(|_| asks_for_value(nudge, step));
+        stats["asks_value"] = json!(awaiting.is_some());
+        if awaiting.is_some()
+            && let Some(unit) = unit.filter(|u| !u.is_empty())
+        {
+            stats["value_unit"] = json!(unit);
         }
         Outgoing {
             scope: scope.clone(),

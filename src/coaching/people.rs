@@ -64,6 +64,15 @@ pub struct Profile {
     pub conversations: Vec<ConversationRef>,
 }
 
+/// An end user's own view of their coaching settings (`GET /api/v1/public/me`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    /// Whether the coach may check in on its own: `null` until they were asked and answered.
+    pub consent: Option<bool>,
+    /// They said STOP (saying yes to check-ins again opts back in).
+    pub opted_out: bool,
+}
+
 fn clean_tags(tags: Vec<String>) -> Result<Vec<String>, CoachingError> {
     if tags.len() > 50 {
         return Err(CoachingError::Invalid("tags: at most 50".into()));
@@ -362,6 +371,23 @@ impl Coaching {
             .call(move |c| c.link_visitor(&scope_moved, &visitor_moved, &user_id))
             .await?;
         Ok(visitor)
+    }
+
+    /// What the widget needs to know of its end user, without making one of a visitor who
+    /// never took part in coaching.
+    pub async fn me(&self, scope: &TenantScope, visitor_id: &str) -> Result<Me, CoachingError> {
+        let (scope, visitor) = (scope.clone(), visitor_id.to_string());
+        let user = self
+            .db()
+            .read(move |c| c.end_user_of_visitor(&scope, &visitor))
+            .await?;
+        Ok(Me {
+            consent: user
+                .as_ref()
+                .filter(|u| u.consent_at.is_some())
+                .map(|u| u.consent && u.opted_out_at.is_none()),
+            opted_out: user.is_some_and(|u| u.opted_out_at.is_some()),
+        })
     }
 
     /// The end user's answer to "May I check in with you?".

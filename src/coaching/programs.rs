@@ -595,6 +595,17 @@ pub(super) fn step_advance(
         && next.as_ref().is_some_and(|key| {
             needs_writing(NudgeKind::Step, definition.step(key).map(|s| s.kind))
         });
+    // A step whose choices are unanswered keeps the enrolment going, even when no other
+    // step is left: the branch the person picks is still to come.
+    let awaiting_choice = done
+        .and_then(|key| definition.step(key))
+        .is_some_and(|step| {
+            !step.choices.is_empty()
+                && !step
+                    .choices
+                    .iter()
+                    .any(|c| enrollment.steps_done.contains(&c.next))
+        });
     StepAdvance {
         scope: scope.clone(),
         user: user.clone(),
@@ -602,6 +613,7 @@ pub(super) fn step_advance(
         definition: definition.clone(),
         next,
         ahead,
+        awaiting_choice,
         now,
     }
 }
@@ -615,6 +627,7 @@ pub(super) struct StepAdvance {
     definition: ProgramDefinition,
     next: Option<String>,
     ahead: bool,
+    awaiting_choice: bool,
     now: DateTime<Utc>,
 }
 
@@ -632,9 +645,10 @@ impl StepAdvance {
             definition,
             next,
             ahead,
+            awaiting_choice,
             now,
         } = self;
-        if enrollment.status != "active" {
+        if enrollment.status != "active" || (next.is_none() && awaiting_choice) {
             c.update_enrollment(&scope, &enrollment)?;
             return Ok(false);
         }

@@ -19,7 +19,7 @@ use crate::coaching::CoachingError;
 use crate::coaching::analytics::Outcomes;
 use crate::coaching::goals::{CheckInInput, GoalInput, GoalView, parse_value};
 use crate::coaching::model::{EndUser, Enrollment, Nudge, NudgeRule, Program, ProgramDefinition};
-use crate::coaching::people::{EndUserUpdate, NewEndUser, Profile, TestClock};
+use crate::coaching::people::{EndUserUpdate, Me, NewEndUser, Profile, TestClock};
 use crate::coaching::programs::{EnrollmentChange, ProgramSaved};
 use crate::coaching::rules::RuleInput;
 use crate::db::coaching::EndUserFilter;
@@ -56,6 +56,7 @@ pub fn routes() -> Routes {
         .route("/api/v1/test-clocks", post(create_test_clock))
         .route("/api/v1/test-clocks/{id}", get(get_test_clock))
         .route("/api/v1/test-clocks/{id}/advance", post(advance_test_clock))
+        .route("/api/v1/public/me", get(about_me))
         .route("/api/v1/public/me/consent", post(give_consent))
         .route("/api/v1/public/me/enrollments", post(enroll_myself))
 }
@@ -605,6 +606,18 @@ pub(crate) async fn advance_test_clock(
             .advance_clock(auth.scope(), &id, input.to)
             .await?,
     ))
+}
+
+#[utoipa::path(get, path = "/api/v1/public/me", tag = "coaching",
+    responses((status = 200, description = "What the coach knows of the end user: whether they were asked about check-ins, and their answer", body = Me),
+              (status = 403, description = "Not an end user (a visitor token)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn about_me(
+    State(state): State<AppState>,
+    Caller(speaker, _): Caller,
+) -> Result<Json<Me>, ApiError> {
+    let (scope, visitor) = visitor_only(&speaker)?;
+    Ok(Json(state.coaching.me(scope, visitor).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

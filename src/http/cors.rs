@@ -1,10 +1,11 @@
 //! Cross-origin rules for the chat API. The chat widget runs on the creator's website, so a
 //! browser may call the public coach routes (`/api/v1/public/coaches/{slug}/...`) and, with a
-//! token, the conversation routes from the origins the creator allowed, and from no other.
+//! token, the conversation routes and the end user's own (`/api/v1/public/me...`) from the
+//! origins the creator allowed, and from no other.
 //! Requests without an `Origin` (servers, curl) and same-origin requests (the served chat page,
 //! the dashboard) pass.
 //!
-//! Public routes are checked here, by slug. Conversation routes cannot be: the tenant is known
+//! Public routes are checked here, by slug. Token routes cannot be: the tenant is known
 //! only from the token, which a preflight does not carry. Their preflights are answered for
 //! any origin, and the `Caller` extractor refuses the real request from an origin the token's
 //! tenant did not allow ([`check_caller_origin`]).
@@ -20,7 +21,8 @@ use crate::auth::{TenantScope, tenant};
 use crate::db::DbError;
 
 const PUBLIC_PREFIX: &str = "/api/v1/public/coaches/";
-const CONVERSATIONS_PREFIX: &str = "/api/v1/conversations";
+/// Routes a widget calls with its visitor token, whose tenant the token names.
+const TOKEN_PREFIXES: [&str; 2] = ["/api/v1/conversations", "/api/v1/public/me"];
 
 /// The `Origin` of a cross-origin browser request; `None` for same-origin and non-browser ones.
 pub fn foreign_origin(headers: &HeaderMap) -> Option<String> {
@@ -59,7 +61,7 @@ fn origin_not_allowed(origin: &str) -> ApiError {
 pub async fn check_origin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let public = path.starts_with(PUBLIC_PREFIX);
-    if !public && !path.starts_with(CONVERSATIONS_PREFIX) {
+    if !public && !TOKEN_PREFIXES.iter().any(|prefix| path.starts_with(prefix)) {
         return next.run(request).await;
     }
     let Some(origin) = foreign_origin(request.headers()) else {

@@ -96,6 +96,7 @@ use super::{admin, auth, chat, coaching, health, insights, knowledge, metrics, r
         coaching::create_test_clock,
         coaching::get_test_clock,
         coaching::advance_test_clock,
+        coaching::about_me,
         coaching::give_consent,
         coaching::enroll_myself,
         chat::public_coach,

@@ -122,6 +122,26 @@ try {
     check(await page.locator('.msg.assistant[data-role="assistant"]').count() === 1, 'one answer');
   });
 
+  await step('after the first helpful answer the coach asks once whether it may check in', async () => {
+    const card = page.locator('[data-role="consent"]');
+    await card.waitFor();
+    check((await card.innerText()).includes('May I check in with you'), 'the question in plain words');
+    await card.getByRole('button', { name: 'Yes, please' }).click();
+    await page.waitForSelector('[data-role="consent"]:has-text("Thank you")');
+    const toggle = page.getByRole('button', { name: 'Check-ins on' });
+    await toggle.waitFor();
+    // Answered: a reload does not ask again, and the header keeps the choice.
+    await page.reload();
+    await ready(page);
+    await page.waitForSelector('.msg.assistant[data-role="assistant"]');
+    await page.getByRole('button', { name: 'Check-ins on' }).waitFor();
+    check(await page.locator('[data-role="consent"]').count() === 0, 'asked once');
+    await page.getByRole('button', { name: 'Check-ins on' }).click();
+    await page.getByRole('button', { name: 'Check-ins off' }).waitFor();
+    await page.getByRole('button', { name: 'Check-ins off' }).click();
+    await page.getByRole('button', { name: 'Check-ins on' }).waitFor();
+  });
+
   await step('handoff is visible on both sides', async () => {
     await page.getByRole('button', { name: 'Talk to a person' }).click();
     await page.waitForSelector('.event:has-text("talk to a person")');
@@ -261,6 +281,78 @@ try {
     });
     check(Boolean(receipt), 'delivered on the open page');
     await site.screenshot({ path: path.join(shots, 'chat-page-program-step.png') });
+    await visit.close();
+    await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '21:00-08:00' } });
+  });
+
+  await step('a choice step shows quick replies, and a tap takes its branch', async () => {
+    await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '00:00-00:00' } });
+    const program = await api('/api/v1/programs', {
+      method: 'POST',
+      body: {
+        name: 'Choose your path',
+        steps: [
+          { key: 'pick', day: 0, at: '00:00', kind: 'message', text: 'Ask whether they prefer morning or evening workouts.',
+            choices: [{ label: 'Morning', next: 'am' }, { label: 'Evening', next: 'pm' }] },
+          { key: 'am', day: 0, at: '00:00', kind: 'message', text: 'Suggest setting the alarm twenty minutes early.' },
+          { key: 'pm', day: 0, at: '00:00', kind: 'message', text: 'Suggest blocking six in the evening in the calendar.' },
+        ],
+      },
+    });
+    await api(`/api/v1/programs/${program.id}/publish`, { method: 'POST', body: {} });
+    const visit = await browser.newContext({ viewport: phone });
+    const site = watch(await visit.newPage(), problems);
+    await site.goto(`${base}/c/${slug}?program=${program.id}`);
+    await ready(site);
+    const morning = site.getByRole('group', { name: 'Quick replies' }).getByRole('button', { name: 'Morning' });
+    await morning.waitFor({ timeout: ANSWER_MS });
+    await site.screenshot({ path: path.join(shots, 'chat-page-quick-replies.png') });
+    await morning.click();
+    await site.waitForSelector('.msg.user:has-text("Morning")');
+    check(!(await morning.isVisible()), 'answered: the quick replies go away');
+    const person = await until('the enrolment', async () => {
+      const list = await api(`/api/v1/end-users?program_id=${program.id}`);
+      return list.total === 1 && list.end_users[0];
+    });
+    const branch = await until('the chosen branch', async () => {
+      const { nudges } = await api(`/api/v1/nudges?end_user_id=${person.id}`);
+      return nudges.find((n) => n.step_key === 'am' && n.sent_at);
+    }, ANSWER_MS);
+    const { nudges } = await api(`/api/v1/nudges?end_user_id=${person.id}`);
+    check(!nudges.some((n) => n.step_key === 'pm' && n.sent_at), 'the other branch is not sent');
+    const opening = branch.content.replace(/\s+/g, ' ').trim().slice(0, 24);
+    await site.waitForSelector(`.msg.assistant:has-text(${JSON.stringify(opening)})`);
+    await visit.close();
+    await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '21:00-08:00' } });
+  });
+
+  await step('a check-in shows a box for the number, and the value sent is recorded', async () => {
+    await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '00:00-00:00' } });
+    const program = await api('/api/v1/programs', {
+      method: 'POST',
+      body: {
+        name: 'Push-up starter',
+        goals: [{ key: 'pushups', title: 'Push-ups', metric: 'push-ups', unit: 'reps', target: 50, direction: 'increase' }],
+        steps: [{ key: 'ask', day: 0, at: '00:00', kind: 'check_in', goal_key: 'pushups', text: 'How many push-ups did you do today?' }],
+      },
+    });
+    await api(`/api/v1/programs/${program.id}/publish`, { method: 'POST', body: {} });
+    const visit = await browser.newContext({ viewport: phone });
+    const site = watch(await visit.newPage(), problems);
+    await site.goto(`${base}/c/${slug}?program=${program.id}`);
+    await ready(site);
+    const box = site.getByLabel('Your number');
+    await box.waitFor({ timeout: ANSWER_MS });
+    check(await site.locator('form.value .unit').innerText() === 'reps', 'the box names the unit');
+    await box.fill('42');
+    await site.screenshot({ path: path.join(shots, 'chat-page-check-in.png') });
+    await box.press('Enter');
+    await site.waitForSelector('.msg.assistant:has-text("42 reps recorded")');
+    const person = (await api(`/api/v1/end-users?program_id=${program.id}`)).end_users[0];
+    const { nudges } = await api(`/api/v1/nudges?end_user_id=${person.id}`);
+    const goal = await api(`/api/v1/goals/${nudges.find((n) => n.step_key === 'ask').goal_id}`);
+    check(goal.latest_value === 42, `the value is recorded: ${goal.latest_value}`);
+    check(!(await box.isVisible()), 'answered: the box goes away');
     await visit.close();
     await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '21:00-08:00' } });
   });
