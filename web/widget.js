@@ -158,6 +158,9 @@
       background: var(--brand); color: var(--on-brand); cursor: pointer; box-shadow: 0 6px 20px rgba(0,0,0,.25);
       display: grid; place-items: center; z-index: 2147483000; }
     .launcher svg { width: 28px; height: 28px; }
+    .launcher .badge { position: absolute; top: -4px; right: -4px; min-width: 22px; height: 22px; padding: 0 6px; border-radius: 11px;
+      background: #b91c1c; color: #fff; font-size: 12.5px; font-weight: 700; line-height: 22px; text-align: center; }
+    .launcher .badge[hidden] { display: none; }
     .left .launcher, .left .teaser, .left .panel { left: 20px; }
     .right .launcher, .right .teaser, .right .panel { right: 20px; }
     .teaser { position: fixed; bottom: 92px; max-width: 260px; background: #fff; color: #111827; border-radius: 12px;
@@ -241,7 +244,7 @@
 
   const state = {
     coach: null, token: memory.token, conversationId: memory.conversationId, lastSeq: 0,
-    messages: new Map(), pending: new Map(), draft: null, readSeq: 0, staffReadSeq: 0, staffOnline: false,
+    messages: new Map(), pending: new Map(), draft: null, readSeq: memory.readSeq || 0, staffReadSeq: 0, staffOnline: false,
     mode: 'ai', maxChars: 4000,
     // The end user's answer about check-ins: undefined until known, null when never asked.
     consent: undefined,
@@ -270,13 +273,24 @@
     log, alert, form);
   const launcher = el('button', { class: 'launcher', type: 'button', 'aria-expanded': 'false', 'aria-label': 'Open chat', onclick: () => toggle() });
   launcher.innerHTML = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
+  // Messages from the coach or the team that arrived while the chat was closed (a nudge, a reply).
+  const badge = el('span', { class: 'badge', hidden: true, 'aria-hidden': 'true' });
+  launcher.append(badge);
+
+  function renderBadge() {
+    const unread = pageMode || !panel.hidden ? 0 : [...state.messages.values()]
+      .filter((m) => (m.role === 'assistant' || m.role === 'staff') && m.seq > state.readSeq).length;
+    badge.hidden = unread === 0;
+    badge.textContent = String(unread);
+    const open = !panel.hidden;
+    launcher.setAttribute('aria-label', open ? 'Close chat' : unread ? `Open chat (${unread} new)` : 'Open chat');
+  }
   const teaser = el('button', { class: 'teaser', type: 'button', hidden: true, onclick: () => toggle(true) });
 
   function toggle(open = panel.hidden) {
     panel.hidden = !open;
     teaser.hidden = true;
     launcher.setAttribute('aria-expanded', String(open));
-    launcher.setAttribute('aria-label', open ? 'Close chat' : 'Open chat');
     if (open) {
       start();
       input.focus();
@@ -284,6 +298,7 @@
     } else {
       launcher.focus();
     }
+    renderBadge();
   }
   root.addEventListener('keydown', (event) => {
     if (event.key === 'Escape' && !pageMode && !panel.hidden) toggle(false);
@@ -501,6 +516,7 @@
     maybeAskConsent(message);
     scrollDown();
     markRead();
+    renderBadge();
   }
 
   // The coach's answer as it is written; the stored message replaces it.
@@ -560,7 +576,9 @@
       return;
     }
     state.readSeq = state.lastSeq;
+    store.save({ readSeq: state.readSeq });
     transport.receipt(state.lastSeq);
+    renderBadge();
   }
   document.addEventListener('visibilitychange', markRead);
 
@@ -744,7 +762,8 @@
   let resets = 0;
   function reset() {
     if (resets++ > 0) { showError('This chat could not sign you in. Please reload the page.'); return; }
-    store.save({ token: null, conversationId: null, lastSeq: 0 });
+    store.save({ token: null, conversationId: null, lastSeq: 0, readSeq: 0 });
+    state.readSeq = 0;
     state.token = null;
     state.conversationId = null;
     state.lastSeq = 0;
@@ -765,7 +784,8 @@
         const query = zone ? `?time_zone=${encodeURIComponent(zone)}` : '';
         const visitor = await api(`/api/v1/public/coaches/${encodeURIComponent(slug)}/visitors${query}`, { method: 'POST' });
         state.token = visitor.token;
-        store.save({ token: visitor.token, conversationId: null, lastSeq: 0 });
+        store.save({ token: visitor.token, conversationId: null, lastSeq: 0, readSeq: 0 });
+        state.readSeq = 0;
       }
       await enrollFromLink();
       await loadConsent();

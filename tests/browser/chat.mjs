@@ -218,6 +218,23 @@ try {
     await site.screenshot({ path: path.join(shots, 'widget-open.png') });
     await site.keyboard.press('Escape');
     check(await launcher.getAttribute('aria-expanded') === 'false', 'Escape closes the widget');
+
+    // A message from the team while the chat is closed: a badge on the launcher, kept across a
+    // reload, gone once the chat is opened (which reads it).
+    const { conversations } = await api('/api/v1/inbox');
+    const latest = conversations[0].conversation.id;
+    await api(`/api/v1/conversations/${latest}/takeover`, { method: 'POST' });
+    await api(`/api/v1/conversations/${latest}/messages`, { method: 'POST', body: { content: 'A note from the team while you were away.', stream: false } });
+    const badge = site.locator('.launcher .badge');
+    await site.waitForSelector('.launcher .badge:has-text("1")');
+    check((await launcher.getAttribute('aria-label')) === 'Open chat (1 new)', 'the launcher says so');
+    await site.screenshot({ path: path.join(shots, 'widget-unread.png') });
+    await site.reload();
+    await site.waitForSelector('.launcher .badge:has-text("1")');
+    await launcher.click();
+    await site.waitForSelector('.msg.staff:has-text("A note from the team")');
+    check(!(await badge.isVisible()), 'opened: no badge');
+    await api(`/api/v1/conversations/${latest}/handback`, { method: 'POST' });
     await visit.close();
   });
 
