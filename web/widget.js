@@ -175,8 +175,9 @@
     @media (max-width: 480px) { .bubble:not(.preview) .panel { inset: 0; width: 100%; height: 100%; border-radius: 0; } }
     .preview .launcher, .preview .teaser, .preview .panel { position: absolute; z-index: 1; }
     .preview .panel { height: auto; top: 16px; bottom: 150px; max-width: calc(100% - 40px); }
-    header { background: var(--brand); color: var(--on-brand); padding: 12px 16px; display: flex; align-items: center; gap: 12px; }
-    header .who { flex: 1; min-width: 0; }
+    header { background: var(--brand); color: var(--on-brand); padding: 12px 16px; display: flex; flex-wrap: wrap; align-items: center; gap: 8px 12px; }
+    header .who { flex: 1 1 110px; min-width: 0; }
+    header .status span:last-child { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
     header .name { font-size: 16px; margin: 0; font-weight: 650; }
     header .status { font-size: 12.5px; opacity: .92; display: flex; align-items: center; gap: 6px; }
     .dot { width: 8px; height: 8px; border-radius: 50%; background: #9ca3af; display: inline-block; flex: none; }
@@ -185,7 +186,7 @@
       font-weight: 700; overflow: hidden; flex: none; }
     .avatar img { width: 100%; height: 100%; object-fit: cover; }
     header button { background: transparent; color: inherit; border: 1px solid currentColor; border-radius: 999px;
-      padding: 5px 10px; font: inherit; font-size: 13px; cursor: pointer; }
+      padding: 5px 10px; font: inherit; font-size: 13px; cursor: pointer; white-space: nowrap; }
     header button.icon { border: 0; font-size: 22px; line-height: 1; padding: 4px 8px; }
     .log { flex: 1; overflow-y: auto; padding: 16px; display: flex; flex-direction: column; gap: 10px; background: #f8fafc; }
     .inner { display: flex; flex-direction: column; gap: 10px; }
@@ -230,6 +231,12 @@
     .msg form.value .unit { align-self: center; color: #374151; }
     .consent { align-self: flex-start; max-width: 85%; background: #fff; border: 1px dashed var(--brand); border-radius: 14px; padding: 10px 13px; }
     .consent p { margin: 0; }
+    .progress { background: #fff; border-bottom: 1px solid #e5e7eb; padding: 10px 16px; max-height: 40%; overflow-y: auto; }
+    .progress[hidden] { display: none; }
+    .progress h3 { margin: 0 0 6px; font-size: 14px; }
+    .progress .item { margin: 6px 0; }
+    .progress progress { width: 100%; height: 8px; accent-color: var(--brand); }
+    .progress .meta { margin-top: 0; }
     .sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
   `;
 
@@ -257,6 +264,9 @@
   const statusDot = el('span', { class: 'dot' });
   const statusText = el('span');
   const personButton = el('button', { type: 'button', onclick: () => requestPerson() }, 'Talk to a person');
+  // Their goals and programs, once they have some.
+  const progressButton = el('button', { type: 'button', hidden: true, 'aria-expanded': 'false', onclick: () => toggleProgress() }, 'My progress');
+  const progressPanel = el('section', { class: 'progress', hidden: true, 'aria-label': 'My progress' });
   // Check-ins on or off, once the end user has answered; STOP works here too.
   const checkInsButton = el('button', { type: 'button', hidden: true, 'aria-pressed': 'false', onclick: () => setConsent(!state.consent) }, 'Check-ins');
   const closeButton = pageMode ? null
@@ -269,8 +279,8 @@
   const sendButton = el('button', { type: 'submit' }, 'Send');
   const form = el('form', { onsubmit: (event) => { event.preventDefault(); submit(); } }, input, sendButton);
   const panel = el('section', { class: 'panel', role: pageMode ? 'main' : 'dialog', 'aria-labelledby': titleId, hidden: !pageMode },
-    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), checkInsButton, personButton, closeButton),
-    log, alert, form);
+    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), progressButton, checkInsButton, personButton, closeButton),
+    progressPanel, log, alert, form);
   const launcher = el('button', { class: 'launcher', type: 'button', 'aria-expanded': 'false', 'aria-label': 'Open chat', onclick: () => toggle() });
   launcher.innerHTML = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
   // Messages from the coach or the team that arrived while the chat was closed (a nudge, a reply).
@@ -461,15 +471,42 @@
     try {
       const me = await api('/api/v1/public/me', { token: state.token });
       state.consent = me.consent;
+      renderProgress(me);
     } catch (_) { state.consent = undefined; }
     renderCheckIns();
+  }
+
+  const figure = (n) => (Number.isInteger(n) ? String(n) : n.toFixed(1));
+  function renderProgress(me) {
+    const any = me.goals.length || me.programs.length;
+    progressButton.hidden = !any;
+    if (!any) return;
+    const goals = me.goals.map((goal) => {
+      const value = goal.latest_value === null ? 'no value yet' : `${figure(goal.latest_value)} of ${figure(goal.target)} ${goal.unit}`.trim();
+      const streak = goal.current_streak > 1 ? ` · ${goal.current_streak} in a row` : '';
+      return el('div', { class: 'item' },
+        el('div', {}, `${goal.title}: ${value}${goal.status === 'reached' ? ' · reached!' : streak}`),
+        el('progress', { max: '100', value: String(Math.round(goal.progress * 100)), 'aria-label': `${goal.title}: ${Math.round(goal.progress * 100)}%` }));
+    });
+    const programs = me.programs.map((program) => el('div', { class: 'item' },
+      el('div', {}, program.name),
+      el('div', { class: 'meta' }, program.status === 'completed' ? 'Completed' : `Step ${program.steps_done} of ${program.steps}${program.status === 'paused' ? ' · paused' : ''}`)));
+    progressPanel.replaceChildren(el('h3', {}, 'My progress'), ...goals, ...programs);
+  }
+
+  async function toggleProgress() {
+    const open = progressPanel.hidden;
+    if (open) await loadConsent();
+    progressPanel.hidden = !open;
+    progressButton.setAttribute('aria-expanded', String(open));
   }
 
   /** After the coach's first helpful answer, it asks once whether it may check in. */
   function maybeAskConsent(message) {
     if (state.consent !== null || preview || state.asking) return;
+    // Helpful: grounded in the creator's material (it cites it), not a nudge or a confirmation.
     const answer = message.role === 'assistant' && !message.fallback && message.seq > 0
-      && !(message.client_id || '').startsWith('nudge-') && !promptFor(message);
+      && (message.citations || []).length > 0 && !(message.client_id || '').startsWith('nudge-');
     if (!answer || !state.messages.has(message.seq - 1)) return;
     state.asking = true;
     const name = state.coach ? state.coach.name : 'The coach';

@@ -64,13 +64,43 @@ pub struct Profile {
     pub conversations: Vec<ConversationRef>,
 }
 
-/// An end user's own view of their coaching settings (`GET /api/v1/public/me`).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+/// An end user's own view of their coaching (`GET /api/v1/public/me`): their check-in
+/// setting and their progress.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Me {
     /// Whether the coach may check in on its own: `null` until they were asked and answered.
     pub consent: Option<bool>,
     /// They said STOP (saying yes to check-ins again opts back in).
     pub opted_out: bool,
+    /// Open and reached goals.
+    pub goals: Vec<MyGoal>,
+    /// Programs they are (or were, to the end) enrolled in.
+    pub programs: Vec<MyProgram>,
+}
+
+/// A goal as its end user sees it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MyGoal {
+    pub title: String,
+    pub metric: String,
+    pub unit: String,
+    pub target: f64,
+    pub latest_value: Option<f64>,
+    /// 0 to 1, baseline to target.
+    pub progress: f64,
+    pub current_streak: u32,
+    pub status: String,
+}
+
+/// An enrolment as its end user sees it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MyProgram {
+    pub name: String,
+    /// active, paused or completed.
+    pub status: String,
+    /// Steps sent so far, of `steps` (branch steps count once chosen).
+    pub steps_done: usize,
+    pub steps: usize,
 }
 
 fn clean_tags(tags: Vec<String>) -> Result<Vec<String>, CoachingError> {
@@ -376,17 +406,70 @@ impl Coaching {
     /// What the widget needs to know of its end user, without making one of a visitor who
     /// never took part in coaching.
     pub async fn me(&self, scope: &TenantScope, visitor_id: &str) -> Result<Me, CoachingError> {
-        let (scope, visitor) = (scope.clone(), visitor_id.to_string());
+        let (scope_moved, visitor) = (scope.clone(), visitor_id.to_string());
         let user = self
             .db()
-            .read(move |c| c.end_user_of_visitor(&scope, &visitor))
+            .read(move |c| c.end_user_of_visitor(&scope_moved, &visitor))
+            .await?;
+        let Some(user) = user else {
+            return Ok(Me::default());
+        };
+        let now = self.now_for(scope, &user).await?;
+        let (scope, user_moved) = (scope.clone(), user.clone());
+        let (goals, programs) = self
+            .db()
+            .read(move |c| {
+                let mut goals = Vec::new();
+                for goal in c.goals_of(&scope, &user_moved.id)? {
+                    if goal.status == "closed" {
+                        continue;
+                    }
+                    let check_ins = c.check_ins(&scope, &goal.id)?;
+                    let view = goals::view(goal, check_ins, &user_moved, now);
+                    goals.push(MyGoal {
+                        title: view.goal.title,
+                        metric: view.goal.metric,
+                        unit: view.goal.unit,
+                        target: view.goal.target,
+                        latest_value: view.latest_value,
+                        progress: view.progress,
+                        current_streak: view.current_streak,
+                        status: view.goal.status,
+                    });
+                }
+                let mut programs = Vec::new();
+                for enrollment in c.enrollments_of(&scope, &user_moved.id)? {
+                    if enrollment.status == "unenrolled" {
+                        continue;
+                    }
+                    let Some(definition) =
+                        c.program_version(&scope, &enrollment.program_id, enrollment.version)?
+                    else {
+                        continue;
+                    };
+                    let steps = definition
+                        .steps
+                        .iter()
+                        .filter(|s| {
+                            !definition.is_branch(&s.key) || enrollment.steps_done.contains(&s.key)
+                        })
+                        .count();
+                    programs.push(MyProgram {
+                        name: definition.name,
+                        status: enrollment.status,
+                        steps_done: enrollment.steps_done.len(),
+                        steps,
+                    });
+                }
+                Ok::<_, crate::db::DbError>((goals, programs))
+            })
             .await?;
         Ok(Me {
-            consent: user
-                .as_ref()
-                .filter(|u| u.consent_at.is_some())
-                .map(|u| u.consent && u.opted_out_at.is_none()),
-            opted_out: user.is_some_and(|u| u.opted_out_at.is_some()),
+            consent: (user.consent_at.is_some())
+                .then_some(user.consent && user.opted_out_at.is_none()),
+            opted_out: user.opted_out_at.is_some(),
+            goals,
+            programs,
         })
     }
 

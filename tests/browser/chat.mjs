@@ -370,6 +370,12 @@ try {
     const goal = await api(`/api/v1/goals/${nudges.find((n) => n.step_key === 'ask').goal_id}`);
     check(goal.latest_value === 42, `the value is recorded: ${goal.latest_value}`);
     check(!(await box.isVisible()), 'answered: the box goes away');
+    await site.getByRole('button', { name: 'My progress' }).click();
+    const progress = site.getByRole('region', { name: 'My progress' });
+    await progress.waitFor();
+    const shown = await progress.innerText();
+    check(shown.includes('Push-ups: 42 of 50 reps') && shown.includes('Push-up starter'), `the goal and the program: ${shown}`);
+    await site.screenshot({ path: path.join(shots, 'chat-page-progress.png') });
     await visit.close();
     await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '21:00-08:00' } });
   });
