@@ -53,6 +53,54 @@ fn step<'a>(nudges: &'a [Value], key: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no nudge for step {key}: {nudges:?}"))
 }
 
+/// A person on a new test clock (starting `now`, zone UTC) enrolled in a new published program:
+/// (clock id, end user id, enrolment id, the end user's visitor token).
+async fn enrolled_on_a_clock(
+    app: &TestApp,
+    staff: &str,
+    now: &str,
+    definition: Value,
+) -> (String, String, String, String) {
+    let id = |value: Value| value["id"].as_str().unwrap().to_string();
+    let clock = id(call(
+        app,
+        Method::POST,
+        "/api/v1/test-clocks",
+        staff,
+        json!({"now": now}),
+    )
+    .await);
+    let program = id(call(app, Method::POST, "/api/v1/programs", staff, definition).await);
+    let publish = format!("/api/v1/programs/{program}/publish");
+    call(app, Method::POST, &publish, staff, json!({})).await;
+    let person = json!({"name": "Ana", "time_zone": "UTC", "test_clock_id": clock});
+    let user = id(call(app, Method::POST, "/api/v1/end-users", staff, person).await);
+    let enrol = format!("/api/v1/programs/{program}/enrollments");
+    let enrollment = id(call(
+        app,
+        Method::POST,
+        &enrol,
+        staff,
+        json!({"end_user_id": user}),
+    )
+    .await);
+    let session = format!("/api/v1/end-users/{user}/session");
+    let token = call(app, Method::POST, &session, staff, json!({})).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (clock, user, enrollment, token)
+}
+
+/// The id of an end user's first conversation, as staff see it on their profile.
+async fn first_conversation(app: &TestApp, staff: &str, user: &str) -> String {
+    let path = format!("/api/v1/end-users/{user}");
+    call(app, Method::GET, &path, staff, Value::Null).await["conversations"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn program() -> Value {
     json!({
         "name": "Push-up starter",
@@ -946,18 +994,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
 async fn a_quick_reply_leads_to_its_step_and_a_pause_holds_steps_until_resumed() {
     let app = TestApp::spawn().await;
     let staff = app.sign_up("coach@example.com").await;
-    let clock = call(
-        &app,
-        Method::POST,
-        "/api/v1/test-clocks",
-        &staff,
-        json!({"now": "2026-05-04T06:00:00Z"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let program = call(&app, Method::POST, "/api/v1/programs", &staff, json!({
+    let (clock, user, enrollment, token) = enrolled_on_a_clock(&app, &staff, "2026-05-04T06:00:00Z", json!({
         "name": "Choose your path",
         "steps": [
             {"key": "pick", "day": 0, "at": "09:00", "kind": "message", "text": "Morning or evening workouts?",
@@ -965,48 +1002,7 @@ async fn a_quick_reply_leads_to_its_step_and_a_pause_holds_steps_until_resumed()
             {"key": "am", "day": 0, "at": "09:00", "kind": "message", "text": "Great: set your alarm 20 minutes early."},
             {"key": "pm", "day": 0, "at": "09:00", "kind": "message", "text": "Great: block 18:00 in your calendar."},
             {"key": "later", "day": 3, "at": "09:00", "kind": "message", "text": "How is your new routine?"},
-        ]})).await["id"].as_str().unwrap().to_string();
-    call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/programs/{program}/publish"),
-        &staff,
-        json!({}),
-    )
-    .await;
-    let user = call(
-        &app,
-        Method::POST,
-        "/api/v1/end-users",
-        &staff,
-        json!({"name": "Ana", "time_zone": "UTC", "test_clock_id": clock}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let enrollment = call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/programs/{program}/enrollments"),
-        &staff,
-        json!({"end_user_id": user}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let token = call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/end-users/{user}/session"),
-        &staff,
-        json!({}),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        ]})).await;
     advance(&app, &staff, &clock, "2026-05-04T09:10:00Z").await;
     let sent = nudges(&app, &staff, &user).await;
     assert_eq!(step(&sent, "pick")["status"], "sent");
@@ -1016,18 +1012,7 @@ async fn a_quick_reply_leads_to_its_step_and_a_pause_holds_steps_until_resumed()
             .any(|n| n["step_key"] == "am" || n["step_key"] == "pm"),
         "branches wait for the choice"
     );
-    let profile = call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/end-users/{user}"),
-        &staff,
-        Value::Null,
-    )
-    .await;
-    let conversation = profile["conversations"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conversation = first_conversation(&app, &staff, &user).await;
     let history = app.history(&token, &conversation).await;
     assert!(
         history.to_string().contains("Morning or evening"),
@@ -1240,63 +1225,14 @@ async fn real_end_users_enrol_themselves_get_steps_on_real_time_and_count_in_out
 async fn a_program_that_ends_on_a_choice_waits_for_it_before_it_completes() {
     let app = TestApp::spawn().await;
     let staff = app.sign_up("coach@example.com").await;
-    let clock = call(
-        &app,
-        Method::POST,
-        "/api/v1/test-clocks",
-        &staff,
-        json!({"now": "2026-05-04T06:00:00Z"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let program = call(&app, Method::POST, "/api/v1/programs", &staff, json!({
+    let (clock, user, _, token) = enrolled_on_a_clock(&app, &staff, "2026-05-04T06:00:00Z", json!({
         "name": "One question",
         "steps": [
             {"key": "pick", "day": 0, "at": "09:00", "kind": "message", "text": "Morning or evening?",
              "choices": [{"label": "Morning", "next": "am"}, {"label": "Evening", "next": "pm"}]},
             {"key": "am", "day": 0, "at": "09:00", "kind": "message", "text": "Set your alarm early."},
             {"key": "pm", "day": 0, "at": "09:00", "kind": "message", "text": "Block 18:00."},
-        ]})).await["id"].as_str().unwrap().to_string();
-    call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/programs/{program}/publish"),
-        &staff,
-        json!({}),
-    )
-    .await;
-    let user = call(
-        &app,
-        Method::POST,
-        "/api/v1/end-users",
-        &staff,
-        json!({"name": "Ana", "time_zone": "UTC", "test_clock_id": clock}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/programs/{program}/enrollments"),
-        &staff,
-        json!({"end_user_id": user}),
-    )
-    .await;
-    let token = call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/end-users/{user}/session"),
-        &staff,
-        json!({}),
-    )
-    .await["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        ]})).await;
     let enrollment_status = || async {
         call(
             &app,
@@ -1319,18 +1255,7 @@ async fn a_program_that_ends_on_a_choice_waits_for_it_before_it_completes() {
         "the choice is still to come"
     );
 
-    let profile = call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/end-users/{user}"),
-        &staff,
-        Value::Null,
-    )
-    .await;
-    let conversation = profile["conversations"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conversation = first_conversation(&app, &staff, &user).await;
     let reply = app
         .post_message(
             &token,
