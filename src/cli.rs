@@ -352,7 +352,7 @@ fn reset_link(email: &str, public_url: Option<&str>, data: &DataDirArgs) -> anyh
         .trim_end_matches('/');
     println!(
         "{}\n(works once, until {expires_at})",
-        crate::http::auth::reset_link(base, &token)
+        crate::mail::reset_link(base, &token)
     );
     Ok(())
 }

@@ -466,7 +466,8 @@
     }
   }
 
-  async function loadConsent() {
+  /** What the coach knows of this end user: their check-in answer and their progress. */
+  async function loadMe() {
     if (preview) return;
     try {
       const me = await api('/api/v1/public/me', { token: state.token });
@@ -496,7 +497,7 @@
 
   async function toggleProgress() {
     const open = progressPanel.hidden;
-    if (open) await loadConsent();
+    if (open) await loadMe();
     progressPanel.hidden = !open;
     progressButton.setAttribute('aria-expanded', String(open));
   }
@@ -825,7 +826,7 @@
         state.readSeq = 0;
       }
       await enrollFromLink();
-      await loadConsent();
+      await loadMe();
       // History is replayed from the start on each page load; lastSeq only serves reconnects.
       state.lastSeq = 0;
       transport = forceEvents || !('WebSocket' in window) ? eventsTransport() : webSocketTransport();

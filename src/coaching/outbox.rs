@@ -19,9 +19,10 @@ use crate::db::coaching::{
 };
 use crate::jobs::BoxFuture;
 
-/// Where a message goes out.
+/// Where a message goes out. Each channel also names itself and the status its messages are
+/// recorded with when stored (`WebChannel::NAME`, `WebChannel::STATUS_WHEN_STORED`): that is
+/// written inside the sending transaction, before the channel is at hand.
 pub trait Channel: Send + Sync {
-    fn name(&self) -> &'static str;
     /// Hands a stored message to the channel; the status it reached (`sent`, or `failed`).
     fn deliver<'a>(
         &'a self,
@@ -42,10 +43,6 @@ impl WebChannel {
 }
 
 impl Channel for WebChannel {
-    fn name(&self) -> &'static str {
-        Self::NAME
-    }
-
     fn deliver<'a>(
         &'a self,
         scope: &'a TenantScope,

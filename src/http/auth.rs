@@ -26,6 +26,7 @@ use crate::auth::{
     AuthError, Credential, Principal, RequestContext, Role, TenantScope, access, api_keys, team,
     tenant,
 };
+use crate::mail::{invitation_link, reset_link};
 
 /// Authentication state shared by the routes.
 #[derive(Clone)]
@@ -645,8 +646,6 @@ pub(crate) async fn invite(
     answer["emailed"] = json!(state.auth.mailer.is_configured());
     Ok((StatusCode::CREATED, Json(answer)))
 }
-
-pub use crate::mail::{invitation_link, reset_link};
 
 #[utoipa::path(
     delete,
