@@ -262,6 +262,11 @@ pub struct ServeArgs {
     /// [default: http://<bind address>]
     #[arg(long, env = "COMPANERO_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+
+    /// The Telegram Bot API (calls go to {url}/bot{token}/{method}); for egress proxies and
+    /// tests [default: https://api.telegram.org]
+    #[arg(long, env = "COMPANERO_TELEGRAM_API_URL", value_name = "URL")]
+    pub telegram_api_url: Option<String>,
 }
 
 /// `companero.toml`: the same keys as the flags, in snake_case.
@@ -294,6 +299,7 @@ struct FileConfig {
     smtp_url: Option<String>,
     mail_from: Option<String>,
     public_url: Option<String>,
+    telegram_api_url: Option<String>,
     max_upload_mb: Option<u64>,
     storage_quota_mb: Option<u64>,
     max_pdf_pages: Option<usize>,
@@ -404,6 +410,8 @@ pub struct Config {
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub public_url: String,
+    /// The Telegram Bot API's base URL.
+    pub telegram_api_url: String,
     /// Registers the first account; `None`: made at first start.
     pub setup_token: Option<String>,
     /// Document ingestion and chunking.
@@ -563,6 +571,12 @@ impl Config {
             file.public_url,
             format!("http://{bind}"),
         );
+        let telegram_api_url = layer.pick(
+            "telegram_api_url",
+            args.telegram_api_url.clone(),
+            file.telegram_api_url,
+            "https://api.telegram.org".to_string(),
+        );
         let max_upload_mb = layer.pick("max_upload_mb", args.max_upload_mb, file.max_upload_mb, 50);
         let storage_quota_mb = layer.pick(
             "storage_quota_mb",
@@ -686,6 +700,7 @@ impl Config {
             smtp_url,
             mail_from,
             public_url: public_url.trim_end_matches('/').to_string(),
+            telegram_api_url,
             setup_token,
             rate_limits: RateLimits {
                 auth_per_ip: auth_rate_limit,

@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod channels;
 pub mod chat;
 pub mod cli;
 pub mod coaching;

@@ -125,6 +125,15 @@ impl Server {
         );
         chat.set_hook(std::sync::Arc::new(coaching.clone()));
         chat.use_jobs(&jobs);
+        let channels = crate::channels::Channels::new(
+            db.clone(),
+            chat.clone(),
+            jobs.clone(),
+            crate::channels::secrets::Sealer::load_or_create(&data_dir.keys_dir())
+                .context("cannot load the channel credentials key")?,
+            &config.telegram_api_url,
+            &config.public_url,
+        );
         let state = AppState {
             db,
             inference,
@@ -132,6 +141,7 @@ impl Server {
             knowledge,
             chat,
             coaching,
+            channels,
             jobs,
             metrics: http::metrics::recorder(),
             shutdown: CancellationToken::new(),
@@ -200,6 +210,11 @@ impl Server {
             .start(shutdown.clone())
             .await
             .context("cannot start document ingestion")?;
+        self.state
+            .channels
+            .start(shutdown.clone())
+            .await
+            .context("cannot start the channels")?;
         self.state.jobs.start(shutdown.clone());
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();

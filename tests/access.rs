@@ -419,6 +419,7 @@ async fn cross_tenant_sweep_generated_from_the_router() {
         let values = HashMap::from([
             ("id", id.clone()),
             ("user_id", id.clone()),
+            ("tenant_id", tenant_id.clone()),
             ("name", "all-minilm-l6-v2".to_string()),
         ]);
         for param in path.split('/').filter_map(|s| s.strip_prefix('{')) {

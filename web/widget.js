@@ -492,7 +492,9 @@
     const programs = me.programs.map((program) => el('div', { class: 'item' },
       el('div', {}, program.name),
       el('div', { class: 'meta' }, program.status === 'completed' ? 'Completed' : `Step ${program.steps_done} of ${program.steps}${program.status === 'paused' ? ' · paused' : ''}`)));
-    progressPanel.replaceChildren(el('h3', {}, 'My progress'), ...goals, ...programs);
+    // The same person in a messaging app: the coach answers with a code to send there.
+    const link = el('button', { type: 'button', class: 'link-app', onclick: () => { if (send('link my account')) toggleProgress(); } }, 'Continue in Telegram…');
+    progressPanel.replaceChildren(el('h3', {}, 'My progress'), ...goals, ...programs, link);
   }
 
   async function toggleProgress() {

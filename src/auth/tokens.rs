@@ -169,7 +169,12 @@ fn create_key(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 
 /// The key of derived link secrets, `<keys>/links.key` (owner-only), created on first start.
 fn load_or_create_link_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
-    let path = dir.join("links.key");
+    load_or_create_key(dir, "links.key")
+}
+
+/// A 32-byte key kept in `<keys>/<file_name>` (owner-only, base64), created on first use.
+pub fn load_or_create_key(dir: &Path, file_name: &str) -> anyhow::Result<[u8; 32]> {
+    let path = dir.join(file_name);
     if !path.exists() {
         let mut key = [0u8; 32];
         super::random_bytes(&mut key);
@@ -180,7 +185,7 @@ fn load_or_create_link_key(dir: &Path) -> anyhow::Result<[u8; 32]> {
         .decode(text.trim())
         .ok()
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .ok_or_else(|| anyhow::anyhow!("invalid link key {}", path.display()))
+        .ok_or_else(|| anyhow::anyhow!("invalid key file {}", path.display()))
 }
 
 /// Writes a file only its owner can read.

@@ -254,7 +254,7 @@ impl Chat {
             coach_answers = false;
             if !text.is_empty() {
                 reply = Some(
-                    self.store_coach_reply(speaker.scope(), conversation_id, &text)
+                    self.store_coach_reply(speaker.scope(), conversation_id, &text, None)
                         .await?,
                 );
             }
@@ -589,6 +589,7 @@ mod tests {
             quick_replies: Vec::new(),
             asks_value: false,
             value_unit: None,
+            channel: "web".into(),
         };
         assert_eq!(
             retrieval_query("and for gift cards?", std::slice::from_ref(&previous)),

@@ -10,6 +10,9 @@ use super::citations::Citation;
 use crate::auth::tokens::{secret_hash, secret_token};
 use crate::auth::{Role, TenantScope, new_id};
 
+/// The channel of the chat page, the widget and the API.
+pub const WEB_CHANNEL: &str = "web";
+
 /// Visitor tokens start with this, so they are told from staff credentials at a glance.
 pub const VISITOR_TOKEN_PREFIX: &str = "vis_";
 
@@ -143,6 +146,8 @@ pub struct Conversation {
     pub staff_read_seq: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Where it takes place: `web` or `telegram` (staff replies go out there).
+    pub channel: String,
 }
 
 impl Conversation {
@@ -157,7 +162,8 @@ pub const MODE_HUMAN: &str = "human";
 const CONVERSATION_COLUMNS: &str = "c.id, CASE WHEN c.visitor_id IS NULL THEN 'staff' ELSE 'visitor' END, \
      c.mode, c.assigned_user_id, (SELECT full_name FROM users u WHERE u.id = c.assigned_user_id), \
      c.handoff_requested_at, c.last_seq, c.visitor_delivered_seq, c.visitor_read_seq, \
-     c.staff_delivered_seq, c.staff_read_seq, c.created_at, c.updated_at, c.visitor_id, c.user_id";
+     c.staff_delivered_seq, c.staff_read_seq, c.created_at, c.updated_at, c.visitor_id, c.user_id, \
+     c.channel";
 
 fn conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
     Ok(Conversation {
@@ -175,6 +181,7 @@ fn conversation(r: &rusqlite::Row<'_>) -> rusqlite::Result<Conversation> {
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
         visitor_id: r.get(13)?,
+        channel: r.get(15)?,
     })
 }
 
@@ -184,8 +191,10 @@ pub fn create(c: &Connection, speaker: &Speaker) -> rusqlite::Result<Conversatio
         Speaker::Visitor { visitor_id, .. } => (Some(visitor_id.as_str()), None),
         Speaker::Staff { user_id, .. } => (None, user_id.as_deref()),
     };
+    // A conversation is on its visitor's channel for good: replies go out where it came in.
     c.execute(
-        "INSERT INTO conversations (id, tenant_id, visitor_id, user_id) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO conversations (id, tenant_id, visitor_id, user_id, channel) VALUES \
+         (?1, ?2, ?3, ?4, COALESCE((SELECT channel FROM visitors WHERE id = ?3), 'web'))",
         params![id, speaker.scope().tenant_id(), visitor, user],
     )?;
     get(c, speaker.scope(), &id).map(|found| found.expect("just inserted"))
@@ -324,6 +333,8 @@ pub struct Message {
     /// The unit of the number it asks for (`reps`, `km`), when the goal has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_unit: Option<String>,
+    /// Where the conversation takes place: `web` (chat page, widget, API) or `telegram`.
+    pub channel: String,
 }
 
 impl Message {
@@ -363,7 +374,7 @@ impl Message {
 }
 
 const MESSAGE_COLUMNS: &str = "id, conversation_id, seq, role, content, client_id, author_name, \
-                               citations, confidence, fallback, created_at, stats";
+                               citations, confidence, fallback, created_at, stats, channel";
 
 fn message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -384,8 +395,22 @@ fn message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         stats: r
             .get::<_, Option<String>>(11)?
             .and_then(|s| serde_json::from_str(&s).ok()),
+        channel: r.get(12)?,
     }
     .with_prompts())
+}
+
+/// One of the tenant's messages (the caller has checked access).
+pub fn message_by_id(
+    c: &Connection,
+    scope: &TenantScope,
+    id: &str,
+) -> rusqlite::Result<Option<Message>> {
+    c.prepare_cached(&format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND id = ?2"
+    ))?
+    .query_row(params![scope.tenant_id(), id], message)
+    .optional()
 }
 
 /// The conversation's messages, oldest first (the caller has checked access).
@@ -512,18 +537,18 @@ pub fn add_message(
                 });
             }
         }
-        let seq: i64 = tx.query_row(
+        let (seq, channel): (i64, String) = tx.query_row(
             "UPDATE conversations SET last_seq = last_seq + 1, \
          updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
-         WHERE tenant_id = ?1 AND id = ?2 RETURNING last_seq",
+         WHERE tenant_id = ?1 AND id = ?2 RETURNING last_seq, channel",
             params![scope.tenant_id(), conversation_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         let message = tx.query_row(
         &format!(
             "INSERT INTO messages (id, conversation_id, tenant_id, seq, role, content, citations, \
-             confidence, fallback, stats, client_id, author_id, author_name) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+             confidence, fallback, stats, client_id, author_id, author_name, channel) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
              RETURNING {MESSAGE_COLUMNS}"
         ),
         params![
@@ -540,9 +565,16 @@ pub fn add_message(
             new.client_id,
             new.author.map(|(id, _)| id),
             new.author.map(|(_, name)| name),
+            channel,
         ],
         message,
     )?;
+        // What the end user is to read goes out to their messaging app in the same
+        // transaction, so a crash after it loses nothing (the web needs no delivery: the
+        // stored message is what the page shows).
+        if channel != WEB_CHANNEL && message.role != "user" {
+            crate::db::channels::queue_delivery(tx, scope, &message)?;
+        }
         Ok(Stored {
             message,
             duplicate: false,
@@ -771,7 +803,7 @@ pub fn inbox(
             |r| {
                 let visitor_id: String = r.get(13)?;
                 let preview = r
-                    .get::<_, Option<String>>(16)?
+                    .get::<_, Option<String>>(17)?
                     .and_then(|json| serde_json::from_str::<(String, String, String)>(&json).ok())
                     .map(|(role, content, created_at)| InboxPreview {
                         role,
@@ -781,7 +813,7 @@ pub fn inbox(
                 Ok(InboxItem {
                     conversation: conversation(r)?,
                     last_message: preview,
-                    unread: r.get(15)?,
+                    unread: r.get(16)?,
                     visitor_online: false,
                     visitor_id,
                 })

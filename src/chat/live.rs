@@ -187,6 +187,12 @@ pub fn asks_for_a_person(text: &str) -> bool {
 impl Chat {
     /// Delivers a stored message to the conversation's followers and the tenant's staff.
     pub fn publish_message(&self, tenant_id: &str, message: &Message) {
+        // Its delivery to a messaging app was queued with it: start it now.
+        if message.channel != conversations::WEB_CHANNEL
+            && let Some(jobs) = self.jobs.get()
+        {
+            jobs.wake();
+        }
         let event = ServerEvent::Message {
             message: message.clone(),
         };
@@ -540,15 +546,21 @@ impl Chat {
         Ok(items)
     }
 
-    /// Stores and publishes the coach's reply that needs no model (a check-in recorded).
-    pub(super) async fn store_coach_reply(
+    /// Stores and publishes the coach's reply that needs no model (a check-in recorded, a
+    /// greeting), once per `client_id` when one is given.
+    pub async fn store_coach_reply(
         &self,
         scope: &TenantScope,
         conversation_id: &str,
         text: &str,
+        client_id: Option<&str>,
     ) -> Result<Message, ChatError> {
-        let (scope_moved, id, text) =
-            (scope.clone(), conversation_id.to_string(), text.to_string());
+        let (scope_moved, id, text, client_id) = (
+            scope.clone(),
+            conversation_id.to_string(),
+            text.to_string(),
+            client_id.map(str::to_string),
+        );
         let message = self
             .db
             .call(move |c| {
@@ -561,6 +573,7 @@ impl Chat {
                             role: "assistant",
                             content: &text,
                             stats: Some(json!({ "coaching": true })),
+                            client_id: client_id.as_deref(),
                             ..NewMessage::default()
                         },
                     )?
@@ -570,6 +583,53 @@ impl Chat {
             .await?;
         self.publish_message(scope.tenant_id(), &message);
         Ok(message)
+    }
+
+    /// The visitor's latest conversation, opened when they have none (a person writing
+    /// through a messaging app has one running conversation).
+    pub async fn conversation_of_visitor(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+    ) -> Result<String, ChatError> {
+        let speaker = Speaker::Visitor {
+            scope: scope.clone(),
+            visitor_id: visitor_id.to_string(),
+        };
+        let (scope, visitor) = (scope.clone(), visitor_id.to_string());
+        self.db
+            .call(move |c| {
+                conversations::visitor_standing(c, &scope, &visitor)?;
+                Ok::<_, ChatError>(
+                    match conversations::latest_of_visitor(c, &scope, &visitor)? {
+                        Some(id) => id,
+                        None => conversations::create(c, &speaker)?.id,
+                    },
+                )
+            })
+            .await
+    }
+
+    /// The latest answers the coach offered to pick from in a conversation (a choice step).
+    pub async fn latest_quick_replies(
+        &self,
+        scope: &TenantScope,
+        conversation_id: &str,
+    ) -> Result<Vec<String>, ChatError> {
+        let (scope, id) = (scope.clone(), conversation_id.to_string());
+        self.db
+            .call(move |c| {
+                let recent = conversations::recent_messages(c, &scope, &id, 20)?;
+                Ok::<_, ChatError>(
+                    recent
+                        .into_iter()
+                        .rev()
+                        .find(|m| !m.quick_replies.is_empty())
+                        .map(|m| m.quick_replies)
+                        .unwrap_or_default(),
+                )
+            })
+            .await
     }
 
     /// A visitor with no browser behind it yet (an end user made through the API).

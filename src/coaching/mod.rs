@@ -5,6 +5,7 @@
 
 pub mod analytics;
 pub mod goals;
+pub mod linking;
 pub mod model;
 pub mod nudges;
 pub mod outbox;

@@ -13,7 +13,8 @@ use super::{Coaching, CoachingError};
 use crate::auth::TenantScope;
 use crate::chat::Chat;
 use crate::chat::coach::Coach;
-use crate::chat::conversations::{Message, NewMessage, ProactiveStore};
+use crate::chat::conversations::{Message, NewMessage, ProactiveStore, WEB_CHANNEL};
+use crate::db::channels::delivery_id;
 use crate::db::coaching::{
     EndUserStore, GoalStore, NudgeStore, NudgeUpdate, OutboxStore, ProgramStore,
 };
@@ -167,22 +168,29 @@ impl Outgoing {
                 ..NewMessage::default()
             },
         )?;
-        let outbox_id = outbox_id(&nudge_id);
-        c.add_outbound(
-            &scope,
-            &outbox_id,
-            &message.id,
-            &message.conversation_id,
-            message.seq,
-            channel,
-        )?;
-        c.set_outbound_status(&scope, &outbox_id, status, None)?;
+        // The web needs no delivery (being stored is being sent); a messaging app's delivery
+        // was queued with the message.
+        let (outbox_id, channel, status) = if message.channel == WEB_CHANNEL {
+            let outbox_id = outbox_id(&nudge_id);
+            c.add_outbound(
+                &scope,
+                &outbox_id,
+                &message.id,
+                &message.conversation_id,
+                message.seq,
+                channel,
+            )?;
+            c.set_outbound_status(&scope, &outbox_id, status, None)?;
+            (outbox_id, channel.to_string(), status)
+        } else {
+            (delivery_id(&message.id), message.channel.clone(), "queued")
+        };
         c.update_nudge(
             &scope,
             &nudge_id,
             &NudgeUpdate {
                 status: Some("sent"),
-                sent: Some((now, channel, &message.id, &outbox_id)),
+                sent: Some((now, &channel, &message.id, &outbox_id)),
                 content: Some(&written.text),
                 ..NudgeUpdate::default()
             },
@@ -233,6 +241,13 @@ impl Coaching {
     ) -> Result<(), CoachingError> {
         if recorded.planned {
             self.jobs().wake();
+        }
+        if recorded.message.channel != WEB_CHANNEL {
+            // Staff see it now; its delivery job takes it to the messaging app.
+            self.inner
+                .chat
+                .publish_message(scope.tenant_id(), &recorded.message);
+            return Ok(());
         }
         let channel = WebChannel(self.inner.chat.clone());
         let status = match channel.deliver(scope, &recorded.message).await {

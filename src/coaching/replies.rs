@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::linking;
 use super::writer::figure;
 use super::{Coaching, CoachingError};
 use crate::auth::TenantScope;
@@ -18,12 +19,12 @@ pub const OPTED_OUT: &str = "Understood: I won't send you any more messages on m
 
 /// STOP in capitals anywhere, a message that is only "stop", or "unsubscribe" / "stop
 /// messages" in any case. A lower-case "stop" inside a sentence ("I can't stop snacking") is
-/// not an opt-out.
+/// not an opt-out. Telegram's `/stop` command is one.
 pub fn is_opt_out(text: &str) -> bool {
     static PATTERNS: LazyLock<(Regex, Regex)> = LazyLock::new(|| {
         (
             Regex::new(r"\bSTOP\b").expect("valid"),
-            Regex::new(r"(?i)^\s*stop\s*[.!]*\s*$|\bunsubscribe\b|\bstop (sending )?(me )?(messages|texts|nudges|reminders)\b")
+            Regex::new(r"(?i)^\s*/?stop(@\w+)?\s*[.!]*\s*$|\bunsubscribe\b|\bstop (sending )?(me )?(messages|texts|nudges|reminders)\b")
                 .expect("valid"),
         )
     });
@@ -75,6 +76,13 @@ impl Coaching {
             user.awaiting_goal_id = None;
             self.save_end_user(scope, &user).await?;
             return Ok(Some(OPTED_OUT.to_string()));
+        }
+        if linking::asks_for_code(text) || linking::code_in(text).is_some() {
+            // Saved first: joining may move this person's identity to another end user.
+            self.save_end_user(scope, &user).await?;
+            if let Some(reply) = self.link_reply(scope, visitor_id, &user, text).await? {
+                return Ok(Some(reply));
+            }
         }
         if let Some(goal_id) = user.awaiting_goal_id.clone() {
             let reply = match read_value(text) {
@@ -158,6 +166,8 @@ mod tests {
             "please STOP",
             "unsubscribe me",
             "stop messages",
+            "/stop",
+            "/stop@CoachBot",
         ] {
             assert!(is_opt_out(yes), "{yes}");
         }

@@ -219,8 +219,9 @@ impl EndUserStore for Connection {
     ) -> Result<Option<String>, DbError> {
         Ok(self
             .query_row(
+                // The channel they used last, unless they left it (blocked the bot).
                 "SELECT id FROM visitors WHERE tenant_id = ?1 AND end_user_id = ?2 \
-                 ORDER BY last_seen_at DESC, rowid DESC LIMIT 1",
+                 ORDER BY opted_out_at IS NOT NULL, last_seen_at DESC, rowid DESC LIMIT 1",
                 params![scope.tenant_id(), end_user_id],
                 |r| r.get(0),
             )
@@ -311,7 +312,7 @@ impl EndUserStore for Connection {
     ) -> Result<Vec<ConversationRef>, DbError> {
         let mut statement = self.prepare(
             "SELECT c.id, (SELECT max(m.created_at) FROM messages m WHERE m.conversation_id = c.id), \
-             c.mode = 'human' \
+             c.mode = 'human', c.channel \
              FROM visitors v CROSS JOIN conversations c ON c.visitor_id = v.id \
              WHERE v.tenant_id = ?1 AND v.end_user_id = ?2 AND +c.tenant_id = ?1 \
              ORDER BY c.updated_at DESC",
@@ -320,7 +321,7 @@ impl EndUserStore for Connection {
             .query_map(params![scope.tenant_id(), end_user_id], |r| {
                 Ok(ConversationRef {
                     id: r.get(0)?,
-                    channel: "web".into(),
+                    channel: r.get(3)?,
                     last_message_at: r.get(1)?,
                     taken_over: r.get(2)?,
                 })

@@ -97,6 +97,10 @@ error_codes! {
     /// The end user opted out of messages from the coach.
     OptedOut => (CONFLICT, "opted_out"),
     AlreadyEnrolled => (CONFLICT, "already_enrolled"),
+    /// A messaging platform refused the credentials given for it (a bot token).
+    PlatformRefusedCredentials => (BAD_REQUEST, "invalid_credentials"),
+    /// A messaging platform could not be reached or failed; the message says what it said.
+    PlatformUnavailable => (BAD_GATEWAY, "platform_unavailable"),
 }
 
 impl ErrorCode {
@@ -106,7 +110,11 @@ impl ErrorCode {
         ErrorCode::ALL
             .iter()
             .copied()
-            .find(|code| code.status() == status && *code != ErrorCode::Timeout)
+            // Codes of specific situations are never guessed from a bare status.
+            .find(|code| {
+                code.status() == status
+                    && !matches!(code, ErrorCode::Timeout | ErrorCode::PlatformUnavailable)
+            })
             .unwrap_or(if status.is_server_error() {
                 ErrorCode::Internal
             } else {
@@ -290,7 +298,12 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for code in ErrorCode::ALL {
             let name = code.as_str();
-            assert!(seen.insert(name), "duplicate code {name}");
+            // One exception: `invalid_credentials` is 401 for signing in and 400 for credentials
+            // a messaging platform refused (the channels API's published contract).
+            assert!(
+                seen.insert(name) || name == "invalid_credentials",
+                "duplicate code {name}"
+            );
             assert!(
                 name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{name} is not snake_case"

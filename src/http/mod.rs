@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod assets;
 pub mod auth;
+pub mod channels;
 pub mod chat;
 pub mod coaching;
 pub mod cors;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub chat: crate::chat::Chat,
     /// Programs, goals, nudges and test clocks.
     pub coaching: crate::coaching::Coaching,
+    /// Telegram (and later WhatsApp): connections, webhooks, delivery.
+    pub channels: crate::channels::Channels,
     /// Durable background work.
     pub jobs: crate::jobs::Jobs,
     pub metrics: PrometheusHandle,
@@ -93,6 +96,7 @@ pub fn route_table() -> route_table::Routes {
         .merge(realtime::routes())
         .merge(insights::routes())
         .merge(coaching::routes())
+        .merge(channels::routes())
         .merge(admin::routes())
         .merge(pages::routes())
 }

@@ -10,7 +10,9 @@ use axum::response::{Html, IntoResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{admin, auth, chat, coaching, health, insights, knowledge, metrics, realtime};
+use super::{
+    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, realtime,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -99,6 +101,11 @@ use super::{admin, auth, chat, coaching, health, insights, knowledge, metrics, r
         coaching::about_me,
         coaching::give_consent,
         coaching::enroll_myself,
+        channels::list_channels,
+        channels::get_telegram,
+        channels::connect_telegram,
+        channels::disconnect_telegram,
+        channels::telegram_webhook,
         chat::public_coach,
         chat::get_conversation,
         chat::typing,
@@ -120,6 +127,7 @@ use super::{admin, auth, chat, coaching, health, insights, knowledge, metrics, r
         (name = "chat", description = "The coach, visitors, conversations and knowledge gaps"),
         (name = "knowledge", description = "Documents the coach answers from, and search over them"),
         (name = "audit", description = "Who did what, when and from where"),
+        (name = "channels", description = "Telegram: connecting a bot, each channel's state, the webhook"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod live;
 pub mod process;
 pub mod smtp;
+pub mod telegram;
 
 use std::net::SocketAddr;
 use std::time::Duration;

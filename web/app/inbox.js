@@ -40,6 +40,13 @@ function who(message) {
   return { user: 'End user', assistant: 'Coach (AI)', staff: message.author_name || 'Team' }[message.role] || '';
 }
 
+/** Where a message was written or delivered, when it is not the website. */
+function channelBadge(channel) {
+  if (!channel || channel === 'web') return '';
+  const names = { telegram: 'Telegram', whatsapp: 'WhatsApp' };
+  return el('span', { class: 'badge', 'data-channel': channel, style: 'margin-left:6px' }, names[channel] || channel);
+}
+
 function renderMessage(message) {
   if (message.role === 'event') return el('div', { class: 'small muted', style: 'text-align:center', 'data-seq': message.seq }, message.content);
   const details = [];
@@ -50,7 +57,7 @@ function renderMessage(message) {
       el('div', { class: 'small' }, el('strong', {}, `[${c.marker}] ${c.document_title}`), c.page ? ` · page ${c.page}` : ''), el('div', { class: 'small' }, `“${c.snippet}”`))));
   }
   return el('div', { class: `bubble ${message.role === 'user' ? 'assistant' : 'team'}`, 'data-seq': message.seq, 'data-role': message.role },
-    el('div', { class: 'small', style: 'font-weight:650' }, who(message)), message.content, ...details);
+    el('div', { class: 'small', style: 'font-weight:650' }, who(message), channelBadge(message.channel)), message.content, ...details);
 }
 
 export async function inbox(main, { user, params, navigate }) {
@@ -102,7 +109,7 @@ export async function inbox(main, { user, params, navigate }) {
         style: `display:block;padding:12px 14px;text-decoration:none;color:inherit;${c.id === selected ? 'border-color:var(--brand)' : ''}`,
         'aria-current': c.id === selected ? 'true' : false, 'data-conversation': c.id },
         el('div', { class: 'row', style: 'justify-content:space-between' },
-          el('strong', {}, `End user ${item.visitor_id.slice(0, 6)}`, item.visitor_online ? el('span', { class: 'badge ready', style: 'margin-left:6px' }, 'online') : ''),
+          el('strong', {}, `End user ${item.visitor_id.slice(0, 6)}`, item.visitor_online ? el('span', { class: 'badge ready', style: 'margin-left:6px' }, 'online') : '', channelBadge(item.conversation.channel)),
           item.unread ? el('span', { class: 'badge processing', 'data-test': 'unread' }, `${item.unread} new`) : ''),
         el('div', { class: 'small muted', style: 'overflow:hidden;text-overflow:ellipsis;white-space:nowrap' }, preview),
         el('div', { class: 'small' },

@@ -12,6 +12,7 @@ import { gaps } from './gaps.js';
 import { analytics } from './analytics.js';
 import { team } from './team.js';
 import { owner } from './owner.js';
+import { channels } from './channels.js';
 
 const app = document.getElementById('app');
 const screens = {
@@ -23,6 +24,7 @@ const screens = {
   inbox: { title: 'Inbox', render: inbox },
   gaps: { title: 'Knowledge gaps', render: gaps },
   analytics: { title: 'Analytics', render: analytics },
+  channels: { title: 'Channels', render: channels },
   team: { title: 'Team and keys', render: team },
   server: { title: 'This server', render: owner },
 };
@@ -117,7 +119,7 @@ function shell(route, user) {
   return el('nav', { class: 'nav', 'aria-label': 'Dashboard' },
     el('a', { class: 'logo', href: '#/' }, el('img', { src: '/favicon.svg', alt: '' }), 'Compañero'),
     link('', 'Overview'), link('inbox', 'Inbox'), link('knowledge', 'Knowledge'), link('gaps', 'Knowledge gaps'),
-    link('analytics', 'Analytics'), link('settings', 'Coach settings'), link('test', 'Test chat'),
+    link('analytics', 'Analytics'), link('channels', 'Channels'), link('settings', 'Coach settings'), link('test', 'Test chat'),
     user.role === 'admin' ? link('team', 'Team and keys') : null, user.is_owner ? link('server', 'This server') : null,
     link('welcome', 'Get started'),
     el('div', { class: 'spacer' }),

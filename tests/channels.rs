@@ -1,0 +1,515 @@
+//! Telegram as a channel of the same conversations, against a stand-in Bot API that speaks the
+//! real wire format: connecting a bot (token checked, never shown, sealed at rest), the
+//! webhook's secret, duplicates, long polling, staff takeover with a long reply split in two,
+//! 429 with `retry_after`, a blocked bot, linking web and Telegram into one person who gets a
+//! program step on Telegram from a test clock, a grounded answer with its sources, and a
+//! `kill -9` between the platform call and recording it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::Served;
+use common::telegram::{BOT, TOKEN, TelegramStandIn, text_update};
+use common::{Options, TestApp, expect_error};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Value) -> Value {
+    let response = app.send(method, path, token, Some(body)).await;
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// A server that talks to the stand-in, reachable at `public_url`.
+async fn start(tg: &TelegramStandIn, public_url: Option<&str>) -> TestApp {
+    let (api, public) = (tg.url.clone(), public_url.map(str::to_string));
+    TestApp::start(Options {
+        configure: Some(Box::new(move |config| {
+            config.telegram_api_url = api;
+            if let Some(public) = public {
+                config.public_url = public;
+            }
+        })),
+        ..Options::default()
+    })
+    .await
+}
+
+async fn connect(app: &TestApp, staff: &str) -> Value {
+    call(
+        app,
+        Method::PUT,
+        "/api/v1/channels/telegram",
+        staff,
+        json!({"bot_token": TOKEN}),
+    )
+    .await
+}
+
+async fn telegram_figures(app: &TestApp, staff: &str) -> Value {
+    let list = call(app, Method::GET, "/api/v1/channels", staff, Value::Null).await;
+    list["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "telegram")
+        .cloned()
+        .unwrap()
+}
+
+/// Waits until the Telegram outbox has nothing queued and `sent` messages went out.
+async fn wait_until_delivered(app: &TestApp, staff: &str, sent: i64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let figures = telegram_figures(app, staff).await;
+        if figures["queued"] == 0
+            && figures["sent"].as_i64().unwrap() + figures["failed"].as_i64().unwrap() >= sent
+        {
+            return figures;
+        }
+        assert!(Instant::now() < deadline, "{figures}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn tenant_id(app: &TestApp, staff: &str) -> String {
+    call(app, Method::GET, "/api/v1/auth/me", staff, Value::Null).await["tenant"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn hook(
+    app: &TestApp,
+    tenant: &str,
+    secret: Option<&str>,
+    update: &Value,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .post(app.url(&format!("/hooks/telegram/{tenant}")))
+        .json(update);
+    if let Some(secret) = secret {
+        request = request.header("X-Telegram-Bot-Api-Secret-Token", secret);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_is_connected_with_a_checked_token_and_its_webhook_takes_each_update_once() {
+    let tg = TelegramStandIn::start().await;
+    let app = start(&tg, Some("https://coach.example.com")).await;
+    let staff = app.sign_up("owner@example.com").await;
+    let tenant = tenant_id(&app, &staff).await;
+
+    // A token Telegram refuses is a clear 400, and nothing is connected.
+    let refused = app
+        .send(
+            Method::PUT,
+            "/api/v1/channels/telegram",
+            &staff,
+            Some(json!({"bot_token": "987:not-a-real-token"})),
+        )
+        .await;
+    let message = expect_error(refused, 400, "invalid_credentials").await;
+    assert!(message.contains("BotFather"), "{message}");
+    let status = call(
+        &app,
+        Method::GET,
+        "/api/v1/channels/telegram",
+        &staff,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status["connected"], false);
+
+    // With an https public URL the bot gets a webhook with a fresh secret.
+    let connected = connect(&app, &staff).await;
+    assert_eq!(connected["mode"], "webhook", "{connected}");
+    assert_eq!(connected["bot_username"], BOT);
+    assert_eq!(connected["token_hint"], "…wxyz");
+    let expected_url = format!("https://coach.example.com/hooks/telegram/{tenant}");
+    assert_eq!(connected["webhook_url"], expected_url.as_str());
+    assert!(!connected.to_string().contains(TOKEN));
+    let set = tg.calls("setWebhook");
+    assert_eq!(set.len(), 1);
+    assert_eq!(set[0].body["url"], expected_url.as_str());
+    let secret = set[0].body["secret_token"].as_str().unwrap().to_string();
+    assert!(secret.len() >= 32);
+
+    // A call without the secret, or with another one, is refused and nothing is stored.
+    let hello = text_update(1, 4242, "/start");
+    for wrong in [None, Some("not-the-secret")] {
+        let response = hook(&app, &tenant, wrong, &hello).await;
+        expect_error(response, 403, "forbidden").await;
+    }
+    let figures = telegram_figures(&app, &staff).await;
+    assert_eq!(
+        (figures["people"].as_i64(), figures["sent"].as_i64()),
+        (Some(0), Some(0)),
+        "{figures}"
+    );
+
+    // With it, `/start` gets the coach's greeting; the same update again is answered once.
+    let greeting = call(&app, Method::GET, "/api/v1/coach", &staff, Value::Null).await["greeting"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for _ in 0..2 {
+        let response = hook(&app, &tenant, Some(&secret), &hello).await;
+        assert_eq!(response.status(), 200);
+    }
+    // A photo gets a polite word on what the coach can read.
+    let photo = json!({"update_id": 2, "message": {"message_id": 2, "chat": {"id": 4242, "type": "private"},
+        "photo": [{"file_id": "x", "width": 90, "height": 90}]}});
+    assert_eq!(
+        hook(&app, &tenant, Some(&secret), &photo).await.status(),
+        200
+    );
+    let texts = tg.wait_for_texts(4242, 2).await;
+    assert_eq!(texts[0], greeting);
+    assert!(texts[1].contains("only read text"), "{texts:?}");
+    wait_until_delivered(&app, &staff, 2).await;
+    assert_eq!(
+        tg.texts_to(4242).len(),
+        2,
+        "the duplicate was answered again"
+    );
+
+    // The token is nowhere in clear: not in the database, not in the audit log.
+    let database = app.config.data_dir.join("companero.db");
+    for path in [database.clone(), database.with_extension("db-wal")] {
+        if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+                "{} holds the bot token",
+                path.display()
+            );
+        }
+    }
+    let audit = call(&app, Method::GET, "/api/v1/audit-log", &staff, Value::Null).await;
+    assert!(audit.to_string().contains("channel.connected"), "{audit}");
+    assert!(!audit.to_string().contains(TOKEN));
+
+    // Disconnected, the webhook takes nothing more.
+    let response = app
+        .send(Method::DELETE, "/api/v1/channels/telegram", &staff, None)
+        .await;
+    assert_eq!(response.status(), 204);
+    let late = hook(
+        &app,
+        &tenant,
+        Some(&secret),
+        &text_update(3, 4242, "/start"),
+    )
+    .await;
+    expect_error(late, 404, "not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_take_over_on_a_polled_bot_with_long_replies_split_429_waits_and_blocked_chats() {
+    let tg = TelegramStandIn::start().await;
+    let app = start(&tg, None).await;
+    let staff = app.sign_up("owner@example.com").await;
+    let tenant = tenant_id(&app, &staff).await;
+    let connected = connect(&app, &staff).await;
+    // No https address: the server polls, and a webhook call is refused.
+    assert_eq!(connected["mode"], "polling", "{connected}");
+    assert_eq!(tg.calls("deleteWebhook").len(), 1);
+    let refused = hook(
+        &app,
+        &tenant,
+        Some("anything"),
+        &text_update(1, 5, "/start"),
+    )
+    .await;
+    expect_error(refused, 403, "forbidden").await;
+
+    // Ana asks for a person: she is told, and the team sees her conversation.
+    tg.push(text_update(10, 5151, "Can I talk to a human please?"));
+    let told = tg.wait_for_texts(5151, 1).await;
+    assert!(told[0].contains("talk to a person"), "{told:?}");
+    let inbox = call(&app, Method::GET, "/api/v1/inbox", &staff, Value::Null).await;
+    let item = &inbox["conversations"][0];
+    assert_eq!(item["conversation"]["channel"], "telegram", "{inbox}");
+    let conversation = item["conversation"]["id"].as_str().unwrap().to_string();
+
+    // A coach takes over and answers at length; Telegram first says "too many requests".
+    let takeover = format!("/api/v1/conversations/{conversation}/takeover");
+    call(&app, Method::POST, &takeover, &staff, json!({})).await;
+    let joined = tg.wait_for_texts(5151, 2).await;
+    assert!(!joined[1].is_empty());
+    tg.refuse_next_send(json!({"ok": false, "error_code": 429,
+        "description": "Too Many Requests: retry after 1", "parameters": {"retry_after": 1}}));
+    // 3,450 characters, but 5,100 of the UTF-16 units Telegram counts: two parts.
+    let paragraph = "Rest well 💪💪💪💪💪💪💪💪💪💪. ".repeat(50);
+    let long = format!(
+        "{}\n\n{}\n\n{}",
+        paragraph.trim(),
+        paragraph.trim(),
+        paragraph.trim()
+    );
+    let path = format!("/api/v1/conversations/{conversation}/messages");
+    call(
+        &app,
+        Method::POST,
+        &path,
+        &staff,
+        json!({"content": long, "stream": false}),
+    )
+    .await;
+    let texts = tg.wait_for_texts(5151, 4).await;
+    let parts = &texts[2..];
+    assert!(
+        parts.iter().all(|p| p.encode_utf16().count() <= 4096),
+        "{:?}",
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>()
+    );
+    assert!(
+        parts[0].ends_with('.') && parts[1].ends_with('.'),
+        "split inside a sentence"
+    );
+    assert_eq!(parts.concat().matches("Rest well").count(), 150);
+    // The refused part waited the second Telegram asked for.
+    let sends = tg.calls("sendMessage");
+    let refused_at = sends.iter().find(|c| !c.delivered).unwrap().at;
+    let first_part_at = sends.iter().filter(|c| c.delivered).nth(2).unwrap().at;
+    assert!(first_part_at - refused_at >= Duration::from_millis(900));
+
+    // Bea blocked the bot: the message fails with Telegram's words and she is opted out.
+    tg.block(6262);
+    tg.push(text_update(11, 6262, "Can I talk to a human please?"));
+    let figures = wait_until_delivered(&app, &staff, 4).await;
+    assert_eq!(figures["failed"], 1, "{figures}");
+    assert_eq!(figures["people"], 2);
+    let people = call(&app, Method::GET, "/api/v1/end-users", &staff, Value::Null).await;
+    let opted_out: Vec<_> = people["end_users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| !u["opted_out_at"].is_null())
+        .collect();
+    assert_eq!(opted_out.len(), 1, "{people}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
+    let tg = TelegramStandIn::start().await;
+    let app = start(&tg, None).await;
+    let staff = app.sign_up("owner@example.com").await;
+    connect(&app, &staff).await;
+    let id = |value: Value| value["id"].as_str().unwrap().to_string();
+    let clock = id(call(
+        &app,
+        Method::POST,
+        "/api/v1/test-clocks",
+        &staff,
+        json!({"now": "2026-03-02T07:00:00Z"}),
+    )
+    .await);
+    let program = id(call(
+        &app,
+        Method::POST,
+        "/api/v1/programs",
+        &staff,
+        json!({
+        "name": "Morning walks",
+        "steps": [{"key": "walk", "day": 0, "at": "09:00", "kind": "message",
+                   "text": "Good morning! Today, a ten-minute walk."}]}),
+    )
+    .await);
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/publish"),
+        &staff,
+        json!({}),
+    )
+    .await;
+    let person =
+        json!({"name": "Ana", "time_zone": "UTC", "test_clock_id": clock, "consent": true});
+    let user = id(call(&app, Method::POST, "/api/v1/end-users", &staff, person).await);
+    let web = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/end-users/{user}/session"),
+        &staff,
+        json!({}),
+    )
+    .await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // On the web, Ana asks for a link code and types it on Telegram.
+    let conversation = app.conversation(&web).await;
+    let asked = app.ask(&web, &conversation, "link my account").await;
+    let reply = asked["reply"]["content"]
+        .as_str()
+        .or(asked["content"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let history = app.history(&web, &conversation).await;
+    let said = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|m| m["content"].as_str().filter(|c| c.contains("link code is")))
+        .map(str::to_string)
+        .unwrap_or(reply);
+    let code = said
+        .split_whitespace()
+        .map(|w| w.trim_end_matches('.'))
+        .find(|w| w.len() == 9 && w.as_bytes()[4] == b'-')
+        .unwrap_or_else(|| panic!("no code in {said:?}"))
+        .to_string();
+    tg.push(text_update(20, 7373, &code));
+    let linked = tg.wait_for_texts(7373, 1).await;
+    assert!(linked[0].starts_with("Linked"), "{linked:?}");
+    // A used code works once.
+    tg.push(text_update(21, 8484, &code));
+    let stale = tg.wait_for_texts(8484, 1).await;
+    assert!(stale[0].contains("not valid"), "{stale:?}");
+
+    // Enrolled, the step at 09:00 on her clock reaches her on Telegram, the channel she used last.
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/enrollments"),
+        &staff,
+        json!({"end_user_id": user}),
+    )
+    .await;
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/test-clocks/{clock}/advance"),
+        &staff,
+        json!({"to": "2026-03-02T09:30:00Z"}),
+    )
+    .await;
+    let texts = tg.wait_for_texts(7373, 2).await;
+    assert_eq!(texts[1], "Good morning! Today, a ten-minute walk.");
+    // One person: both conversations are on Ana's profile.
+    let profile = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/end-users/{user}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    let channels: Vec<_> = profile["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        channels.contains(&"telegram".to_string()) && channels.contains(&"web".to_string()),
+        "{profile}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grounded_answer_reaches_telegram_with_its_sources() {
+    let tg = TelegramStandIn::start().await;
+    let api = tg.url.clone();
+    let app = common::chat::start(move |config| {
+        common::chat::with_models(config);
+        config.telegram_api_url = api;
+    })
+    .await;
+    let (staff, _slug) = app.coach_taught_the_guide(json!({})).await;
+    connect(&app, &staff).await;
+    tg.push(text_update(30, 9191, "How long do refunds take?"));
+    let texts = tg.wait_for_texts(9191, 1).await;
+    assert!(texts[0].contains("14 days"), "{texts:?}");
+    assert!(texts[0].contains("\n\nSources:\n[1] "), "{texts:?}");
+    // The coach was "typing…" while it wrote.
+    let typing = tg.calls("sendChatAction");
+    assert!(
+        typing
+            .iter()
+            .any(|c| c.body["chat_id"] == "9191" && c.body["action"] == "typing"),
+        "{typing:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_between_the_platform_call_and_recording_it_sends_nothing_twice() {
+    let tg = TelegramStandIn::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let env = [("COMPANERO_SETUP_TOKEN", common::SETUP_TOKEN)];
+    let args = ["--offline", "--telegram-api-url", tg.url.as_str()];
+    let served = Served::start_with_env(data, &args, &env);
+    let base = served.wait_for_address();
+    let client = reqwest::Client::new();
+    let registered = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(
+            &json!({"email": "coach@example.com", "password": common::PASSWORD,
+                      "full_name": "Coach", "setup_token": common::SETUP_TOKEN}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let staff = registered.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let connected = client
+        .put(format!("{base}/api/v1/channels/telegram"))
+        .bearer_auth(&staff)
+        .json(&json!({"bot_token": TOKEN}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connected.status(), 200);
+
+    // The greeting reaches Telegram, and the server dies before Telegram's answer is recorded.
+    tg.hold_sends();
+    tg.push(text_update(1, 3131, "/start"));
+    tg.wait_for_sends(1).await;
+    served.kill();
+    tg.release_sends();
+
+    // After the restart the delivery is claimed again (its lease ran out); the part that may
+    // have gone out is not sent again, and the next message goes out as usual.
+    let served = Served::start_with_env(data, &args, &env);
+    let base = served.wait_for_address();
+    let figures = || async {
+        let list: Value = client
+            .get(format!("{base}/api/v1/channels"))
+            .bearer_auth(&staff)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["channels"][1].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let telegram = figures().await;
+        assert_eq!(telegram["channel"], "telegram");
+        if telegram["queued"] == 0 && telegram["sent"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{telegram}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tg.push(text_update(2, 3131, "/start"));
+    tg.wait_for_texts(3131, 2).await;
+    let sends = tg.calls("sendMessage");
+    assert_eq!(sends.len(), 2, "the greeting was sent again: {sends:?}");
+    served.kill();
+}
