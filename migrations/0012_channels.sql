@@ -8,7 +8,9 @@ CREATE TABLE channel_accounts (
     channel          TEXT NOT NULL CHECK (channel IN ('telegram', 'whatsapp')),
     sealed           BLOB NOT NULL,
     hint             TEXT NOT NULL,                     -- "…AbCd": the token's last 4
-    name             TEXT NOT NULL DEFAULT '',          -- the bot's @username
+    name             TEXT NOT NULL DEFAULT '',          -- the bot's @username, the phone number id
+    -- What is not secret: WhatsApp's display number and the template for closed windows.
+    settings         TEXT NOT NULL DEFAULT '{}',
     mode             TEXT NOT NULL CHECK (mode IN ('webhook', 'polling')),
     -- Polling: the next update to ask for (getUpdates' offset).
     poll_offset      INTEGER NOT NULL DEFAULT 0,

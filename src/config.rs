@@ -267,6 +267,15 @@ pub struct ServeArgs {
     /// tests [default: https://api.telegram.org]
     #[arg(long, env = "COMPANERO_TELEGRAM_API_URL", value_name = "URL")]
     pub telegram_api_url: Option<String>,
+
+    /// The Graph API host for WhatsApp (calls go to {url}/{version}/{phone_number_id}/messages)
+    /// [default: https://graph.facebook.com]
+    #[arg(long, env = "COMPANERO_WHATSAPP_API_URL", value_name = "URL")]
+    pub whatsapp_api_url: Option<String>,
+
+    /// The Graph API version WhatsApp calls use [default: v21.0]
+    #[arg(long, env = "COMPANERO_WHATSAPP_API_VERSION", value_name = "VERSION")]
+    pub whatsapp_api_version: Option<String>,
 }
 
 /// `companero.toml`: the same keys as the flags, in snake_case.
@@ -300,6 +309,8 @@ struct FileConfig {
     mail_from: Option<String>,
     public_url: Option<String>,
     telegram_api_url: Option<String>,
+    whatsapp_api_url: Option<String>,
+    whatsapp_api_version: Option<String>,
     max_upload_mb: Option<u64>,
     storage_quota_mb: Option<u64>,
     max_pdf_pages: Option<usize>,
@@ -386,6 +397,14 @@ impl LiveConfig {
     pub const DEFAULT_CONNECTIONS_PER_IP: u32 = 200;
 }
 
+/// The messaging platforms' API addresses (egress proxies and tests change them).
+#[derive(Debug, Clone)]
+pub struct ChannelApis {
+    pub telegram_url: String,
+    pub whatsapp_url: String,
+    pub whatsapp_version: String,
+}
+
 /// The effective server configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -410,8 +429,8 @@ pub struct Config {
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub public_url: String,
-    /// The Telegram Bot API's base URL.
-    pub telegram_api_url: String,
+    /// Where the messaging platforms' APIs are.
+    pub channels: ChannelApis,
     /// Registers the first account; `None`: made at first start.
     pub setup_token: Option<String>,
     /// Document ingestion and chunking.
@@ -577,6 +596,18 @@ impl Config {
             file.telegram_api_url,
             "https://api.telegram.org".to_string(),
         );
+        let whatsapp_api_url = layer.pick(
+            "whatsapp_api_url",
+            args.whatsapp_api_url.clone(),
+            file.whatsapp_api_url,
+            "https://graph.facebook.com".to_string(),
+        );
+        let whatsapp_api_version = layer.pick(
+            "whatsapp_api_version",
+            args.whatsapp_api_version.clone(),
+            file.whatsapp_api_version,
+            "v21.0".to_string(),
+        );
         let max_upload_mb = layer.pick("max_upload_mb", args.max_upload_mb, file.max_upload_mb, 50);
         let storage_quota_mb = layer.pick(
             "storage_quota_mb",
@@ -700,7 +731,11 @@ impl Config {
             smtp_url,
             mail_from,
             public_url: public_url.trim_end_matches('/').to_string(),
-            telegram_api_url,
+            channels: ChannelApis {
+                telegram_url: telegram_api_url,
+                whatsapp_url: whatsapp_api_url,
+                whatsapp_version: whatsapp_api_version,
+            },
             setup_token,
             rate_limits: RateLimits {
                 auth_per_ip: auth_rate_limit,

@@ -128,10 +128,11 @@ impl Server {
         let channels = crate::channels::Channels::new(
             db.clone(),
             chat.clone(),
+            coaching.clone(),
             jobs.clone(),
             crate::channels::secrets::Sealer::load_or_create(&data_dir.keys_dir())
                 .context("cannot load the channel credentials key")?,
-            &config.telegram_api_url,
+            &config.channels,
             &config.public_url,
         );
         let state = AppState {

@@ -3,7 +3,9 @@
 //! webhook's secret, duplicates, long polling, staff takeover with a long reply split in two,
 //! 429 with `retry_after`, a blocked bot, linking web and Telegram into one person who gets a
 //! program step on Telegram from a test clock, a grounded answer with its sources, and a
-//! `kill -9` between the platform call and recording it.
+//! `kill -9` between the platform call and recording it. WhatsApp against a stand-in Graph
+//! API: the handshake, signatures over the raw body, batched events, `wamid` duplicates,
+//! receipts in any order, and the 24-hour window (a template, or the nudge suppressed).
 
 mod common;
 
@@ -11,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::process::Served;
 use common::telegram::{BOT, TOKEN, TelegramStandIn, text_update};
+use common::whatsapp::{self as wa, GraphStandIn};
 use common::{Options, TestApp, expect_error};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -28,7 +31,7 @@ async fn start(tg: &TelegramStandIn, public_url: Option<&str>) -> TestApp {
     let (api, public) = (tg.url.clone(), public_url.map(str::to_string));
     TestApp::start(Options {
         configure: Some(Box::new(move |config| {
-            config.telegram_api_url = api;
+            config.channels.telegram_url = api;
             if let Some(public) = public {
                 config.public_url = public;
             }
@@ -394,6 +397,39 @@ async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
     .await;
     let texts = tg.wait_for_texts(7373, 2).await;
     assert_eq!(texts[1], "Good morning! Today, a ten-minute walk.");
+    // A program link enrols whoever opens it; the step follows at its time (real time here).
+    let link = call(
+        &app,
+        Method::POST,
+        "/api/v1/programs",
+        &staff,
+        json!({
+        "name": "Now", "steps": [{"key": "now", "day": 0, "at": "00:00", "kind": "message",
+                   "text": "Welcome aboard: your first tip."}]}),
+    )
+    .await;
+    let now_program = id(link);
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{now_program}/publish"),
+        &staff,
+        json!({}),
+    )
+    .await;
+    tg.push(text_update(22, 9393, &format!("/start p-{now_program}")));
+    let welcomed = tg.wait_for_texts(9393, 1).await;
+    assert!(welcomed[0].contains("You're enrolled"), "{welcomed:?}");
+    let people = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/end-users?program_id={now_program}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(people["end_users"].as_array().unwrap().len(), 1, "{people}");
+
     // One person: both conversations are on Ana's profile.
     let profile = call(
         &app,
@@ -421,7 +457,7 @@ async fn a_grounded_answer_reaches_telegram_with_its_sources() {
     let api = tg.url.clone();
     let app = common::chat::start(move |config| {
         common::chat::with_models(config);
-        config.telegram_api_url = api;
+        config.channels.telegram_url = api;
     })
     .await;
     let (staff, _slug) = app.coach_taught_the_guide(json!({})).await;
@@ -512,4 +548,321 @@ async fn a_kill_between_the_platform_call_and_recording_it_sends_nothing_twice()
     let sends = tg.calls("sendMessage");
     assert_eq!(sends.len(), 2, "the greeting was sent again: {sends:?}");
     served.kill();
+}
+
+async fn signed(app: &TestApp, tenant: &str, body: &Value, secret: &str) -> reqwest::Response {
+    let raw = serde_json::to_vec(body).unwrap();
+    app.client
+        .post(app.url(&format!("/hooks/whatsapp/{tenant}")))
+        .header("Content-Type", "application/json")
+        .header("X-Hub-Signature-256", wa::signature(secret, &raw))
+        .body(raw)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn connect_whatsapp(app: &TestApp, staff: &str, template: Value) -> Value {
+    call(
+        app,
+        Method::PUT,
+        "/api/v1/channels/whatsapp",
+        staff,
+        json!({
+        "phone_number_id": wa::PHONE_NUMBER_ID, "access_token": wa::ACCESS_TOKEN,
+        "app_secret": wa::APP_SECRET, "template": template}),
+    )
+    .await
+}
+
+/// Makes everything `from` wrote look `hours` old (the 24-hour window is real time).
+fn written_hours_ago(app: &TestApp, hours: i64) {
+    let db = rusqlite::Connection::open(app.config.data_dir.join("companero.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let at = (chrono::Utc::now() - chrono::Duration::hours(hours))
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string();
+    db.execute(
+        "UPDATE messages SET created_at = ?1 WHERE channel = 'whatsapp' AND role = 'user'",
+        [at],
+    )
+    .unwrap();
+}
+
+async fn nudge_of(app: &TestApp, staff: &str, user: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = call(
+            app,
+            Method::GET,
+            &format!("/api/v1/nudges?end_user_id={user}"),
+            staff,
+            Value::Null,
+        )
+        .await;
+        if let Some(nudge) = list["nudges"].as_array().unwrap().first()
+            && !["scheduled", "sending"].contains(&nudge["status"].as_str().unwrap())
+        {
+            return nudge.clone();
+        }
+        assert!(Instant::now() < deadline, "{list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Enrols the first end user of the list in a new one-step program due at once.
+async fn enrol_whatsapp_person(app: &TestApp, staff: &str, name: &str) -> String {
+    let id = |value: Value| value["id"].as_str().unwrap().to_string();
+    let program = id(call(
+        app,
+        Method::POST,
+        "/api/v1/programs",
+        staff,
+        json!({
+        "name": name, "steps": [{"key": "tip", "day": 0, "at": "00:00", "kind": "message",
+                   "text": format!("{name}: drink a glass of water first thing.")}]}),
+    )
+    .await);
+    call(
+        app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/publish"),
+        staff,
+        json!({}),
+    )
+    .await;
+    let people = call(app, Method::GET, "/api/v1/end-users", staff, Value::Null).await;
+    let user = people["end_users"][0]["id"].as_str().unwrap().to_string();
+    call(
+        app,
+        Method::POST,
+        &format!("/api/v1/programs/{program}/enrollments"),
+        staff,
+        json!({"end_user_id": user}),
+    )
+    .await;
+    user
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whatsapp_number_takes_signed_events_once_and_keeps_to_the_24_hour_window() {
+    let graph = GraphStandIn::start().await;
+    let api = graph.url.clone();
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(move |config| {
+            config.channels.whatsapp_url = api;
+            config.public_url = "https://coach.example.com".into();
+        })),
+        ..Options::default()
+    })
+    .await;
+    let staff = app.sign_up("owner@example.com").await;
+    let tenant = tenant_id(&app, &staff).await;
+    // Steps go out whatever the hour this test runs at.
+    call(
+        &app,
+        Method::PATCH,
+        "/api/v1/coach",
+        &staff,
+        json!({"quiet_hours": "00:00-00:00"}),
+    )
+    .await;
+
+    // A token the Graph API refuses is a clear 400; a good one answers what Meta's console needs.
+    let refused = app
+        .send(
+            Method::PUT,
+            "/api/v1/channels/whatsapp",
+            &staff,
+            Some(json!({
+        "phone_number_id": wa::PHONE_NUMBER_ID, "access_token": "EAAG-wrong", "app_secret": "s"})),
+        )
+        .await;
+    expect_error(refused, 400, "invalid_credentials").await;
+    let connected = connect_whatsapp(&app, &staff, Value::Null).await;
+    assert_eq!(connected["display_phone_number"], "+34 600 000 111");
+    assert_eq!(
+        connected["callback_url"],
+        format!("https://coach.example.com/hooks/whatsapp/{tenant}").as_str()
+    );
+    assert_eq!(connected["token_hint"], "…9f3a");
+    let verify = connected["verify_token"].as_str().unwrap().to_string();
+    assert!(
+        verify
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{verify}"
+    );
+    assert!(
+        !connected.to_string().contains(wa::ACCESS_TOKEN)
+            && !connected.to_string().contains(wa::APP_SECRET)
+    );
+
+    // Meta's handshake: the challenge as plain text, or 403 on a wrong token.
+    let handshake = |token: String| {
+        let url = app.url(&format!("/hooks/whatsapp/{tenant}?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444"));
+        let client = app.client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    let ok = handshake(verify.clone()).await;
+    assert_eq!(ok.status(), 200);
+    assert!(
+        ok.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    expect_error(handshake("wrong".into()).await, 403, "forbidden").await;
+
+    // Unsigned or wrongly signed: 403, and nothing is stored.
+    let hello = wa::event(vec![wa::text(
+        "wamid.in1",
+        "34611111111",
+        "Can I talk to a human please?",
+    )]);
+    expect_error(
+        signed(&app, &tenant, &hello, "not-the-app-secret").await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let unsigned = app
+        .client
+        .post(app.url(&format!("/hooks/whatsapp/{tenant}")))
+        .json(&hello)
+        .send()
+        .await
+        .unwrap();
+    expect_error(unsigned, 403, "forbidden").await;
+    let figures = call(&app, Method::GET, "/api/v1/channels", &staff, Value::Null).await;
+    assert_eq!(figures["channels"][2]["people"], 0, "{figures}");
+
+    // Signed, in a batch with another person's message, and sent twice: each answered once.
+    let batch = wa::event(vec![
+        wa::text("wamid.in1", "34611111111", "Can I talk to a human please?"),
+        wa::text("wamid.in2", "34622222222", "Can I talk to a human please?"),
+    ]);
+    for _ in 0..2 {
+        assert_eq!(
+            signed(&app, &tenant, &batch, wa::APP_SECRET).await.status(),
+            200
+        );
+    }
+    let told = graph.wait_for("34611111111", 1).await;
+    assert!(
+        told[0]["text"]["body"]
+            .as_str()
+            .unwrap()
+            .contains("talk to a person"),
+        "{told:?}"
+    );
+    graph.wait_for("34622222222", 1).await;
+    let figures = call(&app, Method::GET, "/api/v1/channels", &staff, Value::Null).await;
+    let whatsapp = &figures["channels"][2];
+    assert_eq!(
+        (whatsapp["channel"].as_str(), whatsapp["people"].as_i64()),
+        (Some("whatsapp"), Some(2)),
+        "{figures}"
+    );
+    assert_eq!(graph.sent_to("34611111111").len(), 1);
+
+    // Within the window, a program step goes out as text; receipts arrive out of order.
+    let ana = enrol_whatsapp_person(&app, &staff, "Hydrate").await;
+    let nudge = nudge_of(&app, &staff, &ana).await;
+    assert_eq!(nudge["status"], "sent", "{nudge}");
+    assert_eq!(nudge["channel"], "whatsapp");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let step = loop {
+        let found = graph
+            .sent_to("34611111111")
+            .into_iter()
+            .chain(graph.sent_to("34622222222"))
+            .find(|m| {
+                m["text"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("Hydrate"))
+            });
+        if let Some(step) = found {
+            break step;
+        }
+        assert!(Instant::now() < deadline, "the step did not go out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (wamid, to) = (
+        step["wamid"].as_str().unwrap().to_string(),
+        step["to"].as_str().unwrap().to_string(),
+    );
+    let read_first = wa::event(vec![
+        wa::status(&wamid, &to, "read"),
+        wa::status(&wamid, &to, "delivered"),
+    ]);
+    assert_eq!(
+        signed(&app, &tenant, &read_first, wa::APP_SECRET)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(nudge_of(&app, &staff, &ana).await["status"], "read");
+
+    // Two days later, with no template, the next step is suppressed and nothing is sent.
+    written_hours_ago(&app, 48);
+    let before = graph.sent_to(&to).len();
+    enrol_whatsapp_person(&app, &staff, "Stretch").await;
+    let list = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/nudges?end_user_id={ana}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stretch = Value::Null;
+    while Instant::now() < deadline {
+        let list = call(
+            &app,
+            Method::GET,
+            &format!("/api/v1/nudges?end_user_id={ana}"),
+            &staff,
+            Value::Null,
+        )
+        .await;
+        stretch = list["nudges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| {
+                n["content"]
+                    .as_str()
+                    .is_none_or(|c| c.starts_with("Stretch"))
+                    && n["status"] == "suppressed"
+            })
+            .cloned()
+            .unwrap_or(Value::Null);
+        if !stretch.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stretch["reason"], "whatsapp_window_closed", "{list}");
+    assert_eq!(graph.sent_to(&to).len(), before);
+
+    // With an approved template, it goes out as that template.
+    connect_whatsapp(
+        &app,
+        &staff,
+        json!({"name": "coach_checkin", "language": "en_US"}),
+    )
+    .await;
+    enrol_whatsapp_person(&app, &staff, "Walk").await;
+    let sent = graph.wait_for(&to, before + 1).await;
+    let template = &sent.last().unwrap()["template"];
+    assert_eq!(template["name"], "coach_checkin", "{sent:?}");
+    assert!(
+        template["components"][0]["parameters"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Walk")
+    );
 }

@@ -493,7 +493,7 @@
       el('div', {}, program.name),
       el('div', { class: 'meta' }, program.status === 'completed' ? 'Completed' : `Step ${program.steps_done} of ${program.steps}${program.status === 'paused' ? ' · paused' : ''}`)));
     // The same person in a messaging app: the coach answers with a code to send there.
-    const link = el('button', { type: 'button', class: 'link-app', onclick: () => { if (send('link my account')) toggleProgress(); } }, 'Continue in Telegram…');
+    const link = el('button', { type: 'button', class: 'link-app', onclick: () => { if (send('link my account')) toggleProgress(); } }, 'Continue in another app…');
     progressPanel.replaceChildren(el('h3', {}, 'My progress'), ...goals, ...programs, link);
   }
 

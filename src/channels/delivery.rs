@@ -8,16 +8,51 @@ use chrono::{DateTime, Utc};
 
 use super::format::{MAX_PART, render, split};
 use super::telegram::CallError;
-use super::{Channels, TELEGRAM};
+use super::whatsapp::{self, Template};
+use super::{Channels, TELEGRAM, WHATSAPP};
 use crate::auth::TenantScope;
+use crate::chat::conversations::Message;
 use crate::db::DbError;
 use crate::db::channels::{ChannelStore, Delivery};
 use crate::db::coaching::OutboxStore;
+use crate::db::coaching::{NudgeStore, NudgeUpdate};
 use crate::jobs::{BoxFuture, Handler, Job, JobError, Outcome};
 
 /// Tries (refusals and unreachable platforms; `retry_after` waits do not count) before a
 /// message is recorded `failed`.
 const MAX_TRIES: i64 = 6;
+
+/// Why a message to WhatsApp was not sent: more than 24 hours since the person wrote, and no
+/// template to carry it.
+pub const WINDOW_CLOSED: &str = "whatsapp_window_closed";
+
+/// Rate limits: Telegram's `retry_after`, WhatsApp's throughput errors.
+fn is_rate_limit(error: &CallError) -> bool {
+    matches!(
+        error,
+        CallError::Refused {
+            retry_after: Some(_),
+            ..
+        }
+    ) || whatsapp::is_rate_limit(error)
+}
+
+/// An account lookup, its storage errors kept, anything else as "not there".
+fn opened<T>(result: Result<Option<T>, super::ChannelError>) -> Result<Option<T>, DbError> {
+    match result {
+        Ok(found) => Ok(found),
+        Err(super::ChannelError::Db(error)) => Err(error),
+        Err(_) => Ok(None),
+    }
+}
+
+fn channel_name(delivery: &Delivery) -> &'static str {
+    if delivery.channel == WHATSAPP {
+        WHATSAPP
+    } else {
+        TELEGRAM
+    }
+}
 
 /// What became of one delivery run.
 enum Handed {
@@ -86,23 +121,134 @@ impl Handler for DeliveryJob {
     }
 }
 
+/// How one message reaches its platform.
+enum Sender {
+    Telegram {
+        token: String,
+    },
+    WhatsApp {
+        phone_number_id: String,
+        token: String,
+        /// Outside the 24-hour window: the template that carries the text, if any.
+        template: Option<Template>,
+        window_open: bool,
+    },
+}
+
+/// How much of a text WhatsApp takes as a template parameter or an interactive body.
+const WHATSAPP_SHORT_TEXT: usize = 1024;
+
 impl Channels {
+    /// The platform connection the delivery goes out through; `None` when it was removed.
+    async fn sender(
+        &self,
+        scope: &TenantScope,
+        delivery: &Delivery,
+    ) -> Result<Option<Sender>, DbError> {
+        Ok(match delivery.channel.as_str() {
+            TELEGRAM => {
+                opened(self.telegram_account(scope).await)?.map(|(_, secrets)| Sender::Telegram {
+                    token: secrets.token,
+                })
+            }
+            WHATSAPP => match opened(self.whatsapp_account(scope).await)? {
+                Some((account, secrets)) => {
+                    let (scope, visitor) = (scope.clone(), delivery.visitor_id.clone());
+                    let last = self
+                        .db()
+                        .call(move |c| c.last_written_at(&scope, &visitor))
+                        .await?;
+                    Some(Sender::WhatsApp {
+                        phone_number_id: account.name,
+                        token: secrets.access_token,
+                        template: serde_json::from_value(account.settings["template"].clone()).ok(),
+                        window_open: last
+                            .is_some_and(|at| Utc::now() - at < chrono::Duration::hours(24)),
+                    })
+                }
+                None => None,
+            },
+            _ => None,
+        })
+    }
+
+    /// The parts to send, and the quick replies to attach to the last one.
+    fn parts(sender: &Sender, message: &Message) -> (Vec<String>, Vec<String>) {
+        let mut text = render(message);
+        let mut buttons = message.quick_replies.clone();
+        if let Sender::WhatsApp { .. } = sender
+            && !buttons.is_empty()
+            && (!whatsapp::fits_buttons(&buttons) || text.chars().count() > WHATSAPP_SHORT_TEXT)
+        {
+            // More than WhatsApp's three short buttons: the choices are listed instead.
+            text.push_str("\n\nReply with one of: ");
+            text.push_str(&buttons.join(" · "));
+            buttons.clear();
+        }
+        (split(&text, MAX_PART), buttons)
+    }
+
+    async fn send_part(
+        &self,
+        sender: &Sender,
+        to: &str,
+        text: &str,
+        buttons: &[String],
+    ) -> Result<String, CallError> {
+        match sender {
+            Sender::Telegram { token } => {
+                self.inner
+                    .telegram
+                    .send_message(token, to, text, buttons)
+                    .await
+            }
+            Sender::WhatsApp {
+                phone_number_id,
+                token,
+                template,
+                window_open,
+            } => {
+                let short: String = text.chars().take(WHATSAPP_SHORT_TEXT).collect();
+                let content = match (window_open, template) {
+                    (false, Some(template)) => whatsapp::Outgoing::Template(template, &short),
+                    _ if !buttons.is_empty() => whatsapp::Outgoing::Buttons(text, buttons),
+                    _ => whatsapp::Outgoing::Text(text),
+                };
+                self.inner
+                    .whatsapp
+                    .send(phone_number_id, token, to, &content)
+                    .await
+            }
+        }
+    }
+
     async fn hand_over(
         &self,
         scope: &TenantScope,
         delivery: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Handed, DbError> {
-        if delivery.channel != TELEGRAM {
+        let Some(sender) = self.sender(scope, delivery).await? else {
             return Ok(Handed::Failed(format!(
-                "no {} connection",
+                "the {} connection was removed",
                 delivery.channel
             )));
-        }
-        let Ok(Some((_, secrets))) = self.telegram_account(scope).await else {
-            return Ok(Handed::Failed("the Telegram bot was disconnected".into()));
         };
-        let parts = split(&render(&delivery.message), MAX_PART);
+        let (mut parts, buttons) = Self::parts(&sender, &delivery.message);
+        if let Sender::WhatsApp {
+            window_open: false,
+            template,
+            ..
+        } = &sender
+        {
+            if template.is_none() {
+                // Meta refuses free text now (131047): nothing is sent.
+                self.suppress_nudge(scope, &delivery.message).await?;
+                return Ok(Handed::Failed(WINDOW_CLOSED.into()));
+            }
+            // A template carries one text.
+            parts.truncate(1);
+        }
         let mut next = delivery.parts_sent;
         let mut unconfirmed = false;
         if let Some(part) = delivery.part_in_flight {
@@ -124,15 +270,9 @@ impl Channels {
             tries += 1;
             // Quick replies go under the last part, where the person reads the question.
             let last = index + 1 == parts.len();
-            let buttons: &[String] = if last {
-                &delivery.message.quick_replies
-            } else {
-                &[]
-            };
+            let buttons: &[String] = if last { &buttons } else { &[] };
             let sent = self
-                .inner
-                .telegram
-                .send_message(&secrets.token, &delivery.external_id, text, buttons)
+                .send_part(&sender, &delivery.external_id, text, buttons)
                 .await;
             match sent {
                 Ok(message_id) => {
@@ -142,7 +282,7 @@ impl Channels {
                     .await?;
                 }
                 Err(CallError::Unknown(error)) => {
-                    tracing::warn!(%error, outbox = %delivery.outbox_id, "Telegram did not answer; the part is not sent again");
+                    tracing::warn!(%error, outbox = %delivery.outbox_id, "the platform did not answer; the part is not sent again");
                     self.record(scope, delivery, move |c, s, id| {
                         c.delivery_part_sent(s, id, part, None)
                     })
@@ -150,14 +290,8 @@ impl Channels {
                     unconfirmed = true;
                 }
                 Err(error) => {
-                    // Too many requests: Telegram says how long to wait; that is no failed try.
-                    let counts = !matches!(
-                        error,
-                        CallError::Refused {
-                            retry_after: Some(_),
-                            ..
-                        }
-                    );
+                    // A wait the platform asked for is no failed try.
+                    let counts = !is_rate_limit(&error);
                     self.record(scope, delivery, move |c, s, id| {
                         c.delivery_part_refused(s, id, counts)
                     })
@@ -166,8 +300,34 @@ impl Channels {
                 }
             }
         }
-        self.record_error(scope, None).await;
+        self.record_error(scope, channel_name(delivery), None).await;
         Ok(Handed::Sent { unconfirmed })
+    }
+
+    /// A proactive message that cannot go out: its nudge is suppressed, with the reason.
+    async fn suppress_nudge(&self, scope: &TenantScope, message: &Message) -> Result<(), DbError> {
+        let Some(nudge) = message
+            .stats
+            .as_ref()
+            .and_then(|s| s["proactive"]["nudge_id"].as_str())
+            .map(str::to_string)
+        else {
+            return Ok(());
+        };
+        let scope = scope.clone();
+        self.db()
+            .call(move |c| {
+                c.update_nudge(
+                    &scope,
+                    &nudge,
+                    &NudgeUpdate {
+                        status: Some("suppressed"),
+                        reason: Some(WINDOW_CLOSED),
+                        ..NudgeUpdate::default()
+                    },
+                )
+            })
+            .await
     }
 
     /// Nothing of the part went out: wait as asked, try again later, or give up.
@@ -180,7 +340,8 @@ impl Channels {
         now: DateTime<Utc>,
     ) -> Result<Handed, DbError> {
         let reason = error.to_string();
-        if error.is_blocked() {
+        let telegram = delivery.channel == TELEGRAM;
+        if telegram && error.is_blocked() {
             let (scope, visitor) = (scope.clone(), delivery.visitor_id.clone());
             self.db()
                 .call(move |c| c.opt_out_visitor(&scope, &visitor, Utc::now()))
@@ -196,13 +357,24 @@ impl Channels {
                 now + chrono::Duration::seconds(wait.max(1) as i64),
             ));
         }
-        self.record_error(scope, Some(reason.clone())).await;
-        // A request Telegram will never take (a bad chat id, a text it rejects) fails now.
-        let permanent = matches!(error, CallError::Refused { code: 400, .. });
+        let backoff = chrono::Duration::seconds(5 * 4_i64.pow((tries.clamp(1, 5) - 1) as u32));
+        if is_rate_limit(&error) {
+            return Ok(Handed::Later(now + backoff));
+        }
+        self.record_error(scope, channel_name(delivery), Some(reason.clone()))
+            .await;
+        // A request the platform will never take (a bad chat, a text it rejects) fails now.
+        let permanent = match (&error, telegram) {
+            (CallError::Refused { code, .. }, true) => *code == 400,
+            // Graph's temporary errors; everything else it refuses stays refused.
+            (CallError::Refused { code, .. }, false) => {
+                !matches!(code, 1 | 2 | 131000 | 131016 | 500..=599)
+            }
+            _ => false,
+        };
         if permanent || tries >= MAX_TRIES {
             return Ok(Handed::Failed(reason));
         }
-        let backoff = chrono::Duration::seconds(5 * 4_i64.pow((tries.clamp(1, 5) - 1) as u32));
         Ok(Handed::Later(now + backoff))
     }
 

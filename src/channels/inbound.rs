@@ -6,12 +6,16 @@
 use chrono::Utc;
 
 use super::telegram::{self, Inbound};
-use super::{Channels, TELEGRAM};
+use super::{Channels, TELEGRAM, WHATSAPP, whatsapp};
 use crate::auth::TenantScope;
 use crate::chat::ChatError;
 use crate::chat::conversations::Speaker;
+use crate::coaching::CoachingError;
 use crate::db::channels::ChannelStore;
 use crate::jobs::{BoxFuture, Handler, Job, JobError, Outcome};
+
+/// `/start p-<program id>`: a link that enrols whoever opens it in a program.
+pub const PROGRAM_LINK_PREFIX: &str = "p-";
 
 /// The coach's answer to a message it cannot read.
 pub const UNREADABLE_REPLY: &str =
@@ -32,16 +36,14 @@ impl Handler for InboundJob {
                     .clone()
                     .ok_or_else(|| JobError::Fatal("an update without a tenant".into()))?,
             );
-            let update = &job.payload["update"];
-            let update_id = telegram::update_id(update).unwrap_or_default();
-            match self.0.handle_update(&scope, update_id, update).await {
+            match self.0.handle(&scope, &job.payload).await {
                 Ok(()) => Ok(Outcome::Done),
                 // A suspended coach, a visitor gone: nothing to answer.
                 Err(ChatError::Suspended | ChatError::Unauthorized | ChatError::NotFound(_)) => {
                     Ok(Outcome::Done)
                 }
                 Err(ChatError::Invalid(message)) => {
-                    tracing::info!(%message, "a Telegram message was not taken");
+                    tracing::info!(%message, "a channel message was not taken");
                     Ok(Outcome::Done)
                 }
                 Err(ChatError::RateLimited(wait)) => Ok(Outcome::Again {
@@ -54,27 +56,93 @@ impl Handler for InboundJob {
     }
 }
 
+/// What a person did on a platform, once read.
+enum Said {
+    Text(String),
+    /// Pressed the button of one of the latest quick replies.
+    Choice(usize),
+    /// A photo, a voice note, a sticker.
+    Unreadable,
+    /// Blocked the bot.
+    Blocked,
+}
+
+/// An event of any platform: who (their id there), what, and the id that makes it once.
+struct Incoming {
+    channel: &'static str,
+    external_id: String,
+    client_id: String,
+    said: Said,
+    /// Telegram's pressed-button query, to acknowledge.
+    callback_id: Option<String>,
+}
+
+/// Reads a `channel_inbound` job's payload; `None` when there is nothing for the coach.
+fn read(payload: &serde_json::Value) -> Option<Incoming> {
+    match payload["channel"].as_str()? {
+        TELEGRAM => {
+            let update = &payload["update"];
+            let client_id = format!("tg-{}", telegram::update_id(update)?);
+            let (external_id, said, callback_id) = match telegram::read_update(update) {
+                Inbound::Text { chat_id, text, .. } => (chat_id, Said::Text(text), None),
+                Inbound::Choice {
+                    chat_id,
+                    callback_id,
+                    index,
+                } => (chat_id, Said::Choice(index), Some(callback_id)),
+                Inbound::Unreadable { chat_id } => (chat_id, Said::Unreadable, None),
+                Inbound::Blocked { chat_id } => (chat_id, Said::Blocked, None),
+                Inbound::Ignored => return None,
+            };
+            Some(Incoming {
+                channel: TELEGRAM,
+                external_id,
+                client_id,
+                said,
+                callback_id,
+            })
+        }
+        WHATSAPP => {
+            let message = &payload["message"];
+            let said = match whatsapp::read_message(message) {
+                whatsapp::Said::Text(text) => Said::Text(text),
+                whatsapp::Said::Choice(index) => Said::Choice(index),
+                whatsapp::Said::Unreadable => Said::Unreadable,
+            };
+            Some(Incoming {
+                channel: WHATSAPP,
+                external_id: message["from"].as_str()?.to_string(),
+                client_id: format!("wa-{}", message["id"].as_str()?),
+                said,
+                callback_id: None,
+            })
+        }
+        _ => None,
+    }
+}
+
 impl Channels {
-    async fn handle_update(
+    async fn handle(
         &self,
         scope: &TenantScope,
-        update_id: i64,
-        update: &serde_json::Value,
+        payload: &serde_json::Value,
     ) -> Result<(), ChatError> {
-        let inbound = telegram::read_update(update);
-        let chat_id = match &inbound {
-            Inbound::Text { chat_id, .. }
-            | Inbound::Choice { chat_id, .. }
-            | Inbound::Unreadable { chat_id }
-            | Inbound::Blocked { chat_id } => chat_id.clone(),
-            Inbound::Ignored => return Ok(()),
+        let Some(incoming) = read(payload) else {
+            return Ok(());
         };
-        let (scope_moved, external) = (scope.clone(), chat_id.clone());
+        let Incoming {
+            channel,
+            external_id,
+            client_id,
+            said,
+            callback_id,
+        } = incoming;
+        let (scope_moved, external) = (scope.clone(), external_id.clone());
         let visitor_id = self
             .db()
-            .call(move |c| c.channel_visitor(&scope_moved, TELEGRAM, &external))
+            .call(move |c| c.channel_visitor(&scope_moved, channel, &external))
             .await?;
-        if let Inbound::Blocked { .. } = inbound {
+        if let Said::Blocked = said {
             let (scope, visitor) = (scope.clone(), visitor_id);
             self.db()
                 .call(move |c| c.opt_out_visitor(&scope, &visitor, Utc::now()))
@@ -83,36 +151,41 @@ impl Channels {
         }
         let chat = &self.inner.chat;
         let conversation = chat.conversation_of_visitor(scope, &visitor_id).await?;
-        // The message's id: a job run again after a crash stores and answers it once.
-        let client_id = format!("tg-{update_id}");
-        let text = match inbound {
-            Inbound::Text { text, .. } => text,
-            Inbound::Choice {
-                callback_id, index, ..
-            } => {
-                self.answer_callback(scope, &callback_id).await;
+        let text = match said {
+            Said::Text(text) => text,
+            Said::Choice(index) => {
+                if let Some(callback_id) = callback_id {
+                    self.answer_callback(scope, &callback_id).await;
+                }
                 let choices = chat.latest_quick_replies(scope, &conversation).await?;
                 match choices.into_iter().nth(index) {
                     Some(label) => label,
                     None => return Ok(()),
                 }
             }
-            Inbound::Unreadable { .. } => {
+            Said::Unreadable => {
                 chat.store_coach_reply(scope, &conversation, UNREADABLE_REPLY, Some(&client_id))
                     .await?;
                 return Ok(());
             }
-            Inbound::Blocked { .. } | Inbound::Ignored => return Ok(()),
+            Said::Blocked => return Ok(()),
         };
+        let chat_id = (channel == TELEGRAM).then_some(external_id);
         // `/start` opens the chat (and may carry a deep link's payload); the coach greets.
         if let Some(payload) = start_payload(&text) {
-            if payload.is_empty() {
+            let program = payload.strip_prefix(PROGRAM_LINK_PREFIX);
+            if payload.is_empty() || program.is_some() {
                 let scope_moved = scope.clone();
                 let coach = self
                     .db()
                     .call(move |c| crate::chat::coach::get(c, &scope_moved))
                     .await?;
-                chat.store_coach_reply(scope, &conversation, &coach.greeting, Some(&client_id))
+                let mut greeting = coach.greeting;
+                if let Some(program) = program {
+                    greeting.push_str("\n\n");
+                    greeting.push_str(&self.enrol_from_link(scope, &visitor_id, program).await);
+                }
+                chat.store_coach_reply(scope, &conversation, &greeting, Some(&client_id))
                     .await?;
                 return Ok(());
             }
@@ -122,7 +195,7 @@ impl Channels {
                     scope,
                     &visitor_id,
                     &conversation,
-                    &chat_id,
+                    chat_id.as_deref(),
                     payload,
                     &client_id,
                 )
@@ -132,7 +205,7 @@ impl Channels {
             scope,
             &visitor_id,
             &conversation,
-            &chat_id,
+            chat_id.as_deref(),
             &text,
             &client_id,
         )
@@ -145,7 +218,8 @@ impl Channels {
         scope: &TenantScope,
         visitor_id: &str,
         conversation: &str,
-        chat_id: &str,
+        // Telegram's chat, for "typing…" (WhatsApp shows none).
+        chat_id: Option<&str>,
         text: &str,
         client_id: &str,
     ) -> Result<(), ChatError> {
@@ -161,11 +235,40 @@ impl Channels {
             return Ok(());
         }
         if let Some(pending) = asked.pending {
-            self.typing(scope, chat_id).await;
+            if let Some(chat_id) = chat_id {
+                self.typing(scope, chat_id).await;
+            }
             chat.answer_in_background(speaker, conversation.to_string(), pending)
                 .await;
         }
         Ok(())
+    }
+
+    /// A program link (`/start p-<program id>`): the person is enrolled; what to tell them.
+    async fn enrol_from_link(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+        program_id: &str,
+    ) -> String {
+        let coaching = &self.inner.coaching;
+        let enrolled = match coaching.end_user_of_visitor(scope, visitor_id).await {
+            Ok(user) => coaching.enroll(scope, program_id, &user.id).await.map(drop),
+            Err(error) => Err(error),
+        };
+        match enrolled {
+            Ok(()) => "You're enrolled: your first step comes at its time.".into(),
+            Err(CoachingError::AlreadyEnrolled(_)) => {
+                "You're already enrolled in this program.".into()
+            }
+            Err(CoachingError::OptedOut(_)) => {
+                "You asked me not to message you, so I haven't enrolled you in this program.".into()
+            }
+            Err(error) => {
+                tracing::info!(%error, "a program link did not enrol");
+                "That program link doesn't work any more; ask your coach for a new one.".into()
+            }
+        }
     }
 
     /// "typing…" while the coach writes; a failure only costs the indicator.

@@ -14,6 +14,8 @@ pub mod format;
 pub mod inbound;
 pub mod secrets;
 pub mod telegram;
+pub mod whatsapp;
+pub mod whatsapp_account;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::TenantScope;
 use crate::chat::Chat;
-use crate::db::channels::{ChannelAccount, ChannelStore};
+use crate::coaching::Coaching;
+use crate::db::channels::{ChannelAccount, ChannelCounts, ChannelStore};
 use crate::db::jobs::{JobStore, NewJob};
 use crate::db::{Db, DbError};
 use crate::jobs::Jobs;
@@ -33,6 +36,7 @@ use secrets::Sealer;
 use telegram::{CallError, TelegramApi};
 
 pub const TELEGRAM: &str = "telegram";
+pub const WHATSAPP: &str = "whatsapp";
 /// The job kind that turns a platform update into a turn of the conversation.
 pub const INBOUND_JOB: &str = "channel_inbound";
 
@@ -110,9 +114,12 @@ pub struct Channels {
 struct Inner {
     db: Db,
     chat: Chat,
+    /// Program links enrol whoever opens them.
+    coaching: Coaching,
     jobs: Jobs,
     sealer: Sealer,
     telegram: TelegramApi,
+    whatsapp: whatsapp::GraphApi,
     public_url: String,
     /// The running long poll of each tenant's bot.
     pollers: Mutex<HashMap<String, CancellationToken>>,
@@ -123,18 +130,21 @@ impl Channels {
     pub fn new(
         db: Db,
         chat: Chat,
+        coaching: Coaching,
         jobs: Jobs,
         sealer: Sealer,
-        telegram_api_url: &str,
+        apis: &crate::config::ChannelApis,
         public_url: &str,
     ) -> Channels {
         let channels = Channels {
             inner: Arc::new(Inner {
                 db,
                 chat,
+                coaching,
                 jobs: jobs.clone(),
                 sealer,
-                telegram: TelegramApi::new(telegram_api_url),
+                telegram: TelegramApi::new(&apis.telegram_url),
+                whatsapp: whatsapp::GraphApi::new(&apis.whatsapp_url, &apis.whatsapp_version),
                 public_url: public_url.trim_end_matches('/').to_string(),
                 pollers: Mutex::new(HashMap::new()),
                 shutdown: OnceLock::new(),
@@ -177,24 +187,41 @@ impl Channels {
         format!("{tenant_id}/{channel}")
     }
 
-    fn telegram_secrets(&self, account: &ChannelAccount) -> Option<TelegramSecrets> {
+    /// The account's credentials; `None` when they do not open (another key, another row).
+    fn secrets<T: serde::de::DeserializeOwned>(&self, account: &ChannelAccount) -> Option<T> {
         let plain = self.inner.sealer.open(
-            &Self::context(&account.tenant_id, TELEGRAM),
+            &Self::context(&account.tenant_id, &account.channel),
             &account.sealed,
         )?;
         serde_json::from_slice(&plain).ok()
+    }
+
+    fn seal<T: Serialize>(&self, scope: &TenantScope, channel: &str, secrets: &T) -> Vec<u8> {
+        self.inner.sealer.seal(
+            &Self::context(scope.tenant_id(), channel),
+            &serde_json::to_vec(secrets).expect("secrets serialise"),
+        )
+    }
+
+    /// The tenant's account on `channel` with its opened credentials.
+    async fn account_with<T: serde::de::DeserializeOwned>(
+        &self,
+        scope: &TenantScope,
+        channel: &'static str,
+    ) -> Result<Option<(ChannelAccount, T)>, ChannelError> {
+        let scope_moved = scope.clone();
+        let account = self
+            .db()
+            .call(move |c| c.channel_account(&scope_moved, channel))
+            .await?;
+        Ok(account.and_then(|a| self.secrets(&a).map(|s| (a, s))))
     }
 
     async fn telegram_account(
         &self,
         scope: &TenantScope,
     ) -> Result<Option<(ChannelAccount, TelegramSecrets)>, ChannelError> {
-        let scope_moved = scope.clone();
-        let account = self
-            .db()
-            .call(move |c| c.channel_account(&scope_moved, TELEGRAM))
-            .await?;
-        Ok(account.and_then(|a| self.telegram_secrets(&a).map(|s| (a, s))))
+        self.account_with(scope, TELEGRAM).await
     }
 
     pub async fn telegram(&self, scope: &TenantScope) -> Result<TelegramStatus, ChannelError> {
@@ -270,12 +297,10 @@ impl Channels {
         let account = ChannelAccount {
             tenant_id: scope.tenant_id().to_string(),
             channel: TELEGRAM.into(),
-            sealed: self.inner.sealer.seal(
-                &Self::context(scope.tenant_id(), TELEGRAM),
-                &serde_json::to_vec(&secrets).expect("secrets serialise"),
-            ),
+            sealed: self.seal(scope, TELEGRAM, &secrets),
             hint: last_four(token),
             name,
+            settings: serde_json::json!({}),
             mode: mode.into(),
             poll_offset: 0,
             last_error: None,
@@ -318,13 +343,15 @@ impl Channels {
         scope: &TenantScope,
     ) -> Result<Vec<ChannelOverview>, ChannelError> {
         let scope_moved = scope.clone();
-        let (telegram, counts, web) = self
+        let (telegram, counts, web, whatsapp, whatsapp_counts) = self
             .db()
             .read(move |c| {
                 Ok::<_, DbError>((
                     c.channel_account(&scope_moved, TELEGRAM)?,
                     c.channel_counts(&scope_moved, TELEGRAM)?,
                     c.channel_counts(&scope_moved, crate::chat::conversations::WEB_CHANNEL)?,
+                    c.channel_account(&scope_moved, WHATSAPP)?,
+                    c.channel_counts(&scope_moved, WHATSAPP)?,
                 ))
             })
             .await?;
@@ -341,37 +368,8 @@ impl Channels {
             sent: web.sent,
             failed: web.failed,
         };
-        let status = match &telegram {
-            None => "not_connected",
-            Some(a) if a.last_error.is_some() => "error",
-            Some(_) => "connected",
-        };
-        let telegram = ChannelOverview {
-            channel: TELEGRAM.into(),
-            status: status.into(),
-            name: telegram.as_ref().map(|a| a.name.clone()),
-            mode: telegram.as_ref().map(|a| a.mode.clone()),
-            last_error: telegram.as_ref().and_then(|a| a.last_error.clone()),
-            last_error_at: telegram.as_ref().and_then(|a| a.last_error_at),
-            people: counts.people,
-            received: counts.received,
-            queued: counts.queued,
-            sent: counts.sent,
-            failed: counts.failed,
-        };
-        let whatsapp = ChannelOverview {
-            channel: "whatsapp".into(),
-            status: "not_connected".into(),
-            name: None,
-            mode: None,
-            last_error: None,
-            last_error_at: None,
-            people: 0,
-            received: 0,
-            queued: 0,
-            sent: 0,
-            failed: 0,
-        };
+        let telegram = overview_of(TELEGRAM, telegram.as_ref(), counts);
+        let whatsapp = overview_of(WHATSAPP, whatsapp.as_ref(), whatsapp_counts);
         Ok(vec![web, telegram, whatsapp])
     }
 
@@ -397,47 +395,60 @@ impl Channels {
         }
         let update: serde_json::Value = serde_json::from_slice(body)
             .map_err(|_| ChannelError::Invalid("the update is not JSON".into()))?;
-        self.take_in(&scope, vec![update]).await?;
+        self.take_in(&scope, TELEGRAM, Self::telegram_events(vec![update]))
+            .await?;
         Ok(())
     }
 
-    /// Takes platform updates in, each once, with the job that answers it. The highest
-    /// update id seen (the next poll starts after it).
+    /// Takes platform events in, each once (by its id on the platform), with the job that
+    /// works on it.
     async fn take_in(
         &self,
         scope: &TenantScope,
-        updates: Vec<serde_json::Value>,
-    ) -> Result<Option<i64>, DbError> {
+        channel: &'static str,
+        events: Vec<(String, serde_json::Value)>,
+    ) -> Result<(), DbError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let scope_moved = scope.clone();
-        let last = self
-            .db()
+        self.db()
             .call(move |c| {
                 crate::db::atomically(c, |c| {
-                    let mut last = None;
-                    for update in updates {
-                        let Some(id) = telegram::update_id(&update) else {
-                            continue;
-                        };
-                        last = last.max(Some(id));
-                        if !c.take_inbound(&scope_moved, TELEGRAM, &id.to_string())? {
+                    for (id, payload) in events {
+                        if !c.take_inbound(&scope_moved, channel, &id)? {
                             continue;
                         }
                         c.enqueue_job(&NewJob {
                             kind: INBOUND_JOB,
                             tenant_id: Some(scope_moved.tenant_id().to_string()),
-                            subject_id: id.to_string(),
-                            payload: serde_json::json!({ "channel": TELEGRAM, "update": update }),
+                            subject_id: id,
+                            payload,
                             run_at: Utc::now(),
                             dedupe_key: None,
                             clock_id: None,
                         })?;
                     }
-                    Ok::<_, DbError>(last)
+                    Ok::<_, DbError>(())
                 })
             })
             .await?;
         self.inner.jobs.wake();
-        Ok(last)
+        Ok(())
+    }
+
+    /// Telegram updates as events to take in.
+    fn telegram_events(updates: Vec<serde_json::Value>) -> Vec<(String, serde_json::Value)> {
+        updates
+            .into_iter()
+            .filter_map(|update| {
+                let id = telegram::update_id(&update)?;
+                Some((
+                    id.to_string(),
+                    serde_json::json!({ "channel": TELEGRAM, "update": update }),
+                ))
+            })
+            .collect()
     }
 
     fn stop_polling(&self, tenant_id: &str) {
@@ -456,7 +467,7 @@ impl Channels {
     /// disconnected or the server stops. Errors are recorded on the channel and retried with
     /// a growing pause.
     fn start_polling(&self, account: ChannelAccount) {
-        let Some(secrets) = self.telegram_secrets(&account) else {
+        let Some(secrets) = self.secrets::<TelegramSecrets>(&account) else {
             tracing::warn!(tenant = %account.tenant_id, "cannot open the Telegram credentials (was keys/channels.key replaced?)");
             return;
         };
@@ -486,27 +497,33 @@ impl Channels {
                     polled = channels.inner.telegram.get_updates(&secrets.token, offset) => polled,
                 };
                 let error = match polled {
-                    Ok(updates) => match channels.take_in(&scope, updates).await {
-                        Ok(last) => {
-                            if let Some(last) = last {
-                                offset = offset.max(last + 1);
-                                let scope = scope.clone();
-                                if let Err(error) = channels
-                                    .db()
-                                    .call(move |c| c.set_poll_offset(&scope, TELEGRAM, offset))
-                                    .await
-                                {
-                                    tracing::warn!(%error, "cannot record the poll offset");
+                    Ok(updates) => {
+                        let last = updates.iter().filter_map(telegram::update_id).max();
+                        match channels
+                            .take_in(&scope, TELEGRAM, Self::telegram_events(updates))
+                            .await
+                        {
+                            Ok(()) => {
+                                if let Some(last) = last {
+                                    offset = offset.max(last + 1);
+                                    let scope = scope.clone();
+                                    if let Err(error) = channels
+                                        .db()
+                                        .call(move |c| c.set_poll_offset(&scope, TELEGRAM, offset))
+                                        .await
+                                    {
+                                        tracing::warn!(%error, "cannot record the poll offset");
+                                    }
                                 }
+                                pause = Duration::from_secs(1);
+                                None
                             }
-                            pause = Duration::from_secs(1);
-                            None
+                            Err(error) => Some(format!("cannot store updates: {error}")),
                         }
-                        Err(error) => Some(format!("cannot store updates: {error}")),
-                    },
+                    }
                     Err(error) => Some(error.to_string()),
                 };
-                channels.record_error(&scope, error.clone()).await;
+                channels.record_error(&scope, TELEGRAM, error.clone()).await;
                 if let Some(error) = error {
                     tracing::warn!(tenant = %scope.tenant_id(), %error, "telegram poll failed");
                     tokio::select! {
@@ -520,15 +537,46 @@ impl Channels {
     }
 
     /// Records the channel's last error, or clears it.
-    async fn record_error(&self, scope: &TenantScope, error: Option<String>) {
+    async fn record_error(
+        &self,
+        scope: &TenantScope,
+        channel: &'static str,
+        error: Option<String>,
+    ) {
         let scope = scope.clone();
         if let Err(db_error) = self
             .db()
-            .call(move |c| c.set_channel_error(&scope, TELEGRAM, error.as_deref()))
+            .call(move |c| c.set_channel_error(&scope, channel, error.as_deref()))
             .await
         {
             tracing::warn!(%db_error, "cannot record a channel's state");
         }
+    }
+}
+
+/// A platform channel in the overview.
+fn overview_of(
+    channel: &str,
+    account: Option<&ChannelAccount>,
+    counts: ChannelCounts,
+) -> ChannelOverview {
+    let status = match account {
+        None => "not_connected",
+        Some(a) if a.last_error.is_some() => "error",
+        Some(_) => "connected",
+    };
+    ChannelOverview {
+        channel: channel.into(),
+        status: status.into(),
+        name: account.map(|a| a.name.clone()),
+        mode: account.map(|a| a.mode.clone()),
+        last_error: account.and_then(|a| a.last_error.clone()),
+        last_error_at: account.and_then(|a| a.last_error_at),
+        people: counts.people,
+        received: counts.received,
+        queued: counts.queued,
+        sent: counts.sent,
+        failed: counts.failed,
     }
 }
 

@@ -55,6 +55,8 @@ struct Situation<'a> {
     /// For rule nudges: why the rule no longer applies (disabled, deleted, the person did
     /// what it was about).
     no_longer_due: Option<&'static str>,
+    /// Their channel cannot take a free message now (WhatsApp after 24 hours, no template).
+    window_closed: bool,
 }
 
 /// Opt-out and enrolment state stop everything; consent and caps only rule nudges; quiet
@@ -93,6 +95,11 @@ fn guardrails(s: &Situation<'_>) -> Verdict {
     if rule && s.rule_nudges_week >= i64::from(s.coach.nudges_per_week) {
         return Verdict::Suppress("weekly_cap");
     }
+    // WhatsApp refuses free text 24 hours after the person last wrote, unless it is an
+    // approved template (none is configured).
+    if s.window_closed {
+        return Verdict::Suppress("whatsapp_window_closed");
+    }
     Verdict::Send
 }
 
@@ -114,7 +121,9 @@ fn nudge_job(scope: &TenantScope, user: &EndUser, nudge_id: &str, run_at: DateTi
 /// two nudges for one person due at once cannot both pass a cap of one. Returns the verdict and
 /// the person's web visitor (to send through).
 #[allow(clippy::too_many_arguments)]
-fn decide<S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore>(
+fn decide<
+    S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore + crate::db::channels::ChannelStore,
+>(
     c: &S,
     scope: &TenantScope,
     user: &EndUser,
@@ -146,6 +155,11 @@ fn decide<S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore>(
     };
     // This nudge, when on its way already (a retry), does not count against itself.
     let own = i64::from(nudge.planned_status == "sending");
+    let visitor = c.visitor_of_end_user(scope, &user.id)?;
+    let window_closed = match &visitor {
+        Some(visitor) => c.window_closed(scope, visitor)?,
+        None => false,
+    };
     let situation = Situation {
         user,
         coach,
@@ -157,6 +171,7 @@ fn decide<S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore>(
         enrollment_inactive,
         chosen: matches!(nudge.reason.as_deref(), Some(CHOSEN | ENROLLED)),
         no_longer_due,
+        window_closed,
     };
     let verdict = guardrails(&situation);
     let update = match &verdict {
@@ -183,7 +198,7 @@ fn decide<S: NudgeStore + EndUserStore + crate::db::coaching::GoalStore>(
         },
     };
     c.update_nudge(scope, &nudge.id, &update)?;
-    Ok((verdict, c.visitor_of_end_user(scope, &user.id)?))
+    Ok((verdict, visitor))
 }
 
 /// Plans a nudge once (by its dedupe key) with its job, inside a database call; a nudge planned
@@ -656,6 +671,7 @@ mod tests {
             enrollment_inactive: None,
             chosen: false,
             no_longer_due: None,
+            window_closed: false,
         };
         // 10:00 in Madrid (09:00 UTC in winter): sent.
         let day = at("2026-01-15T09:00:00Z");

@@ -65,6 +65,8 @@ pub struct ChannelAccount {
     pub sealed: Vec<u8>,
     pub hint: String,
     pub name: String,
+    /// What is not secret (WhatsApp: `display_phone_number`, `template`).
+    pub settings: serde_json::Value,
     /// `webhook` or `polling`.
     pub mode: String,
     pub poll_offset: i64,
@@ -172,6 +174,25 @@ pub trait ChannelStore {
         at: DateTime<Utc>,
     ) -> Result<(), DbError>;
     fn channel_counts(&self, scope: &TenantScope, channel: &str) -> Result<ChannelCounts, DbError>;
+    /// A platform's receipt for one of our messages (by its id there): the outbox moves on,
+    /// never back (receipts come in any order); `failed` only before delivery.
+    fn platform_receipt(
+        &self,
+        scope: &TenantScope,
+        channel: &str,
+        external_id: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), DbError>;
+    /// When the person last wrote through this visitor.
+    fn last_written_at(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, DbError>;
+    /// Whether a proactive message to this visitor cannot go out: WhatsApp, more than 24 hours
+    /// since they last wrote, and no template to carry it.
+    fn window_closed(&self, scope: &TenantScope, visitor_id: &str) -> Result<bool, DbError>;
     /// Stores a link code (hashed) for an end user, replacing their earlier ones; at most
     /// `per_hour` codes an hour (`false` when over).
     fn add_link_code(
@@ -200,7 +221,7 @@ pub trait ChannelStore {
 }
 
 const ACCOUNT_COLUMNS: &str = "tenant_id, channel, sealed, hint, name, mode, poll_offset, \
-                               last_error, last_error_at, updated_at";
+                               last_error, last_error_at, updated_at, settings";
 
 fn account(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelAccount> {
     Ok(ChannelAccount {
@@ -214,6 +235,7 @@ fn account(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelAccount> {
         last_error: r.get(7)?,
         last_error_at: r.get::<_, Option<String>>(8)?.map(|t| parse_instant(&t)),
         updated_at: parse_instant(&r.get::<_, String>(9)?),
+        settings: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
     })
 }
 
@@ -244,12 +266,12 @@ impl ChannelStore for Connection {
 
     fn save_channel_account(&self, a: &ChannelAccount) -> Result<(), DbError> {
         self.execute(
-            "INSERT INTO channel_accounts (tenant_id, channel, sealed, hint, name, mode, poll_offset) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+            "INSERT INTO channel_accounts (tenant_id, channel, sealed, hint, name, mode, poll_offset, settings) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (tenant_id, channel) DO UPDATE SET sealed = ?3, hint = ?4, name = ?5, \
-               mode = ?6, poll_offset = ?7, last_error = NULL, last_error_at = NULL, \
+               mode = ?6, poll_offset = ?7, settings = ?8, last_error = NULL, last_error_at = NULL, \
                updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')",
-            params![a.tenant_id, a.channel, a.sealed, a.hint, a.name, a.mode, a.poll_offset],
+            params![a.tenant_id, a.channel, a.sealed, a.hint, a.name, a.mode, a.poll_offset, a.settings.to_string()],
         )?;
         Ok(())
     }
@@ -491,6 +513,65 @@ impl ChannelStore for Connection {
             }
         }
         Ok(counts)
+    }
+
+    fn platform_receipt(
+        &self,
+        scope: &TenantScope,
+        channel: &str,
+        external_id: &str,
+        status: &str,
+        error: Option<&str>,
+    ) -> Result<(), DbError> {
+        self.prepare_cached(
+            "UPDATE outbox SET status = ?4, error = coalesce(?5, error), \
+               updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE tenant_id = ?1 AND channel = ?2 \
+               AND EXISTS (SELECT 1 FROM json_each(outbox.external_ids) WHERE value = ?3) \
+               AND CASE ?4 WHEN 'failed' THEN status IN ('queued', 'sent') \
+                 WHEN 'read' THEN status IN ('queued', 'sent', 'delivered', 'failed') \
+                 WHEN 'delivered' THEN status IN ('queued', 'sent', 'failed') \
+                 WHEN 'sent' THEN status = 'queued' ELSE 0 END",
+        )?
+        .execute(params![
+            scope.tenant_id(),
+            channel,
+            external_id,
+            status,
+            error
+        ])?;
+        Ok(())
+    }
+
+    fn last_written_at(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, DbError> {
+        let at: Option<String> = self.query_row(
+            "SELECT max(m.created_at) FROM conversations c JOIN messages m ON m.conversation_id = c.id \
+             WHERE c.tenant_id = ?1 AND c.visitor_id = ?2 AND m.role = 'user'",
+            params![scope.tenant_id(), visitor_id],
+            |r| r.get(0),
+        )?;
+        Ok(at.map(|t| parse_instant(&t)))
+    }
+
+    fn window_closed(&self, scope: &TenantScope, visitor_id: &str) -> Result<bool, DbError> {
+        let on_whatsapp: Option<bool> = self
+            .prepare_cached(
+                "SELECT v.channel = 'whatsapp' AND coalesce(json_extract(a.settings, '$.template.name'), '') = '' \
+                 FROM visitors v LEFT JOIN channel_accounts a ON a.tenant_id = v.tenant_id AND a.channel = v.channel \
+                 WHERE v.tenant_id = ?1 AND v.id = ?2",
+            )?
+            .query_row(params![scope.tenant_id(), visitor_id], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if on_whatsapp != Some(true) {
+            return Ok(false);
+        }
+        let last = self.last_written_at(scope, visitor_id)?;
+        Ok(last.is_none_or(|at| Utc::now() - at > chrono::Duration::hours(24)))
     }
 
     fn add_link_code(

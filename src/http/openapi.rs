@@ -106,6 +106,11 @@ use super::{
         channels::connect_telegram,
         channels::disconnect_telegram,
         channels::telegram_webhook,
+        channels::get_whatsapp,
+        channels::connect_whatsapp,
+        channels::disconnect_whatsapp,
+        channels::whatsapp_handshake,
+        channels::whatsapp_webhook,
         chat::public_coach,
         chat::get_conversation,
         chat::typing,
@@ -127,7 +132,7 @@ use super::{
         (name = "chat", description = "The coach, visitors, conversations and knowledge gaps"),
         (name = "knowledge", description = "Documents the coach answers from, and search over them"),
         (name = "audit", description = "Who did what, when and from where"),
-        (name = "channels", description = "Telegram: connecting a bot, each channel's state, the webhook"),
+        (name = "channels", description = "Telegram and WhatsApp: connecting them, each channel's state, the platforms' webhooks"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

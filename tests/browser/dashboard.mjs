@@ -158,6 +158,20 @@ try {
     await screenshots('test-chat');
   });
 
+  await step('channels: the web is on, Telegram and WhatsApp wait for their credentials', async () => {
+    await page.getByRole('link', { name: 'Channels' }).click();
+    await page.locator('[data-channel="telegram"]').getByLabel('Bot token').waitFor();
+    check(await page.locator('[data-channel="web"] .badge').innerText() === 'On', 'the web channel is on');
+    const whatsapp = page.locator('[data-channel="whatsapp"]');
+    await whatsapp.getByLabel('Phone number id').fill('+34 600 000 111');
+    await whatsapp.getByLabel('Access token').fill('EAAG-not-checked');
+    await whatsapp.getByLabel('App secret').fill('secret');
+    await whatsapp.getByRole('button', { name: 'Connect' }).click();
+    const error = await whatsapp.locator('.alert.error').innerText();
+    check(error.includes('not the phone number'), `a phone number instead of its id is explained: ${error}`);
+    await screenshots('channels');
+  });
+
   const instance = await (await fetch(`${base}/api/v1/instance`)).json();
   let resetLink;
   await step('team: an invitation revoked, a reset link for a member', async () => {

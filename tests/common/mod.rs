@@ -9,6 +9,7 @@ pub mod live;
 pub mod process;
 pub mod smtp;
 pub mod telegram;
+pub mod whatsapp;
 
 use std::net::SocketAddr;
 use std::time::Duration;

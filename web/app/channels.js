@@ -13,12 +13,12 @@ export async function channels(main) {
       'A person who uses two of them can link them by sending “link my account” in one and the code in the other.'), list);
 
   async function load() {
-    const [{ channels: all }, telegram, { programs }] = await Promise.all([
-      get('/api/v1/channels'), get('/api/v1/channels/telegram'), get('/api/v1/programs')]);
+    const [{ channels: all }, telegram, whatsapp, { programs }] = await Promise.all([
+      get('/api/v1/channels'), get('/api/v1/channels/telegram'), get('/api/v1/channels/whatsapp'), get('/api/v1/programs')]);
     const figures = (name) => all.find((c) => c.channel === name) || {};
     const card = telegramCard(telegram, figures('telegram'));
     if (telegram.connected) card.append(programLinks(telegram.bot_username, programs.filter((p) => p.published_version)));
-    list.replaceChildren(webCard(figures('web')), card, whatsappCard());
+    list.replaceChildren(webCard(figures('web')), card, whatsappCard(whatsapp, figures('whatsapp')));
   }
 
   const numbers = (f) => el('p', { class: 'small muted' },
@@ -86,11 +86,66 @@ export async function channels(main) {
       }));
   }
 
-  function whatsappCard() {
-    return el('section', { class: 'card', 'data-channel': 'whatsapp' },
-      el('div', { class: 'row', style: 'justify-content:space-between' }, el('h2', { style: 'margin:0' }, 'WhatsApp'),
-        el('span', { class: 'badge' }, 'Coming soon')),
-      el('p', { class: 'small muted' }, 'WhatsApp Cloud API numbers are not supported yet.'));
+  function whatsappCard(status, f) {
+    const card = el('section', { class: 'card', 'data-channel': 'whatsapp' });
+    const state = status.connected
+      ? el('span', { class: `badge ${status.last_error ? 'failed' : 'ready'}` }, status.last_error ? 'Error' : 'Connected')
+      : el('span', { class: 'badge' }, 'Not connected');
+    card.append(el('div', { class: 'row', style: 'justify-content:space-between' }, el('h2', { style: 'margin:0' }, 'WhatsApp'), state));
+    if (status.connected) {
+      card.append(
+        el('p', {}, `Number ${status.display_phone_number || status.phone_number_id} · token ${status.token_hint}`),
+        el('p', { class: 'small' }, 'In Meta\'s console (WhatsApp → Configuration → Webhook), paste these and subscribe to “messages”:'),
+        el('div', { class: 'row' }, el('span', {}, 'Callback URL: '), el('code', { 'data-callback-url': '' }, status.callback_url), copyButton(status.callback_url)),
+        el('div', { class: 'row' }, el('span', {}, 'Verify token: '), el('code', { 'data-verify-token': '' }, status.verify_token), copyButton(status.verify_token)),
+        status.callback_url.startsWith('https://') ? null : alertBox('Meta only calls https addresses: start the server with --public-url https://… behind TLS.', 'warn'),
+        el('p', { class: 'small muted' }, status.template
+          ? `More than 24 hours after a person last wrote, check-ins go out as the template “${status.template.name}” (${status.template.language}).`
+          : 'More than 24 hours after a person last wrote, WhatsApp refuses free messages: without a template, those check-ins are skipped.'),
+        numbers(f),
+        status.last_error ? alertBox(`Last error (${status.last_error_at.replace('T', ' ').slice(0, 16)} UTC): ${status.last_error}`) : null);
+      if (admin) {
+        card.append(el('button', { class: 'btn danger', type: 'button', onclick: async () => {
+          if (!await confirmAction('Disconnect this WhatsApp number? People will get no more answers there.', 'Disconnect')) return;
+          try { await api('DELETE', '/api/v1/channels/whatsapp'); toast('WhatsApp disconnected.'); load(); } catch (error) { toast(explain(error), 'error'); }
+        } }, 'Disconnect'));
+      }
+      return card;
+    }
+    if (!admin) {
+      card.append(el('p', { class: 'small muted' }, 'An admin of this coach can connect a WhatsApp number.'));
+      return card;
+    }
+    const input = (name, placeholder) => el('input', { name, placeholder, autocomplete: 'off', spellcheck: 'false' });
+    const id = input('phone_number_id', '106540352242922');
+    const token = input('access_token', 'EAAG…');
+    const secret = input('app_secret', '');
+    const template = input('template_name', 'coach_checkin');
+    const language = input('template_language', 'en_US');
+    [id, token, secret].forEach((i) => { i.required = true; });
+    const form = el('form', {}, el('div', { class: 'status' }),
+      field('Phone number id', id, 'Meta for Developers → your app → WhatsApp → API Setup: the number\'s id, not the number.'),
+      field('Access token', token, 'A permanent token of a system user with whatsapp_business_messaging. Stored encrypted.'),
+      field('App secret', secret, 'App settings → Basic. Every webhook call is checked against it.'),
+      field('Template for after 24 hours (optional)', template, 'An approved template whose first body parameter carries the message.'),
+      field('Template language', language),
+      el('button', { class: 'btn primary', type: 'submit' }, 'Connect'));
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      busy(form, async () => {
+        try {
+          const body = { phone_number_id: id.value.trim(), access_token: token.value.trim(), app_secret: secret.value.trim() };
+          if (template.value.trim()) body.template = { name: template.value.trim(), language: language.value.trim() || 'en_US' };
+          await api('PUT', '/api/v1/channels/whatsapp', body);
+          toast('WhatsApp connected. Now paste the callback URL and verify token into Meta\'s console.');
+          load();
+        } catch (error) {
+          form.querySelector('.status').replaceChildren(alertBox(explain(error)));
+        }
+      });
+    });
+    card.append(form);
+    return card;
   }
 
   await load();
