@@ -2,7 +2,8 @@
 //! real wire format: connecting a bot (token checked, never shown, sealed at rest), the
 //! webhook's secret, duplicates, long polling, staff takeover with a long reply split in two,
 //! 429 with `retry_after`, a blocked bot, linking web and Telegram into one person who gets a
-//! program step on Telegram from a test clock, a grounded answer with its sources, and a
+//! program step on Telegram from a test clock, a grounded answer with its sources (on both
+//! platforms), and a
 //! `kill -9` between the platform call and recording it. WhatsApp against a stand-in Graph
 //! API: the handshake, signatures over the raw body, batched events, `wamid` duplicates,
 //! receipts in any order, and the 24-hour window (a template, or the nudge suppressed).
@@ -452,17 +453,31 @@ async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grounded_answer_reaches_telegram_with_its_sources() {
-    let tg = TelegramStandIn::start().await;
-    let api = tg.url.clone();
+async fn a_grounded_answer_reaches_telegram_and_whatsapp_with_its_sources() {
+    let (tg, graph) = (TelegramStandIn::start().await, GraphStandIn::start().await);
+    let (telegram_api, graph_api) = (tg.url.clone(), graph.url.clone());
     let app = common::chat::start(move |config| {
         common::chat::with_models(config);
-        config.channels.telegram_url = api;
+        config.channels.telegram_url = telegram_api;
+        config.channels.whatsapp_url = graph_api;
     })
     .await;
     let (staff, _slug) = app.coach_taught_the_guide(json!({})).await;
     connect(&app, &staff).await;
+    connect_whatsapp(&app, &staff, Value::Null).await;
+    let tenant = tenant_id(&app, &staff).await;
     tg.push(text_update(30, 9191, "How long do refunds take?"));
+    let question = wa::event(vec![wa::text(
+        "wamid.q1",
+        "34633333333",
+        "How long do refunds take?",
+    )]);
+    assert_eq!(
+        signed(&app, &tenant, &question, wa::APP_SECRET)
+            .await
+            .status(),
+        200
+    );
     let texts = tg.wait_for_texts(9191, 1).await;
     assert!(texts[0].contains("14 days"), "{texts:?}");
     assert!(texts[0].contains("\n\nSources:\n[1] "), "{texts:?}");
@@ -473,6 +488,12 @@ async fn a_grounded_answer_reaches_telegram_with_its_sources() {
             .iter()
             .any(|c| c.body["chat_id"] == "9191" && c.body["action"] == "typing"),
         "{typing:?}"
+    );
+    let answered = graph.wait_for("34633333333", 1).await;
+    let body = answered[0]["text"]["body"].as_str().unwrap();
+    assert!(
+        body.contains("14 days") && body.contains("\n\nSources:\n[1] "),
+        "{body}"
     );
 }
 
