@@ -508,20 +508,7 @@ async fn a_kill_between_the_platform_call_and_recording_it_sends_nothing_twice()
     let served = Served::start_with_env(data, &args, &env);
     let base = served.wait_for_address();
     let client = reqwest::Client::new();
-    let registered = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(
-            &json!({"email": "coach@example.com", "password": common::PASSWORD,
-                      "full_name": "Coach", "setup_token": common::SETUP_TOKEN}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
-    let staff = registered.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let staff = common::process::register_owner(&base).await;
     let connected = client
         .put(format!("{base}/api/v1/channels/telegram"))
         .bearer_auth(&staff)
@@ -610,25 +597,36 @@ fn written_hours_ago(app: &TestApp, hours: i64) {
     .unwrap();
 }
 
-async fn nudge_of(app: &TestApp, staff: &str, user: &str) -> Value {
+/// Polls the end user's nudges until one matches `wanted`.
+async fn nudge_where(
+    app: &TestApp,
+    staff: &str,
+    user: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let list = call(
-            app,
-            Method::GET,
-            &format!("/api/v1/nudges?end_user_id={user}"),
-            staff,
-            Value::Null,
-        )
-        .await;
-        if let Some(nudge) = list["nudges"].as_array().unwrap().first()
-            && !["scheduled", "sending"].contains(&nudge["status"].as_str().unwrap())
+        let path = format!("/api/v1/nudges?end_user_id={user}");
+        let list = call(app, Method::GET, &path, staff, Value::Null).await;
+        if let Some(nudge) = list["nudges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| wanted(n))
         {
             return nudge.clone();
         }
         assert!(Instant::now() < deadline, "{list}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The end user's newest nudge once it was decided.
+async fn nudge_of(app: &TestApp, staff: &str, user: &str) -> Value {
+    nudge_where(app, staff, user, |n| {
+        !["scheduled", "sending"].contains(&n["status"].as_str().unwrap())
+    })
+    .await
 }
 
 /// Enrols the first end user of the list in a new one-step program due at once.
@@ -830,43 +828,8 @@ async fn a_whatsapp_number_takes_signed_events_once_and_keeps_to_the_24_hour_win
     written_hours_ago(&app, 48);
     let before = graph.sent_to(&to).len();
     enrol_whatsapp_person(&app, &staff, "Stretch").await;
-    let list = call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/nudges?end_user_id={ana}"),
-        &staff,
-        Value::Null,
-    )
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut stretch = Value::Null;
-    while Instant::now() < deadline {
-        let list = call(
-            &app,
-            Method::GET,
-            &format!("/api/v1/nudges?end_user_id={ana}"),
-            &staff,
-            Value::Null,
-        )
-        .await;
-        stretch = list["nudges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| {
-                n["content"]
-                    .as_str()
-                    .is_none_or(|c| c.starts_with("Stretch"))
-                    && n["status"] == "suppressed"
-            })
-            .cloned()
-            .unwrap_or(Value::Null);
-        if !stretch.is_null() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stretch["reason"], "whatsapp_window_closed", "{list}");
+    let stretch = nudge_where(&app, &staff, &ana, |n| n["status"] == "suppressed").await;
+    assert_eq!(stretch["reason"], "whatsapp_window_closed", "{stretch}");
     assert_eq!(graph.sent_to(&to).len(), before);
 
     // With an approved template, it goes out as that template.

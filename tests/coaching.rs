@@ -622,20 +622,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
     let served = Served::start_with_env(data, &["--offline"], &env);
     let base = served.wait_for_address();
     let client = reqwest::Client::new();
-    let registered = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(
-            &json!({"email": "coach@example.com", "password": common::PASSWORD,
-                      "full_name": "Coach", "setup_token": common::SETUP_TOKEN}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
-    let staff = registered.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let staff = common::process::register_owner(&base).await;
     // 40 people on a 30-step daily program: 1,200 steps to deliver.
     let steps: Vec<Value> = (0..30)
         .map(|day| {

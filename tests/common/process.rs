@@ -114,3 +114,21 @@ impl Served {
         }
     }
 }
+
+/// Registers the first account (the owner) of a served process; its access token.
+pub async fn register_owner(base: &str) -> String {
+    let registered = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(
+            &serde_json::json!({"email": "coach@example.com", "password": super::PASSWORD,
+                                  "full_name": "Coach", "setup_token": super::SETUP_TOKEN}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    registered.json::<serde_json::Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
