@@ -50,6 +50,10 @@ ALTER TABLE outbox ADD COLUMN part_in_flight INTEGER;
 ALTER TABLE outbox ADD COLUMN external_ids TEXT NOT NULL DEFAULT '[]';
 CREATE INDEX outbox_by_channel ON outbox(tenant_id, channel, status);
 
+-- The channel a person chose for the coach's own messages ("send my messages here"); without
+-- one, the channel they used last.
+ALTER TABLE end_users ADD COLUMN preferred_visitor_id TEXT;
+
 -- One-time codes that join a person's identities on two channels into one end user.
 CREATE TABLE link_codes (
     code_hash        TEXT PRIMARY KEY,

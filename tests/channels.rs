@@ -398,6 +398,55 @@ async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
     .await;
     let texts = tg.wait_for_texts(7373, 2).await;
     assert_eq!(texts[1], "Good morning! Today, a ten-minute walk.");
+
+    // Back on the web she asks the coach to write to her there: the next step comes on the web.
+    let chosen = app.ask(&web, &conversation, "Send my messages here").await;
+    assert!(chosen.to_string().contains("it will be here"), "{chosen}");
+    let evening = id(call(
+        &app,
+        Method::POST,
+        "/api/v1/programs",
+        &staff,
+        json!({
+        "name": "Evening walks",
+        "steps": [{"key": "walk", "day": 0, "at": "18:00", "kind": "message",
+                   "text": "Evening: a slow walk after dinner."}]}),
+    )
+    .await);
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{evening}/publish"),
+        &staff,
+        json!({}),
+    )
+    .await;
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/programs/{evening}/enrollments"),
+        &staff,
+        json!({"end_user_id": user}),
+    )
+    .await;
+    call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/test-clocks/{clock}/advance"),
+        &staff,
+        json!({"to": "2026-03-02T18:30:00Z"}),
+    )
+    .await;
+    let history = app.history(&web, &conversation).await;
+    assert!(
+        history.to_string().contains("Evening: a slow walk"),
+        "{history}"
+    );
+    assert_eq!(
+        tg.texts_to(7373).len(),
+        2,
+        "the evening step went to Telegram"
+    );
     // A program link enrols whoever opens it; the step follows at its time (real time here).
     let link = call(
         &app,
@@ -431,7 +480,38 @@ async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
     .await;
     assert_eq!(people["end_users"].as_array().unwrap().len(), 1, "{people}");
 
-    // One person: both conversations are on Ana's profile.
+    // One person: in the inbox both conversations are Ana's, and her filter lists both.
+    let inbox = call(&app, Method::GET, "/api/v1/inbox", &staff, Value::Null).await;
+    let hers: Vec<_> = inbox["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["end_user_id"] == user.as_str())
+        .collect();
+    assert_eq!(hers.len(), 2, "{inbox}");
+    assert!(hers.iter().all(|i| i["end_user_name"] == "Ana"), "{inbox}");
+    let telegram_visitor = hers
+        .iter()
+        .find(|i| i["conversation"]["channel"] == "telegram")
+        .unwrap()["visitor_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let filtered = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/inbox?visitor={telegram_visitor}"),
+        &staff,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        filtered["conversations"].as_array().unwrap().len(),
+        2,
+        "{filtered}"
+    );
+
+    // Both conversations are on Ana's profile.
     let profile = call(
         &app,
         Method::GET,

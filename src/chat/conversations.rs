@@ -725,6 +725,10 @@ pub struct InboxItem {
     /// Whether the end user is connected right now.
     pub visitor_online: bool,
     pub visitor_id: String,
+    /// The person behind the visitor (the same on every channel they linked), once the
+    /// coaching engine knows them.
+    pub end_user_id: Option<String>,
+    pub end_user_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -756,7 +760,7 @@ pub enum InboxFilter {
 #[derive(Debug, Clone, Default)]
 pub struct InboxQuery {
     pub filter: InboxFilter,
-    /// Only this end user's conversations (their profile).
+    /// Only this end user's conversations (their profile), on every channel they linked.
     pub visitor_id: Option<String>,
     /// Only conversations active on or after this day (`YYYY-MM-DD`).
     pub since: Option<String>,
@@ -785,9 +789,16 @@ pub fn inbox(
            (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.role = 'user' \
               AND m.seq > c.staff_read_seq), \
            (SELECT json_array(m.role, substr(m.content, 1, 200), m.created_at) FROM messages m \
-              WHERE m.conversation_id = c.id AND m.role != 'event' ORDER BY m.seq DESC LIMIT 1) \
-         FROM conversations c WHERE c.tenant_id = ?1 AND c.visitor_id IS NOT NULL{condition} \
-           AND (?4 IS NULL OR c.visitor_id = ?4) AND (?5 IS NULL OR c.updated_at >= ?5) \
+              WHERE m.conversation_id = c.id AND m.role != 'event' ORDER BY m.seq DESC LIMIT 1), \
+           e.id, e.name \
+         FROM conversations c LEFT JOIN visitors v ON v.id = c.visitor_id \
+           LEFT JOIN end_users e ON e.id = v.end_user_id \
+         WHERE c.tenant_id = ?1 AND c.visitor_id IS NOT NULL{condition} \
+           AND (?4 IS NULL OR c.visitor_id IN (SELECT other.id FROM visitors one \
+                JOIN visitors other ON other.tenant_id = one.tenant_id \
+                  AND (other.id = one.id OR other.end_user_id = one.end_user_id) \
+                WHERE one.tenant_id = ?1 AND one.id = ?4)) \
+           AND (?5 IS NULL OR c.updated_at >= ?5) \
          ORDER BY (c.handoff_requested_at IS NOT NULL AND c.mode = 'ai') DESC, c.updated_at DESC \
          LIMIT ?2 OFFSET ?3"
     ))?;
@@ -816,6 +827,8 @@ pub fn inbox(
                     unread: r.get(16)?,
                     visitor_online: false,
                     visitor_id,
+                    end_user_id: r.get(18)?,
+                    end_user_name: r.get::<_, Option<String>>(19)?.filter(|n| !n.is_empty()),
                 })
             },
         )?

@@ -1,7 +1,8 @@
 //! One person, several channels: in any conversation the end user asks for a link code ("link
 //! my account"), and entering it in another channel makes that identity one more of theirs,
 //! so history, goals, enrolments and consent follow them. Codes are single use, live ten
-//! minutes, are stored hashed and are limited per person and hour.
+//! minutes, are stored hashed and are limited per person and hour. "Send my messages here"
+//! picks the channel the coach writes to first (else it is the one they used last).
 
 use std::sync::LazyLock;
 
@@ -24,6 +25,15 @@ const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 pub fn asks_for_code(text: &str) -> bool {
     static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
         Regex::new(r"(?i)^\s*(/link(@\w+)?|link (my )?(account|accounts|chats?|apps?))\s*[.!]*\s*$")
+            .expect("valid")
+    });
+    PATTERN.is_match(text)
+}
+
+/// "send my messages here", "message me here", "check in with me here".
+pub fn asks_to_be_written_here(text: &str) -> bool {
+    static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?i)^\s*(send (me )?(my )?(messages|check-ins|checkins|reminders|nudges) here|(message|write to|check in with) me here)\s*[.!]*\s*$")
             .expect("valid")
     });
     PATTERN.is_match(text)
@@ -65,6 +75,17 @@ impl Coaching {
     ) -> Result<Option<String>, CoachingError> {
         if asks_for_code(text) {
             return self.issue_code(scope, user).await.map(Some);
+        }
+        if asks_to_be_written_here(text) {
+            let (scope, user_id, visitor) =
+                (scope.clone(), user.id.clone(), visitor_id.to_string());
+            self.db()
+                .call(move |c| c.prefer_visitor(&scope, &user_id, &visitor))
+                .await?;
+            return Ok(Some(
+                "Done: when I write to you first (check-ins, program steps), it will be here."
+                    .into(),
+            ));
         }
         let Some(code) = code_in(text) else {
             return Ok(None);
@@ -139,5 +160,8 @@ mod tests {
         assert!(asks_for_code("/link"));
         assert!(asks_for_code("Link my accounts!"));
         assert!(!asks_for_code("can you link me to the guide?"));
+        assert!(asks_to_be_written_here("Send my messages here"));
+        assert!(asks_to_be_written_here("message me here!"));
+        assert!(!asks_to_be_written_here("can you send me the guide here?"));
     }
 }

@@ -77,7 +77,10 @@ impl Coaching {
             self.save_end_user(scope, &user).await?;
             return Ok(Some(OPTED_OUT.to_string()));
         }
-        if linking::asks_for_code(text) || linking::code_in(text).is_some() {
+        if linking::asks_for_code(text)
+            || linking::code_in(text).is_some()
+            || linking::asks_to_be_written_here(text)
+        {
             // Saved first: joining may move this person's identity to another end user.
             self.save_end_user(scope, &user).await?;
             if let Some(reply) = self.link_reply(scope, visitor_id, &user, text).await? {

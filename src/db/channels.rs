@@ -210,6 +210,13 @@ pub trait ChannelStore {
         code: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<String>, DbError>;
+    /// The person chose this visitor's channel for the coach's own messages.
+    fn prefer_visitor(
+        &self,
+        scope: &TenantScope,
+        end_user_id: &str,
+        visitor_id: &str,
+    ) -> Result<(), DbError>;
     /// Makes `visitor_id` one more identity of `end_user_id`: its own end user's goals,
     /// enrolments, nudges and consent move over, and that end user is removed.
     fn join_identity(
@@ -619,6 +626,20 @@ impl ChannelStore for Connection {
             )
             .optional()?;
         Ok(found.map(|(user, _)| user))
+    }
+
+    fn prefer_visitor(
+        &self,
+        scope: &TenantScope,
+        end_user_id: &str,
+        visitor_id: &str,
+    ) -> Result<(), DbError> {
+        self.execute(
+            "UPDATE end_users SET preferred_visitor_id = ?3 WHERE tenant_id = ?1 AND id = ?2 \
+             AND EXISTS (SELECT 1 FROM visitors WHERE tenant_id = ?1 AND id = ?3 AND end_user_id = ?2)",
+            params![scope.tenant_id(), end_user_id, visitor_id],
+        )?;
+        Ok(())
     }
 
     fn join_identity(

@@ -219,9 +219,12 @@ impl EndUserStore for Connection {
     ) -> Result<Option<String>, DbError> {
         Ok(self
             .query_row(
-                // The channel they used last, unless they left it (blocked the bot).
+                // The channel they chose, else the one they used last, unless they left it
+                // (blocked the bot).
                 "SELECT id FROM visitors WHERE tenant_id = ?1 AND end_user_id = ?2 \
-                 ORDER BY opted_out_at IS NOT NULL, last_seen_at DESC, rowid DESC LIMIT 1",
+                 ORDER BY opted_out_at IS NOT NULL, \
+                   id IS (SELECT preferred_visitor_id FROM end_users WHERE id = ?2) DESC, \
+                   last_seen_at DESC, rowid DESC LIMIT 1",
                 params![scope.tenant_id(), end_user_id],
                 |r| r.get(0),
             )

@@ -172,6 +172,15 @@ try {
     await screenshots('channels');
   });
 
+  await step('people and outcomes: the directory and each program\'s results', async () => {
+    await page.getByRole('link', { name: 'People' }).click();
+    await page.getByRole('heading', { name: 'People', level: 1 }).waitFor();
+    await page.getByRole('form', { name: 'Filter people' }).waitFor();
+    await page.getByRole('link', { name: 'Outcomes' }).click();
+    await page.getByRole('heading', { name: 'Outcomes', level: 1 }).waitFor();
+    await page.getByText('Publish a program to see its outcomes here.').waitFor();
+  });
+
   const instance = await (await fetch(`${base}/api/v1/instance`)).json();
   let resetLink;
   await step('team: an invitation revoked, a reset link for a member', async () => {

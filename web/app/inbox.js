@@ -109,7 +109,7 @@ export async function inbox(main, { user, params, navigate }) {
         style: `display:block;padding:12px 14px;text-decoration:none;color:inherit;${c.id === selected ? 'border-color:var(--brand)' : ''}`,
         'aria-current': c.id === selected ? 'true' : false, 'data-conversation': c.id },
         el('div', { class: 'row', style: 'justify-content:space-between' },
-          el('strong', {}, `End user ${item.visitor_id.slice(0, 6)}`, item.visitor_online ? el('span', { class: 'badge ready', style: 'margin-left:6px' }, 'online') : '', channelBadge(item.conversation.channel)),
+          el('strong', {}, item.end_user_name || `End user ${(item.end_user_id || item.visitor_id).slice(0, 6)}`, item.visitor_online ? el('span', { class: 'badge ready', style: 'margin-left:6px' }, 'online') : '', channelBadge(item.conversation.channel)),
           item.unread ? el('span', { class: 'badge processing', 'data-test': 'unread' }, `${item.unread} new`) : ''),
         el('div', { class: 'small muted', style: 'overflow:hidden;text-overflow:ellipsis;white-space:nowrap' }, preview),
         el('div', { class: 'small' },
@@ -148,7 +148,7 @@ export async function inbox(main, { user, params, navigate }) {
     panel.replaceChildren(
       el('div', { class: 'row', style: 'justify-content:space-between' },
         el('h2', { style: 'margin:0' }, c.mode === 'human' ? `With ${c.assigned_name || 'a person'}` : 'The coach is answering'), action),
-      c.visitor_id ? el('p', { class: 'small' }, el('a', { href: `#/inbox?visitor=${encodeURIComponent(c.visitor_id)}` }, 'All conversations of this end user')) : null,
+      c.visitor_id ? el('p', { class: 'small' }, el('a', { href: `#/inbox?visitor=${encodeURIComponent(c.visitor_id)}` }, 'All conversations of this end user, on every channel')) : null,
       transcript, reply);
     transcript.scrollTop = transcript.scrollHeight;
   }

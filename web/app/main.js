@@ -13,6 +13,8 @@ import { analytics } from './analytics.js';
 import { team } from './team.js';
 import { owner } from './owner.js';
 import { channels } from './channels.js';
+import { people } from './people.js';
+import { outcomes } from './outcomes.js';
 
 const app = document.getElementById('app');
 const screens = {
@@ -24,6 +26,8 @@ const screens = {
   inbox: { title: 'Inbox', render: inbox },
   gaps: { title: 'Knowledge gaps', render: gaps },
   analytics: { title: 'Analytics', render: analytics },
+  people: { title: 'People', render: people },
+  outcomes: { title: 'Outcomes', render: outcomes },
   channels: { title: 'Channels', render: channels },
   team: { title: 'Team and keys', render: team },
   server: { title: 'This server', render: owner },
@@ -118,8 +122,8 @@ function shell(route, user) {
   const link = (to, label) => el('a', { class: 'item', href: `#/${to}`, 'aria-current': route === to ? 'page' : false }, label);
   return el('nav', { class: 'nav', 'aria-label': 'Dashboard' },
     el('a', { class: 'logo', href: '#/' }, el('img', { src: '/favicon.svg', alt: '' }), 'Compañero'),
-    link('', 'Overview'), link('inbox', 'Inbox'), link('knowledge', 'Knowledge'), link('gaps', 'Knowledge gaps'),
-    link('analytics', 'Analytics'), link('channels', 'Channels'), link('settings', 'Coach settings'), link('test', 'Test chat'),
+    link('', 'Overview'), link('inbox', 'Inbox'), link('people', 'People'), link('knowledge', 'Knowledge'), link('gaps', 'Knowledge gaps'),
+    link('analytics', 'Analytics'), link('outcomes', 'Outcomes'), link('channels', 'Channels'), link('settings', 'Coach settings'), link('test', 'Test chat'),
     user.role === 'admin' ? link('team', 'Team and keys') : null, user.is_owner ? link('server', 'This server') : null,
     link('welcome', 'Get started'),
     el('div', { class: 'spacer' }),

@@ -1,0 +1,33 @@
+// Outcomes: what each program achieves for real end users: completion, where people drop
+// off, weekly retention, goal progress and check-in adherence.
+import { get } from './api.js';
+import { el } from './ui.js';
+
+const percent = (x) => (x == null ? '–' : `${Math.round(x * 100)}%`);
+
+export async function outcomes(main) {
+  const { programs } = await get('/api/v1/programs');
+  const published = programs.filter((p) => p.published_version);
+  main.append(el('h1', {}, 'Outcomes'),
+    el('p', { class: 'muted' }, 'Results of each published program for real end users (test end users are left out).'));
+  if (!published.length) {
+    main.append(el('section', { class: 'card' }, el('p', { class: 'muted', style: 'margin:0' }, 'Publish a program to see its outcomes here.')));
+    return;
+  }
+  const cards = await Promise.all(published.map(async (program) => {
+    const o = await get(`/api/v1/analytics/outcomes?program_id=${encodeURIComponent(program.id)}`);
+    const figure = (label, value) => el('div', { class: 'figure' }, el('div', { class: 'small muted' }, label), el('strong', {}, value));
+    const steps = o.drop_off.map((s) => el('tr', {}, el('td', {}, s.step_key), el('td', {}, String(s.reached)), el('td', {}, percent(s.drop_off))));
+    const weeks = o.retention.map((c) => el('tr', {}, el('td', {}, c.week), el('td', {}, String(c.enrolled)), el('td', {}, percent(c.retained))));
+    return el('section', { class: 'card', 'data-outcomes': program.id },
+      el('h2', { style: 'margin-top:0' }, program.name),
+      el('div', { class: 'row' }, figure('Enrolled', String(o.enrolled)), figure('Active', String(o.active)), figure('Completed', `${o.completed} (${percent(o.completion_rate)})`),
+        figure('Median goal progress', percent(o.median_goal_progress)), figure('Check-in adherence', percent(o.check_in_adherence)),
+        figure('Replies to nudges', percent(o.nudge_reply_rate))),
+      steps.length ? el('details', {}, el('summary', {}, 'Drop-off by step'),
+        el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'Step'), el('th', {}, 'Reached'), el('th', {}, 'Did not reach'))), el('tbody', {}, ...steps))) : null,
+      weeks.length ? el('details', {}, el('summary', {}, 'Retention by enrolment week'),
+        el('table', {}, el('thead', {}, el('tr', {}, el('th', {}, 'Week'), el('th', {}, 'Enrolled'), el('th', {}, 'Wrote in the last 7 days'))), el('tbody', {}, ...weeks))) : null);
+  }));
+  main.append(...cards);
+}

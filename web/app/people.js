@@ -1,0 +1,85 @@
+// People: everyone the coach works with (end users), filtered by tag, program and activity;
+// a person's page shows their goals with progress, programs, recent nudges and where they talk.
+import { get, explain } from './api.js';
+import { el, toast } from './ui.js';
+
+const when = (at) => (at ? at.replace('T', ' ').slice(0, 16) + ' UTC' : 'never');
+const percent = (x) => `${Math.round((x || 0) * 100)}%`;
+const channelNames = { web: 'Website', telegram: 'Telegram', whatsapp: 'WhatsApp' };
+
+export async function people(main, { params }) {
+  const id = params.get('id');
+  if (id) return person(main, id);
+  const programs = (await get('/api/v1/programs')).programs;
+  const filters = { tag: params.get('tag') || '', program_id: params.get('program') || '', activity: params.get('activity') || '' };
+  const tag = el('input', { name: 'tag', value: filters.tag, placeholder: 'any tag' });
+  const program = el('select', { name: 'program' }, el('option', { value: '' }, 'Any program'),
+    ...programs.map((p) => el('option', { value: p.id, selected: p.id === filters.program_id }, p.name)));
+  const activity = el('select', { name: 'activity' }, ...[['', 'Anyone'], ['active', 'Wrote this week'], ['inactive', 'Quiet for a week']]
+    .map(([value, label]) => el('option', { value, selected: value === filters.activity }, label)));
+  const form = el('form', { class: 'row', 'aria-label': 'Filter people' },
+    el('label', {}, 'Tag ', tag), el('label', {}, 'Program ', program), el('label', {}, 'Activity ', activity),
+    el('button', { class: 'btn', type: 'submit' }, 'Filter'));
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    if (tag.value.trim()) query.set('tag', tag.value.trim());
+    if (program.value) query.set('program', program.value);
+    if (activity.value) query.set('activity', activity.value);
+    location.hash = `#/people?${query}`;
+  });
+  const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v));
+  const { end_users: users, total } = await get(`/api/v1/end-users?${query}`);
+  const rows = users.map((u) => el('tr', { 'data-person': u.id },
+    el('td', {}, el('a', { href: `#/people?id=${encodeURIComponent(u.id)}` }, u.name || `End user ${u.id.slice(0, 6)}`),
+      u.test_clock_id ? el('span', { class: 'badge', style: 'margin-left:6px' }, 'test') : ''),
+    el('td', {}, u.tags.join(', ')),
+    el('td', {}, when(u.last_active_at)),
+    el('td', {}, u.opted_out_at ? 'Opted out' : u.consent ? 'Yes' : 'Not asked')));
+  main.append(el('h1', {}, 'People'),
+    el('p', { class: 'muted' }, 'Everyone your coach works with: people who wrote to it on any channel, and test end users.'),
+    form,
+    el('p', { class: 'small muted' }, `${total} ${total === 1 ? 'person' : 'people'}`),
+    users.length
+      ? el('table', {}, el('thead', {}, el('tr', {}, ...['Name', 'Tags', 'Last active', 'Check-ins'].map((h) => el('th', {}, h)))), el('tbody', {}, ...rows))
+      : el('section', { class: 'card' }, el('p', { class: 'muted', style: 'margin:0' }, 'Nobody yet. People appear here once they write to your coach.')));
+}
+
+async function person(main, id) {
+  let profile;
+  try {
+    profile = await get(`/api/v1/end-users/${encodeURIComponent(id)}`);
+  } catch (error) {
+    toast(explain(error), 'error');
+    location.hash = '#/people';
+    return;
+  }
+  const name = profile.name || `End user ${profile.id.slice(0, 6)}`;
+  const goals = profile.goals.map((g) => el('div', { class: 'card', 'data-goal': g.id },
+    el('div', { class: 'row', style: 'justify-content:space-between' }, el('strong', {}, g.title),
+      el('span', { class: `badge ${g.status === 'reached' ? 'ready' : ''}` }, g.status)),
+    el('progress', { max: '100', value: String(Math.round(g.progress * 100)), 'aria-label': `${g.title}: ${percent(g.progress)}` }),
+    el('p', { class: 'small' }, `${g.latest_value ?? '–'} of ${g.target} ${g.unit} · ${percent(g.progress)} · streak ${g.current_streak} (best ${g.longest_streak})`)));
+  const programs = await get('/api/v1/programs');
+  const programName = (pid) => (programs.programs.find((p) => p.id === pid) || {}).name || pid.slice(0, 8);
+  const enrollments = profile.enrollments.map((e) => el('li', { 'data-enrollment': e.id },
+    `${programName(e.program_id)} · ${e.status} · since ${when(e.enrolled_at)}`));
+  const nudges = profile.recent_nudges.map((n) => el('tr', {},
+    el('td', {}, when(n.sent_at || n.scheduled_for)), el('td', {}, n.kind), el('td', {}, n.status + (n.reason ? ` (${n.reason})` : '')),
+    el('td', {}, channelNames[n.channel] || n.channel || ''), el('td', { class: 'small' }, (n.content || '').slice(0, 120))));
+  const conversations = profile.conversations.map((c) => el('li', { 'data-conversation': c.id },
+    el('a', { href: `#/inbox?c=${encodeURIComponent(c.id)}` }, channelNames[c.channel] || c.channel),
+    ` · last message ${when(c.last_message_at)}${c.taken_over ? ' · taken over' : ''}`));
+  main.append(
+    el('p', {}, el('a', { href: '#/people' }, '← People')),
+    el('h1', {}, name),
+    el('p', { class: 'muted' }, [profile.email, `zone ${profile.time_zone}`, profile.tags.length ? `tags ${profile.tags.join(', ')}` : null,
+      profile.opted_out_at ? `opted out ${when(profile.opted_out_at)}` : profile.consent ? `check-ins agreed (${profile.consent_channel || 'api'})` : 'check-ins not agreed',
+      profile.test_clock_id ? 'test end user' : null].filter(Boolean).join(' · ')),
+    el('h2', {}, 'Goals'), goals.length ? el('div', { class: 'stack' }, ...goals) : el('p', { class: 'muted' }, 'No goals yet.'),
+    el('h2', {}, 'Programs'), enrollments.length ? el('ul', {}, ...enrollments) : el('p', { class: 'muted' }, 'Not enrolled in a program.'),
+    el('h2', {}, 'Conversations'), conversations.length ? el('ul', {}, ...conversations) : el('p', { class: 'muted' }, 'No conversation yet.'),
+    el('h2', {}, 'Recent messages from the coach'),
+    nudges.length ? el('table', {}, el('thead', {}, el('tr', {}, ...['When', 'Kind', 'Status', 'Channel', 'Text'].map((h) => el('th', {}, h)))), el('tbody', {}, ...nudges))
+      : el('p', { class: 'muted' }, 'None yet.'));
+}
