@@ -99,17 +99,40 @@ function store(tokens, change) {
 export function refresh() {
   if (!refreshing) {
     const seen = session;
-    const renew = () => renewUnlessRenewed(seen);
+    const asked = performance.now();
+    const renew = () => renewUnlessRenewed(seen, performance.now() - asked > LOCK_WAITED_MS);
     refreshing = (navigator.locks ? navigator.locks.request(LOCK, renew) : renew())
       .finally(() => { refreshing = null; });
   }
   return refreshing;
 }
 
+/** A lock granted later than this was held by another tab, which may have renewed. */
+const LOCK_WAITED_MS = 5;
+/** How long a tab that waited for the lock waits for the other tab's renewal to reach it:
+ * another tab's localStorage write reaches this one a moment later (Chromium keeps each tab's
+ * copy in its own process), and renewing the same refresh token twice ends the sign-in. */
+const STORAGE_SETTLE_MS = 150;
+
+function storedSessionSoon(seen) {
+  return new Promise((resolve) => {
+    const done = () => { window.removeEventListener('storage', changed); clearTimeout(timer); resolve(load()); };
+    const changed = (event) => { if (event.key === KEY) done(); };
+    const timer = setTimeout(done, STORAGE_SETTLE_MS);
+    window.addEventListener('storage', changed);
+    const now = load();
+    if (now && seen && now.refresh_token !== seen.refresh_token) done();
+  });
+}
+
 /** Runs holding the lock. `seen` is the session that needed renewing; when another tab has
- * replaced it meanwhile, its session is used instead of renewing again. */
-async function renewUnlessRenewed(seen) {
-  const latest = newest(session, load());
+ * replaced it meanwhile, its session is used instead of renewing again. `waited`: the lock
+ * was held by another tab first. */
+async function renewUnlessRenewed(seen, waited) {
+  let latest = newest(session, load());
+  if (waited && latest && seen && latest.refresh_token === seen.refresh_token) {
+    latest = newest(session, await storedSessionSoon(seen));
+  }
   if (!latest) throw new ApiError(401, 'unauthorized', 'Please sign in.');
   if (!seen || latest.refresh_token !== seen.refresh_token) { session = latest; return; }
   try {

@@ -53,7 +53,7 @@ export async function channels(main) {
         } }, 'Disconnect'));
       }
     } else if (admin) {
-      const token = el('input', { name: 'bot_token', autocomplete: 'off', spellcheck: 'false', placeholder: '123456789:AA…', required: true });
+      const token = el('input', { type: 'text', name: 'bot_token', autocomplete: 'off', spellcheck: 'false', placeholder: '123456789:AA…', required: true });
       const form = el('form', {}, el('div', { class: 'status' }),
         field('Bot token', token, 'In Telegram, talk to @BotFather, send /newbot, and paste the token it gives you. It is checked with Telegram and stored encrypted.'),
         el('button', { class: 'btn primary', type: 'submit' }, 'Connect'));
@@ -116,7 +116,7 @@ export async function channels(main) {
       card.append(el('p', { class: 'small muted' }, 'An admin of this coach can connect a WhatsApp number.'));
       return card;
     }
-    const input = (name, placeholder) => el('input', { name, placeholder, autocomplete: 'off', spellcheck: 'false' });
+    const input = (name, placeholder) => el('input', { type: 'text', name, placeholder, autocomplete: 'off', spellcheck: 'false' });
     const id = input('phone_number_id', '106540352242922');
     const token = input('access_token', 'EAAG…');
     const secret = input('app_secret', '');

@@ -14,6 +14,8 @@ import { team } from './team.js';
 import { owner } from './owner.js';
 import { channels } from './channels.js';
 import { people } from './people.js';
+import { programs } from './programs.js';
+import { rules } from './rules.js';
 import { outcomes } from './outcomes.js';
 
 const app = document.getElementById('app');
@@ -27,6 +29,8 @@ const screens = {
   gaps: { title: 'Knowledge gaps', render: gaps },
   analytics: { title: 'Analytics', render: analytics },
   people: { title: 'People', render: people },
+  programs: { title: 'Programs', render: programs },
+  rules: { title: 'Nudge rules', render: rules },
   outcomes: { title: 'Outcomes', render: outcomes },
   channels: { title: 'Channels', render: channels },
   team: { title: 'Team and keys', render: team },
@@ -122,7 +126,7 @@ function shell(route, user) {
   const link = (to, label) => el('a', { class: 'item', href: `#/${to}`, 'aria-current': route === to ? 'page' : false }, label);
   return el('nav', { class: 'nav', 'aria-label': 'Dashboard' },
     el('a', { class: 'logo', href: '#/' }, el('img', { src: '/favicon.svg', alt: '' }), 'Compañero'),
-    link('', 'Overview'), link('inbox', 'Inbox'), link('people', 'People'), link('knowledge', 'Knowledge'), link('gaps', 'Knowledge gaps'),
+    link('', 'Overview'), link('inbox', 'Inbox'), link('people', 'People'), link('programs', 'Programs'), link('rules', 'Nudge rules'), link('knowledge', 'Knowledge'), link('gaps', 'Knowledge gaps'),
     link('analytics', 'Analytics'), link('outcomes', 'Outcomes'), link('channels', 'Channels'), link('settings', 'Coach settings'), link('test', 'Test chat'),
     user.role === 'admin' ? link('team', 'Team and keys') : null, user.is_owner ? link('server', 'This server') : null,
     link('welcome', 'Get started'),

@@ -12,7 +12,7 @@ export async function people(main, { params }) {
   if (id) return person(main, id);
   const programs = (await get('/api/v1/programs')).programs;
   const filters = { tag: params.get('tag') || '', program_id: params.get('program') || '', activity: params.get('activity') || '' };
-  const tag = el('input', { name: 'tag', value: filters.tag, placeholder: 'any tag' });
+  const tag = el('input', { type: 'text', name: 'tag', value: filters.tag, placeholder: 'any tag' });
   const program = el('select', { name: 'program' }, el('option', { value: '' }, 'Any program'),
     ...programs.map((p) => el('option', { value: p.id, selected: p.id === filters.program_id }, p.name)));
   const activity = el('select', { name: 'activity' }, ...[['', 'Anyone'], ['active', 'Wrote this week'], ['inactive', 'Quiet for a week']]
