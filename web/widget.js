@@ -489,9 +489,17 @@
         el('div', {}, `${goal.title}: ${value}${goal.status === 'reached' ? ' · reached!' : streak}`),
         el('progress', { max: '100', value: String(Math.round(goal.progress * 100)), 'aria-label': `${goal.title}: ${Math.round(goal.progress * 100)}%` }));
     });
+    // The newest step they received, in the coach's words (what the creator wrote is an
+    // instruction to the coach, not text for them).
+    const latest = (program) => {
+      if (!program.latest_step) return null;
+      const text = program.latest_step.length > 140 ? `${program.latest_step.slice(0, 139)}…` : program.latest_step;
+      return el('div', { class: 'meta latest-step' }, `Latest step: ${text}`);
+    };
     const programs = me.programs.map((program) => el('div', { class: 'item' },
       el('div', {}, program.name),
-      el('div', { class: 'meta' }, program.status === 'completed' ? 'Completed' : `Step ${program.steps_done} of ${program.steps}${program.status === 'paused' ? ' · paused' : ''}`)));
+      el('div', { class: 'meta' }, program.status === 'completed' ? 'Completed' : `Step ${program.steps_done} of ${program.steps}${program.status === 'paused' ? ' · paused' : ''}`),
+      latest(program)));
     // The same person in a messaging app: the coach answers with a code to send there.
     const link = el('button', { type: 'button', class: 'link-app', onclick: () => { if (send('link my account')) toggleProgress(); } }, 'Continue in another app…');
     progressPanel.replaceChildren(el('h3', {}, 'My progress'), ...goals, ...programs, link);

@@ -101,6 +101,10 @@ pub struct MyProgram {
     /// Steps sent so far, of `steps` (branch steps count once chosen).
     pub steps_done: usize,
     pub steps: usize,
+    /// What the newest step they received said (the coach's words, not the creator's
+    /// instruction), and when: the widget shows it as the current step.
+    pub latest_step: Option<String>,
+    pub latest_step_at: Option<DateTime<Utc>>,
 }
 
 fn clean_tags(tags: Vec<String>) -> Result<Vec<String>, CoachingError> {
@@ -454,11 +458,14 @@ impl Coaching {
                             !definition.is_branch(&s.key) || enrollment.steps_done.contains(&s.key)
                         })
                         .count();
+                    let latest = c.latest_step_sent(&scope, &enrollment.id)?;
                     programs.push(MyProgram {
                         name: definition.name,
                         status: enrollment.status,
                         steps_done: enrollment.steps_done.len(),
                         steps,
+                        latest_step_at: latest.as_ref().map(|(_, at)| *at),
+                        latest_step: latest.map(|(text, _)| text),
                     });
                 }
                 Ok::<_, crate::db::DbError>((goals, programs))

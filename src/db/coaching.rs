@@ -926,6 +926,12 @@ pub trait NudgeStore {
     fn rules(&self, scope: &TenantScope) -> Result<Vec<NudgeRule>, DbError>;
     fn update_rule(&self, scope: &TenantScope, rule: &NudgeRule) -> Result<(), DbError>;
     fn delete_rule(&self, scope: &TenantScope, id: &str) -> Result<bool, DbError>;
+    /// What the enrolment's newest sent step said, and when it went out.
+    fn latest_step_sent(
+        &self,
+        scope: &TenantScope,
+        enrollment_id: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>, DbError>;
 
     /// Plans a nudge and queues its job in one transaction (a crash leaves both or neither).
     /// False when a nudge with its dedupe key exists (it was planned already).
@@ -971,6 +977,24 @@ pub trait NudgeStore {
 }
 
 impl NudgeStore for Connection {
+    fn latest_step_sent(
+        &self,
+        scope: &TenantScope,
+        enrollment_id: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>, DbError> {
+        let found: Option<(String, String)> = self
+            .prepare_cached(
+                "SELECT content, sent_at FROM nudges WHERE tenant_id = ?1 AND enrollment_id = ?2 \
+                 AND kind = 'step' AND sent_at IS NOT NULL AND content IS NOT NULL \
+                 ORDER BY sent_at DESC LIMIT 1",
+            )?
+            .query_row(params![scope.tenant_id(), enrollment_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        Ok(found.map(|(content, at)| (content, parse_instant(&at))))
+    }
+
     fn create_rule(&self, scope: &TenantScope, r: &NudgeRule) -> Result<(), DbError> {
         self.prepare_cached(&format!(
                 "INSERT INTO nudge_rules (tenant_id, {RULE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"

@@ -375,7 +375,11 @@ try {
     await progress.waitFor();
     const shown = await progress.innerText();
     check(shown.includes('Push-ups: 42 of 50 reps') && shown.includes('Push-up starter'), `the goal and the program: ${shown}`);
+    check(shown.includes('Latest step: How many push-ups'), `the latest step, in the words they received: ${shown}`);
     await site.screenshot({ path: path.join(shots, 'chat-page-progress.png') });
+    // From the panel, a code to continue in a messaging app.
+    await progress.getByRole('button', { name: 'Continue in another app…' }).click();
+    await site.waitForSelector('.msg.assistant:has-text("Your link code is")');
     await visit.close();
     await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '21:00-08:00' } });
   });
