@@ -252,6 +252,10 @@ const SWEEP_EXEMPT: &[(&str, &str)] = &[
     ),
     ("/c/{slug}", "public by design: the coach's chat page"),
     (
+        "/c/{slug}/manifest.webmanifest",
+        "public by design: the chat page's app manifest",
+    ),
+    (
         "/api/v1/live",
         "a WebSocket: the test below opens another tenant's conversation over it",
     ),
@@ -552,7 +556,13 @@ async fn every_routed_operation_is_documented_in_openapi() {
     let app = start().await;
     let owner = register(&app, "ana@example.com", None).await;
     let doc = json_of(app.get("/api/openapi.json").await).await;
-    let exempt = ["/api/openapi.json", "/docs", "/c/{slug}"]; // the document itself, its page, an HTML page
+    // The document itself, its page, an HTML page and its web app manifest.
+    let exempt = [
+        "/api/openapi.json",
+        "/docs",
+        "/c/{slug}",
+        "/c/{slug}/manifest.webmanifest",
+    ];
     let mut missing = Vec::new();
     for (method, path) in routed(&app, &owner).await {
         if exempt.contains(&path.as_str()) {

@@ -27,6 +27,13 @@
   const mount = (preview && document.querySelector(script.dataset.mount)) || null;
   const storeKey = `companero:${base}:${slug}`;
 
+  // The chat page can be installed as an app: its service worker keeps the shell for offline
+  // starts (never the conversation). Only on the chat page itself, never on a creator's site.
+  if (pageMode && !preview && 'serviceWorker' in navigator && location.origin === base) {
+    navigator.serviceWorker.register('/chat-sw.js', { scope: `/c/${encodeURIComponent(slug)}` })
+      .catch((error) => console.warn('Compañero: the app shell is not kept offline', error));
+  }
+
   // ---- storage: the visitor token and conversation survive a reload ----
   const memory = {};
   const store = {

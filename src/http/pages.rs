@@ -1,4 +1,5 @@
-//! Pages rendered by the server: the coach's chat page at `/c/{slug}`.
+//! Pages rendered by the server: the coach's chat page at `/c/{slug}`, installable as an app
+//! (its web app manifest; `web/chat-sw.js` keeps it opening without a network).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,7 +12,44 @@ use crate::chat::ChatError;
 use crate::chat::coach;
 
 pub fn routes() -> Routes {
-    Routes::new().route("/c/{slug}", get(chat_page))
+    Routes::new()
+        .route("/c/{slug}", get(chat_page))
+        .route("/c/{slug}/manifest.webmanifest", get(manifest))
+}
+
+/// The chat page as an installable app: its name, colour and start address.
+async fn manifest(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
+    let lookup = slug.clone();
+    let coach = match state.db.call(move |c| coach::by_slug(c, &lookup)).await {
+        Ok((_, coach)) => coach,
+        Err(ChatError::NotFound(_)) => return not_found(),
+        Err(error) => {
+            tracing::error!(%error, "chat page manifest");
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    };
+    let start = format!("/c/{}", coach.slug);
+    let short: String = coach.name.chars().take(12).collect();
+    let manifest = serde_json::json!({
+        "id": start,
+        "name": coach.name,
+        "short_name": short,
+        "description": format!("Chat with {}", coach.name),
+        "start_url": start,
+        "scope": start,
+        "display": "standalone",
+        "background_color": "#f8fafc",
+        "theme_color": coach.brand_color,
+        "icons": [{"src": "/favicon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}],
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/manifest+json"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        manifest.to_string(),
+    )
+        .into_response()
 }
 
 /// The chat page: a shell named after the coach that runs the same script as the widget, full
@@ -34,6 +72,7 @@ async fn chat_page(State(state): State<AppState>, Path(slug): Path<String>) -> R
          <title>{name}</title>\n<meta name=\"description\" content=\"Chat with {name}\">\n\
          <meta name=\"theme-color\" content=\"{color}\">\n\
          <link rel=\"icon\" href=\"/favicon.svg\" type=\"image/svg+xml\">\n\
+         <link rel=\"manifest\" href=\"/c/{slug}/manifest.webmanifest\">\n\
          <style>html,body{{margin:0;height:100%;background:#f8fafc}}</style>\n</head>\n<body>\n\
          <noscript>This chat needs JavaScript.</noscript>\n\
          <script src=\"/widget.js\" data-coach=\"{slug}\" data-mode=\"page\" defer></script>\n\

@@ -114,6 +114,28 @@ try {
     await page.screenshot({ path: path.join(shots, 'chat-page-desktop.png') });
   });
 
+  await step('the chat page installs as an app and opens without a network', async () => {
+    const coach = await api('/api/v1/coach');
+    const href = await page.locator('link[rel="manifest"]').getAttribute('href');
+    const manifest = await (await fetch(`${base}${href}`)).json();
+    check(manifest.name === coach.name && manifest.start_url === `/c/${slug}` && manifest.display === 'standalone', `the manifest: ${JSON.stringify(manifest)}`);
+    await page.waitForFunction(() => navigator.serviceWorker && navigator.serviceWorker.controller, null, { timeout: 15000 }).catch(async () => {
+      await page.reload();
+      await page.waitForFunction(() => navigator.serviceWorker.controller, null, { timeout: 15000 });
+    });
+    const before = problems.length;
+    await context.setOffline(true);
+    await page.reload();
+    await page.waitForSelector('companero-chat', { state: 'attached' });
+    check((await page.title()) === coach.name, 'offline, the kept page opens');
+    await context.setOffline(false);
+    await page.reload();
+    await ready(page);
+    // The failed connections while offline were provoked here; anything else is a problem.
+    const provoked = problems.splice(before).filter((p) => !p.includes('ERR_INTERNET_DISCONNECTED'));
+    problems.push(...provoked);
+  });
+
   await step('a reload keeps the history', async () => {
     await page.reload();
     await ready(page);

@@ -1,0 +1,34 @@
+// The chat page as an installed app: its shell (the page, the widget script, the icon) is kept
+// so the app opens without a network, and shows the page's own "reconnecting" state. Every
+// API call goes to the network: conversations are never cached on the device.
+const CACHE = 'companero-chat-v1';
+const SHELL = ['/widget.js', '/favicon.svg'];
+
+// The scope is the chat page's own address (`/c/<slug>`): it is kept with the shell.
+self.addEventListener('install', (event) => {
+  const page = new URL(self.registration.scope).pathname;
+  event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll([page, ...SHELL])).then(() => self.skipWaiting()));
+});
+
+self.addEventListener('activate', (event) => {
+  event.waitUntil(caches.keys()
+    .then((keys) => Promise.all(keys.filter((key) => key !== CACHE).map((key) => caches.delete(key))))
+    .then(() => self.clients.claim()));
+});
+
+self.addEventListener('fetch', (event) => {
+  const url = new URL(event.request.url);
+  if (event.request.method !== 'GET' || url.origin !== self.location.origin || url.pathname.startsWith('/api/')) return;
+  const shell = event.request.mode === 'navigate' || SHELL.includes(url.pathname) || url.pathname.endsWith('/manifest.webmanifest');
+  if (!shell) return;
+  // The network first, so an update shows at once; the kept copy when offline.
+  event.respondWith(fetch(event.request)
+    .then((response) => {
+      if (response.ok) {
+        const copy = response.clone();
+        caches.open(CACHE).then((cache) => cache.put(event.request, copy));
+      }
+      return response;
+    })
+    .catch(() => caches.match(event.request).then((kept) => kept || Response.error())));
+});
