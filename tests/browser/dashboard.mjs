@@ -226,6 +226,21 @@ try {
     await page.getByRole('link', { name: 'People' }).click();
     await page.getByRole('heading', { name: 'People', level: 1 }).waitFor();
     await page.getByRole('form', { name: 'Filter people' }).waitFor();
+    // The test person from the preview: a goal added, a check-in recorded, the enrolment paused.
+    await page.getByRole('link', { name: 'Test person' }).first().click();
+    await page.getByRole('heading', { name: 'Test person', level: 1 }).waitFor();
+    const addGoal = page.getByRole('form', { name: 'Add a goal' });
+    await addGoal.getByLabel('Goal title').fill('Lights out by 23:00');
+    await addGoal.getByLabel('Metric').fill('nights');
+    await addGoal.getByLabel('Target').fill('5');
+    await addGoal.getByRole('button', { name: 'Add a goal' }).click();
+    const goal = page.locator('[data-goal]').filter({ hasText: 'Lights out by 23:00' });
+    await goal.getByLabel('Value for Lights out by 23:00').fill('2');
+    await goal.getByRole('button', { name: 'Record a check-in' }).click();
+    await page.locator('[data-goal]').filter({ hasText: '2 of 5' }).waitFor();
+    await page.locator('[data-enrollment]').getByRole('button', { name: 'Pause' }).click();
+    await page.locator('[data-enrollment]').filter({ hasText: 'paused' }).waitFor();
+    await screenshots('person');
     await page.getByRole('link', { name: 'Outcomes' }).click();
     await page.getByRole('heading', { name: 'Outcomes', level: 1 }).waitFor();
     await page.locator('[data-outcomes]').filter({ hasText: 'Sleep better' }).waitFor();

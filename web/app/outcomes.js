@@ -19,8 +19,20 @@ export async function outcomes(main) {
     const figure = (label, value) => el('div', { class: 'figure' }, el('div', { class: 'small muted' }, label), el('strong', {}, value));
     const steps = o.drop_off.map((s) => el('tr', {}, el('td', {}, s.step_key), el('td', {}, String(s.reached)), el('td', {}, percent(s.drop_off))));
     const weeks = o.retention.map((c) => el('tr', {}, el('td', {}, c.week), el('td', {}, String(c.enrolled)), el('td', {}, percent(c.retained))));
+    const csv = () => {
+      const rows = [['program', 'measure', 'key', 'value'],
+        ...[['enrolled', o.enrolled], ['active', o.active], ['completed', o.completed], ['completion_rate', o.completion_rate],
+          ['median_goal_progress', o.median_goal_progress], ['check_in_adherence', o.check_in_adherence], ['nudge_reply_rate', o.nudge_reply_rate]]
+          .map(([key, value]) => [program.name, 'total', key, value ?? '']),
+        ...o.drop_off.map((s) => [program.name, 'step_reached', s.step_key, s.reached]),
+        ...o.retention.map((c) => [program.name, 'cohort_retained', c.week, c.retained])];
+      const text = rows.map((r) => r.map((v) => `"${String(v).replace(/"/g, '""')}"`).join(',')).join('\n');
+      const link = el('a', { href: URL.createObjectURL(new Blob([text], { type: 'text/csv' })), download: `outcomes-${program.name}.csv` });
+      document.body.append(link); link.click(); link.remove();
+    };
     return el('section', { class: 'card', 'data-outcomes': program.id },
-      el('h2', { style: 'margin-top:0' }, program.name),
+      el('div', { class: 'row', style: 'justify-content:space-between' }, el('h2', { style: 'margin-top:0' }, program.name),
+        el('button', { class: 'btn small', type: 'button', onclick: csv }, 'Download CSV')),
       el('div', { class: 'row' }, figure('Enrolled', String(o.enrolled)), figure('Active', String(o.active)), figure('Completed', `${o.completed} (${percent(o.completion_rate)})`),
         figure('Median goal progress', percent(o.median_goal_progress)), figure('Check-in adherence', percent(o.check_in_adherence)),
         figure('Replies to nudges', percent(o.nudge_reply_rate))),

@@ -12,16 +12,21 @@ export async function programs(main, { params }) {
   const id = params.get('id');
   if (id) return builder(main, id === 'new' ? null : id);
   const { programs: all } = await get('/api/v1/programs');
+  // Enrolled and completion of the published ones, from their outcomes.
+  const results = Object.fromEntries(await Promise.all(all.filter((p) => p.published_version)
+    .map(async (p) => [p.id, await get(`/api/v1/analytics/outcomes?program_id=${encodeURIComponent(p.id)}`).catch(() => null)])));
   main.append(el('h1', {}, 'Programs'),
     el('p', { class: 'muted' }, 'Programs are steps over days: messages, check-ins on goals, milestones, resources, and choices that branch.'),
     el('p', {}, el('a', { class: 'btn primary', href: '#/programs?id=new' }, 'New program')),
     all.length
-      ? el('table', {}, el('thead', {}, el('tr', {}, ...['Program', 'Status', 'Version', 'Steps'].map((h) => el('th', {}, h)))),
+      ? el('table', {}, el('thead', {}, el('tr', {}, ...['Program', 'Status', 'Version', 'Steps', 'Enrolled', 'Completed'].map((h) => el('th', {}, h)))),
         el('tbody', {}, ...all.map((p) => el('tr', { 'data-program': p.id },
           el('td', {}, el('a', { href: `#/programs?id=${encodeURIComponent(p.id)}` }, p.name)),
           el('td', {}, el('span', { class: `badge ${p.status === 'published' ? 'ready' : ''}` }, p.status)),
           el('td', {}, `v${p.version}${p.published_version && p.published_version !== p.version ? ` (v${p.published_version} published)` : ''}`),
-          el('td', {}, String(p.steps.length))))))
+          el('td', {}, String(p.steps.length)),
+          el('td', {}, results[p.id] ? String(results[p.id].enrolled) : '–'),
+          el('td', {}, results[p.id] ? `${Math.round(results[p.id].completion_rate * 100)}%` : '–')))))
       : el('section', { class: 'card' }, el('p', { class: 'muted', style: 'margin:0' }, 'No program yet.')));
 }
 
