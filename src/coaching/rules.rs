@@ -116,6 +116,31 @@ impl Coaching {
             .ok_or(CoachingError::NotFound("no such nudge rule"))
     }
 
+    /// When a schedule fires next: the rule's next `count` occurrences for a person in
+    /// `time_zone`, from now (what the rule picker shows before the rule is saved).
+    pub fn occurrences(
+        &self,
+        rrule: &str,
+        at: &str,
+        time_zone: &str,
+        count: usize,
+    ) -> Result<Vec<DateTime<Utc>>, CoachingError> {
+        let at = LocalTime::parse("at", at)?;
+        let tz = schedule::parse_time_zone("time_zone", time_zone)?;
+        let recurrence = Recurrence::parse(rrule, at)?;
+        let now = Utc::now();
+        let mut found = Vec::new();
+        let mut after = now;
+        while found.len() < count.clamp(1, 20) {
+            let Some(next) = recurrence.next_after(tz, now, after) else {
+                break;
+            };
+            found.push(next);
+            after = next;
+        }
+        Ok(found)
+    }
+
     pub async fn rules(&self, scope: &TenantScope) -> Result<Vec<NudgeRule>, CoachingError> {
         let scope = scope.clone();
         Ok(self.db().call(move |c| c.rules(&scope)).await?)

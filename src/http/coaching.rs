@@ -51,6 +51,7 @@ pub fn routes() -> Routes {
             "/api/v1/nudge-rules/{id}",
             put(update_rule).delete(delete_rule),
         )
+        .route("/api/v1/nudge-rules/occurrences", get(rule_occurrences))
         .route("/api/v1/nudges", get(list_nudges))
         .route("/api/v1/analytics/outcomes", get(outcomes))
         .route("/api/v1/test-clocks", post(create_test_clock))
@@ -413,6 +414,39 @@ pub(crate) async fn change_enrollment(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct RuleList {
     nudge_rules: Vec<NudgeRule>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct OccurrenceQuery {
+    /// An RFC 5545 rule, like `FREQ=WEEKLY;BYDAY=MO,TH`.
+    rrule: String,
+    /// `HH:MM`, the person's local time.
+    at: String,
+    /// The IANA zone to show them in [default: UTC].
+    time_zone: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Occurrences {
+    /// The next five, as instants.
+    occurrences: Vec<DateTime<Utc>>,
+}
+
+#[utoipa::path(get, path = "/api/v1/nudge-rules/occurrences", tag = "coaching", params(OccurrenceQuery),
+    responses((status = 200, description = "When a schedule fires next, from now", body = Occurrences),
+              (status = 400, description = "`invalid_schedule`, naming the field", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn rule_occurrences(
+    State(state): State<AppState>,
+    _auth: Authenticated,
+    Query(query): Query<OccurrenceQuery>,
+) -> Result<Json<Occurrences>, ApiError> {
+    let zone = query.time_zone.as_deref().unwrap_or("UTC");
+    Ok(Json(Occurrences {
+        occurrences: state
+            .coaching
+            .occurrences(&query.rrule, &query.at, zone, 5)?,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/nudge-rules", tag = "coaching",

@@ -95,6 +95,7 @@ use super::{
         coaching::delete_rule,
         coaching::list_nudges,
         coaching::outcomes,
+        coaching::rule_occurrences,
         coaching::create_test_clock,
         coaching::get_test_clock,
         coaching::advance_test_clock,

@@ -209,6 +209,11 @@ try {
     await form.getByRole('group', { name: 'On these days' }).getByLabel('Mon').check();
     await form.getByRole('group', { name: 'On these days' }).getByLabel('Thu').check();
     check(await form.locator('[data-rrule]').innerText() === 'FREQ=WEEKLY;BYDAY=MO,TH', 'the picker writes the RRULE');
+    await form.getByLabel('Next five times for someone in').fill('Europe/Madrid');
+    const times = form.getByRole('list', { name: 'Next five times' }).locator('li');
+    await page.waitForFunction(() => document.querySelectorAll('[data-occurrences] li').length === 5
+      && [...document.querySelectorAll('[data-occurrences] li')].every((li) => /Monday|Thursday/.test(li.textContent)));
+    check(await times.count() === 5, 'the next five occurrences are listed');
     await form.getByLabel('At (their local time)').fill('25:00');
     await form.getByLabel('What the coach is to write').fill('Ask how the week went and what they will try next.');
     await form.getByRole('button', { name: 'Save rule' }).click();

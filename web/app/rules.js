@@ -86,11 +86,27 @@ export async function rules(main, { user }) {
     const monthDay = el('input', { type: 'number', name: 'month_day', min: '1', max: '28', value: String(pick.monthDay) });
     const at = el('input', { type: 'text', name: 'at', value: t.at || '09:00', placeholder: '09:00' });
     const rrule = el('code', { 'data-rrule': '' });
+    const zone = el('input', { type: 'text', name: 'zone', value: Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC' });
+    const upcoming = el('ol', { class: 'small', 'aria-label': 'Next five times', 'data-occurrences': '' });
+    let asked = 0;
+    async function showOccurrences() {
+      const mine = ++asked;
+      const query = new URLSearchParams({ rrule: toRrule(choice()), at: at.value.trim(), time_zone: zone.value.trim() || 'UTC' });
+      try {
+        const { occurrences } = await get(`/api/v1/nudge-rules/occurrences?${query}`);
+        if (mine !== asked) return;
+        const format = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'short', timeZone: zone.value.trim() || 'UTC' });
+        upcoming.replaceChildren(...occurrences.map((when) => el('li', {}, format.format(new Date(when)))));
+      } catch (error) {
+        if (mine === asked) upcoming.replaceChildren(el('li', { class: 'error-text' }, explain(error)));
+      }
+    }
     const weekly = el('div', { class: 'row', role: 'group', 'aria-label': 'On these days' }, ...dayBoxes);
     const monthly = field('On day of the month', monthDay);
     const schedule = el('div', { class: 'stack' },
       el('div', { class: 'row' }, el('span', {}, 'Every'), interval, freq), weekly, monthly, field('At (their local time)', at),
-      el('p', { class: 'small muted' }, 'Stored as ', rrule));
+      el('p', { class: 'small muted' }, 'Stored as ', rrule),
+      field('Next five times for someone in', zone, 'An IANA time zone, like Europe/Madrid.'), upcoming);
     const tag = el('input', { type: 'text', name: 'tag', value: rule ? rule.audience.tag || '' : '' });
     const program = el('select', { name: 'program' }, el('option', { value: '' }, 'Everyone'),
       ...programs.map((p) => el('option', { value: p.id, selected: rule && p.id === rule.audience.program_id }, `Enrolled in ${p.name}`)));
@@ -104,8 +120,9 @@ export async function rules(main, { user }) {
       weekly.hidden = freq.value !== 'WEEKLY';
       monthly.hidden = freq.value !== 'MONTHLY';
       rrule.textContent = toRrule(choice());
+      if (!schedule.hidden) showOccurrences();
     }
-    [type, freq, interval, monthDay, ...dayBoxes.map((l) => l.firstChild)].forEach((n) => n.addEventListener('input', sync));
+    [type, freq, interval, monthDay, at, zone, ...dayBoxes.map((l) => l.firstChild)].forEach((n) => n.addEventListener('input', sync));
     const form = el('form', { class: 'card stack', 'aria-label': rule ? 'Edit rule' : 'New rule' }, el('div', { class: 'status' }),
       field('Name', name), field('When', type), daysField, schedule,
       field('Tag (optional)', tag, 'Only people with this tag.'), field('Who', program),
