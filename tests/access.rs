@@ -256,6 +256,10 @@ const SWEEP_EXEMPT: &[(&str, &str)] = &[
         "public by design: the chat page's app manifest",
     ),
     (
+        "/c/{slug}/icon.svg",
+        "public by design: the chat page's app icon",
+    ),
+    (
         "/api/v1/live",
         "a WebSocket: the test below opens another tenant's conversation over it",
     ),
@@ -562,6 +566,7 @@ async fn every_routed_operation_is_documented_in_openapi() {
         "/docs",
         "/c/{slug}",
         "/c/{slug}/manifest.webmanifest",
+        "/c/{slug}/icon.svg",
     ];
     let mut missing = Vec::new();
     for (method, path) in routed(&app, &owner).await {

@@ -15,6 +15,52 @@ pub fn routes() -> Routes {
     Routes::new()
         .route("/c/{slug}", get(chat_page))
         .route("/c/{slug}/manifest.webmanifest", get(manifest))
+        .route("/c/{slug}/icon.svg", get(icon))
+}
+
+/// Up to two initials of the coach's name.
+fn initials(name: &str) -> String {
+    let letters: String = name
+        .split_whitespace()
+        .filter_map(|word| word.chars().find(|c| c.is_alphanumeric()))
+        .take(2)
+        .flat_map(char::to_uppercase)
+        .collect();
+    if letters.is_empty() {
+        "C".into()
+    } else {
+        letters
+    }
+}
+
+/// The app's icon: the coach's initials on its brand colour (an avatar on another host cannot
+/// be an installed app's icon reliably, so the manifest lists it second).
+async fn icon(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
+    let lookup = slug.clone();
+    let coach = match state.db.call(move |c| coach::by_slug(c, &lookup)).await {
+        Ok((_, coach)) => coach,
+        Err(ChatError::NotFound(_)) => return not_found(),
+        Err(error) => {
+            tracing::error!(%error, "chat page icon");
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    };
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 512 512\">\
+         <rect width=\"512\" height=\"512\" rx=\"96\" fill=\"{color}\"/>\
+         <text x=\"256\" y=\"256\" dy=\".35em\" text-anchor=\"middle\" font-family=\"system-ui,sans-serif\" \
+         font-size=\"220\" font-weight=\"700\" fill=\"#fff\">{letters}</text></svg>",
+        color = escape(&coach.brand_color),
+        letters = escape(&initials(&coach.name)),
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        svg,
+    )
+        .into_response()
 }
 
 /// The chat page as an installable app: its name, colour and start address.
@@ -29,6 +75,13 @@ async fn manifest(State(state): State<AppState>, Path(slug): Path<String>) -> Re
         }
     };
     let start = format!("/c/{}", coach.slug);
+    let mut icons = vec![
+        serde_json::json!({"src": format!("{start}/icon.svg"), "sizes": "any",
+        "type": "image/svg+xml", "purpose": "any maskable"}),
+    ];
+    if coach.avatar_url.starts_with("https://") {
+        icons.push(serde_json::json!({"src": coach.avatar_url, "sizes": "any", "purpose": "any"}));
+    }
     let short: String = coach.name.chars().take(12).collect();
     let manifest = serde_json::json!({
         "id": start,
@@ -40,7 +93,7 @@ async fn manifest(State(state): State<AppState>, Path(slug): Path<String>) -> Re
         "display": "standalone",
         "background_color": "#f8fafc",
         "theme_color": coach.brand_color,
-        "icons": [{"src": "/favicon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}],
+        "icons": icons,
     });
     (
         [
@@ -123,6 +176,13 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn icons_carry_the_initials() {
+        assert_eq!(super::initials("Ana López"), "AL");
+        assert_eq!(super::initials("coach ada lovelace"), "CA");
+        assert_eq!(super::initials("  "), "C");
+    }
+
     #[test]
     fn names_are_escaped() {
         assert_eq!(

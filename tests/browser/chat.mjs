@@ -119,6 +119,8 @@ try {
     const href = await page.locator('link[rel="manifest"]').getAttribute('href');
     const manifest = await (await fetch(`${base}${href}`)).json();
     check(manifest.name === coach.name && manifest.start_url === `/c/${slug}` && manifest.display === 'standalone', `the manifest: ${JSON.stringify(manifest)}`);
+    const icon = await fetch(`${base}${manifest.icons[0].src}`);
+    check(icon.ok && icon.headers.get('content-type') === 'image/svg+xml' && (await icon.text()).includes(coach.brand_color), 'the icon carries the coach\'s colour');
     await page.waitForFunction(() => navigator.serviceWorker && navigator.serviceWorker.controller, null, { timeout: 15000 }).catch(async () => {
       await page.reload();
       await page.waitForFunction(() => navigator.serviceWorker.controller, null, { timeout: 15000 });
