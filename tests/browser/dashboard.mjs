@@ -6,7 +6,7 @@
 //
 // Environment: COMPANERO_URL, SETUP_TOKEN (the server's first-run set-up token),
 // COMPANERO_SCREENSHOTS, CHROMIUM (default /usr/bin/chromium).
-import { check, launch, onBase, screenshots as shoot, step, watch } from './harness.mjs';
+import { accessibilityProblems, check, launch, onBase, screenshots as shoot, step, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
 const setupToken = process.env.SETUP_TOKEN;
@@ -25,6 +25,11 @@ Keep the bedroom cool, around 18 degrees, and dark. Stop using screens one hour 
 
 const browser = await launch();
 const problems = [];
+/** No serious or critical axe-core violation on the screen `name` as it is now. */
+async function accessible(page, name) {
+  const found = await accessibilityProblems(page);
+  check(found.length === 0, `accessibility of ${name}: ${found.join('; ')}`);
+}
 const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
 await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
 const page = await context.newPage();
@@ -170,6 +175,7 @@ try {
     const error = await whatsapp.locator('.alert.error').innerText();
     check(error.includes('not the phone number'), `a phone number instead of its id is explained: ${error}`);
     await screenshots('channels');
+    await accessible(page, 'channels');
   });
 
   await step('programs: a program built, checked as it is typed, published and tried on a test clock', async () => {
@@ -198,6 +204,7 @@ try {
     await page.getByRole('button', { name: '+1 day' }).click();
     await page.getByRole('log', { name: 'What the test person received' }).locator('.bubble').first().waitFor({ timeout: 60000 });
     await screenshots('program-builder');
+    await accessible(page, 'the program builder');
   });
 
   await step('nudge rules: a schedule picked as days of the week, a bad time explained', async () => {
@@ -225,12 +232,14 @@ try {
     await card.waitFor();
     check((await card.innerText()).includes('FREQ=WEEKLY;BYDAY=MO,TH at 18:30'), 'the rule shows its schedule');
     await screenshots('nudge-rules');
+    await accessible(page, 'nudge rules');
   });
 
   await step('people and outcomes: the directory and each program\'s results', async () => {
     await page.getByRole('link', { name: 'People' }).click();
     await page.getByRole('heading', { name: 'People', level: 1 }).waitFor();
     await page.getByRole('form', { name: 'Filter people' }).waitFor();
+    await accessible(page, 'people');
     // The test person from the preview: a goal added, a check-in recorded, the enrolment paused.
     await page.getByRole('link', { name: 'Test person' }).first().click();
     await page.getByRole('heading', { name: 'Test person', level: 1 }).waitFor();
@@ -246,9 +255,11 @@ try {
     await page.locator('[data-enrollment]').getByRole('button', { name: 'Pause' }).click();
     await page.locator('[data-enrollment]').filter({ hasText: 'paused' }).waitFor();
     await screenshots('person');
+    await accessible(page, 'the person page');
     await page.getByRole('link', { name: 'Outcomes' }).click();
     await page.getByRole('heading', { name: 'Outcomes', level: 1 }).waitFor();
     await page.locator('[data-outcomes]').filter({ hasText: 'Sleep better' }).waitFor();
+    await accessible(page, 'outcomes');
   });
 
   const instance = await (await fetch(`${base}/api/v1/instance`)).json();

@@ -27,6 +27,18 @@ export function watch(page, problems) {
   return page;
 }
 
+/** axe-core's serious and critical accessibility violations on the page as it is now, one
+ * line each (rule: the first offending element). Run through the DevTools protocol, so the
+ * page's own script policy does not apply. */
+export async function accessibilityProblems(page) {
+  const source = await import('node:fs').then((fs) => fs.readFileSync(new URL('./node_modules/axe-core/axe.min.js', import.meta.url), 'utf8'));
+  await page.evaluate(source);
+  const violations = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }).then((r) => r.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id}: ${v.nodes[0] ? v.nodes[0].target.join(' ') : ''} (${v.nodes.length})`)));
+  return violations;
+}
+
 export async function step(name, body) {
   const started = Date.now();
   await body();
