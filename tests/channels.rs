@@ -299,6 +299,28 @@ async fn staff_take_over_on_a_polled_bot_with_long_replies_split_429_waits_and_b
     assert_eq!(opted_out.len(), 1, "{people}");
 }
 
+/// Enrols `user` in `program` and plays their test clock forward to `to`.
+async fn enrol_and_advance(
+    app: &TestApp,
+    staff: &str,
+    program: &str,
+    user: &str,
+    clock: &str,
+    to: &str,
+) {
+    let enrol = format!("/api/v1/programs/{program}/enrollments");
+    call(
+        app,
+        Method::POST,
+        &enrol,
+        staff,
+        json!({"end_user_id": user}),
+    )
+    .await;
+    let advance = format!("/api/v1/test-clocks/{clock}/advance");
+    call(app, Method::POST, &advance, staff, json!({"to": to})).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
     let tg = TelegramStandIn::start().await;
@@ -380,20 +402,13 @@ async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
     assert!(stale[0].contains("not valid"), "{stale:?}");
 
     // Enrolled, the step at 09:00 on her clock reaches her on Telegram, the channel she used last.
-    call(
+    enrol_and_advance(
         &app,
-        Method::POST,
-        &format!("/api/v1/programs/{program}/enrollments"),
         &staff,
-        json!({"end_user_id": user}),
-    )
-    .await;
-    call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/test-clocks/{clock}/advance"),
-        &staff,
-        json!({"to": "2026-03-02T09:30:00Z"}),
+        &program,
+        &user,
+        &clock,
+        "2026-03-02T09:30:00Z",
     )
     .await;
     let texts = tg.wait_for_texts(7373, 2).await;
@@ -421,20 +436,13 @@ async fn a_person_linked_from_the_web_gets_their_program_step_on_telegram() {
         json!({}),
     )
     .await;
-    call(
+    enrol_and_advance(
         &app,
-        Method::POST,
-        &format!("/api/v1/programs/{evening}/enrollments"),
         &staff,
-        json!({"end_user_id": user}),
-    )
-    .await;
-    call(
-        &app,
-        Method::POST,
-        &format!("/api/v1/test-clocks/{clock}/advance"),
-        &staff,
-        json!({"to": "2026-03-02T18:30:00Z"}),
+        &evening,
+        &user,
+        &clock,
+        "2026-03-02T18:30:00Z",
     )
     .await;
     let history = app.history(&web, &conversation).await;
