@@ -210,9 +210,11 @@ impl Channels {
         channel: &'static str,
     ) -> Result<Option<(ChannelAccount, T)>, ChannelError> {
         let scope_moved = scope.clone();
+        // A read connection: every webhook call and delivery looks the account up, and none
+        // of them should queue behind the writer.
         let account = self
             .db()
-            .call(move |c| c.channel_account(&scope_moved, channel))
+            .read(move |c| c.channel_account(&scope_moved, channel))
             .await?;
         Ok(account.and_then(|a| self.secrets(&a).map(|s| (a, s))))
     }
