@@ -139,32 +139,39 @@ enum Sender {
 const WHATSAPP_SHORT_TEXT: usize = 1024;
 
 impl Channels {
-    /// The platform connection the delivery goes out through; `None` when it was removed.
+    /// The platform connection the delivery goes out through, and whether the channel shows
+    /// an error (a success then clears it); `None` when it was removed.
     async fn sender(
         &self,
         scope: &TenantScope,
         delivery: &Delivery,
-    ) -> Result<Option<Sender>, DbError> {
+    ) -> Result<Option<(Sender, bool)>, DbError> {
         Ok(match delivery.channel.as_str() {
-            TELEGRAM => {
-                opened(self.telegram_account(scope).await)?.map(|(_, secrets)| Sender::Telegram {
+            TELEGRAM => opened(self.telegram_account(scope).await)?.map(|(account, secrets)| {
+                let sender = Sender::Telegram {
                     token: secrets.token,
-                })
-            }
+                };
+                (sender, account.last_error.is_some())
+            }),
             WHATSAPP => match opened(self.whatsapp_account(scope).await)? {
                 Some((account, secrets)) => {
                     let (scope, visitor) = (scope.clone(), delivery.visitor_id.clone());
                     let last = self
                         .db()
-                        .call(move |c| c.last_written_at(&scope, &visitor))
+                        .read(move |c| c.last_written_at(&scope, &visitor))
                         .await?;
-                    Some(Sender::WhatsApp {
-                        phone_number_id: account.name,
-                        token: secrets.access_token,
-                        template: serde_json::from_value(account.settings["template"].clone()).ok(),
-                        window_open: last
-                            .is_some_and(|at| Utc::now() - at < chrono::Duration::hours(24)),
-                    })
+                    let had_error = account.last_error.is_some();
+                    Some((
+                        Sender::WhatsApp {
+                            phone_number_id: account.name,
+                            token: secrets.access_token,
+                            template: serde_json::from_value(account.settings["template"].clone())
+                                .ok(),
+                            window_open: last
+                                .is_some_and(|at| Utc::now() - at < chrono::Duration::hours(24)),
+                        },
+                        had_error,
+                    ))
                 }
                 None => None,
             },
@@ -228,7 +235,7 @@ impl Channels {
         delivery: &Delivery,
         now: DateTime<Utc>,
     ) -> Result<Handed, DbError> {
-        let Some(sender) = self.sender(scope, delivery).await? else {
+        let Some((sender, had_error)) = self.sender(scope, delivery).await? else {
             return Ok(Handed::Failed(format!(
                 "the {} connection was removed",
                 delivery.channel
@@ -300,7 +307,10 @@ impl Channels {
                 }
             }
         }
-        self.record_error(scope, channel_name(delivery), None).await;
+        // Only a channel that shows an error is written to: a delivery is otherwise no write.
+        if had_error {
+            self.record_error(scope, channel_name(delivery), None).await;
+        }
         Ok(Handed::Sent { unconfirmed })
     }
 

@@ -493,6 +493,8 @@ impl Channels {
             let scope = TenantScope::new(account.tenant_id.clone());
             let mut offset = account.poll_offset;
             let mut pause = Duration::from_secs(1);
+            // Whether the channel shows an error: an idle poll then writes nothing.
+            let mut failing = account.last_error.is_some();
             loop {
                 let polled = tokio::select! {
                     () = stop.cancelled() => break,
@@ -525,7 +527,10 @@ impl Channels {
                     }
                     Err(error) => Some(error.to_string()),
                 };
-                channels.record_error(&scope, TELEGRAM, error.clone()).await;
+                if error.is_some() || failing {
+                    channels.record_error(&scope, TELEGRAM, error.clone()).await;
+                }
+                failing = error.is_some();
                 if let Some(error) = error {
                     tracing::warn!(tenant = %scope.tenant_id(), %error, "telegram poll failed");
                     tokio::select! {
