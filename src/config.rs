@@ -276,6 +276,11 @@ pub struct ServeArgs {
     /// The Graph API version WhatsApp calls use [default: v21.0]
     #[arg(long, env = "COMPANERO_WHATSAPP_API_VERSION", value_name = "VERSION")]
     pub whatsapp_api_version: Option<String>,
+
+    /// Lets browsers' push subscriptions point at plain http:// URLs (local push-service
+    /// stand-ins in tests; real push services are all https://)
+    #[arg(long, env = "COMPANERO_ALLOW_HTTP_PUSH_ENDPOINTS")]
+    pub allow_http_push_endpoints: bool,
 }
 
 /// `companero.toml`: the same keys as the flags, in snake_case.
@@ -311,6 +316,7 @@ struct FileConfig {
     telegram_api_url: Option<String>,
     whatsapp_api_url: Option<String>,
     whatsapp_api_version: Option<String>,
+    allow_http_push_endpoints: Option<bool>,
     max_upload_mb: Option<u64>,
     storage_quota_mb: Option<u64>,
     max_pdf_pages: Option<usize>,
@@ -403,6 +409,8 @@ pub struct ChannelApis {
     pub telegram_url: String,
     pub whatsapp_url: String,
     pub whatsapp_version: String,
+    /// Push subscriptions may name `http://` endpoints (tests' stand-ins).
+    pub push_http_endpoints: bool,
 }
 
 /// The effective server configuration.
@@ -608,6 +616,12 @@ impl Config {
             file.whatsapp_api_version,
             "v21.0".to_string(),
         );
+        let allow_http_push_endpoints = layer.pick(
+            "allow_http_push_endpoints",
+            args.allow_http_push_endpoints.then_some(true),
+            file.allow_http_push_endpoints,
+            false,
+        );
         let max_upload_mb = layer.pick("max_upload_mb", args.max_upload_mb, file.max_upload_mb, 50);
         let storage_quota_mb = layer.pick(
             "storage_quota_mb",
@@ -735,6 +749,7 @@ impl Config {
                 telegram_url: telegram_api_url,
                 whatsapp_url: whatsapp_api_url,
                 whatsapp_version: whatsapp_api_version,
+                push_http_endpoints: allow_http_push_endpoints,
             },
             setup_token,
             rate_limits: RateLimits {

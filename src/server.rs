@@ -132,8 +132,11 @@ impl Server {
             jobs.clone(),
             crate::channels::secrets::Sealer::load_or_create(&data_dir.keys_dir())
                 .context("cannot load the channel credentials key")?,
+            crate::channels::push::Vapid::load_or_create(&data_dir.keys_dir())
+                .context("cannot load the Web Push (VAPID) key")?,
             &config.channels,
             &config.public_url,
+            &config.mail_from,
         );
         let state = AppState {
             db,

@@ -12,6 +12,7 @@
 pub mod delivery;
 pub mod format;
 pub mod inbound;
+pub mod push;
 pub mod secrets;
 pub mod telegram;
 pub mod whatsapp;
@@ -121,6 +122,13 @@ struct Inner {
     telegram: TelegramApi,
     whatsapp: whatsapp::GraphApi,
     public_url: String,
+    /// Web Push: the server's identity, the client, and whether `http://` endpoints (local
+    /// stand-ins) are allowed.
+    vapid: push::Vapid,
+    push_client: platform_http::Client,
+    push_http: bool,
+    /// The push services' contact for this server (the mail sender).
+    mail_from: String,
     /// The running long poll of each tenant's bot.
     pollers: Mutex<HashMap<String, CancellationToken>>,
     shutdown: OnceLock<CancellationToken>,
@@ -133,8 +141,10 @@ impl Channels {
         coaching: Coaching,
         jobs: Jobs,
         sealer: Sealer,
+        vapid: push::Vapid,
         apis: &crate::config::ChannelApis,
         public_url: &str,
+        mail_from: &str,
     ) -> Channels {
         let channels = Channels {
             inner: Arc::new(Inner {
@@ -146,6 +156,13 @@ impl Channels {
                 telegram: TelegramApi::new(&apis.telegram_url),
                 whatsapp: whatsapp::GraphApi::new(&apis.whatsapp_url, &apis.whatsapp_version),
                 public_url: public_url.trim_end_matches('/').to_string(),
+                vapid,
+                push_client: platform_http::Client::builder()
+                    .timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("the push client builds"),
+                push_http: apis.push_http_endpoints,
+                mail_from: mail_from.to_string(),
                 pollers: Mutex::new(HashMap::new()),
                 shutdown: OnceLock::new(),
             }),
@@ -154,6 +171,10 @@ impl Channels {
         jobs.register(
             crate::db::channels::DELIVER_JOB,
             Arc::new(delivery::DeliveryJob(channels.clone())),
+        );
+        jobs.register(
+            crate::db::push::PUSH_JOB,
+            Arc::new(push::PushJob(channels.clone())),
         );
         channels
     }

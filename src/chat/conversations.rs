@@ -574,6 +574,9 @@ pub fn add_message(
         // stored message is what the page shows).
         if channel != WEB_CHANNEL && message.role != "user" {
             crate::db::channels::queue_delivery(tx, scope, &message)?;
+        } else if channel == WEB_CHANNEL && crate::db::push::worth_a_push(&message) {
+            // A closed page learns of it by Web Push, when the visitor subscribed.
+            crate::db::push::queue_push(tx, scope, &message)?;
         }
         Ok(Stored {
             message,

@@ -187,8 +187,10 @@ pub fn asks_for_a_person(text: &str) -> bool {
 impl Chat {
     /// Delivers a stored message to the conversation's followers and the tenant's staff.
     pub fn publish_message(&self, tenant_id: &str, message: &Message) {
-        // Its delivery to a messaging app was queued with it: start it now.
-        if message.channel != conversations::WEB_CHANNEL
+        // Its delivery to a messaging app (or its push to a browser, when the visitor
+        // subscribed) was queued with it: start it now.
+        if (message.channel != conversations::WEB_CHANNEL
+            || crate::db::push::worth_a_push(message))
             && let Some(jobs) = self.jobs.get()
         {
             jobs.wake();

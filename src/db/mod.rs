@@ -19,6 +19,7 @@ pub mod channels;
 pub mod coaching;
 pub mod jobs;
 pub mod migrations;
+pub mod push;
 pub mod storage;
 
 use std::path::{Path, PathBuf};

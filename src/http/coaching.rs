@@ -79,7 +79,7 @@ impl From<CoachingError> for ApiError {
 }
 
 /// The end user behind a visitor token; staff are refused (these routes are the end user's).
-fn visitor_only(speaker: &Speaker) -> Result<(&TenantScope, &str), ApiError> {
+pub(crate) fn visitor_only(speaker: &Speaker) -> Result<(&TenantScope, &str), ApiError> {
     match speaker {
         Speaker::Visitor { scope, visitor_id } => Ok((scope, visitor_id)),
         Speaker::Staff { .. } => Err(ApiError::new(

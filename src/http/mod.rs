@@ -5,6 +5,7 @@ pub mod admin;
 pub mod assets;
 pub mod auth;
 pub mod channels;
+pub mod push;
 pub mod chat;
 pub mod coaching;
 pub mod cors;
@@ -97,6 +98,7 @@ pub fn route_table() -> route_table::Routes {
         .merge(insights::routes())
         .merge(coaching::routes())
         .merge(channels::routes())
+        .merge(push::routes())
         .merge(admin::routes())
         .merge(pages::routes())
 }

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, realtime,
+    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, push, realtime,
 };
 
 #[derive(OpenApi)]
@@ -112,6 +112,9 @@ use super::{
         channels::disconnect_whatsapp,
         channels::whatsapp_handshake,
         channels::whatsapp_webhook,
+        push::push_status,
+        push::subscribe,
+        push::unsubscribe,
         chat::public_coach,
         chat::get_conversation,
         chat::typing,

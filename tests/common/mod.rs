@@ -7,6 +7,7 @@ pub mod documents;
 pub mod hub;
 pub mod live;
 pub mod process;
+pub mod push;
 pub mod smtp;
 pub mod telegram;
 pub mod whatsapp;
