@@ -218,6 +218,9 @@ async fn every_role_against_every_route_matches_the_permission_matrix() {
                 "/api/v1/goals/{id}/check-ins" => Some(json!({"value": 1})),
                 "/api/v1/public/me/consent" => Some(json!({"consent": true})),
                 "/api/v1/public/me/enrollments" => Some(json!({"program_id": "none"})),
+                "/api/v1/public/me/push" if method == Method::PUT => Some(json!({
+                    "endpoint": "https://push.example/x", "keys": {"p256dh": "x", "auth": "y"}
+                })),
                 "/api/v1/conversations/{id}/messages" if method == Method::POST => {
                     Some(json!({"content": "hello", "stream": false}))
                 }

@@ -1,7 +1,7 @@
 // The chat page as an installed app: its shell (the page, the widget script, the icon) is kept
 // so the app opens without a network, and shows the page's own "reconnecting" state. Every
 // API call goes to the network: conversations are never cached on the device.
-const CACHE = 'companero-chat-v1';
+const CACHE = 'companero-chat-v2';
 const SHELL = ['/widget.js', '/favicon.svg'];
 
 // The scope is the chat page's own address (`/c/<slug>`): it is kept with the shell.
@@ -31,4 +31,34 @@ self.addEventListener('fetch', (event) => {
       return response;
     })
     .catch(() => caches.match(event.request).then((kept) => kept || Response.error())));
+});
+
+// Web Push: a staff reply or a check-in while the page is closed becomes a notification. When
+// the chat page is on screen it shows the message itself, so nothing is shown twice.
+self.addEventListener('push', (event) => {
+  let data = {};
+  try { data = event.data ? event.data.json() : {}; } catch (_) { data = { body: event.data.text() }; }
+  const scope = new URL(self.registration.scope).pathname;
+  event.waitUntil(self.clients.matchAll({ type: 'window', includeUncontrolled: true }).then((windows) => {
+    const onScreen = windows.some((w) => w.visibilityState === 'visible' && new URL(w.url).pathname.startsWith(scope));
+    if (onScreen) return undefined;
+    return self.registration.showNotification(data.title || 'New message', {
+      body: data.body || '',
+      icon: data.icon,
+      // One notification per conversation; a newer message replaces it and still alerts.
+      tag: data.tag || scope,
+      renotify: Boolean(data.tag),
+      data: { url: data.url || scope },
+    });
+  }));
+});
+
+// Opening a notification brings the chat page forward, or opens it.
+self.addEventListener('notificationclick', (event) => {
+  event.notification.close();
+  const target = new URL((event.notification.data && event.notification.data.url) || self.registration.scope, self.location.origin);
+  event.waitUntil(self.clients.matchAll({ type: 'window', includeUncontrolled: true }).then((windows) => {
+    const open = windows.find((w) => new URL(w.url).pathname === target.pathname);
+    return open ? open.focus() : self.clients.openWindow(target.href);
+  }));
 });

@@ -10,7 +10,8 @@
  * program, as the link /c/{slug}?program={id} does), data-mode="page" (full window),
  * data-transport="events" (skip the WebSocket), data-preview + data-mount="#selector" (the
  * dashboard's live preview: drawn inside that element, offline, restyled by `companero-preview`
- * events carrying coach settings).
+ * events carrying coach settings), data-token + data-conversation + data-mount (the program
+ * builder's "Try it": a test end user's live chat inside the dashboard, never stored).
  */
 (() => {
   'use strict';
@@ -24,8 +25,11 @@
   const base = new URL(script.src, location.href).origin;
   const forceEvents = script.dataset.transport === 'events';
   const preview = script.dataset.preview !== undefined;
-  const mount = (preview && document.querySelector(script.dataset.mount)) || null;
-  const storeKey = `companero:${base}:${slug}`;
+  // The program builder's "Try it": the live chat of a test end user (their visitor token),
+  // drawn inside the dashboard. Nothing of it is kept in this browser's storage.
+  const session = script.dataset.token || null;
+  const mount = ((preview || session) && document.querySelector(script.dataset.mount)) || null;
+  const storeKey = session ? null : `companero:${base}:${slug}`;
 
   // The chat page can be installed as an app: its service worker keeps the shell for offline
   // starts (never the conversation). Only on the chat page itself, never on a creator's site.
@@ -38,10 +42,12 @@
   const memory = {};
   const store = {
     load() {
+      if (!storeKey) return { token: session, conversationId: script.dataset.conversation || null };
       try { return JSON.parse(localStorage.getItem(storeKey) || '{}'); } catch { return { ...memory }; }
     },
     save(value) {
       Object.assign(memory, value);
+      if (!storeKey) return;
       try { localStorage.setItem(storeKey, JSON.stringify(memory)); } catch { /* private mode */ }
     },
   };
@@ -182,6 +188,7 @@
     @media (max-width: 480px) { .bubble:not(.preview) .panel { inset: 0; width: 100%; height: 100%; border-radius: 0; } }
     .preview .launcher, .preview .teaser, .preview .panel { position: absolute; z-index: 1; }
     .preview .panel { height: auto; top: 16px; bottom: 150px; max-width: calc(100% - 40px); }
+    .preview.session .panel { inset: 0; width: 100%; max-width: none; border-radius: 0; box-shadow: none; }
     header { background: var(--brand); color: var(--on-brand); padding: 12px 16px; display: flex; flex-wrap: wrap; align-items: center; gap: 8px 12px; }
     header .who { flex: 1 1 110px; min-width: 0; }
     header .status span:last-child { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
@@ -253,7 +260,7 @@
   host.id = `companero-chat-${slug}`;
   host.dataset.state = 'loading';
   const shadow = host.attachShadow({ mode: 'open' });
-  const root = el('div', { class: `root ${pageMode ? 'page' : 'bubble'}${preview ? ' preview' : ''} right` });
+  const root = el('div', { class: `root ${pageMode ? 'page' : 'bubble'}${mount ? ' preview' : ''}${session ? ' session' : ''} right` });
   shadow.append(el('style', {}, css), root);
 
   const state = {
@@ -262,6 +269,7 @@
     mode: 'ai', maxChars: 4000,
     // The end user's answer about check-ins: undefined until known, null when never asked.
     consent: undefined,
+    push: false,
   };
 
   const titleId = `companero-title-${slug}`;
@@ -276,6 +284,11 @@
   const progressPanel = el('section', { class: 'progress', hidden: true, 'aria-label': 'My progress' });
   // Check-ins on or off, once the end user has answered; STOP works here too.
   const checkInsButton = el('button', { type: 'button', hidden: true, 'aria-pressed': 'false', onclick: () => setConsent(!state.consent) }, 'Check-ins');
+  // Notifications on the chat page (installed or not): staff replies and check-ins reach a
+  // closed page by Web Push. Only where the browser has it, never in the builder's preview.
+  const pushSupported = pageMode && !preview && location.origin === base
+    && 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
+  const pushButton = el('button', { type: 'button', hidden: true, 'aria-pressed': 'false', onclick: () => setPush(!state.push) }, 'Notifications');
   const closeButton = pageMode ? null
     : el('button', { type: 'button', class: 'icon', 'aria-label': 'Close chat', onclick: () => toggle(false) }, '×');
   const inner = el('div', { class: 'inner' });
@@ -286,7 +299,7 @@
   const sendButton = el('button', { type: 'submit' }, 'Send');
   const form = el('form', { onsubmit: (event) => { event.preventDefault(); submit(); } }, input, sendButton);
   const panel = el('section', { class: 'panel', role: pageMode ? 'main' : 'dialog', 'aria-labelledby': titleId, hidden: !pageMode },
-    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), progressButton, checkInsButton, personButton, closeButton),
+    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), progressButton, checkInsButton, pushButton, personButton, closeButton),
     progressPanel, log, alert, form);
   const launcher = el('button', { class: 'launcher', type: 'button', 'aria-expanded': 'false', 'aria-label': 'Open chat', onclick: () => toggle() });
   launcher.innerHTML = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
@@ -471,6 +484,60 @@
       showError(error.message);
       return false;
     }
+  }
+
+  function renderPush() {
+    pushButton.hidden = !pushSupported || !state.token;
+    pushButton.setAttribute('aria-pressed', String(Boolean(state.push)));
+    pushButton.textContent = state.push ? 'Notifications on' : 'Notifications off';
+    pushButton.title = state.push ? 'Replies and check-ins reach you while this page is closed; press to stop'
+      : 'Press to hear of replies and check-ins while this page is closed';
+  }
+
+  /** The server's VAPID key as the bytes `pushManager.subscribe` takes. */
+  function keyBytes(base64url) {
+    const raw = atob(base64url.replace(/-/g, '+').replace(/_/g, '/'));
+    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+  }
+
+  async function setPush(on) {
+    showError('');
+    try {
+      const registration = await navigator.serviceWorker.ready;
+      if (on) {
+        if (await Notification.requestPermission() !== 'granted') {
+          showError('Notifications are blocked for this page. Allow them in the browser\'s site settings.');
+          return;
+        }
+        const { public_key: key } = await api('/api/v1/public/me/push', { token: state.token });
+        const subscription = await registration.pushManager.getSubscription()
+          || await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(key) });
+        const status = await api('/api/v1/public/me/push', { method: 'PUT', token: state.token, body: subscription.toJSON() });
+        state.push = status.subscriptions > 0;
+      } else {
+        const subscription = await registration.pushManager.getSubscription();
+        if (subscription) await subscription.unsubscribe().catch(() => {});
+        await api('/api/v1/public/me/push', { method: 'DELETE', token: state.token });
+        state.push = false;
+      }
+    } catch (error) {
+      showError(`Notifications could not be turned ${on ? 'on' : 'off'}: ${error.message}`);
+    }
+    renderPush();
+  }
+
+  /** Whether this browser gets pushes: subscribed here, and known to the server. */
+  async function loadPush() {
+    if (!pushSupported || !state.token) return renderPush();
+    try {
+      const registration = await navigator.serviceWorker.ready;
+      const [subscription, status] = await Promise.all([
+        registration.pushManager.getSubscription(),
+        api('/api/v1/public/me/push', { token: state.token }),
+      ]);
+      state.push = Boolean(subscription) && status.subscriptions > 0 && Notification.permission === 'granted';
+    } catch (_) { state.push = false; }
+    renderPush();
   }
 
   /** What the coach knows of this end user: their check-in answer and their progress. */
@@ -844,6 +911,7 @@
       }
       await enrollFromLink();
       await loadMe();
+      loadPush();
       // History is replayed from the start on each page load; lastSeq only serves reconnects.
       state.lastSeq = 0;
       transport = forceEvents || !('WebSocket' in window) ? eventsTransport() : webSocketTransport();
@@ -926,6 +994,18 @@
       inner.append(renderMessage({ id: 'sample', role: 'user', content: 'How do I get started?', seq: 1, citations: [] }));
       mount.addEventListener('companero-preview', (event) => applyCoach({ ...state.coach, ...event.detail }));
       mount.append(host);
+      return;
+    }
+    if (session && mount) {
+      // A test end user's chat inside the builder: open and live; it ends when the builder
+      // is left (its element leaves the page).
+      panel.hidden = false;
+      launcher.setAttribute('aria-expanded', 'true');
+      mount.append(host);
+      start();
+      const watchMount = setInterval(() => {
+        if (!host.isConnected) { clearInterval(watchMount); if (transport) transport.close(); }
+      }, 2000);
       return;
     }
     document.body.append(host);

@@ -28,6 +28,9 @@ pub struct Cohort {
     pub enrolled: i64,
     /// Share of the cohort who wrote to the coach in the last 7 days.
     pub retained: f64,
+    /// The retention heat-map's row: for week 0, 1, 2... after each person enrolled (as many
+    /// as have passed, at most 12), the share of the cohort who checked in that week.
+    pub weeks: Vec<f64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -42,11 +45,17 @@ pub struct Outcomes {
     pub retention: Vec<Cohort>,
     /// Median progress (0 to 1) of the program's goals.
     pub median_goal_progress: Option<f64>,
+    /// How the program's goals are spread by progress: how many are at 0–20 %, 20–40 %,
+    /// 40–60 %, 60–80 % and 80–100 % of the way from baseline to target.
+    pub goal_progress_distribution: Vec<i64>,
     /// Check-in prompts and check-in steps answered with a value within a day / sent.
     pub check_in_adherence: Option<f64>,
     /// Rule nudges replied to / sent.
     pub nudge_reply_rate: Option<f64>,
 }
+
+/// Weeks after enrolment the retention heat-map shows.
+const HEAT_MAP_WEEKS: i64 = 12;
 
 fn ratio(part: i64, whole: i64) -> f64 {
     if whole == 0 {
@@ -64,7 +73,7 @@ impl Coaching {
     ) -> Result<Outcomes, CoachingError> {
         let program = self.program(scope, program_id).await?;
         let (scope, id) = (scope.clone(), program_id.to_string());
-        let (enrollments, nudges, progress, check_ins, last_active) = self
+        let (enrollments, nudges, progress, check_ins, last_active, activity) = self
             .db()
             .read(move |c| {
                 let enrollments = c.real_enrollments_in(&scope, &id)?;
@@ -84,6 +93,8 @@ impl Coaching {
                 let mut progress = Vec::new();
                 let mut check_ins = HashMap::new();
                 let mut last_active = HashMap::new();
+                // When each person checked in on the program's goals (the heat-map's activity).
+                let mut activity: HashMap<String, Vec<chrono::DateTime<Utc>>> = HashMap::new();
                 for user in &users {
                     if let Some(person) = c.end_user(&scope, user)? {
                         last_active.insert(person.id.clone(), person.last_active_at);
@@ -97,11 +108,22 @@ impl Coaching {
                             let values = c.check_ins(&scope, &goal.id)?;
                             let latest = values.last().map(|c| c.value);
                             progress.push(goal.progress(latest.unwrap_or(goal.baseline)));
+                            activity
+                                .entry(user.to_string())
+                                .or_default()
+                                .extend(values.iter().map(|v| v.at));
                             check_ins.insert(goal.id.clone(), values);
                         }
                     }
                 }
-                Ok::<_, crate::db::DbError>((enrollments, nudges, progress, check_ins, last_active))
+                Ok::<_, crate::db::DbError>((
+                    enrollments,
+                    nudges,
+                    progress,
+                    check_ins,
+                    last_active,
+                    activity,
+                ))
             })
             .await?;
         let enrolled = enrollments.len() as i64;
@@ -125,6 +147,8 @@ impl Coaching {
             .collect();
         let week_ago = Utc::now() - Duration::days(7);
         let mut cohorts: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut heat: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        let now = Utc::now();
         for e in &enrollments {
             let date = e.enrolled_at.date_naive();
             let monday = date - Duration::days(date.weekday().num_days_from_monday().into());
@@ -137,6 +161,26 @@ impl Coaching {
             let entry = cohorts.entry(monday.to_string()).or_default();
             entry.0 += 1;
             entry.1 += i64::from(active);
+            // Week k after enrolling: did they check in? Counted for the weeks that began.
+            let weeks = ((now - e.enrolled_at).num_days() / 7 + 1).clamp(1, HEAT_MAP_WEEKS);
+            let row = heat.entry(monday.to_string()).or_default();
+            let times = activity.get(&e.end_user_id);
+            for week in 0..weeks {
+                let from = e.enrolled_at + Duration::days(7 * week);
+                let to = from + Duration::days(7);
+                let took_part =
+                    times.is_some_and(|times| times.iter().any(|at| *at >= from && *at < to));
+                if row.len() <= week as usize {
+                    row.push((0, 0));
+                }
+                let cell = &mut row[week as usize];
+                cell.0 += 1;
+                cell.1 += i64::from(took_part);
+            }
+        }
+        let mut goal_progress_distribution = vec![0; 5];
+        for p in &progress {
+            goal_progress_distribution[((p.clamp(0.0, 1.0) * 5.0) as usize).min(4)] += 1;
         }
         let mut progress = progress;
         progress.sort_by(f64::total_cmp);
@@ -200,12 +244,17 @@ impl Coaching {
             retention: cohorts
                 .into_iter()
                 .map(|(week, (enrolled, retained))| Cohort {
+                    weeks: heat
+                        .get(&week)
+                        .map(|row| row.iter().map(|(all, took_part)| ratio(*took_part, *all)).collect())
+                        .unwrap_or_default(),
                     week,
                     enrolled,
                     retained: ratio(retained, enrolled),
                 })
                 .collect(),
             median_goal_progress,
+            goal_progress_distribution,
             check_in_adherence: (!prompts.is_empty())
                 .then(|| ratio(answered, prompts.len() as i64)),
             nudge_reply_rate: (!rule_nudges.is_empty())

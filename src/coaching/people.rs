@@ -12,6 +12,7 @@ use crate::auth::{TenantScope, new_id};
 use crate::db::coaching::{
     ClockStore, ConversationRef, EndUserFilter, EndUserStore, GoalStore, NudgeStore, ProgramStore,
 };
+use crate::db::jobs::JobStore;
 use crate::jobs::NewJob;
 
 /// A test clock as the API shows it.
@@ -22,6 +23,9 @@ pub struct TestClock {
     /// Jobs run by the last advance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jobs_run: Option<usize>,
+    /// When the next planned message on this clock (a program step, a check-in prompt, a
+    /// rule's nudge) is due: "next step" in the preview advances to it.
+    pub next_message_at: Option<DateTime<Utc>>,
 }
 
 /// An end user created through the API (a test end user with `test_clock_id`).
@@ -152,6 +156,7 @@ impl Coaching {
             id: saved,
             now,
             jobs_run: None,
+            next_message_at: None,
         })
     }
 
@@ -162,15 +167,20 @@ impl Coaching {
     ) -> Result<TestClock, CoachingError> {
         let (scope, id) = (scope.clone(), id.to_string());
         let saved = id.clone();
-        let now = self
+        let (now, next_message_at) = self
             .db()
-            .call(move |c| c.clock_now(&scope, &id))
+            .read(move |c| {
+                let now = c.clock_now(&scope, &id)?;
+                let next = c.next_clock_job(&scope, &id, kinds::NUDGE)?;
+                Ok::<_, crate::db::DbError>(now.map(|now| (now, next)))
+            })
             .await?
             .ok_or(CoachingError::NotFound("no such test clock"))?;
         Ok(TestClock {
             id: saved,
             now,
             jobs_run: None,
+            next_message_at,
         })
     }
 
@@ -195,9 +205,8 @@ impl Coaching {
         }
         let ran = self.jobs().advance(scope, id, to).await?;
         Ok(TestClock {
-            id: clock.id,
-            now: to,
             jobs_run: Some(ran),
+            ..self.test_clock(scope, id).await?
         })
     }
 

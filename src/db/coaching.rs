@@ -62,6 +62,8 @@ pub struct EndUserFilter {
     pub active_since: Option<DateTime<Utc>>,
     /// Not active since this instant.
     pub inactive_since: Option<DateTime<Utc>>,
+    /// Part of the name or email (case is ignored for ASCII letters).
+    pub search: Option<String>,
     pub limit: u32,
     pub offset: u32,
 }
@@ -241,7 +243,8 @@ impl EndUserStore for Connection {
              AND (?3 IS NULL OR EXISTS (SELECT 1 FROM enrollments e WHERE e.end_user_id = end_users.id \
                   AND e.program_id = ?3 AND e.tenant_id = ?1)) \
              AND (?4 IS NULL OR last_active_at >= ?4) \
-             AND (?5 IS NULL OR coalesce(last_active_at, created_at) < ?5)";
+             AND (?5 IS NULL OR coalesce(last_active_at, created_at) < ?5) \
+             AND (?8 IS NULL OR instr(lower(coalesce(name, '') || ' ' || coalesce(email, '')), lower(?8)) > 0)";
         let args = params![
             scope.tenant_id(),
             f.tag,
@@ -249,7 +252,8 @@ impl EndUserStore for Connection {
             f.active_since.map(instant),
             f.inactive_since.map(instant),
             f.limit,
-            f.offset
+            f.offset,
+            f.search
         ];
         let total: i64 = self.prepare_cached(&format!("SELECT count(*) FROM end_users WHERE {filter} AND ?6 IS NOT NULL AND ?7 IS NOT NULL"))?.query_row(args,
             |r| r.get(0),

@@ -83,6 +83,14 @@ pub trait JobStore {
     /// When the next real-time job of `kinds` is due (or its lease runs out).
     fn next_due(&self, kinds: &[&str]) -> Result<Option<DateTime<Utc>>, DbError>;
 
+    /// When the next job of `kind` on the tenant's test clock is due.
+    fn next_clock_job(
+        &self,
+        scope: &crate::auth::TenantScope,
+        clock_id: &str,
+        kind: &str,
+    ) -> Result<Option<DateTime<Utc>>, DbError>;
+
     /// Jobs of a test clock running under a lease that has not run out: held by a process
     /// (alive, or dead with its lease still counting).
     fn held_clock_jobs(&self, clock_id: &str, now: DateTime<Utc>) -> Result<i64, DbError>;
@@ -253,6 +261,21 @@ impl JobStore for Connection {
                AND kind IN (SELECT value FROM json_each(?1))",
             )?
             .query_row([kinds_json(kinds)], |r| r.get(0))?;
+        Ok(next.map(|t| parse_instant(&t)))
+    }
+
+    fn next_clock_job(
+        &self,
+        scope: &crate::auth::TenantScope,
+        clock_id: &str,
+        kind: &str,
+    ) -> Result<Option<DateTime<Utc>>, DbError> {
+        let next: Option<String> = self
+            .prepare_cached(
+                "SELECT min(run_at) FROM jobs WHERE tenant_id = ?1 AND clock_id = ?2 \
+                 AND kind = ?3 AND status = 'queued'",
+            )?
+            .query_row(params![scope.tenant_id(), clock_id, kind], |r| r.get(0))?;
         Ok(next.map(|t| parse_instant(&t)))
     }
 

@@ -95,6 +95,8 @@ pub(crate) struct EndUserQuery {
     program_id: Option<String>,
     /// `active`: wrote in the last 7 days; `inactive`: did not.
     activity: Option<String>,
+    /// Part of the name or email.
+    q: Option<String>,
     /// 1 to 500 [default: 50].
     limit: Option<u32>,
     #[serde(default)]
@@ -133,6 +135,10 @@ pub(crate) async fn list_end_users(
         program_id: query.program_id,
         active_since,
         inactive_since,
+        search: query
+            .q
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty()),
         limit: query.limit.unwrap_or(50).clamp(1, 500),
         offset: query.offset,
     };

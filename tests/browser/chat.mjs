@@ -5,7 +5,7 @@
 // access token), COMPANERO_SCREENSHOTS (a folder), CHROMIUM (default /usr/bin/chromium).
 import http from 'node:http';
 import path from 'node:path';
-import { check, launch, step, watch } from './harness.mjs';
+import { check, launch, step, until, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
 const slug = process.env.COMPANERO_SLUG;
@@ -23,16 +23,6 @@ async function api(route, { method = 'GET', body } = {}) {
   const data = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(`${method} ${route}: ${response.status} ${JSON.stringify(data)}`);
   return data;
-}
-
-async function until(what, probe, ms = 30_000) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
 }
 
 /** A website on its own origin (another port) that embeds the widget, with hostile CSS. */
@@ -136,6 +126,41 @@ try {
     // The failed connections while offline were provoked here; anything else is a problem.
     const provoked = problems.splice(before).filter((p) => !p.includes('ERR_INTERNET_DISCONNECTED'));
     problems.push(...provoked);
+  });
+
+  await step('a push becomes a notification while the chat page is closed', async () => {
+    await context.grantPermissions(['notifications'], { origin: base });
+    const bell = page.getByRole('button', { name: 'Notifications off' });
+    await bell.waitFor();
+    // This Chromium reaches no push service (and has none in a private context): the page
+    // says why instead of failing quietly. tests/push.rs covers the server's half.
+    await bell.click();
+    const alert = page.locator('.alert');
+    await until('the reason notifications are off', async () => (await alert.innerText()).includes('Notifications could not be turned on'));
+    check(await bell.getAttribute('aria-pressed') === 'false', 'still off');
+    const cdp = await context.newCDPSession(page);
+    const registered = new Promise((resolve) => cdp.on('ServiceWorker.workerRegistrationUpdated', ({ registrations }) => {
+      const chat = registrations.find((r) => !r.isDeleted && new URL(r.scopeURL).pathname === `/c/${slug}`);
+      if (chat) resolve(chat);
+    }));
+    await cdp.send('ServiceWorker.enable');
+    const registration = await registered;
+    // The page is closed (another page of the site is open): the push shows as a notification.
+    await page.goto(`${base}/app/`);
+    const coach = await api('/api/v1/coach');
+    const data = { title: coach.name, body: 'Time for your evening check-in: how many minutes did you walk?', url: `/c/${slug}`, tag: 'conversation-1' };
+    await cdp.send('ServiceWorker.deliverPushMessage', { origin: base, registrationId: registration.registrationId, data: JSON.stringify(data) });
+    const shown = await until('the notification', async () => {
+      const list = await page.evaluate(async (scope) => {
+        const chat = await navigator.serviceWorker.getRegistration(scope);
+        return chat ? (await chat.getNotifications()).map((n) => ({ title: n.title, body: n.body, tag: n.tag })) : [];
+      }, `/c/${slug}`);
+      return list.length ? list : null;
+    });
+    check(shown.length === 1 && shown[0].title === coach.name && shown[0].body === data.body && shown[0].tag === data.tag, `the notification: ${JSON.stringify(shown)}`);
+    await cdp.detach();
+    await page.goto(`${base}/c/${slug}`);
+    await ready(page);
   });
 
   await step('a reload keeps the history', async () => {

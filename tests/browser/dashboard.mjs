@@ -6,7 +6,7 @@
 //
 // Environment: COMPANERO_URL, SETUP_TOKEN (the server's first-run set-up token),
 // COMPANERO_SCREENSHOTS, CHROMIUM (default /usr/bin/chromium).
-import { accessibilityProblems, check, launch, onBase, screenshots as shoot, step, watch } from './harness.mjs';
+import { accessibilityProblems, check, launch, onBase, screenshots as shoot, step, until, watch } from './harness.mjs';
 
 const base = process.env.COMPANERO_URL.replace(/\/$/, '');
 const setupToken = process.env.SETUP_TOKEN;
@@ -178,33 +178,92 @@ try {
     await accessible(page, 'channels');
   });
 
-  await step('programs: a program built, checked as it is typed, published and tried on a test clock', async () => {
+  await step('programs: three steps with a branch built by dragging, published, and tried in the real chat on a test clock', async () => {
     await page.getByRole('link', { name: 'Programs' }).click();
     await page.getByRole('link', { name: 'New program' }).click();
     await page.getByLabel('Name', { exact: true }).fill('Sleep better');
-    const first = page.locator('[data-step]').first();
-    await first.getByLabel('Instruction to the coach (or the text, without a model)').fill('Welcome them and suggest a fixed bedtime.');
+    await page.getByRole('button', { name: 'Add a goal' }).click();
+    const goal = page.locator('[data-goal-key="goal1"]');
+    await goal.getByLabel('Title').fill('Hours slept');
+    await goal.getByLabel('Metric').fill('sleep');
+    await goal.getByLabel('Unit').fill('hours');
+    await goal.getByLabel('Target').fill('8');
+    const stepCard = (key) => page.locator(`[data-step="${key}"]`);
+    const instruction = 'Instruction to the coach (or the text, without a model)';
+    await stepCard('step1').getByLabel(instruction).fill('Welcome them and ask whether they want a nightly sleep check-in.');
     await page.getByRole('button', { name: 'Add a step' }).click();
-    const second = page.locator('[data-step]').nth(1);
-    await second.getByLabel('Key').fill('step1');
+    await page.locator('[data-step]').nth(1).getByLabel('Key').fill('step1');
     const warning = await page.locator('.alert.warn').innerText();
     check(warning.includes('used twice'), `a duplicate key is flagged as it is typed: ${warning}`);
-    await second.getByLabel('Key').fill('wind-down');
-    await second.getByLabel('Instruction to the coach (or the text, without a model)').fill('Suggest a wind-down routine.');
-    // The keyboard reorders: the second step moves up.
-    await second.getByRole('button', { name: 'Move step 2 up' }).focus();
+    await page.locator('[data-step]').nth(1).getByLabel('Key').fill('checkin');
+    await stepCard('checkin').getByLabel('Kind').selectOption('check_in');
+    await stepCard('checkin').getByLabel('Day').fill('1');
+    await stepCard('checkin').getByLabel('Text').fill('Ask how many hours they slept last night.');
+    await page.getByRole('button', { name: 'Add a step' }).click();
+    await page.locator('[data-step]').nth(2).getByLabel('Key').fill('wind-down');
+    await stepCard('wind-down').getByLabel('Day').fill('0');
+    await stepCard('wind-down').getByLabel('At').fill('10:00');
+    await stepCard('wind-down').getByLabel(instruction).fill('Suggest a wind-down routine.');
+    // The pointer reorders: the wind-down step is dragged onto the first card...
+    await stepCard('wind-down').dragTo(stepCard('step1'));
+    const order = () => page.locator('[data-step]').evaluateAll((nodes) => nodes.map((n) => n.dataset.step).join(','));
+    check(await order() === 'wind-down,step1,checkin', `dragged to the top: ${await order()}`);
+    // ...and the keyboard moves the welcome back up.
+    await stepCard('step1').getByRole('button', { name: 'Move step 2 up' }).focus();
     await page.keyboard.press('Enter');
-    check(await page.locator('[data-step]').first().getAttribute('data-step') === 'wind-down', 'the step moved up');
+    check(await order() === 'step1,wind-down,checkin', `moved up with the keyboard: ${await order()}`);
+    // The welcome offers a choice whose answer leads to the check-in: a branch, drawn joined to it.
+    await stepCard('step1').getByRole('button', { name: 'Add a choice' }).click();
+    await stepCard('step1').getByLabel('Choice 1 label').fill('Yes please');
+    await stepCard('step1').getByLabel('Choice 1 leads to').selectOption('checkin');
+    await stepCard('step1').locator('.branch[data-branch="checkin"]').filter({ hasText: 'Yes please' }).waitFor();
+    check((await stepCard('checkin').innerText()).includes('branch: sent when chosen'), 'the check-in is marked as a branch');
     await page.getByRole('button', { name: 'Save draft' }).click();
     await page.locator('[data-status]').filter({ hasText: 'draft · v1' }).waitFor();
     await page.getByRole('button', { name: 'Save and publish' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Publish' }).click();
     await page.locator('[data-status]').filter({ hasText: 'published' }).waitFor();
-    await page.getByRole('button', { name: 'Try it as an end user' }).click();
-    await page.getByRole('button', { name: '+1 day' }).click();
-    await page.getByRole('log', { name: 'What the test person received' }).locator('.bubble').first().waitFor({ timeout: 60000 });
     await screenshots('program-builder');
     await accessible(page, 'the program builder');
+
+    // Try it: the real chat of a test person, their clock moved by the buttons.
+    await page.getByRole('button', { name: 'Try it as an end user' }).click();
+    const chat = page.locator('#program-try-widget');
+    const received = () => chat.locator('.msg.assistant[data-seq]:not([data-seq=""])').count();
+    const next = page.getByRole('button', { name: /^Next step/ });
+    /** Moves the clock to the next planned message and waits until one more has arrived. */
+    async function nextStep() {
+      const before = await received();
+      await page.waitForFunction(() => {
+        const button = [...document.querySelectorAll('button')].find((b) => b.textContent.startsWith('Next step'));
+        return button && !button.disabled;
+      }, null, { timeout: 30000 });
+      await next.click();
+      await until('the step to arrive in the chat', async () => (await received()) > before, ANSWER_MS);
+    }
+    await nextStep();
+    await chat.locator('.msg.assistant').last().getByRole('button', { name: 'Yes please' }).click();
+    // The chosen branch is planned at once: the next step is the check-in card.
+    const value = chat.getByLabel('Your number');
+    for (let i = 0; i < 3 && !(await value.isVisible()); i += 1) await nextStep();
+    await value.fill('7');
+    await chat.locator('form.prompt.value').getByRole('button', { name: 'Send' }).click();
+    await screenshots('program-try-it');
+  });
+
+  await step('people: the check-in answered in the preview is on the person\'s chart', async () => {
+    await page.getByRole('link', { name: 'People' }).click();
+    await page.getByRole('heading', { name: 'People', level: 1 }).waitFor();
+    await page.getByRole('link', { name: 'Test person' }).first().click();
+    const slept = page.locator('[data-goal]').filter({ hasText: 'Hours slept' });
+    await until('the check-in on the chart', async () => {
+      if (await slept.locator('svg[data-chart="goal"][data-points="1"]').count()) return true;
+      await page.reload();
+      await page.getByRole('heading', { name: 'Test person', level: 1 }).waitFor();
+      return false;
+    }, 60000);
+    const caption = await slept.locator('figcaption').innerText();
+    check(caption.includes('7') && caption.includes('target 8'), `the chart's text says what it shows: ${caption}`);
   });
 
   await step('nudge rules: a schedule picked as days of the week, a bad time explained', async () => {
@@ -239,6 +298,10 @@ try {
     await page.getByRole('link', { name: 'People' }).click();
     await page.getByRole('heading', { name: 'People', level: 1 }).waitFor();
     await page.getByRole('form', { name: 'Filter people' }).waitFor();
+    await page.getByLabel('Search').fill('test pers');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.locator('[data-person]').first().waitFor();
+    check((await page.locator('[data-person]').allInnerTexts()).every((row) => row.includes('Test person')), 'the search finds the test person');
     await accessible(page, 'people');
     // The test person from the preview: a goal added, a check-in recorded, the enrolment paused.
     await page.getByRole('link', { name: 'Test person' }).first().click();

@@ -63,3 +63,14 @@ export function onBase(link, base) {
   const url = new URL(link);
   return `${base}${url.pathname}${url.search}${url.hash}`;
 }
+
+/** Polls `probe` until it gives something truthy (returned), or fails after `ms`. */
+export async function until(what, probe, ms = 30_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}

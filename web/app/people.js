@@ -2,6 +2,7 @@
 // a person's page shows their goals with progress, programs, recent nudges and where they talk.
 import { api, get, explain } from './api.js';
 import { el, field, toast, alertBox, busy } from './ui.js';
+import { goalChart } from './charts.js';
 
 const when = (at) => (at ? at.replace('T', ' ').slice(0, 16) + ' UTC' : 'never');
 const percent = (x) => `${Math.round((x || 0) * 100)}%`;
@@ -11,18 +12,20 @@ export async function people(main, { params, user }) {
   const id = params.get('id');
   if (id) return person(main, id, user.role !== 'analyst');
   const programs = (await get('/api/v1/programs')).programs;
-  const filters = { tag: params.get('tag') || '', program_id: params.get('program') || '', activity: params.get('activity') || '' };
+  const filters = { q: params.get('q') || '', tag: params.get('tag') || '', program_id: params.get('program') || '', activity: params.get('activity') || '' };
+  const search = el('input', { type: 'search', name: 'q', value: filters.q, placeholder: 'name or email' });
   const tag = el('input', { type: 'text', name: 'tag', value: filters.tag, placeholder: 'any tag' });
   const program = el('select', { name: 'program' }, el('option', { value: '' }, 'Any program'),
     ...programs.map((p) => el('option', { value: p.id, selected: p.id === filters.program_id }, p.name)));
   const activity = el('select', { name: 'activity' }, ...[['', 'Anyone'], ['active', 'Wrote this week'], ['inactive', 'Quiet for a week']]
     .map(([value, label]) => el('option', { value, selected: value === filters.activity }, label)));
   const form = el('form', { class: 'row', 'aria-label': 'Filter people' },
-    el('label', {}, 'Tag ', tag), el('label', {}, 'Program ', program), el('label', {}, 'Activity ', activity),
+    el('label', {}, 'Search ', search), el('label', {}, 'Tag ', tag), el('label', {}, 'Program ', program), el('label', {}, 'Activity ', activity),
     el('button', { class: 'btn', type: 'submit' }, 'Filter'));
   form.addEventListener('submit', (event) => {
     event.preventDefault();
     const query = new URLSearchParams();
+    if (search.value.trim()) query.set('q', search.value.trim());
     if (tag.value.trim()) query.set('tag', tag.value.trim());
     if (program.value) query.set('program', program.value);
     if (activity.value) query.set('activity', activity.value);
@@ -77,6 +80,7 @@ async function person(main, id, canEdit) {
         el('span', { class: `badge ${g.status === 'reached' ? 'ready' : ''}` }, g.status)),
       el('progress', { max: '100', value: String(Math.round(g.progress * 100)), 'aria-label': `${g.title}: ${percent(g.progress)}` }),
       el('p', { class: 'small' }, `${g.latest_value ?? '–'} of ${g.target} ${g.unit} · ${percent(g.progress)} · streak ${g.current_streak} (best ${g.longest_streak})`),
+      goalChart({ title: g.title, unit: g.unit || '', target: g.target, baseline: g.baseline, points: g.check_ins.map((c) => ({ at: c.local_date, value: c.value })) }),
       g.check_ins.length ? el('p', { class: 'small muted' }, 'Check-ins: ', g.check_ins.slice(-8).map((c) => `${c.value} (${c.local_date})`).join(' · ')) : null,
       canEdit ? action('Record a check-in', [value], () => api('POST', `/api/v1/goals/${g.id}/check-ins`, { value: Number(value.value) })) : null);
   });

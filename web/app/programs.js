@@ -126,6 +126,7 @@ async function builder(main, id) {
         field(step.kind === 'message' || step.kind === 'resource' ? 'Instruction to the coach (or the text, without a model)' : 'Text', text),
         step.kind === 'resource' ? field('Document id', input('document_id')) : null,
         choices,
+        branchCards(step, index),
         el('button', { class: 'btn small', type: 'button', onclick: () => { step.choices.push({ label: '', next: '' }); renderSteps(); } }, 'Add a choice'));
       item.addEventListener('dragstart', (event) => { event.dataTransfer.setData('text/plain', String(index)); });
       item.addEventListener('dragover', (event) => event.preventDefault());
@@ -133,6 +134,20 @@ async function builder(main, id) {
       return item;
     }));
     check();
+  }
+
+  // Each answer of a choice step, drawn as a card joined to the step and naming the step it
+  // leads to (sent only when that answer is chosen).
+  function branchCards(step, index) {
+    if (!step.choices.length) return null;
+    return el('ul', { class: 'branches', 'aria-label': `Branches of step ${index + 1}` }, ...step.choices.map((choice) => {
+      const target = state.steps.find((s) => s.key === choice.next);
+      return el('li', { class: 'branch', 'data-branch': choice.next || '' },
+        el('span', { class: 'badge' }, choice.label.trim() || 'an answer'),
+        target
+          ? el('span', {}, ` → ${target.key} · ${KINDS[target.kind]} · day ${target.day} at ${target.at}${target.text ? ` · ${target.text.slice(0, 60)}` : ''}`)
+          : el('span', { class: 'muted' }, ' → choose the step it leads to'));
+    }));
   }
 
   function renderGoals() {
@@ -206,32 +221,33 @@ async function builder(main, id) {
   renderSteps();
 }
 
-// Try it as an end user: a test person on a test clock, enrolled in the published version;
-// the clock buttons play the program forward and the transcript shows what they received.
+// Try it as an end user: a test person on a test clock, enrolled in the published version,
+// whose chat is the real widget drawn beside the builder (live, with their visitor token). The
+// clock buttons play the program forward; each step arrives in the widget as the person would
+// see it, and the creator answers check-ins and choices there.
 function preview(state) {
-  const log = el('div', { class: 'chat-log', role: 'log', 'aria-label': 'What the test person received' });
-  const clockText = el('span', { class: 'small muted' });
+  const frame = el('div', { class: 'preview-frame try-frame', id: 'program-try-widget', 'aria-label': 'The test person\'s chat' });
+  const clockText = el('span', { class: 'small muted', 'data-clock': '' });
   const person = {};
-  async function refresh() {
-    const clock = await get(`/api/v1/test-clocks/${person.clock}`);
+  const nextButton = el('button', { class: 'btn small', type: 'button', disabled: true, onclick: () => move('next') }, 'Next step');
+  function show(clock) {
     clockText.textContent = `Their clock: ${clock.now.replace('T', ' ').slice(0, 16)} UTC`;
-    const profile = await get(`/api/v1/end-users/${person.user}`);
-    const conversation = profile.conversations[0];
-    if (!conversation) return;
-    const { messages } = await get(`/api/v1/conversations/${conversation.id}/messages`);
-    log.replaceChildren(...messages.filter((m) => m.role !== 'event').map((m) => el('div', { class: `bubble ${m.role === 'user' ? 'user' : 'assistant'}` },
-      m.content, m.quick_replies && m.quick_replies.length ? el('div', { class: 'small' }, `Choices: ${m.quick_replies.join(' · ')}`) : '')));
+    person.next = clock.next_message_at || null;
+    nextButton.disabled = !person.next;
+    nextButton.textContent = person.next ? `Next step (${person.next.replace('T', ' ').slice(5, 16)})` : 'Next step (none planned)';
   }
-  const advance = (hours) => async () => {
-    const clock = await get(`/api/v1/test-clocks/${person.clock}`);
-    const to = new Date(Date.parse(clock.now) + hours * 3600 * 1000).toISOString();
-    await api('POST', `/api/v1/test-clocks/${person.clock}/advance`, { to });
-    await refresh();
-  };
+  async function move(by) {
+    try {
+      const clock = await get(`/api/v1/test-clocks/${person.clock}`);
+      const to = by === 'next' ? clock.next_message_at : new Date(Date.parse(clock.now) + by * 3600 * 1000).toISOString();
+      if (!to) return show(clock);
+      show(await api('POST', `/api/v1/test-clocks/${person.clock}/advance`, { to: new Date(Math.max(Date.parse(to), Date.parse(clock.now))).toISOString() }));
+    } catch (error) { toast(explain(error), 'error'); }
+  }
   const controls = el('div', { class: 'row', hidden: true },
-    el('button', { class: 'btn small', type: 'button', onclick: advance(1) }, '+1 hour'),
-    el('button', { class: 'btn small', type: 'button', onclick: advance(24) }, '+1 day'),
-    el('button', { class: 'btn small', type: 'button', onclick: advance(24 * 7) }, '+1 week'), clockText);
+    el('button', { class: 'btn small', type: 'button', onclick: () => move(1) }, '+1 hour'),
+    nextButton,
+    el('button', { class: 'btn small', type: 'button', onclick: () => move(24) }, '+1 day'), clockText);
   const start = el('button', { class: 'btn', type: 'button', onclick: async () => {
     try {
       if (!state.id) throw new Error('Save and publish the program first.');
@@ -239,12 +255,21 @@ function preview(state) {
       person.clock = (await api('POST', '/api/v1/test-clocks', { now: now.toISOString() })).id;
       person.user = (await api('POST', '/api/v1/end-users', { name: 'Test person', time_zone: 'UTC', test_clock_id: person.clock, consent: true })).id;
       await api('POST', `/api/v1/programs/${encodeURIComponent(state.id)}/enrollments`, { end_user_id: person.user });
+      const { token } = await api('POST', `/api/v1/end-users/${person.user}/session`);
+      const profile = await get(`/api/v1/end-users/${person.user}`);
+      const { slug } = await get('/api/v1/coach');
+      const conversation = profile.conversations[0];
+      frame.replaceChildren();
+      document.body.append(el('script', { src: '/widget.js', 'data-coach': slug, 'data-token': token, 'data-mount': '#program-try-widget',
+        ...(conversation ? { 'data-conversation': conversation.id } : {}) }));
       controls.hidden = false;
+      frame.hidden = false;
       start.hidden = true;
-      await refresh();
+      show(await get(`/api/v1/test-clocks/${person.clock}`));
     } catch (error) { toast(explain(error), 'error'); }
   } }, 'Try it as an end user');
+  frame.hidden = true;
   return el('section', { class: 'card', 'aria-label': 'Try it as an end user' },
-    el('h2', { style: 'margin-top:0' }, 'Try it'), el('p', { class: 'small muted' }, 'A test person on a test clock follows the published version; nobody real is messaged.'),
-    start, controls, log);
+    el('h2', { style: 'margin-top:0' }, 'Try it'), el('p', { class: 'small muted' }, 'A test person on a test clock follows the published version in the real chat; nobody real is messaged. Answer their check-ins and choices in the chat.'),
+    start, controls, frame);
 }
