@@ -130,13 +130,8 @@ impl Server {
             chat.clone(),
             coaching.clone(),
             jobs.clone(),
-            crate::channels::secrets::Sealer::load_or_create(&data_dir.keys_dir())
-                .context("cannot load the channel credentials key")?,
-            crate::channels::push::Vapid::load_or_create(&data_dir.keys_dir())
-                .context("cannot load the Web Push (VAPID) key")?,
-            &config.channels,
-            &config.public_url,
-            &config.mail_from,
+            crate::channels::ChannelKeys::load_or_create(&data_dir.keys_dir())?,
+            config,
         );
         let state = AppState {
             db,

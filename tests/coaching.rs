@@ -195,7 +195,14 @@ async fn a_program_runs_on_a_test_clock_with_check_ins_rules_and_guardrails() {
     .await;
     let bea = bea["id"].as_str().unwrap().to_string();
     // The directory's search finds a person by part of their name, whatever the case.
-    let found = call(&app, Method::GET, "/api/v1/end-users?q=bE", &staff, Value::Null).await;
+    let found = call(
+        &app,
+        Method::GET,
+        "/api/v1/end-users?q=bE",
+        &staff,
+        Value::Null,
+    )
+    .await;
     assert_eq!(found["total"], 1, "{found}");
     assert_eq!(found["end_users"][0]["id"], bea.as_str());
     let enrolled = call(
@@ -1201,7 +1208,11 @@ async fn real_end_users_enrol_themselves_get_steps_on_real_time_and_count_in_out
         "they wrote this week: {outcomes}"
     );
     // The heat-map's row: the first week has begun, and nobody checked in yet.
-    assert_eq!(outcomes["retention"][0]["weeks"], json!([0.0]), "{outcomes}");
+    assert_eq!(
+        outcomes["retention"][0]["weeks"],
+        json!([0.0]),
+        "{outcomes}"
+    );
     assert_eq!(
         outcomes["goal_progress_distribution"]
             .as_array()

@@ -20,7 +20,7 @@ async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Valu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staff_reply_reaches_a_closed_page_encrypted_and_signed_and_a_gone_subscription_is_dropped()
-{
+ {
     let service = PushStandIn::start().await;
     let app = TestApp::start(Options {
         configure: Some(Box::new(|config| {
@@ -36,7 +36,14 @@ async fn a_staff_reply_reaches_a_closed_page_encrypted_and_signed_and_a_gone_sub
     let conversation = app.conversation(&visitor).await;
 
     // The page asks for the key to subscribe with; staff have no push of their own.
-    let status = call(&app, Method::GET, "/api/v1/public/me/push", &visitor, Value::Null).await;
+    let status = call(
+        &app,
+        Method::GET,
+        "/api/v1/public/me/push",
+        &visitor,
+        Value::Null,
+    )
+    .await;
     assert_eq!(status["subscriptions"], 0);
     let server_key = status["public_key"].as_str().unwrap().to_string();
     let staff_try = app
@@ -49,14 +56,24 @@ async fn a_staff_reply_reaches_a_closed_page_encrypted_and_signed_and_a_gone_sub
     let mut no_key = browser.subscription();
     no_key["keys"]["p256dh"] = json!("bm90LWEta2V5");
     let refused = app
-        .send(Method::PUT, "/api/v1/public/me/push", &visitor, Some(no_key))
+        .send(
+            Method::PUT,
+            "/api/v1/public/me/push",
+            &visitor,
+            Some(no_key),
+        )
         .await;
     let message = expect_error(refused, 400, "invalid_field").await;
     assert!(message.contains("p256dh"), "{message}");
     let mut not_a_url = browser.subscription();
     not_a_url["endpoint"] = json!("ftp://push.example/x");
     let refused = app
-        .send(Method::PUT, "/api/v1/public/me/push", &visitor, Some(not_a_url))
+        .send(
+            Method::PUT,
+            "/api/v1/public/me/push",
+            &visitor,
+            Some(not_a_url),
+        )
         .await;
     expect_error(refused, 400, "invalid_field").await;
 
@@ -98,7 +115,10 @@ async fn a_staff_reply_reaches_a_closed_page_encrypted_and_signed_and_a_gone_sub
     assert_eq!(payload["body"], reply, "{payload}");
     let coach = call(&app, Method::GET, "/api/v1/coach", &staff, Value::Null).await;
     let coach_name = coach["name"].as_str().unwrap();
-    assert!(payload["title"].as_str().unwrap().contains(coach_name), "{payload}");
+    assert!(
+        payload["title"].as_str().unwrap().contains(coach_name),
+        "{payload}"
+    );
     assert_eq!(payload["url"], format!("/c/{slug}"));
     assert_eq!(payload["tag"], conversation);
     // The JWT is signed by the key the browser subscribed with, for this push service.
@@ -123,7 +143,14 @@ async fn a_staff_reply_reaches_a_closed_page_encrypted_and_signed_and_a_gone_sub
     service.wait_for(2).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let status = call(&app, Method::GET, "/api/v1/public/me/push", &visitor, Value::Null).await;
+        let status = call(
+            &app,
+            Method::GET,
+            "/api/v1/public/me/push",
+            &visitor,
+            Value::Null,
+        )
+        .await;
         if status["subscriptions"] == 0 {
             break;
         }
@@ -140,6 +167,13 @@ async fn a_staff_reply_reaches_a_closed_page_encrypted_and_signed_and_a_gone_sub
         browser.subscription(),
     )
     .await;
-    let off = call(&app, Method::DELETE, "/api/v1/public/me/push", &visitor, Value::Null).await;
+    let off = call(
+        &app,
+        Method::DELETE,
+        "/api/v1/public/me/push",
+        &visitor,
+        Value::Null,
+    )
+    .await;
     assert_eq!(off["subscriptions"], 0);
 }

@@ -106,6 +106,25 @@ struct TelegramSecrets {
     webhook_secret: String,
 }
 
+/// The keys the channels keep in `<data-dir>/keys/`: the one that seals platform credentials,
+/// and the server's Web Push (VAPID) identity.
+pub struct ChannelKeys {
+    pub sealer: Sealer,
+    pub vapid: push::Vapid,
+}
+
+impl ChannelKeys {
+    pub fn load_or_create(keys_dir: &std::path::Path) -> anyhow::Result<ChannelKeys> {
+        use anyhow::Context;
+        Ok(ChannelKeys {
+            sealer: Sealer::load_or_create(keys_dir)
+                .context("cannot load the channel credentials key")?,
+            vapid: push::Vapid::load_or_create(keys_dir)
+                .context("cannot load the Web Push (VAPID) key")?,
+        })
+    }
+}
+
 /// The channels service. Cheap to clone.
 #[derive(Clone)]
 pub struct Channels {
@@ -140,12 +159,12 @@ impl Channels {
         chat: Chat,
         coaching: Coaching,
         jobs: Jobs,
-        sealer: Sealer,
-        vapid: push::Vapid,
-        apis: &crate::config::ChannelApis,
-        public_url: &str,
-        mail_from: &str,
+        keys: ChannelKeys,
+        config: &crate::config::Config,
     ) -> Channels {
+        let ChannelKeys { sealer, vapid } = keys;
+        let (apis, public_url, mail_from) =
+            (&config.channels, &config.public_url, &config.mail_from);
         let channels = Channels {
             inner: Arc::new(Inner {
                 db,

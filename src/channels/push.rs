@@ -66,7 +66,12 @@ impl Vapid {
 
     /// `Authorization: vapid t=<JWT>, k=<public key>` for a push to `endpoint` (RFC 8292):
     /// the JWT names the push service's origin, expires within a day, and gives a contact.
-    fn authorization(&self, endpoint: &axum::http::Uri, contact: &str, now: DateTime<Utc>) -> String {
+    fn authorization(
+        &self,
+        endpoint: &axum::http::Uri,
+        contact: &str,
+        now: DateTime<Utc>,
+    ) -> String {
         #[derive(serde::Serialize)]
         struct Claims<'a> {
             aud: String,
@@ -84,8 +89,8 @@ impl Vapid {
             sub: contact,
         };
         let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-        let token =
-            jsonwebtoken::encode(&header, &claims, &self.signing).expect("signing with a P-256 key");
+        let token = jsonwebtoken::encode(&header, &claims, &self.signing)
+            .expect("signing with a P-256 key");
         format!("vapid t={token}, k={}", self.public_key)
     }
 }
@@ -353,7 +358,10 @@ impl Handler for PushJob {
                             .await?;
                     }
                     Answer::Gone => {
-                        tracing::info!(tenant = scope.tenant_id(), "a push subscription ended; dropped");
+                        tracing::info!(
+                            tenant = scope.tenant_id(),
+                            "a push subscription ended; dropped"
+                        );
                         channels
                             .db()
                             .call(move |c| c.drop_push_subscription(&scope, &id))

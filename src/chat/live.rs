@@ -189,8 +189,7 @@ impl Chat {
     pub fn publish_message(&self, tenant_id: &str, message: &Message) {
         // Its delivery to a messaging app (or its push to a browser, when the visitor
         // subscribed) was queued with it: start it now.
-        if (message.channel != conversations::WEB_CHANNEL
-            || crate::db::push::worth_a_push(message))
+        if (message.channel != conversations::WEB_CHANNEL || crate::db::push::worth_a_push(message))
             && let Some(jobs) = self.jobs.get()
         {
             jobs.wake();

@@ -246,7 +246,11 @@ impl Coaching {
                 .map(|(week, (enrolled, retained))| Cohort {
                     weeks: heat
                         .get(&week)
-                        .map(|row| row.iter().map(|(all, took_part)| ratio(*took_part, *all)).collect())
+                        .map(|row| {
+                            row.iter()
+                                .map(|(all, took_part)| ratio(*took_part, *all))
+                                .collect()
+                        })
                         .unwrap_or_default(),
                     week,
                     enrolled,

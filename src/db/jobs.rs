@@ -83,7 +83,8 @@ pub trait JobStore {
     /// When the next real-time job of `kinds` is due (or its lease runs out).
     fn next_due(&self, kinds: &[&str]) -> Result<Option<DateTime<Utc>>, DbError>;
 
-    /// When the next job of `kind` on the tenant's test clock is due.
+    /// When the next job of `kind` on the tenant's test clock is due (for nudges: when the
+    /// message goes out, not when it is written ahead).
     fn next_clock_job(
         &self,
         scope: &crate::auth::TenantScope,
@@ -270,10 +271,13 @@ impl JobStore for Connection {
         clock_id: &str,
         kind: &str,
     ) -> Result<Option<DateTime<Utc>>, DbError> {
+        // A nudge written ahead runs a few minutes before it is sent: the later of the two
+        // is when the person gets it.
         let next: Option<String> = self
             .prepare_cached(
-                "SELECT min(run_at) FROM jobs WHERE tenant_id = ?1 AND clock_id = ?2 \
-                 AND kind = ?3 AND status = 'queued'",
+                "SELECT min(max(j.run_at, coalesce(n.scheduled_for, j.run_at))) FROM jobs j \
+                 LEFT JOIN nudges n ON n.id = j.subject_id AND n.tenant_id = j.tenant_id \
+                 WHERE j.tenant_id = ?1 AND j.clock_id = ?2 AND j.kind = ?3 AND j.status = 'queued'",
             )?
             .query_row(params![scope.tenant_id(), clock_id, kind], |r| r.get(0))?;
         Ok(next.map(|t| parse_instant(&t)))

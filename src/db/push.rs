@@ -107,8 +107,11 @@ pub trait PushStore {
         scope: &TenantScope,
         visitor_id: &str,
     ) -> Result<usize, DbError>;
-    fn push_subscription_count(&self, scope: &TenantScope, visitor_id: &str)
-    -> Result<i64, DbError>;
+    fn push_subscription_count(
+        &self,
+        scope: &TenantScope,
+        visitor_id: &str,
+    ) -> Result<i64, DbError>;
     fn push_delivery(
         &self,
         scope: &TenantScope,

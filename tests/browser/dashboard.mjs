@@ -204,14 +204,24 @@ try {
     await stepCard('wind-down').getByLabel('Day').fill('0');
     await stepCard('wind-down').getByLabel('At').fill('10:00');
     await stepCard('wind-down').getByLabel(instruction).fill('Suggest a wind-down routine.');
-    // The pointer reorders: the wind-down step is dragged onto the first card...
-    await stepCard('wind-down').dragTo(stepCard('step1'));
+    // The pointer reorders: the wind-down step is dragged by its handle above the check-in...
+    await page.getByRole('heading', { name: 'Steps' }).click();
+    await stepCard('checkin').evaluate((card) => card.scrollIntoView({ block: 'start' }));
+    const handle = await stepCard('wind-down').getByRole('button', { name: 'Drag step 3' }).boundingBox();
+    const target = await stepCard('checkin').boundingBox();
+    await page.mouse.move(handle.x + handle.width / 2, handle.y + handle.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(target.x + 40, target.y + 10, { steps: 8 });
+    await page.mouse.up();
     const order = () => page.locator('[data-step]').evaluateAll((nodes) => nodes.map((n) => n.dataset.step).join(','));
-    check(await order() === 'wind-down,step1,checkin', `dragged to the top: ${await order()}`);
-    // ...and the keyboard moves the welcome back up.
-    await stepCard('step1').getByRole('button', { name: 'Move step 2 up' }).focus();
+    check(await order() === 'step1,wind-down,checkin', `dragged above the check-in: ${await order()}`);
+    // ...and the keyboard moves it up and back down.
+    await stepCard('wind-down').getByRole('button', { name: 'Move step 2 up' }).focus();
     await page.keyboard.press('Enter');
-    check(await order() === 'step1,wind-down,checkin', `moved up with the keyboard: ${await order()}`);
+    check(await order() === 'wind-down,step1,checkin', `moved up with the keyboard: ${await order()}`);
+    await stepCard('wind-down').getByRole('button', { name: 'Move step 1 down' }).focus();
+    await page.keyboard.press('Enter');
+    check(await order() === 'step1,wind-down,checkin', `moved down with the keyboard: ${await order()}`);
     // The welcome offers a choice whose answer leads to the check-in: a branch, drawn joined to it.
     await stepCard('step1').getByRole('button', { name: 'Add a choice' }).click();
     await stepCard('step1').getByLabel('Choice 1 label').fill('Yes please');
@@ -239,7 +249,11 @@ try {
         return button && !button.disabled;
       }, null, { timeout: 30000 });
       await next.click();
-      await until('the step to arrive in the chat', async () => (await received()) > before, ANSWER_MS);
+      await until('the step to arrive in the chat', async () => (await received()) > before, ANSWER_MS).catch(async (error) => {
+        console.log(await next.innerText(), await page.locator('[data-clock]').innerText());
+        console.log(await page.evaluate(() => document.querySelector('#program-try-widget companero-chat')?.shadowRoot.innerHTML.slice(-3000)));
+        throw error;
+      });
     }
     await nextStep();
     await chat.locator('.msg.assistant').last().getByRole('button', { name: 'Yes please' }).click();
@@ -294,6 +308,36 @@ try {
     await accessible(page, 'nudge rules');
   });
 
+  await step('an inactivity rule fires in the preview, in the test person\'s chat', async () => {
+    await page.getByRole('button', { name: 'New rule' }).click();
+    const form = page.getByRole('form', { name: 'New rule' });
+    await form.getByLabel('Name').fill('Quiet check');
+    await form.getByLabel('When').selectOption('inactivity');
+    await form.getByLabel('Days without a message').fill('2');
+    await form.getByLabel('What the coach is to write').fill('Ask kindly how their evenings are going.');
+    await form.getByRole('button', { name: 'Save rule' }).click();
+    await page.locator('[data-rule="Quiet check"]').waitFor();
+    await page.getByRole('link', { name: 'Programs' }).click();
+    await page.getByRole('link', { name: 'Sleep better' }).click();
+    await page.getByRole('button', { name: 'Try it as an end user' }).click();
+    const clock = page.locator('[data-clock]');
+    await until('the test clock', async () => (await clock.innerText()).includes('Their clock'));
+    // Three quiet days on the test person's clock, a day at a time.
+    for (let day = 0; day < 3; day += 1) {
+      const before = await clock.innerText();
+      await page.getByRole('button', { name: '+1 day' }).click();
+      await until('the clock to move', async () => (await clock.innerText()) !== before, ANSWER_MS);
+    }
+    const fired = await until('the rule\'s nudge', () => page.evaluate(async () => {
+      const { access_token: token } = JSON.parse(localStorage.getItem('companero:session'));
+      const get = (route) => fetch(route, { headers: { Authorization: `Bearer ${token}` } }).then((r) => r.json());
+      const rule = (await get('/api/v1/nudge-rules')).nudge_rules.find((r) => r.name === 'Quiet check');
+      return (await get('/api/v1/nudges?limit=100')).nudges.find((n) => n.rule_id === rule.id && n.message_id) || null;
+    }), ANSWER_MS);
+    await page.locator(`#program-try-widget .msg.assistant[data-key="${fired.message_id}"]`).waitFor({ timeout: 30000 });
+    await screenshots('program-try-rule');
+  });
+
   await step('people and outcomes: the directory and each program\'s results', async () => {
     await page.getByRole('link', { name: 'People' }).click();
     await page.getByRole('heading', { name: 'People', level: 1 }).waitFor();
@@ -319,9 +363,39 @@ try {
     await page.locator('[data-enrollment]').filter({ hasText: 'paused' }).waitFor();
     await screenshots('person');
     await accessible(page, 'the person page');
+    // A cohort of four real end users enrols from the chat page; the team records the hours
+    // each slept (2, 4, 6, 8).
+    await page.evaluate(async () => {
+      const { access_token: token } = JSON.parse(localStorage.getItem('companero:session'));
+      const call = async (route, { method = 'GET', body, as = token } = {}) => {
+        const response = await fetch(route, { method, headers: { Authorization: `Bearer ${as}`, 'Content-Type': 'application/json' }, body: body && JSON.stringify(body) });
+        if (!response.ok) throw new Error(`${method} ${route}: ${response.status} ${await response.text()}`);
+        return response.json();
+      };
+      const { slug } = await call('/api/v1/coach');
+      const program = (await call('/api/v1/programs')).programs.find((p) => p.name === 'Sleep better');
+      for (let i = 0; i < 4; i += 1) {
+        const visitor = await fetch(`/api/v1/public/coaches/${slug}/visitors?time_zone=Europe/Madrid`, { method: 'POST' }).then((r) => r.json());
+        await call('/api/v1/public/me/enrollments', { method: 'POST', body: { program_id: program.id }, as: visitor.token });
+      }
+      const { end_users: cohort } = await call(`/api/v1/end-users?program_id=${program.id}`);
+      const real = cohort.filter((u) => !u.test_clock_id);
+      for (const [i, person] of real.entries()) {
+        const profile = await call(`/api/v1/end-users/${person.id}`);
+        const goal = profile.goals.find((g) => g.title === 'Hours slept');
+        await call(`/api/v1/goals/${goal.id}/check-ins`, { method: 'POST', body: { value: 2 * (i + 1) } });
+      }
+    });
     await page.getByRole('link', { name: 'Outcomes' }).click();
     await page.getByRole('heading', { name: 'Outcomes', level: 1 }).waitFor();
-    await page.locator('[data-outcomes]').filter({ hasText: 'Sleep better' }).waitFor();
+    const sleep = page.locator('[data-outcomes]').filter({ hasText: 'Sleep better' });
+    await sleep.waitFor();
+    check(/Enrolled\s*4\b/.test(await sleep.innerText()), `four enrolled: ${await sleep.innerText()}`);
+    const heat = await sleep.locator('figure:has(svg[data-chart="heat-map"]) figcaption').innerText();
+    check(heat.includes('100%'), `the whole cohort checked in in week 0: ${heat}`);
+    const spread = await sleep.locator('figure:has(svg[data-chart="bars"]) figcaption').last().innerText();
+    check(spread.includes('1 at 20–40%') && spread.includes('1 at 80–100%'), `the goal progress is spread out: ${spread}`);
+    await screenshots('outcomes');
     await accessible(page, 'outcomes');
   });
 

@@ -61,7 +61,11 @@ impl PushStandIn {
             if received.len() >= count {
                 return received;
             }
-            assert!(Instant::now() < deadline, "{} pushes arrived", received.len());
+            assert!(
+                Instant::now() < deadline,
+                "{} pushes arrived",
+                received.len()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -131,7 +135,9 @@ impl Browser {
 /// `Authorization: vapid t=<jwt>, k=<key>`. Returns the claims and `k`.
 pub fn vapid_claims(push: &Received) -> (Value, String) {
     let header = push.headers["authorization"].to_str().unwrap();
-    let rest = header.strip_prefix("vapid ").expect("a vapid authorization");
+    let rest = header
+        .strip_prefix("vapid ")
+        .expect("a vapid authorization");
     let mut token = None;
     let mut key = None;
     for part in rest.split(',') {

@@ -90,12 +90,45 @@ async function builder(main, id) {
     timeline.children[to]?.querySelector('[data-move="up"]')?.focus();
   }
 
+  // Dragging by a card's handle, with the pointer (mouse, pen or touch alike): the card lands
+  // where the pointer is let go, the cards it passes show where; the page scrolls near its edges.
+  function dragFrom(event, from, handle) {
+    if (event.button !== 0) return;
+    event.preventDefault();
+    handle.setPointerCapture(event.pointerId);
+    const cards = [...timeline.children];
+    cards[from].classList.add('dragging');
+    let to = from;
+    const over = (y) => {
+      const found = cards.findIndex((card) => { const box = card.getBoundingClientRect(); return y < box.top + box.height / 2; });
+      return found === -1 ? cards.length - 1 : found > from ? found - 1 : found;
+    };
+    const onMove = (e) => {
+      to = over(e.clientY);
+      cards.forEach((card, i) => card.classList.toggle('drop-here', i === to && to !== from));
+      if (e.clientY < 40) window.scrollBy(0, -20);
+      else if (e.clientY > window.innerHeight - 40) window.scrollBy(0, 20);
+    };
+    const onUp = () => {
+      handle.removeEventListener('pointermove', onMove);
+      handle.removeEventListener('pointerup', onUp);
+      handle.removeEventListener('pointercancel', onUp);
+      cards.forEach((card) => card.classList.remove('dragging', 'drop-here'));
+      if (to !== from) move(from, to);
+    };
+    handle.addEventListener('pointermove', onMove);
+    handle.addEventListener('pointerup', onUp);
+    handle.addEventListener('pointercancel', onUp);
+  }
+
   function renderSteps() {
     const branches = new Set(state.steps.flatMap((s) => s.choices.map((c) => c.next)));
     timeline.replaceChildren(...state.steps.map((step, index) => {
       const input = (key, attrs = {}) => {
         const node = el('input', { type: 'text', value: step[key] ?? '', ...attrs });
         node.addEventListener('input', () => { step[key] = attrs.type === 'number' ? (node.value === '' ? '' : Number(node.value)) : node.value; check(); });
+        // A renamed step: its card follows at once, the choices' lists when next opened.
+        if (key === 'key') node.addEventListener('input', () => { node.closest('[data-step]').dataset.step = node.value; });
         return node;
       };
       const kind = el('select', {}, ...Object.entries(KINDS).map(([value, label]) => el('option', { value, selected: value === step.kind }, label)));
@@ -107,15 +140,22 @@ async function builder(main, id) {
       const choices = el('div', { class: 'stack' }, ...step.choices.map((choice, j) => {
         const label = el('input', { type: 'text', value: choice.label, 'aria-label': `Choice ${j + 1} label`, maxlength: '100' });
         label.addEventListener('input', () => { choice.label = label.value; check(); });
-        const next = el('select', { 'aria-label': `Choice ${j + 1} leads to` }, el('option', { value: '' }, 'leads to…'),
+        const next = el('select', { 'aria-label': `Choice ${j + 1} leads to` });
+        const fill = () => next.replaceChildren(el('option', { value: '' }, 'leads to…'),
           ...state.steps.filter((s) => s !== step).map((s) => el('option', { value: s.key, selected: s.key === choice.next }, s.key)));
+        fill();
+        // Keys may have been renamed since the card was drawn.
+        next.addEventListener('focus', fill);
+        next.addEventListener('mousedown', fill);
         next.addEventListener('change', () => { choice.next = next.value; renderSteps(); });
         return el('div', { class: 'row' }, label, '→', next,
           el('button', { class: 'btn small', type: 'button', onclick: () => { step.choices.splice(j, 1); renderSteps(); } }, 'Remove choice'));
       }));
-      const item = el('li', { class: 'card', draggable: 'true', 'data-step': step.key },
+      const handle = el('button', { class: 'btn small drag-handle', type: 'button', 'aria-label': `Drag step ${index + 1}`, title: 'Drag to reorder (or use ↑ and ↓)' }, '⠿');
+      handle.addEventListener('pointerdown', (event) => dragFrom(event, index, handle));
+      const item = el('li', { class: 'card', 'data-step': step.key },
         el('div', { class: 'row', style: 'justify-content:space-between' },
-          el('strong', {}, `Step ${index + 1}`, branches.has(step.key) ? el('span', { class: 'badge', style: 'margin-left:6px' }, 'branch: sent when chosen') : ''),
+          el('strong', {}, handle, ` Step ${index + 1}`, branches.has(step.key) ? el('span', { class: 'badge', style: 'margin-left:6px' }, 'branch: sent when chosen') : ''),
           el('div', { class: 'row' },
             el('button', { class: 'btn small', type: 'button', 'data-move': 'up', 'aria-label': `Move step ${index + 1} up`, disabled: index === 0, onclick: () => move(index, index - 1) }, '↑'),
             el('button', { class: 'btn small', type: 'button', 'data-move': 'down', 'aria-label': `Move step ${index + 1} down`, disabled: index === state.steps.length - 1, onclick: () => move(index, index + 1) }, '↓'),
@@ -128,9 +168,6 @@ async function builder(main, id) {
         choices,
         branchCards(step, index),
         el('button', { class: 'btn small', type: 'button', onclick: () => { step.choices.push({ label: '', next: '' }); renderSteps(); } }, 'Add a choice'));
-      item.addEventListener('dragstart', (event) => { event.dataTransfer.setData('text/plain', String(index)); });
-      item.addEventListener('dragover', (event) => event.preventDefault());
-      item.addEventListener('drop', (event) => { event.preventDefault(); move(Number(event.dataTransfer.getData('text/plain')), index); });
       return item;
     }));
     check();
