@@ -11,11 +11,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 async fn call(app: &TestApp, method: Method, path: &str, token: &str, body: Value) -> Value {
-    let response = app.send(method, path, token, Some(body)).await;
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "{path}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
+    app.json_ok(method, path, token, (!body.is_null()).then_some(body))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

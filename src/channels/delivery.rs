@@ -74,15 +74,7 @@ impl Handler for DeliveryJob {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
-            let scope = TenantScope::new(
-                job.tenant_id
-                    .clone()
-                    .ok_or_else(|| JobError::Fatal("a delivery without a tenant".into()))?,
-            );
-            let outbox_id = job.payload["outbox_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (scope, outbox_id) = super::outbox_target(job)?;
             let (scope_moved, id) = (scope.clone(), outbox_id.clone());
             let Some(delivery) = self
                 .0
@@ -94,6 +86,18 @@ impl Handler for DeliveryJob {
             };
             if delivery.status != "queued" {
                 return Ok(Outcome::Done);
+            }
+            let (scope_moved, waiting) = (scope.clone(), delivery.clone());
+            if self
+                .0
+                .db()
+                .read(move |c| c.earlier_delivery_queued(&scope_moved, &waiting))
+                .await?
+            {
+                return Ok(Outcome::Again {
+                    at: now + chrono::Duration::milliseconds(200),
+                    payload: job.payload.clone(),
+                });
             }
             let handed = self.0.hand_over(&scope, &delivery, now).await?;
             let (status, error) = match handed {

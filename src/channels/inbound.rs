@@ -12,6 +12,7 @@ use crate::chat::ChatError;
 use crate::chat::conversations::Speaker;
 use crate::coaching::CoachingError;
 use crate::db::channels::ChannelStore;
+use crate::db::jobs::JobStore;
 use crate::jobs::{BoxFuture, Handler, Job, JobError, Outcome};
 
 /// `/start p-<program id>`: a link that enrols whoever opens it in a program.
@@ -36,6 +37,19 @@ impl Handler for InboundJob {
                     .clone()
                     .ok_or_else(|| JobError::Fatal("an update without a tenant".into()))?,
             );
+            // One chat's messages are answered in the order they came.
+            let earlier = job.clone();
+            if self
+                .0
+                .db()
+                .read(move |c| c.earlier_job_pending(&earlier))
+                .await?
+            {
+                return Ok(Outcome::Again {
+                    at: Utc::now() + chrono::Duration::milliseconds(100),
+                    payload: job.payload.clone(),
+                });
+            }
             match self.0.handle(&scope, &job.payload).await {
                 Ok(()) => Ok(Outcome::Done),
                 // A suspended coach, a visitor gone: nothing to answer.

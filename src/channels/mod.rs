@@ -106,6 +106,15 @@ struct TelegramSecrets {
     webhook_secret: String,
 }
 
+/// The tenant and outbox row a delivery job (`channel_delivery`, `push_delivery`) is about.
+fn outbox_target(job: &crate::jobs::Job) -> Result<(TenantScope, String), crate::jobs::JobError> {
+    let tenant = job.tenant_id.clone().ok_or_else(|| {
+        crate::jobs::JobError::Fatal(format!("a {} job without a tenant", job.kind))
+    })?;
+    let outbox_id = job.payload["outbox_id"].as_str().unwrap_or_default();
+    Ok((TenantScope::new(tenant), outbox_id.to_string()))
+}
+
 /// The keys the channels keep in `<data-dir>/keys/`: the one that seals platform credentials,
 /// and the server's Web Push (VAPID) identity.
 pub struct ChannelKeys {
@@ -443,12 +452,13 @@ impl Channels {
     }
 
     /// Takes platform events in, each once (by its id on the platform), with the job that
-    /// works on it.
+    /// works on it. Events are `(id on the platform, chat, payload)`: the jobs of one chat
+    /// share a subject, and run one after the other in the order they came.
     async fn take_in(
         &self,
         scope: &TenantScope,
         channel: &'static str,
-        events: Vec<(String, serde_json::Value)>,
+        events: Vec<(String, String, serde_json::Value)>,
     ) -> Result<(), DbError> {
         if events.is_empty() {
             return Ok(());
@@ -457,14 +467,14 @@ impl Channels {
         self.db()
             .call(move |c| {
                 crate::db::atomically(c, |c| {
-                    for (id, payload) in events {
+                    for (id, chat, payload) in events {
                         if !c.take_inbound(&scope_moved, channel, &id)? {
                             continue;
                         }
                         c.enqueue_job(&NewJob {
                             kind: INBOUND_JOB,
                             tenant_id: Some(scope_moved.tenant_id().to_string()),
-                            subject_id: id,
+                            subject_id: format!("{channel}:{chat}"),
                             payload,
                             run_at: Utc::now(),
                             dedupe_key: None,
@@ -480,13 +490,17 @@ impl Channels {
     }
 
     /// Telegram updates as events to take in.
-    fn telegram_events(updates: Vec<serde_json::Value>) -> Vec<(String, serde_json::Value)> {
+    fn telegram_events(
+        updates: Vec<serde_json::Value>,
+    ) -> Vec<(String, String, serde_json::Value)> {
         updates
             .into_iter()
             .filter_map(|update| {
                 let id = telegram::update_id(&update)?;
+                let chat = telegram::chat_of(&update).unwrap_or_else(|| format!("update-{id}"));
                 Some((
                     id.to_string(),
+                    chat,
                     serde_json::json!({ "channel": TELEGRAM, "update": update }),
                 ))
             })

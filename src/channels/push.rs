@@ -322,15 +322,7 @@ impl Handler for PushJob {
     ) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
             let channels = &self.0;
-            let scope = TenantScope::new(
-                job.tenant_id
-                    .clone()
-                    .ok_or_else(|| JobError::Fatal("a push without a tenant".into()))?,
-            );
-            let outbox_id = job.payload["outbox_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let (scope, outbox_id) = super::outbox_target(job)?;
             let tries = job.payload["tries"].as_u64().unwrap_or(0) + 1;
             let (scope_moved, id) = (scope.clone(), outbox_id.clone());
             let Some(delivery) = channels

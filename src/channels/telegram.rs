@@ -235,6 +235,22 @@ pub fn update_id(update: &Value) -> Option<i64> {
     update["update_id"].as_i64()
 }
 
+/// The chat an update is about (a message, a button press, the bot blocked or unblocked).
+pub fn chat_of(update: &Value) -> Option<String> {
+    [
+        "/message/chat/id",
+        "/edited_message/chat/id",
+        "/callback_query/message/chat/id",
+        "/my_chat_member/chat/id",
+    ]
+    .iter()
+    .find_map(|pointer| update.pointer(pointer))
+    .map(|id| match id {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
+
 pub fn read_update(update: &Value) -> Inbound {
     let chat_id = |chat: &Value| match &chat["id"] {
         Value::Number(n) => Some(n.to_string()),

@@ -234,7 +234,8 @@ impl Channels {
         for event in whatsapp::events(&body) {
             match event {
                 Event::Message { wamid, message } => messages.push((
-                    wamid,
+                    wamid.clone(),
+                    message["from"].as_str().map_or(wamid, str::to_string),
                     serde_json::json!({ "channel": WHATSAPP, "message": message }),
                 )),
                 Event::Status {

@@ -5,7 +5,6 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::jobs::{JobStore, NewJob};
 use super::{DbError, instant, parse_instant};
 use crate::auth::TenantScope;
 use crate::auth::tokens::{secret_hash, secret_token};
@@ -34,22 +33,13 @@ pub fn queue_delivery(
         message.seq,
         message.channel
     ])?;
-    let job = NewJob {
-        kind: DELIVER_JOB,
-        tenant_id: Some(scope.tenant_id().to_string()),
-        subject_id: outbox_id.clone(),
-        payload: serde_json::json!({ "outbox_id": outbox_id }),
-        run_at: Utc::now(),
-        dedupe_key: Some(format!("deliver-{outbox_id}")),
-        clock_id: None,
-    };
-    match c.enqueue_job(&job) {
-        Ok(_) => Ok(()),
-        Err(DbError::Sqlite(error)) => Err(error),
-        Err(other) => Err(rusqlite::Error::ToSqlConversionFailure(
-            other.to_string().into(),
-        )),
-    }
+    super::jobs::queue_outbox_job(
+        c,
+        scope,
+        DELIVER_JOB,
+        &outbox_id,
+        format!("deliver-{outbox_id}"),
+    )
 }
 
 /// The outbox id of a message delivered on a channel.
@@ -142,6 +132,14 @@ pub trait ChannelStore {
         external_id: &str,
     ) -> Result<String, DbError>;
     fn delivery(&self, scope: &TenantScope, outbox_id: &str) -> Result<Option<Delivery>, DbError>;
+    /// Whether a message before this one in its conversation (queued in the last 15 minutes)
+    /// is still waiting to go out on the same channel: messages reach the app in the order
+    /// they were written.
+    fn earlier_delivery_queued(
+        &self,
+        scope: &TenantScope,
+        delivery: &Delivery,
+    ) -> Result<bool, DbError>;
     /// Records that part `part` is being handed to the platform, before the call.
     fn delivery_attempt(
         &self,
@@ -367,6 +365,30 @@ impl ChannelStore for Connection {
             ],
         )?;
         Ok(id)
+    }
+
+    fn earlier_delivery_queued(
+        &self,
+        scope: &TenantScope,
+        delivery: &Delivery,
+    ) -> Result<bool, DbError> {
+        Ok(self
+            .prepare_cached(
+                // Fifteen minutes at most: a message stuck behind a platform that keeps
+                // refusing does not hold the rest of the conversation for ever.
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE conversation_id = ?2 AND seq < ?3 \
+                 AND channel = ?4 AND status = 'queued' AND tenant_id = ?1 \
+                 AND created_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-15 minutes'))",
+            )?
+            .query_row(
+                params![
+                    scope.tenant_id(),
+                    delivery.message.conversation_id,
+                    delivery.message.seq,
+                    delivery.channel
+                ],
+                |r| r.get(0),
+            )?)
     }
 
     fn delivery(&self, scope: &TenantScope, outbox_id: &str) -> Result<Option<Delivery>, DbError> {

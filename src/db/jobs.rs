@@ -92,6 +92,10 @@ pub trait JobStore {
         kind: &str,
     ) -> Result<Option<DateTime<Utc>>, DbError>;
 
+    /// Whether a job of the same kind and subject queued before `job` is still waiting or
+    /// running (work that must happen in order, such as one chat's messages).
+    fn earlier_job_pending(&self, job: &Job) -> Result<bool, DbError>;
+
     /// Jobs of a test clock running under a lease that has not run out: held by a process
     /// (alive, or dead with its lease still counting).
     fn held_clock_jobs(&self, clock_id: &str, now: DateTime<Utc>) -> Result<i64, DbError>;
@@ -101,6 +105,33 @@ pub trait JobStore {
 
     /// Finished jobs last touched before `before` are forgotten.
     fn prune_jobs(&self, before: DateTime<Utc>) -> Result<usize, DbError>;
+}
+
+/// Queues the job that delivers outbox row `outbox_id` now, inside the transaction that
+/// stores the message (whose closure speaks rusqlite's errors). Once per `dedupe_key`.
+pub fn queue_outbox_job(
+    c: &Connection,
+    scope: &crate::auth::TenantScope,
+    kind: &'static str,
+    outbox_id: &str,
+    dedupe_key: String,
+) -> rusqlite::Result<()> {
+    let job = NewJob {
+        kind,
+        tenant_id: Some(scope.tenant_id().to_string()),
+        subject_id: outbox_id.to_string(),
+        payload: serde_json::json!({ "outbox_id": outbox_id }),
+        run_at: Utc::now(),
+        dedupe_key: Some(dedupe_key),
+        clock_id: None,
+    };
+    match c.enqueue_job(&job) {
+        Ok(_) => Ok(()),
+        Err(DbError::Sqlite(error)) => Err(error),
+        Err(other) => Err(rusqlite::Error::ToSqlConversionFailure(
+            other.to_string().into(),
+        )),
+    }
 }
 
 fn kinds_json(kinds: &[&str]) -> String {
@@ -281,6 +312,18 @@ impl JobStore for Connection {
             )?
             .query_row(params![scope.tenant_id(), clock_id, kind], |r| r.get(0))?;
         Ok(next.map(|t| parse_instant(&t)))
+    }
+
+    fn earlier_job_pending(&self, job: &Job) -> Result<bool, DbError> {
+        Ok(self
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs WHERE status IN ('queued', 'running') \
+                 AND id < ?1 AND kind = ?2 AND tenant_id IS ?3 AND subject_id = ?4)",
+            )?
+            .query_row(
+                params![job.id, job.kind, job.tenant_id, job.subject_id],
+                |r| r.get(0),
+            )?)
     }
 
     fn held_clock_jobs(&self, clock_id: &str, now: DateTime<Utc>) -> Result<i64, DbError> {

@@ -3,7 +3,6 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
-use super::jobs::{JobStore, NewJob};
 use crate::auth::TenantScope;
 use crate::chat::conversations::{Message, message_by_id};
 
@@ -53,22 +52,7 @@ pub fn queue_push(c: &Connection, scope: &TenantScope, message: &Message) -> rus
     if queued == 0 {
         return Ok(());
     }
-    let job = NewJob {
-        kind: PUSH_JOB,
-        tenant_id: Some(scope.tenant_id().to_string()),
-        subject_id: outbox_id.clone(),
-        payload: serde_json::json!({ "outbox_id": outbox_id, "tries": 0 }),
-        run_at: chrono::Utc::now(),
-        dedupe_key: Some(format!("push-{outbox_id}")),
-        clock_id: None,
-    };
-    match c.enqueue_job(&job) {
-        Ok(_) => Ok(()),
-        Err(DbError::Sqlite(error)) => Err(error),
-        Err(other) => Err(rusqlite::Error::ToSqlConversionFailure(
-            other.to_string().into(),
-        )),
-    }
+    super::jobs::queue_outbox_job(c, scope, PUSH_JOB, &outbox_id, format!("push-{outbox_id}"))
 }
 
 /// A browser's subscription, as `PushManager.subscribe` gave it.
