@@ -6,13 +6,21 @@ The benchmark is built from real question-and-answer documents that a package sh
 Python FAQ inside Debian's python3.11-doc (HTML). Each FAQ question is an <h3> heading over its
 answer. The question is removed from the corpus (its heading becomes a neutral "Entry N"), so
 a query must find its answer by meaning, not by copying the question; a result is relevant when
-its heading path contains that entry's label. The rest of the manual (the tutorial and the
-HOWTOs) is uploaded unchanged as the distractor pool.
+its heading path contains that entry's label.
 
-usage: scripts/eval-retrieval [--chunk-tokens N] [--chunk-overlap N] [--binary PATH]
-                              [--embedder DIR] [--lexical-weight W] [--weights 0,0.1,0.3]
-                              [--keep] [--reuse DIR]
-Prints a table; --json prints one JSON object too.
+The small set (the default) adds the tutorial and the HOWTOs unchanged as distractors (43
+documents, about 1,800 chunks). `--sizes 1000,10000,50000` builds larger sets for each size:
+the same FAQ, then distractor pages in a fixed order (tutorial, HOWTOs, language reference,
+library reference, what's new, C API, ...; then PostgreSQL's manual from postgresql-doc-15 when
+Python's runs out) until the estimated chunk count reaches the size. Ingesting tens of
+thousands of chunks takes a while on a small machine, so `--cache` keeps each ingested data
+directory under ~/.cache/companero/eval and later runs reuse it (delete it after changing the
+chunker).
+
+usage: scripts/eval-retrieval [--sizes N,N] [--cache] [--chunk-tokens N] [--chunk-overlap N]
+                              [--binary PATH] [--embedder DIR] [--lexical-weight W]
+                              [--weights 0,0.1,0.3] [--keep] [--reuse DIR] [--json]
+Prints a table per size; --json prints one JSON object per size too.
 """
 
 import argparse
@@ -37,30 +45,62 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "compan
 PACKAGE = "python3.11-doc"
 
 
-def fetch_manual() -> Path:
-    """Downloads and unpacks the Debian package once; returns the HTML root."""
-    root = CACHE / "python3.11-doc"
-    html_root = root / "usr/share/doc/python3.11/html"
-    if (html_root / "faq/general.html").exists():
-        return html_root
+def fetch_package(package: str, marker: str) -> Path:
+    """Downloads and unpacks a Debian package once; returns where it was unpacked."""
+    root = CACHE / package
+    if (root / marker).exists():
+        return root
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, check=True,
+        subprocess.run(["apt-get", "download", package], cwd=tmp, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deb = next(Path(tmp).glob("*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    return html_root
+    return root
+
+
+def fetch_manual() -> Path:
+    """The Python manual's HTML root."""
+    return fetch_package(PACKAGE, "usr/share/doc/python3.11/html/faq/general.html") / \
+        "usr/share/doc/python3.11/html"
+
+
+# Distractor sections of the Python manual, in the order a scaled set takes them.
+PYTHON_SECTIONS = ["tutorial", "howto", "reference", "library", "whatsnew", "c-api", "extending",
+                   "using", "distutils", "install", "installing", "distributing"]
+# Characters of page text per chunk at the default chunk size, measured on the small set
+# (1,816 chunks): sizes a scaled set before ingesting it.
+CHARS_PER_CHUNK = 550
+
+
+def page_text_chars(page: Path) -> int:
+    text = page.read_text(encoding="utf-8", errors="replace")
+    body = re.search(r'<div class="body" role="main">(.*?)<div class="sphinxsidebar', text, re.S)
+    text = re.sub(r"<[^>]+>", " ", body.group(1) if body else text)
+    return len(re.sub(r"\s+", " ", html.unescape(text)))
+
+
+def distractor_pages(html_root: Path):
+    """Every distractor page in the scaled sets' order."""
+    for section in PYTHON_SECTIONS:
+        for page in sorted((html_root / section).glob("*.html")):
+            if page.name != "index.html":
+                yield f"{section}-{page.name}", page
+    postgres = fetch_package("postgresql-doc-15", "usr/share/doc/postgresql-doc-15/html/index.html")
+    for page in sorted((postgres / "usr/share/doc/postgresql-doc-15/html").glob("*.html")):
+        yield f"postgresql-{page.name}", page
 
 
 QUESTION = re.compile(
     r'(<section id="[^"]+">\s*<h3>)(.*?)(</h3>)', re.DOTALL)
 
 
-def build_corpus(html_root: Path, out: Path):
-    """Writes the FAQ pages with questions replaced by labels, and the distractor pages.
-    Returns [(label, question)]."""
+def build_corpus(html_root: Path, out: Path, size=None):
+    """Writes the FAQ pages with questions replaced by labels, and the distractor pages (the
+    small set's, or enough for about `size` chunks). Returns [(label, question)]."""
     out.mkdir(parents=True, exist_ok=True)
     questions = []
+    chars = 0
     for page in sorted(glob.glob(str(html_root / "faq/*.html"))):
         if page.endswith("index.html"):
             continue
@@ -77,13 +117,23 @@ def build_corpus(html_root: Path, out: Path):
         # The page's own table of contents repeats every question: drop it.
         text = re.sub(r'<nav class="contents.*?</nav>', "", text, flags=re.DOTALL)
         text = re.sub(r'<div class="contents.*?</div>', "", text, flags=re.DOTALL)
-        (out / f"faq-{Path(page).name}").write_text(text, encoding="utf-8")
-    distractors = sorted(glob.glob(str(html_root / "tutorial/*.html"))) + sorted(
-        glob.glob(str(html_root / "howto/*.html")))
-    for page in distractors:
-        if page.endswith("index.html"):
-            continue
-        shutil.copy(page, out / f"{Path(page).parent.name}-{Path(page).name}")
+        target = out / f"faq-{Path(page).name}"
+        target.write_text(text, encoding="utf-8")
+        chars += page_text_chars(target)
+    if size is None:
+        distractors = [(f"{Path(p).parent.name}-{Path(p).name}", Path(p)) for p in
+                       sorted(glob.glob(str(html_root / "tutorial/*.html"))) +
+                       sorted(glob.glob(str(html_root / "howto/*.html")))
+                       if not p.endswith("index.html")]
+    else:
+        distractors = []
+        for name, page in distractor_pages(html_root):
+            if chars >= size * CHARS_PER_CHUNK:
+                break
+            distractors.append((name, page))
+            chars += page_text_chars(page)
+    for name, page in distractors:
+        shutil.copy(page, out / name)
     return questions
 
 
@@ -143,8 +193,12 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="",
+                        help="comma-separated chunk counts of scaled sets [default: the small set]")
+    parser.add_argument("--cache", action="store_true",
+                        help="keep each ingested set under ~/.cache/companero/eval and reuse it")
     parser.add_argument("--chunk-tokens", type=int)
     parser.add_argument("--chunk-overlap", type=int)
     target = os.environ.get("CARGO_TARGET_DIR", "target")
@@ -159,14 +213,35 @@ def main():
     parser.add_argument("--reuse", help="a data directory kept by an earlier --keep run: skip ingestion")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def main():
+    args = parse_args()
     html_root = fetch_manual()
-    work = Path(args.reuse) if args.reuse else Path(tempfile.mkdtemp(prefix="companero-eval-"))
-    corpus = work / "corpus"
+    sizes = [int(x) for x in args.sizes.split(",") if x] or [None]
+    for size in sizes:
+        evaluate(args, html_root, size)
+
+
+def work_directory(args, size):
+    """Where this set's data lives, and whether it was ingested before."""
     if args.reuse:
-        shutil.rmtree(corpus, ignore_errors=True)
-    questions = build_corpus(html_root, corpus)
+        return Path(args.reuse), True
+    if args.cache:
+        key = "-".join(str(x) for x in (size or "small", args.chunk_tokens or "default",
+                                       args.chunk_overlap if args.chunk_overlap is not None
+                                       else "default", Path(args.embedder).name))
+        work = CACHE / f"index-{key}"
+        return work, (work / "ingested").exists()
+    return Path(tempfile.mkdtemp(prefix="companero-eval-")), False
+
+
+def evaluate(args, html_root, size):
+    work, ingested = work_directory(args, size)
+    corpus = work / "corpus"
+    shutil.rmtree(corpus, ignore_errors=True)
+    questions = build_corpus(html_root, corpus, size)
     files = sorted(corpus.iterdir())
     port = free_port()
     command = [args.binary, "serve", "--setup-token", "setup_eval", "--data-dir", str(work / "data"), "--bind",
@@ -190,7 +265,9 @@ def main():
                 pass
             time.sleep(0.1)
         credentials = {"email": "eval@example.com", "password": "violet tractor sings at noon"}
-        if args.reuse:
+        # A cached set whose ingestion was interrupted resumes: its uploads are all in.
+        uploaded = ingested or (args.cache and (work / "uploaded").exists())
+        if uploaded:
             status, body = api.call("POST", "/api/v1/auth/login", credentials)
             assert status == 200, body
         else:
@@ -200,11 +277,14 @@ def main():
         api.token = body["access_token"]
 
         started = time.time()
-        for path in files if not args.reuse else []:
+        for path in files if not uploaded else []:
             status, body = api.upload(path)
             assert status == 202, (path, body)
+        if args.cache:
+            (work / "uploaded").touch()
         while True:
             status, page = api.call("GET", "/api/v1/documents?limit=100")
+            assert status == 200, page
             documents = page["documents"]
             while page["total"] > len(documents):
                 status, page = api.call("GET", f"/api/v1/documents?limit=100&offset={len(documents)}")
@@ -214,9 +294,10 @@ def main():
                 break
             time.sleep(0.5)
         ingest_seconds = time.time() - started
+        if args.cache:
+            (work / "ingested").touch()
         failed = [d for d in documents if d["status"] == "failed"]
         chunks = sum(d["chunk_count"] for d in documents)
-
         ranks = {}
         latencies = {}
         rankings = {}
@@ -238,6 +319,7 @@ def main():
         passage_chars = statistics.mean(len(t) for t in hybrid_texts) if hybrid_texts else 0
         report = {
             "passage_chars": round(passage_chars),
+            "size": size,
             "questions": len(questions),
             "documents": len(files),
             "failed_documents": [d["filename"] for d in failed],
@@ -245,8 +327,8 @@ def main():
             "chunk_tokens": args.chunk_tokens,
             "chunk_overlap": args.chunk_overlap,
             "lexical_weight": args.lexical_weight,
-            "ingest_seconds": None if args.reuse else round(ingest_seconds, 1),
-            "chunks_per_second": None if args.reuse else round(chunks / ingest_seconds, 1),
+            "ingest_seconds": None if ingested else round(ingest_seconds, 1),
+            "chunks_per_second": None if ingested else round(chunks / ingest_seconds, 1),
             "modes": {mode: {**{k: round(v, 3) for k, v in metrics(ranks[mode]).items()},
                              "p50_ms": round(percentile(latencies[mode], 50), 1),
                              "p95_ms": round(percentile(latencies[mode], 95), 1)}
@@ -273,10 +355,11 @@ def main():
                     fused_ranks.append(first_relevant_rank([r for _, r in scored[:10]], label))
                 report["offline_fusion"][str(w)] = {k: round(v, 3) for k, v in metrics(fused_ranks).items()}
 
-        print(f"\nRetrieval on the Python FAQ ({len(questions)} questions; {len(files)} documents, "
+        print(f"\nRetrieval on the Python FAQ, {'the small set' if size is None else f'scaled to {size}'} "
+              f"({len(questions)} questions; {len(files)} documents, "
               f"{chunks} chunks; chunk_tokens={args.chunk_tokens or 'default'}, "
               f"overlap={args.chunk_overlap if args.chunk_overlap is not None else 'default'})")
-        if not args.reuse:
+        if not ingested:
             print(f"ingestion: {ingest_seconds:.1f} s, {chunks / ingest_seconds:.1f} chunks/s; "
                   f"failed: {report['failed_documents'] or 'none'}")
         print(f"average passage: {passage_chars:.0f} characters (a 4-passage prompt holds "
@@ -294,7 +377,7 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=30)
-        if not args.keep:
+        if not (args.keep or args.cache or args.reuse):
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}")

@@ -201,6 +201,20 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Latency a cross-encoder reranker adds to a search, at 20 and 50 candidates
+    Rerank {
+        /// A reranker folder (model.safetensors, config.json, tokenizer.json)
+        #[arg(long)]
+        model: PathBuf,
+        /// Candidate counts to time
+        #[arg(long, value_delimiter = ',', default_values_t = [20, 50])]
+        candidates: Vec<usize>,
+        /// Queries timed per candidate count
+        #[arg(long, default_value_t = 20)]
+        queries: usize,
+        #[command(flatten)]
+        options: BenchOptions,
+    },
     /// Embedding throughput for 256-token chunks, one at a time and in batches of 32
     Embed {
         /// A folder with model.safetensors, config.json and tokenizer.json
@@ -702,6 +716,39 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     report.tenants_rss_growth_mb,
                     report.shared_index_memory_mb
                 );
+            }
+            Ok(())
+        }
+        BenchCommand::Rerank {
+            model,
+            candidates,
+            queries,
+            options,
+        } => {
+            let threads = threads_of(&options);
+            let report = crate::bench::rerank(
+                &model,
+                crate::bench::DEFAULT_TEXT,
+                &candidates,
+                queries,
+                options.device,
+                options.kernels,
+            )?;
+            if options.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "model          {} ({}, {}, {threads} threads)",
+                    report.model, report.architecture, report.kernels
+                );
+                println!("load           {:.2} s", report.load_s);
+                for l in &report.latency {
+                    println!(
+                        "{:>3} candidates p50 {:.1} ms, p95 {:.1} ms",
+                        l.candidates, l.p50_ms, l.p95_ms
+                    );
+                }
+                println!("peak memory    {:.0} MB", report.peak_rss_mb);
             }
             Ok(())
         }

@@ -106,6 +106,11 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_EMBEDDER", value_name = "NAME|PATH")]
     pub embedder: Option<String>,
 
+    /// Cross-encoder that reorders search's best candidates: a catalog or installed model name,
+    /// or a folder with a BERT or XLM-RoBERTa sequence classifier [default: none]
+    #[arg(long, env = "COMPANERO_RERANKER", value_name = "NAME|PATH")]
+    pub reranker: Option<String>,
+
     /// Where models run [default: cpu]
     #[arg(long, env = "COMPANERO_DEVICE", value_enum)]
     pub device: Option<DeviceKind>,
@@ -246,6 +251,14 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_SEARCH_MIN_SCORE", value_name = "SCORE")]
     pub search_min_score: Option<f64>,
 
+    /// Candidates the reranker reorders per search, 1 to 50 [default: 20]
+    #[arg(long, env = "COMPANERO_RERANK_CANDIDATES", value_name = "N")]
+    pub rerank_candidates: Option<usize>,
+
+    /// Longest a search waits for the reranker; under load it is skipped [default: 400]
+    #[arg(long, env = "COMPANERO_RERANK_BUDGET_MS", value_name = "MS")]
+    pub rerank_budget_ms: Option<u64>,
+
     /// Messages one end user may send per minute [default: 20]
     #[arg(long, env = "COMPANERO_VISITOR_MESSAGES_PER_MINUTE", value_name = "N")]
     pub visitor_messages_per_minute: Option<u32>,
@@ -295,6 +308,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     llm: Option<String>,
     embedder: Option<String>,
+    reranker: Option<String>,
     device: Option<DeviceKind>,
     threads: Option<usize>,
     offline: Option<bool>,
@@ -329,6 +343,8 @@ struct FileConfig {
     chunk_overlap: Option<usize>,
     search_lexical_weight: Option<f64>,
     search_min_score: Option<f64>,
+    rerank_candidates: Option<usize>,
+    rerank_budget_ms: Option<u64>,
     visitor_messages_per_minute: Option<u32>,
     live_heartbeat_secs: Option<u64>,
     live_idle_timeout_secs: Option<u64>,
@@ -384,6 +400,10 @@ pub struct KnowledgeConfig {
     pub chunk_overlap: usize,
     pub search_lexical_weight: f32,
     pub search_min_score: f32,
+    /// Candidates the reranker reorders, when there is one.
+    pub rerank_candidates: usize,
+    /// Longest a search waits for the reranker.
+    pub rerank_budget: Duration,
     /// The program that runs `extract` for the sandbox [default: this executable]. Tests set
     /// it to the built `companero` binary.
     pub extractor: Option<PathBuf>,
@@ -425,6 +445,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub llm: Option<String>,
     pub embedder: Option<String>,
+    pub reranker: Option<String>,
     pub device: DeviceKind,
     pub threads: usize,
     pub offline: bool,
@@ -511,6 +532,7 @@ impl Config {
         );
         let llm = layer.pick_optional("llm", args.llm.clone(), file.llm);
         let embedder = layer.pick_optional("embedder", args.embedder.clone(), file.embedder);
+        let reranker = layer.pick_optional("reranker", args.reranker.clone(), file.reranker);
         let device = layer.pick("device", args.device, file.device, DeviceKind::Cpu);
         let threads = layer.pick("threads", args.threads, file.threads, default_threads());
         let offline = layer.pick("offline", args.offline, file.offline, false);
@@ -685,6 +707,17 @@ impl Config {
             file.search_min_score,
             crate::knowledge::DEFAULT_MIN_SCORE as f64,
         );
+        let rerank_candidates = layer.pick(
+            "rerank_candidates",
+            args.rerank_candidates,
+            file.rerank_candidates,
+            20,
+        );
+        let rerank_budget_ms =
+            layer.pick("rerank_budget_ms", args.rerank_budget_ms, file.rerank_budget_ms, 400);
+        if !(1..=50).contains(&rerank_candidates) {
+            bail!("rerank_candidates must be 1 to 50");
+        }
         let visitor_messages_per_minute = layer.pick(
             "visitor_messages_per_minute",
             args.visitor_messages_per_minute,
@@ -734,6 +767,7 @@ impl Config {
             max_body_bytes,
             llm,
             embedder,
+            reranker,
             device,
             threads,
             offline,
@@ -776,6 +810,8 @@ impl Config {
                 chunk_overlap,
                 search_lexical_weight: search_lexical_weight as f32,
                 search_min_score: search_min_score as f32,
+                rerank_candidates,
+                rerank_budget: Duration::from_millis(rerank_budget_ms),
                 extractor: None,
             },
             live: LiveConfig {

@@ -67,6 +67,7 @@ impl Server {
         inference.start(ModelPlan {
             llm: config.llm.clone(),
             embedder: config.embedder.clone(),
+            reranker: config.reranker.clone(),
             device: config.device,
             offline: config.offline,
             models_dir: data_dir.models_dir(),
@@ -313,6 +314,10 @@ fn knowledge_service(
             fusion: crate::knowledge::search::Fusion {
                 lexical_weight: settings.search_lexical_weight,
                 min_score: settings.search_min_score,
+            },
+            rerank: crate::knowledge::search::RerankSettings {
+                candidates: settings.rerank_candidates,
+                budget: settings.rerank_budget,
             },
         },
     ))

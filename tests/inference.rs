@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
+use common::models::tiny_reranker;
 use common::{minilm_dir, smollm_gguf};
 use companero::inference::chat_engine::{ChatEngine, ChatEvent, ChatRequest};
 use companero::inference::chat_template::{ChatMessage, Role};
@@ -518,4 +519,57 @@ async fn qwen2_qwen3_gemma3_and_phi3_files_load_and_generate() {
             "{architecture}: {summary:?}"
         );
     }
+}
+
+#[test]
+fn rerankers_score_pairs_alike_on_our_kernels_and_candles_in_any_batch() {
+    use companero::inference::llm::Kernels;
+    use companero::inference::rerank::Reranker;
+    let query = "how do I keep a morning routine";
+    let passages: Vec<String> = [
+        "Wake at the same time every day, even at weekends.",
+        "Our refund policy covers the first thirty days.",
+        "A routine sticks when it is small: start with two minutes of stretching after you wake \
+         up, then add one habit a week.",
+        "Invoices are sent on the first of the month.",
+    ]
+    .map(String::from)
+    .to_vec();
+    for architecture in ["bert", "xlm-roberta"] {
+        let tmp = tempfile::tempdir().unwrap();
+        tiny_reranker(tmp.path(), architecture);
+        let ours = Reranker::load(tmp.path(), &Device::Cpu, Kernels::Auto).unwrap();
+        let reference = Reranker::load(tmp.path(), &Device::Cpu, Kernels::Candle).unwrap();
+        assert_eq!(ours.info.architecture, architecture);
+        assert_eq!(reference.kernels(), "candle");
+        let scores = ours.score(query, &passages).unwrap();
+        let expected = reference.score(query, &passages).unwrap();
+        assert_eq!(scores.len(), passages.len());
+        for (a, b) in scores.iter().zip(&expected) {
+            assert!((a - b).abs() < 2e-3, "{architecture}: {scores:?} vs {expected:?}");
+        }
+        // Different passages score differently, and a passage's score does not depend on its
+        // batch (lengths differ, so candle pads and our kernels do not).
+        assert!(
+            scores.iter().any(|s| (s - scores[0]).abs() > 1e-4),
+            "{scores:?}"
+        );
+        let alone = ours.score(query, &passages[2..3]).unwrap();
+        assert!((alone[0] - scores[2]).abs() < 1e-3, "{alone:?} vs {scores:?}");
+        // A passage longer than the model's positions is cut, not refused.
+        let long = vec!["word ".repeat(2000)];
+        assert_eq!(ours.score(query, &long).unwrap().len(), 1);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    tiny_reranker(tmp.path(), "bert");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("config.json")).unwrap())
+            .unwrap();
+    config["model_type"] = "deberta-v2".into();
+    std::fs::write(tmp.path().join("config.json"), config.to_string()).unwrap();
+    let error = Reranker::load(tmp.path(), &Device::Cpu, Kernels::Auto)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("deberta-v2") && error.contains("xlm-roberta"), "{error}");
 }

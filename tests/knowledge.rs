@@ -1109,3 +1109,59 @@ async fn a_large_ingest_never_fails_another_tenants_visitors() {
         "{statuses:?}"
     );
 }
+
+#[tokio::test]
+async fn a_reranker_reorders_hybrid_results_and_is_skipped_past_its_budget() {
+    let models = tempfile::tempdir().unwrap();
+    common::models::tiny_reranker(models.path(), "bert");
+    let reranker = models.path().display().to_string();
+    let configured = reranker.clone();
+    let app = start(move |config| {
+        with_embedder(config);
+        config.reranker = Some(configured);
+        config.knowledge.rerank_candidates = 5;
+        config.knowledge.rerank_budget = Duration::from_secs(5);
+    })
+    .await;
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["components"]["reranker"]["state"], "ready", "{ready}");
+    assert_eq!(ready["components"]["reranker"]["architecture"], "bert");
+    let token = app.sign_up("creator@example.com").await;
+    let id = app.upload(&token, "morning.md", MARKDOWN.as_bytes().to_vec()).await;
+    app.settled(&token, &id).await;
+    let id = app.upload(&token, "breathing", TEXT.as_bytes().to_vec()).await;
+    app.settled(&token, &id).await;
+
+    let hits = app.search(&token, "morning routine habits", "hybrid").await;
+    assert!(hits.len() >= 2, "{hits:?}");
+    let reranked: Vec<f64> = hits
+        .iter()
+        .map_while(|h| h["rerank_score"].as_f64())
+        .collect();
+    assert_eq!(reranked.len(), hits.len().min(5), "{hits:?}");
+    assert!(
+        reranked.windows(2).all(|w| w[0] >= w[1]),
+        "reranked results come in the reranker's order: {reranked:?}"
+    );
+    // The single methods stay pure, for comparison.
+    let vector = app.search(&token, "morning routine habits", "vector").await;
+    assert!(vector.iter().all(|h| h.get("rerank_score").is_none()));
+
+    // A budget that holds nothing keeps the retrieval order and still answers.
+    let (result, dir) = app.stop().await;
+    result.unwrap();
+    let app = TestApp::start(Options {
+        configure: Some(Box::new(move |config| {
+            with_embedder(config);
+            config.reranker = Some(reranker);
+            config.knowledge.rerank_budget = Duration::ZERO;
+        })),
+        dir: Some(dir),
+        ..Options::default()
+    })
+    .await;
+    app.wait_for_models().await;
+    let hits = app.search(&token, "morning routine habits", "hybrid").await;
+    assert!(!hits.is_empty());
+    assert!(hits.iter().all(|h| h.get("rerank_score").is_none()), "{hits:?}");
+}

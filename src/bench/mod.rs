@@ -10,6 +10,9 @@
 //! - embed: the text is cut into consecutive 200-word windows (wrapping around a short text),
 //!   truncated to 256 tokens, 96 chunks, embedded after one warm-up batch, once one at a time and
 //!   once in batches of 32.
+//! - rerank: passages are 150-word windows of the text (about 200 tokens, a default chunk);
+//!   each query reorders `candidates` of them, after one warm-up; the latency is what a search
+//!   waits for the reranker.
 
 pub mod index;
 pub mod ingest;
@@ -207,6 +210,77 @@ pub fn embed(
         mean_tokens_per_chunk: tokens as f64 / chunks.len() as f64,
         chunks_per_s_batch1,
         chunks_per_s_batch32,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct RerankLatency {
+    pub candidates: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RerankReport {
+    pub model: String,
+    pub architecture: String,
+    pub kernels: String,
+    pub threads: usize,
+    pub load_s: f64,
+    pub queries: usize,
+    pub latency: Vec<RerankLatency>,
+    pub peak_rss_mb: f64,
+}
+
+const RERANK_QUERIES: [&str; 4] = [
+    "how do I keep a new habit going",
+    "what should I do when I miss a day",
+    "how long until I see results",
+    "can I change my plan later",
+];
+
+/// Latency a cross-encoder adds to one search, per number of candidates.
+pub fn rerank(
+    model: &Path,
+    text: &str,
+    candidates: &[usize],
+    queries: usize,
+    device: DeviceKind,
+    kernels: Kernels,
+) -> anyhow::Result<RerankReport> {
+    let device = device.open()?;
+    let started = Instant::now();
+    let reranker = crate::inference::rerank::Reranker::load(model, &device, kernels)?;
+    let load_s = started.elapsed().as_secs_f64();
+    let most = candidates.iter().copied().max().unwrap_or(1);
+    let passages = windows(text, most, 150).context("the text has no words")?;
+    reranker.score(RERANK_QUERIES[0], &passages[..most.min(8)])?;
+    let mut latency = Vec::new();
+    for &count in candidates {
+        let mut times: Vec<f64> = (0..queries.max(1))
+            .map(|i| {
+                let started = Instant::now();
+                let query = RERANK_QUERIES[i % RERANK_QUERIES.len()];
+                reranker.score(query, &passages[..count])?;
+                Ok(started.elapsed().as_secs_f64() * 1000.0)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        times.sort_by(f64::total_cmp);
+        latency.push(RerankLatency {
+            candidates: count,
+            p50_ms: times[times.len() / 2],
+            p95_ms: times[(times.len() * 95 / 100).min(times.len() - 1)],
+        });
+    }
+    Ok(RerankReport {
+        model: reranker.info.name.clone(),
+        architecture: reranker.info.architecture.clone(),
+        kernels: reranker.kernels(),
+        threads: crate::inference::kernels::pool::Pool::global().threads(),
+        load_s,
+        queries,
+        latency,
         peak_rss_mb: peak_rss_mb(),
     })
 }

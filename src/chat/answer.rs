@@ -306,7 +306,8 @@ impl Chat {
             )
             .await?
             .results;
-        let retrieval_score = passages.first().map(|p| p.score).unwrap_or(0.0);
+        // A reranker may put a passage with a lower retrieval score first: the gate reads the best.
+        let retrieval_score = passages.iter().map(|p| p.score).fold(0.0f32, f32::max);
         let reply = if passages.is_empty() || (retrieval_score as f64) < retrieval_gate(&coach) {
             Reply::Fallback
         } else {

@@ -228,7 +228,8 @@ pub(crate) async fn list(
     Ok(Json(
         state
             .db
-            .call(move |c| documents::list(c, &scope, &query))
+            // A read: the list never waits behind ingestion's writes.
+            .read(move |c| documents::list(c, &scope, &query))
             .await?,
     ))
 }
@@ -254,7 +255,7 @@ pub(crate) async fn get_document(
     Ok(Json(
         state
             .db
-            .call(move |c| documents::get(c, &scope, &id))
+            .read(move |c| documents::get(c, &scope, &id))
             .await?,
     ))
 }
@@ -343,7 +344,7 @@ pub(crate) async fn original(
         let (scope, id) = (scope.clone(), id.clone());
         state
             .db
-            .call(move |c| documents::get(c, &scope, &id))
+            .read(move |c| documents::get(c, &scope, &id))
             .await?
     };
     let path = state.knowledge.original_path(&scope, &id);

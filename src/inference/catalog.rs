@@ -12,6 +12,8 @@ const CATALOG: &str = include_str!("../../models/catalog.toml");
 pub enum ModelKind {
     Chat,
     Embedder,
+    /// A cross-encoder that reorders retrieval's best candidates (optional).
+    Reranker,
 }
 
 impl std::fmt::Display for ModelKind {
@@ -19,6 +21,7 @@ impl std::fmt::Display for ModelKind {
         f.write_str(match self {
             ModelKind::Chat => "chat",
             ModelKind::Embedder => "embedder",
+            ModelKind::Reranker => "reranker",
         })
     }
 }
@@ -64,12 +67,14 @@ pub fn find(name: &str) -> Option<&'static CatalogEntry> {
     entries().iter().find(|e| e.name.eq_ignore_ascii_case(name))
 }
 
-/// The model used when none is configured.
+/// The model used when none is configured (a reranker runs only when asked for: it falls back
+/// to the first in the catalog for hints).
 pub fn default_for(kind: ModelKind) -> &'static CatalogEntry {
-    entries()
-        .iter()
-        .find(|e| e.kind == kind && e.default)
-        .expect("the catalog has a default of each kind (checked by a test)")
+    let of_kind = || entries().iter().filter(move |e| e.kind == kind);
+    of_kind()
+        .find(|e| e.default)
+        .or_else(|| of_kind().next())
+        .expect("the catalog has a model of each kind (checked by a test)")
 }
 
 #[cfg(test)]
@@ -78,6 +83,7 @@ mod tests {
 
     #[test]
     fn the_catalog_parses_and_has_one_default_per_kind() {
+        assert!(entries().iter().any(|e| e.kind == ModelKind::Reranker));
         for kind in [ModelKind::Chat, ModelKind::Embedder] {
             let defaults: Vec<_> = entries()
                 .iter()

@@ -1,7 +1,8 @@
 //! Compañero's own CPU implementation of BERT sentence encoders (all-MiniLM, bge): what candle's
 //! `bert` model computes, on the AVX-512 matrix kernel of [`super::kernels::gemm`], with Q/K/V
 //! fused into one product and no padding: the inputs of a batch are laid end to end, so no work
-//! goes to pad tokens and no attention mask is needed.
+//! goes to pad tokens and no attention mask is needed. Cross-encoder rerankers (BERT and
+//! XLM-RoBERTa) run on it too, with token types for the query/passage pair.
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
@@ -50,8 +51,10 @@ const GROUP_ROWS: usize = 512;
 pub struct CpuBert {
     word_embeddings: Vec<f32>,
     position_embeddings: Vec<f32>,
-    /// Token type 0's embedding (inputs are single segments).
-    token_type: Vec<f32>,
+    /// One row per token type (0 = first segment, 1 = second, for BERT pairs).
+    token_types: Vec<f32>,
+    /// Position of the first token: 0 for BERT; RoBERTa counts from its pad id + 1.
+    position_offset: usize,
     embedding_norm: LayerNorm,
     layers: Vec<Layer>,
     hidden: usize,
@@ -82,17 +85,20 @@ impl CpuBert {
         config: &bert::Config,
         hidden_act: &str,
     ) -> Result<CpuBert, InferenceError> {
-        let root = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else if let Some(model_type) = config
-            .model_type
-            .as_deref()
-            .filter(|t| vb.contains_tensor(&format!("{t}.embeddings.word_embeddings.weight")))
-        {
-            vb.pp(model_type)
-        } else {
-            vb
+        // Sentence-transformers files have no prefix; classification models keep the encoder
+        // under `bert.` or `roberta.`.
+        let prefix = ["bert", "roberta"]
+            .into_iter()
+            .chain(config.model_type.as_deref())
+            .find(|p| vb.contains_tensor(&format!("{p}.embeddings.word_embeddings.weight")));
+        let root = match prefix {
+            Some(prefix) => vb.pp(prefix),
+            None => vb,
         };
+        let roberta = matches!(
+            config.model_type.as_deref(),
+            Some("roberta" | "xlm-roberta" | "xlm_roberta")
+        );
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
         let values = |t: Tensor| -> Result<Vec<f32>, InferenceError> {
             Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
@@ -154,7 +160,8 @@ impl CpuBert {
                 (config.max_position_embeddings, hidden),
                 "position_embeddings.weight",
             )?)?,
-            token_type: token_types[..hidden].to_vec(),
+            token_types,
+            position_offset: if roberta { config.pad_token_id + 1 } else { 0 },
             embedding_norm: norm(embeddings.pp("LayerNorm"))?,
             layers,
             hidden,
@@ -167,6 +174,15 @@ impl CpuBert {
 
     /// The last hidden states of each input, `tokens × hidden` floats per input.
     pub fn forward(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferenceError> {
+        self.forward_typed(inputs, None)
+    }
+
+    /// Like [`CpuBert::forward`], with each token's type (segment) id; `None` means all 0.
+    pub fn forward_typed(
+        &self,
+        inputs: &[&[u32]],
+        types: Option<&[&[u32]]>,
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         // Inputs go through the network in groups of about GROUP_ROWS tokens: enough rows for
         // efficient products, few enough that a layer's activations stay in cache (a batch of
         // 32 × 256 tokens at once spends its time waiting for memory).
@@ -179,20 +195,26 @@ impl CpuBert {
                 rows += inputs[end].len();
                 end += 1;
             }
-            outputs.extend(self.forward_group(&inputs[start..end])?);
+            let group_types = types.map(|t| &t[start..end]);
+            outputs.extend(self.forward_group(&inputs[start..end], group_types)?);
             start = end;
         }
         Ok(outputs)
     }
 
-    fn forward_group(&self, inputs: &[&[u32]]) -> Result<Vec<Vec<f32>>, InferenceError> {
+    fn forward_group(
+        &self,
+        inputs: &[&[u32]],
+        types: Option<&[&[u32]]>,
+    ) -> Result<Vec<Vec<f32>>, InferenceError> {
         let pool = Pool::global();
         let h = self.hidden;
         let vocab = self.word_embeddings.len() / h;
-        let positions = self.position_embeddings.len() / h;
+        let positions = (self.position_embeddings.len() / h).saturating_sub(self.position_offset);
+        let type_count = self.token_types.len() / h;
         let rows: usize = inputs.iter().map(|ids| ids.len()).sum();
         let mut x = Vec::with_capacity(rows * h);
-        for ids in inputs {
+        for (index, ids) in inputs.iter().enumerate() {
             if ids.len() > positions {
                 return Err(InferenceError::InvalidRequest(format!(
                     "an input of {} tokens is longer than the model's {positions}",
@@ -206,12 +228,16 @@ impl CpuBert {
                         "token {id} is outside the vocabulary"
                     )));
                 }
+                let kind = types.map_or(0, |t| t[index].get(position).copied().unwrap_or(0));
+                let kind = (kind as usize).min(type_count - 1);
                 let word = &self.word_embeddings[id * h..(id + 1) * h];
-                let place = &self.position_embeddings[position * h..(position + 1) * h];
+                let place = position + self.position_offset;
+                let place = &self.position_embeddings[place * h..(place + 1) * h];
+                let token_type = &self.token_types[kind * h..(kind + 1) * h];
                 x.extend(
                     word.iter()
                         .zip(place)
-                        .zip(&self.token_type)
+                        .zip(token_type)
                         .map(|((w, p), t)| w + p + t),
                 );
             }

@@ -161,20 +161,21 @@ impl Embedder {
         } else {
             Pooling::Mean
         };
-        let prompts = &read_json(&dir.join("config_sentence_transformers.json"))["prompts"];
-        let (default_query, default_document) = if architecture == "nomic_bert" {
-            ("search_query: ", "search_document: ")
-        } else {
-            ("", "")
-        };
-        let query_prefix = prompts["query"]
-            .as_str()
-            .unwrap_or(default_query)
-            .to_string();
-        let document_prefix = prompts["document"]
-            .as_str()
-            .unwrap_or(default_document)
-            .to_string();
+        let name = dir
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "embedder".into());
+        let raw_config: serde_json::Value =
+            serde_json::from_str(&config_text).map_err(parse_error)?;
+        let known_as = [
+            name.as_str(),
+            raw_config["_name_or_path"].as_str().unwrap_or_default(),
+        ];
+        let (query_prefix, document_prefix) = prompts(
+            &read_json(&dir.join("config_sentence_transformers.json"))["prompts"],
+            &architecture,
+            &known_as,
+        );
 
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| InferenceError::Tokenizer(format!("cannot read tokenizer.json: {e}")))?;
@@ -200,10 +201,6 @@ impl Embedder {
             Some(d) => d,
             None => full_dimensions,
         };
-        let name = dir
-            .file_name()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "embedder".into());
         Ok(Embedder {
             encoder,
             tokenizer,
@@ -381,6 +378,36 @@ impl Embedder {
     }
 }
 
+/// The (query, document) prefixes: what the sentence-transformers config asks for, else what the
+/// model family was trained with (nomic: task prefixes; e5: "query: "/"passage: "; bge English:
+/// an instruction before queries only), else none.
+fn prompts(configured: &serde_json::Value, architecture: &str, known_as: &[&str]) -> (String, String) {
+    let family = |needle: &str| {
+        known_as
+            .iter()
+            .any(|name| name.to_lowercase().contains(needle))
+    };
+    let (query, document) = if architecture == "nomic_bert" || family("nomic-embed") {
+        ("search_query: ", "search_document: ")
+    } else if family("e5-") {
+        ("query: ", "passage: ")
+    } else if family("bge-") && family("-en") {
+        ("Represent this sentence for searching relevant passages: ", "")
+    } else {
+        ("", "")
+    };
+    let pick = |keys: &[&str], fallback: &str| {
+        keys.iter()
+            .find_map(|key| configured[*key].as_str())
+            .unwrap_or(fallback)
+            .to_string()
+    };
+    (
+        pick(&["query"], query),
+        pick(&["document", "passage", "corpus"], document),
+    )
+}
+
 fn read_json(path: &Path) -> serde_json::Value {
     std::fs::read_to_string(path)
         .ok()
@@ -427,4 +454,35 @@ impl TokenCounter {
 /// Cosine similarity of two unit vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prompts;
+    use serde_json::json;
+
+    #[test]
+    fn prefixes_come_from_the_config_else_from_the_model_family() {
+        let none = serde_json::Value::Null;
+        let empty = (String::new(), String::new());
+        assert_eq!(prompts(&none, "bert", &["all-minilm-l6-v2"]), empty);
+        assert_eq!(
+            prompts(&none, "bert", &["e5-small-v2", ""]),
+            ("query: ".into(), "passage: ".into())
+        );
+        assert_eq!(
+            prompts(&none, "bert", &["models", "BAAI/bge-small-en-v1.5"]).0,
+            "Represent this sentence for searching relevant passages: "
+        );
+        assert_eq!(prompts(&none, "bert", &["bge-m3"]), empty);
+        assert_eq!(
+            prompts(&none, "nomic_bert", &["x"]),
+            ("search_query: ".into(), "search_document: ".into())
+        );
+        let configured = json!({"query": "Q: ", "passage": "P: "});
+        assert_eq!(
+            prompts(&configured, "bert", &["e5-base"]),
+            ("Q: ".into(), "P: ".into())
+        );
+    }
 }

@@ -21,6 +21,8 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod llm;
 pub mod queue;
+pub mod rerank;
+pub mod rerank_engine;
 pub mod runtime;
 pub mod store;
 pub mod tokenizer;

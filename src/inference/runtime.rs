@@ -13,6 +13,8 @@ use super::chat_engine::ChatEngine;
 use super::embed::{Embedder, EmbedderOptions};
 use super::embed_engine::EmbedEngine;
 use super::llm::{Llm, LlmOptions};
+use super::rerank::Reranker;
+use super::rerank_engine::RerankEngine;
 use super::store::{HubOptions, ModelStore, PullProgress};
 use super::{DeviceKind, InferenceError};
 
@@ -23,6 +25,8 @@ pub struct ModelPlan {
     pub llm: Option<String>,
     /// `--embedder NAME|PATH`.
     pub embedder: Option<String>,
+    /// `--reranker NAME|PATH`; `None` means search runs without one.
+    pub reranker: Option<String>,
     pub device: DeviceKind,
     /// Never download; report what is missing instead.
     pub offline: bool,
@@ -51,6 +55,9 @@ enum Slot<E> {
 struct Slots {
     chat: Slot<ChatEngine>,
     embedder: Slot<EmbedEngine>,
+    reranker: Slot<RerankEngine>,
+    /// A reranker was asked for (without one, its slot is not part of readiness).
+    reranker_planned: bool,
 }
 
 /// The server's models. Cheap to clone.
@@ -72,6 +79,8 @@ impl Inference {
             slots: Arc::new(Mutex::new(Slots {
                 chat: Slot::Missing(missing_hint(ModelKind::Chat)),
                 embedder: Slot::Missing(missing_hint(ModelKind::Embedder)),
+                reranker: Slot::Missing("no reranker is configured (--reranker)".into()),
+                reranker_planned: false,
             })),
         }
     }
@@ -79,12 +88,19 @@ impl Inference {
     /// Resolves, downloads (unless offline) and loads the planned models in the background.
     pub fn start(&self, plan: ModelPlan) {
         let store = ModelStore::new(&plan.models_dir);
-        for kind in [ModelKind::Chat, ModelKind::Embedder] {
+        for kind in [ModelKind::Chat, ModelKind::Embedder, ModelKind::Reranker] {
             let requested = match kind {
                 ModelKind::Chat => plan.llm.as_deref(),
                 ModelKind::Embedder => plan.embedder.as_deref(),
+                ModelKind::Reranker => plan.reranker.as_deref(),
             };
             let requested = requested.filter(|r| !r.trim().is_empty());
+            if kind == ModelKind::Reranker {
+                if requested.is_none() {
+                    continue;
+                }
+                self.slots.lock().expect("slots").reranker_planned = true;
+            }
             let resolved = resolve(kind, requested, &store, plan.offline);
             let this = self.clone();
             let plan = plan.clone();
@@ -119,6 +135,14 @@ impl Inference {
         }
     }
 
+    /// The reranker, when one is configured and ready.
+    pub fn reranker(&self) -> Option<RerankEngine> {
+        match &self.slots.lock().expect("slots").reranker {
+            Slot::Ready(engine) => Some(engine.clone()),
+            _ => None,
+        }
+    }
+
     /// A model is downloading or loading: work that needs it should wait rather than fail.
     pub fn on_its_way(&self) -> bool {
         let slots = self.slots.lock().expect("slots");
@@ -138,10 +162,16 @@ impl Inference {
         self.slots.lock().expect("slots").embedder = Slot::Ready(engine);
     }
 
-    /// Each model's readiness, for `/readyz`.
-    pub fn readiness(&self) -> [(&'static str, bool, Value); 2] {
+    pub fn install_reranker(&self, engine: RerankEngine) {
+        let mut slots = self.slots.lock().expect("slots");
+        slots.reranker = Slot::Ready(engine);
+        slots.reranker_planned = true;
+    }
+
+    /// Each model's readiness, for `/readyz` (the reranker only when one was asked for).
+    pub fn readiness(&self) -> Vec<(&'static str, bool, Value)> {
         let slots = self.slots.lock().expect("slots");
-        [
+        let mut components = vec![
             (
                 "llm",
                 ready(&slots.chat),
@@ -152,7 +182,15 @@ impl Inference {
                 ready(&slots.embedder),
                 describe(&slots.embedder, |e| json!(e.info())),
             ),
-        ]
+        ];
+        if slots.reranker_planned {
+            components.push((
+                "reranker",
+                ready(&slots.reranker),
+                describe(&slots.reranker, |e| json!(e.info())),
+            ));
+        }
+        components
     }
 
     async fn pull_then_load(
@@ -219,6 +257,12 @@ impl Inference {
                     tracing::info!(info = ?engine.info(), "embedder ready");
                     this.slots.lock().expect("slots").embedder = Slot::Ready(engine);
                 }
+                ModelKind::Reranker => {
+                    let reranker = Reranker::load(&path, &device, Default::default())?;
+                    let engine = RerankEngine::start(reranker, capacity);
+                    tracing::info!(info = ?engine.info(), "reranker ready");
+                    this.slots.lock().expect("slots").reranker = Slot::Ready(engine);
+                }
             }
             Ok(())
         })
@@ -236,6 +280,7 @@ impl Inference {
         match kind {
             ModelKind::Chat => slots.chat = state.into_slot(),
             ModelKind::Embedder => slots.embedder = state.into_slot(),
+            ModelKind::Reranker => slots.reranker = state.into_slot(),
         }
     }
 }
@@ -283,6 +328,10 @@ impl PullProgress for SlotProgress {
                 _ => None,
             },
             ModelKind::Embedder => match &mut slots.embedder {
+                Slot::Downloading { done, total, .. } => Some((done, *total)),
+                _ => None,
+            },
+            ModelKind::Reranker => match &mut slots.reranker {
                 Slot::Downloading { done, total, .. } => Some((done, *total)),
                 _ => None,
             },
@@ -360,6 +409,7 @@ fn flag(kind: ModelKind) -> &'static str {
     match kind {
         ModelKind::Chat => "llm",
         ModelKind::Embedder => "embedder",
+        ModelKind::Reranker => "reranker",
     }
 }
 

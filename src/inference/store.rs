@@ -81,7 +81,7 @@ impl InstalledModel {
                 .find(|f| f.name.ends_with(".gguf"))
                 .map(|f| self.dir.join(&f.name))
                 .unwrap_or_else(|| self.dir.clone()),
-            ModelKind::Embedder => self.dir.clone(),
+            ModelKind::Embedder | ModelKind::Reranker => self.dir.clone(),
         }
     }
 
@@ -352,12 +352,31 @@ fn classify(source: &Path) -> Result<(ModelKind, Vec<(String, PathBuf)>), StoreE
     if source.join("config.json").is_file() && source.join("model.safetensors").is_file() {
         let mut files = Vec::new();
         collect_files(source, source, &mut files)?;
-        return Ok((ModelKind::Embedder, files));
+        return Ok((folder_kind(&source.join("config.json")), files));
     }
     Err(StoreError::Invalid(format!(
         "{} is neither a .gguf file nor a folder with config.json and model.safetensors",
         source.display()
     )))
+}
+
+/// A model folder is a reranker when its config names a sequence classifier (a cross-encoder),
+/// otherwise an embedder.
+fn folder_kind(config: &Path) -> ModelKind {
+    let config: serde_json::Value = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    let classifier = config["architectures"].as_array().is_some_and(|names| {
+        names
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.ends_with("ForSequenceClassification")))
+    });
+    if classifier {
+        ModelKind::Reranker
+    } else {
+        ModelKind::Embedder
+    }
 }
 
 fn collect_files(

@@ -93,17 +93,31 @@ fn backoff(attempts: i64) -> chrono::Duration {
 /// Runs `work` for job `job_id`, extending the job's lease every few seconds until it is done,
 /// so a long job (an answer, a large document) keeps its claim while its process lives.
 pub async fn under_lease<F: Future>(db: &Db, job_id: i64, work: F) -> F::Output {
-    let mut work = std::pin::pin!(work);
-    loop {
-        tokio::select! {
-            output = &mut work => return output,
-            _ = tokio::time::sleep(HEARTBEAT) => {
-                let until = lease_from(Utc::now());
-                if let Err(error) = db.call(move |c| c.extend_lease(job_id, until)).await {
-                    tracing::warn!(%error, job = job_id, "cannot extend a job's lease");
-                }
+    under_lease_every(db, job_id, work, HEARTBEAT).await
+}
+
+async fn under_lease_every<F: Future>(
+    db: &Db,
+    job_id: i64,
+    work: F,
+    heartbeat: Duration,
+) -> F::Output {
+    // The heartbeat runs beside the work, never instead of it: were the work paused while the
+    // heartbeat waits for the database writer, and the work itself inside a write (holding the
+    // writer's turn), neither would ever finish, and with them every write of the server.
+    let beat = async {
+        #[allow(clippy::infinite_loop)]
+        loop {
+            tokio::time::sleep(heartbeat).await;
+            let until = lease_from(Utc::now());
+            if let Err(error) = db.call(move |c| c.extend_lease(job_id, until)).await {
+                tracing::warn!(%error, job = job_id, "cannot extend a job's lease");
             }
         }
+    };
+    tokio::select! {
+        output = work => output,
+        _ = beat => unreachable!("the heartbeat never ends"),
     }
 }
 
@@ -399,6 +413,35 @@ fn record_outcome<S: JobStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A heartbeat due while the work is inside a long write must wait for that write, not
+    /// take the writer from under it (which once hung every write of a server ingesting a
+    /// large knowledge base).
+    #[tokio::test]
+    async fn a_heartbeat_never_deadlocks_a_job_that_is_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("jobs.db"), 2).unwrap();
+        db.call(|c| crate::db::migrations::apply(c).map_err(DbError::from))
+            .await
+            .unwrap();
+        let work = async {
+            for _ in 0..3 {
+                db.call(|_| {
+                    std::thread::sleep(Duration::from_millis(120));
+                    Ok::<_, DbError>(())
+                })
+                .await
+                .unwrap();
+            }
+            "done"
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(20),
+            under_lease_every(&db, 1, work, Duration::from_millis(50)),
+        )
+        .await;
+        assert_eq!(outcome.expect("the job finishes while its lease is extended"), "done");
+    }
 
     #[test]
     fn backoff_grows_and_stays_bounded() {

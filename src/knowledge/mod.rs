@@ -88,6 +88,8 @@ pub struct KnowledgeSettings {
     pub sandbox: Sandbox,
     /// How search combines BM25 and vectors.
     pub fusion: search::Fusion,
+    /// How a reranker, when one runs, reorders the best candidates.
+    pub rerank: search::RerankSettings,
 }
 
 /// The knowledge-base service. Cheap to clone.

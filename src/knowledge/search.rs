@@ -7,6 +7,7 @@
 //! scores, not ranks, and a passage found only lexically still gets its true dense score.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use rusqlite::{Connection, params_from_iter};
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,21 @@ use crate::auth::TenantScope;
 use crate::inference::embed::{EmbedKind, cosine};
 
 /// Candidates taken from each method before fusion.
-const CANDIDATES: usize = 50;
+fn candidate_depth() -> usize { std::env::var("RESEARCH_K").ok().and_then(|v| v.parse().ok()).unwrap_or(50) }
+
+// RESEARCH ONLY (not to be committed): every candidate's scores, for offline fusion sweeps.
+fn research_dump(c: &Connection, query: &str, candidates: &HashMap<i64, Scores>) {
+    let Ok(path) = std::env::var("RESEARCH_DUMP") else { return };
+    let mut rows = Vec::new();
+    for (id, s) in candidates {
+        let heading: String = c.query_row("SELECT heading_path FROM chunks WHERE id = ?1", [id], |r| r.get(0)).unwrap_or_default();
+        let len: i64 = c.query_row("SELECT length(text) FROM chunks WHERE id = ?1", [id], |r| r.get(0)).unwrap_or_default();
+        rows.push(serde_json::json!({"id": id, "dense": s.dense, "lexical": s.lexical, "heading": heading, "len": len}));
+    }
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    writeln!(f, "{}", serde_json::json!({"query": query, "candidates": rows})).unwrap();
+}
 /// Weight of the normalised BM25 score against the cosine similarity (chosen on the
 /// evaluation set; see docs/architecture.md).
 pub const DEFAULT_LEXICAL_WEIGHT: f32 = 0.15;
@@ -32,10 +47,19 @@ pub struct Fusion {
     pub min_score: f32,
 }
 
+/// How a configured cross-encoder reorders hybrid search's best candidates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RerankSettings {
+    /// Candidates reordered per search (fewer when the budget holds fewer).
+    pub candidates: usize,
+    /// Longest a search waits for the reranker before it keeps the retrieval order.
+    pub budget: Duration,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
-    /// BM25 and vectors combined [default].
+    /// BM25 and vectors combined, then reordered by the reranker when one runs [default].
     #[default]
     Hybrid,
     /// Vectors only.
@@ -55,8 +79,12 @@ pub struct SearchRequest {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SearchHit {
-    /// Relevance in [0, 1]; higher is better.
+    /// Retrieval relevance in [0, 1]; higher is better.
     pub score: f32,
+    /// The reranker's relevance logit, when it reordered this result (results it reordered come
+    /// first, by this score).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank_score: Option<f32>,
     pub text: String,
     pub chunk_id: i64,
     pub document_id: String,
@@ -104,25 +132,51 @@ impl Knowledge {
             SearchMode::Vector => Some(self.embed_query(scope, &query).await?),
             SearchMode::Hybrid => self.embed_query(scope, &query).await.ok(),
         };
+        let reranker = (mode == SearchMode::Hybrid && embedded.is_some())
+            .then(|| self.inner.inference.reranker())
+            .flatten();
+        let rerank = self.inner.settings.rerank;
+        let fetch = match reranker {
+            Some(_) => limit.max(rerank.candidates),
+            None => limit,
+        };
         let indexes = self.inner.indexes.clone();
         let fusion = self.inner.settings.fusion;
-        let scope = scope.clone();
-        self.inner
+        let (scope_for_db, query_for_db) = (scope.clone(), query.clone());
+        let mut results = self
+            .inner
             .db
             .read(move |c| {
-                let results = search_blocking(
+                search_blocking(
                     c,
                     &indexes,
-                    &scope,
-                    &query,
+                    &scope_for_db,
+                    &query_for_db,
                     mode,
                     embedded.as_ref(),
                     fusion,
-                    limit,
-                )?;
-                Ok(SearchResults { results })
+                    fetch,
+                )
             })
-            .await
+            .await?;
+        if let Some(reranker) = reranker {
+            let head = results.len().min(rerank.candidates);
+            let passages = results[..head].iter().map(|h| h.text.clone()).collect();
+            match reranker
+                .rerank(scope.tenant_id(), &query, passages, rerank.budget)
+                .await
+            {
+                Ok(scores) => reorder(&mut results, &scores),
+                Err(skipped) => {
+                    tracing::debug!(?skipped, "search kept the retrieval order");
+                    metrics::counter!("knowledge_rerank_skipped_total",
+                        "reason" => format!("{skipped:?}").to_lowercase())
+                    .increment(1);
+                }
+            }
+        }
+        results.truncate(limit);
+        Ok(SearchResults { results })
     }
 
     async fn embed_query(
@@ -152,6 +206,7 @@ pub fn search_blocking(
     limit: usize,
 ) -> Result<Vec<SearchHit>, KnowledgeError> {
     let candidates = candidates(c, indexes, scope, query, mode, embedded)?;
+    research_dump(c, query, &candidates);
     let ranked = rank(candidates, mode, fusion, limit);
     Ok(hydrate(c, scope, &ranked)?)
 }
@@ -166,14 +221,14 @@ fn candidates(
 ) -> Result<HashMap<i64, Scores>, KnowledgeError> {
     let mut scores: HashMap<i64, Scores> = HashMap::new();
     if mode != SearchMode::Vector {
-        for (id, score) in lexical(c, scope, query, CANDIDATES)? {
+        for (id, score) in lexical(c, scope, query, candidate_depth())? {
             scores.entry(id).or_default().lexical = score;
         }
     }
     if let Some((embedder, vector)) = embedded
         && mode != SearchMode::Lexical
     {
-        for (id, similarity) in indexes.search(c, scope, embedder, vector, CANDIDATES)? {
+        for (id, similarity) in indexes.search(c, scope, embedder, vector, candidate_depth())? {
             scores.entry(id).or_default().dense = Some(similarity);
         }
         // Lexical-only candidates get their exact cosine from the stored vectors.
@@ -189,6 +244,20 @@ fn candidates(
         }
     }
     Ok(scores)
+}
+
+/// Puts the first `scores.len()` results in the reranker's order, ahead of the rest.
+fn reorder(results: &mut [SearchHit], scores: &[f32]) {
+    let head = &mut results[..scores.len()];
+    for (hit, score) in head.iter_mut().zip(scores) {
+        hit.rerank_score = Some((score * 1000.0).round() / 1000.0);
+    }
+    let mut keyed: Vec<(f32, SearchHit)> = scores.iter().copied().zip(head.iter().cloned()).collect();
+    // Stable: ties keep the retrieval order.
+    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+    for (slot, (_, hit)) in head.iter_mut().zip(keyed) {
+        *slot = hit;
+    }
 }
 
 /// Orders candidates by the mode's score and keeps the relevant ones.
@@ -326,6 +395,7 @@ fn hydrate(
         if let Some(r) = rows.next()? {
             hits.push(SearchHit {
                 score: (score * 1000.0).round() / 1000.0,
+                rerank_score: None,
                 text: r.get(0)?,
                 chunk_id: id,
                 document_id: r.get(1)?,

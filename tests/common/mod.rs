@@ -6,6 +6,7 @@ pub mod chat;
 pub mod documents;
 pub mod hub;
 pub mod live;
+pub mod models;
 pub mod process;
 pub mod push;
 pub mod smtp;
@@ -112,6 +113,7 @@ impl TestApp {
             };
             if ready("llm", self.config.llm.is_some())
                 && ready("embedder", self.config.embedder.is_some())
+                && ready("reranker", self.config.reranker.is_some())
             {
                 return;
             }

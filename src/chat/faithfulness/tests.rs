@@ -3,6 +3,7 @@ use super::*;
 fn passage(id: i64, text: &str) -> SearchHit {
     SearchHit {
         score: 0.8,
+        rerank_score: None,
         text: text.into(),
         chunk_id: id,
         document_id: format!("doc{id}"),
