@@ -243,7 +243,7 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_CHUNK_OVERLAP", value_name = "TOKENS")]
     pub chunk_overlap: Option<usize>,
 
-    /// Weight of BM25 against vector similarity in hybrid search [default: 0.15]
+    /// Weight of BM25 against vector similarity in hybrid search, in z-scores [default: 0.2]
     #[arg(long, env = "COMPANERO_SEARCH_LEXICAL_WEIGHT", value_name = "W")]
     pub search_lexical_weight: Option<f64>,
 
@@ -713,8 +713,12 @@ impl Config {
             file.rerank_candidates,
             20,
         );
-        let rerank_budget_ms =
-            layer.pick("rerank_budget_ms", args.rerank_budget_ms, file.rerank_budget_ms, 400);
+        let rerank_budget_ms = layer.pick(
+            "rerank_budget_ms",
+            args.rerank_budget_ms,
+            file.rerank_budget_ms,
+            400,
+        );
         if !(1..=50).contains(&rerank_candidates) {
             bail!("rerank_candidates must be 1 to 50");
         }

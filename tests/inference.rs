@@ -546,7 +546,10 @@ fn rerankers_score_pairs_alike_on_our_kernels_and_candles_in_any_batch() {
         let expected = reference.score(query, &passages).unwrap();
         assert_eq!(scores.len(), passages.len());
         for (a, b) in scores.iter().zip(&expected) {
-            assert!((a - b).abs() < 2e-3, "{architecture}: {scores:?} vs {expected:?}");
+            assert!(
+                (a - b).abs() < 2e-3,
+                "{architecture}: {scores:?} vs {expected:?}"
+            );
         }
         // Different passages score differently, and a passage's score does not depend on its
         // batch (lengths differ, so candle pads and our kernels do not).
@@ -555,7 +558,10 @@ fn rerankers_score_pairs_alike_on_our_kernels_and_candles_in_any_batch() {
             "{scores:?}"
         );
         let alone = ours.score(query, &passages[2..3]).unwrap();
-        assert!((alone[0] - scores[2]).abs() < 1e-3, "{alone:?} vs {scores:?}");
+        assert!(
+            (alone[0] - scores[2]).abs() < 1e-3,
+            "{alone:?} vs {scores:?}"
+        );
         // A passage longer than the model's positions is cut, not refused.
         let long = vec!["word ".repeat(2000)];
         assert_eq!(ours.score(query, &long).unwrap().len(), 1);
@@ -571,5 +577,8 @@ fn rerankers_score_pairs_alike_on_our_kernels_and_candles_in_any_batch() {
         .err()
         .expect("refused")
         .to_string();
-    assert!(error.contains("deberta-v2") && error.contains("xlm-roberta"), "{error}");
+    assert!(
+        error.contains("deberta-v2") && error.contains("xlm-roberta"),
+        "{error}"
+    );
 }

@@ -1127,9 +1127,13 @@ async fn a_reranker_reorders_hybrid_results_and_is_skipped_past_its_budget() {
     assert_eq!(ready["components"]["reranker"]["state"], "ready", "{ready}");
     assert_eq!(ready["components"]["reranker"]["architecture"], "bert");
     let token = app.sign_up("creator@example.com").await;
-    let id = app.upload(&token, "morning.md", MARKDOWN.as_bytes().to_vec()).await;
+    let id = app
+        .upload(&token, "morning.md", MARKDOWN.as_bytes().to_vec())
+        .await;
     app.settled(&token, &id).await;
-    let id = app.upload(&token, "breathing", TEXT.as_bytes().to_vec()).await;
+    let id = app
+        .upload(&token, "breathing", TEXT.as_bytes().to_vec())
+        .await;
     app.settled(&token, &id).await;
 
     let hits = app.search(&token, "morning routine habits", "hybrid").await;
@@ -1163,5 +1167,8 @@ async fn a_reranker_reorders_hybrid_results_and_is_skipped_past_its_budget() {
     app.wait_for_models().await;
     let hits = app.search(&token, "morning routine habits", "hybrid").await;
     assert!(!hits.is_empty());
-    assert!(hits.iter().all(|h| h.get("rerank_score").is_none()), "{hits:?}");
+    assert!(
+        hits.iter().all(|h| h.get("rerank_score").is_none()),
+        "{hits:?}"
+    );
 }

@@ -381,7 +381,11 @@ impl Embedder {
 /// The (query, document) prefixes: what the sentence-transformers config asks for, else what the
 /// model family was trained with (nomic: task prefixes; e5: "query: "/"passage: "; bge English:
 /// an instruction before queries only), else none.
-fn prompts(configured: &serde_json::Value, architecture: &str, known_as: &[&str]) -> (String, String) {
+fn prompts(
+    configured: &serde_json::Value,
+    architecture: &str,
+    known_as: &[&str],
+) -> (String, String) {
     let family = |needle: &str| {
         known_as
             .iter()
@@ -392,7 +396,10 @@ fn prompts(configured: &serde_json::Value, architecture: &str, known_as: &[&str]
     } else if family("e5-") {
         ("query: ", "passage: ")
     } else if family("bge-") && family("-en") {
-        ("Represent this sentence for searching relevant passages: ", "")
+        (
+            "Represent this sentence for searching relevant passages: ",
+            "",
+        )
     } else {
         ("", "")
     };

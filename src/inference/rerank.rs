@@ -246,7 +246,10 @@ impl Head {
 
     /// The "relevant" logit; with two labels, how much more relevant than not.
     fn score(&self, cls: &[f32]) -> f32 {
-        let pooled: Vec<f32> = affine(&self.dense, cls).into_iter().map(f32::tanh).collect();
+        let pooled: Vec<f32> = affine(&self.dense, cls)
+            .into_iter()
+            .map(f32::tanh)
+            .collect();
         let logits = affine(&self.out, &pooled);
         match logits.as_slice() {
             [only] => *only,

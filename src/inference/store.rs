@@ -368,9 +368,10 @@ fn folder_kind(config: &Path) -> ModelKind {
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
     let classifier = config["architectures"].as_array().is_some_and(|names| {
-        names
-            .iter()
-            .any(|n| n.as_str().is_some_and(|n| n.ends_with("ForSequenceClassification")))
+        names.iter().any(|n| {
+            n.as_str()
+                .is_some_and(|n| n.ends_with("ForSequenceClassification"))
+        })
     });
     if classifier {
         ModelKind::Reranker

@@ -440,7 +440,10 @@ mod tests {
             under_lease_every(&db, 1, work, Duration::from_millis(50)),
         )
         .await;
-        assert_eq!(outcome.expect("the job finishes while its lease is extended"), "done");
+        assert_eq!(
+            outcome.expect("the job finishes while its lease is extended"),
+            "done"
+        );
     }
 
     #[test]

@@ -1,10 +1,17 @@
-//! Hybrid retrieval: BM25 (SQLite FTS5) and vector similarity (usearch), fused by a weighted
-//! sum in which dense similarity leads and lexical evidence adjusts.
+//! Hybrid retrieval: BM25 (SQLite FTS5) and vector similarity (usearch), fused per query in
+//! which dense similarity leads and lexical evidence adjusts; then, when one runs, a
+//! cross-encoder reorders the best candidates.
 //!
-//! Why not reciprocal rank fusion: on our evaluation set (scripts/eval-retrieval) RRF let a weak
-//! lexical ranking drag a strong dense one down. Here every candidate from either list is scored
-//! by both methods (its exact cosine comes from the vector stored in SQLite), so fusion compares
-//! scores, not ranks, and a passage found only lexically still gets its true dense score.
+//! Fusion: every candidate from either list is scored by both methods (its exact cosine comes
+//! from the vector stored in SQLite), and each side is normalised per query as a z-score over
+//! its own candidates. The fused score is `cosine + w · σ_dense · z_bm25`: ordering by it is
+//! ordering by `z_dense + w · z_bm25`, and it stays in cosine units, so relevance thresholds
+//! keep their meaning. Why per query: BM25 divided by the best match (the earlier fusion) gave
+//! the lexical top hit a fixed boost however mediocre it was, and at thousands of passages,
+//! where the dense scores of the top candidates lie close together, that boost pushed wrong
+//! passages first. Here the boost is a share of the query's own dense spread, and a lexical
+//! match counts by how far it stands out from the other lexical matches. Reciprocal rank fusion
+//! let a weak lexical ranking drag a strong dense one down on every set we measured.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,30 +24,18 @@ use super::{Knowledge, KnowledgeError};
 use crate::auth::TenantScope;
 use crate::inference::embed::{EmbedKind, cosine};
 
-/// Candidates taken from each method before fusion.
-fn candidate_depth() -> usize { std::env::var("RESEARCH_K").ok().and_then(|v| v.parse().ok()).unwrap_or(50) }
-
-// RESEARCH ONLY (not to be committed): every candidate's scores, for offline fusion sweeps.
-fn research_dump(c: &Connection, query: &str, candidates: &HashMap<i64, Scores>) {
-    let Ok(path) = std::env::var("RESEARCH_DUMP") else { return };
-    let mut rows = Vec::new();
-    for (id, s) in candidates {
-        let heading: String = c.query_row("SELECT heading_path FROM chunks WHERE id = ?1", [id], |r| r.get(0)).unwrap_or_default();
-        let len: i64 = c.query_row("SELECT length(text) FROM chunks WHERE id = ?1", [id], |r| r.get(0)).unwrap_or_default();
-        rows.push(serde_json::json!({"id": id, "dense": s.dense, "lexical": s.lexical, "heading": heading, "len": len}));
-    }
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
-    writeln!(f, "{}", serde_json::json!({"query": query, "candidates": rows})).unwrap();
-}
-/// Weight of the normalised BM25 score against the cosine similarity (chosen on the
-/// evaluation set; see docs/architecture.md).
-pub const DEFAULT_LEXICAL_WEIGHT: f32 = 0.15;
+/// Candidates taken from each method before fusion. At 10,000 passages 100 beat 50 on every
+/// metric of scripts/eval-retrieval; the extra cost is reading up to 100 stored vectors.
+const CANDIDATES: usize = 100;
+/// Weight of the lexical evidence, in standard deviations of the query's dense scores per
+/// standard deviation of its BM25 scores (chosen on scripts/eval-retrieval at 1,800 and 10,000
+/// passages; see docs/architecture.md).
+pub const DEFAULT_LEXICAL_WEIGHT: f32 = 0.2;
 
 /// How the two rankings are combined.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fusion {
-    /// Weight of BM25 (normalised to the best candidate) against cosine similarity.
+    /// Weight of BM25's z-score against the dense one (see the module's comment).
     pub lexical_weight: f32,
     /// Results below this fused score are dropped (lexical mode has no absolute scale: it
     /// keeps every match).
@@ -206,7 +201,6 @@ pub fn search_blocking(
     limit: usize,
 ) -> Result<Vec<SearchHit>, KnowledgeError> {
     let candidates = candidates(c, indexes, scope, query, mode, embedded)?;
-    research_dump(c, query, &candidates);
     let ranked = rank(candidates, mode, fusion, limit);
     Ok(hydrate(c, scope, &ranked)?)
 }
@@ -221,14 +215,14 @@ fn candidates(
 ) -> Result<HashMap<i64, Scores>, KnowledgeError> {
     let mut scores: HashMap<i64, Scores> = HashMap::new();
     if mode != SearchMode::Vector {
-        for (id, score) in lexical(c, scope, query, candidate_depth())? {
+        for (id, score) in lexical(c, scope, query, CANDIDATES)? {
             scores.entry(id).or_default().lexical = score;
         }
     }
     if let Some((embedder, vector)) = embedded
         && mode != SearchMode::Lexical
     {
-        for (id, similarity) in indexes.search(c, scope, embedder, vector, candidate_depth())? {
+        for (id, similarity) in indexes.search(c, scope, embedder, vector, CANDIDATES)? {
             scores.entry(id).or_default().dense = Some(similarity);
         }
         // Lexical-only candidates get their exact cosine from the stored vectors.
@@ -252,7 +246,8 @@ fn reorder(results: &mut [SearchHit], scores: &[f32]) {
     for (hit, score) in head.iter_mut().zip(scores) {
         hit.rerank_score = Some((score * 1000.0).round() / 1000.0);
     }
-    let mut keyed: Vec<(f32, SearchHit)> = scores.iter().copied().zip(head.iter().cloned()).collect();
+    let mut keyed: Vec<(f32, SearchHit)> =
+        scores.iter().copied().zip(head.iter().cloned()).collect();
     // Stable: ties keep the retrieval order.
     keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
     for (slot, (_, hit)) in head.iter_mut().zip(keyed) {
@@ -271,19 +266,32 @@ fn rank(
         .values()
         .map(|s| s.lexical)
         .fold(0.0f32, f32::max);
+    // Dense statistics over the CANDIDATES best cosines (the index's own list, give or take a
+    // lexical-only passage); lexical statistics over the passages BM25 matched.
+    let mut dense: Vec<f32> = candidates.values().filter_map(|s| s.dense).collect();
+    dense.sort_by(|a, b| b.total_cmp(a));
+    dense.truncate(CANDIDATES);
+    let dense = Spread::of(&dense).deviation;
+    let matched: Vec<f32> = candidates
+        .values()
+        .map(|s| s.lexical)
+        .filter(|&l| l > 0.0)
+        .collect();
+    let lexical = Spread::of(&matched);
     let mut ranked: Vec<(i64, f32)> = candidates
         .into_iter()
         .map(|(id, s)| {
-            let lexical = if best_lexical > 0.0 {
-                s.lexical / best_lexical
-            } else {
-                0.0
-            };
             let score = match (mode, s.dense) {
-                (SearchMode::Lexical, _) | (SearchMode::Hybrid, None) => lexical,
-                (SearchMode::Vector, dense) => dense.unwrap_or(0.0),
-                (SearchMode::Hybrid, Some(dense)) => {
-                    (dense + fusion.lexical_weight * lexical) / (1.0 + fusion.lexical_weight)
+                (SearchMode::Lexical, _) | (SearchMode::Hybrid, None) => {
+                    if best_lexical > 0.0 {
+                        s.lexical / best_lexical
+                    } else {
+                        0.0
+                    }
+                }
+                (SearchMode::Vector, cosine) => cosine.unwrap_or(0.0),
+                (SearchMode::Hybrid, Some(cosine)) => {
+                    cosine + fusion.lexical_weight * dense * lexical.z(s.lexical)
                 }
             };
             (id, score.clamp(0.0, 1.0))
@@ -293,6 +301,45 @@ fn rank(
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(limit);
     ranked
+}
+
+/// Fewer scores than this say too little about a side's spread: it then adds nothing.
+const MIN_SPREAD_SAMPLES: usize = 3;
+/// Differences under this share of the mean score do not count as standing out: when every
+/// passage matched about as well, a z-score would magnify noise.
+const MIN_RELATIVE_DEVIATION: f32 = 0.1;
+
+/// Mean and standard deviation of one side's candidate scores.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    mean: f32,
+    deviation: f32,
+    samples: usize,
+}
+
+impl Spread {
+    fn of(values: &[f32]) -> Spread {
+        let n = values.len().max(1) as f32;
+        let mean = values.iter().sum::<f32>() / n;
+        let variance = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        Spread {
+            mean,
+            deviation: variance.sqrt(),
+            samples: values.len(),
+        }
+    }
+
+    /// How many deviations `value` lies above the mean (a passage BM25 did not match counts as
+    /// a score of 0: with the query's words OR-ed, not being among the best matches is evidence
+    /// too); 0 when there are too few scores to spread, so such a side adds nothing.
+    fn z(&self, value: f32) -> f32 {
+        let deviation = self.deviation.max(MIN_RELATIVE_DEVIATION * self.mean.abs());
+        if self.samples >= MIN_SPREAD_SAMPLES && deviation > 1e-6 {
+            (value - self.mean) / deviation
+        } else {
+            0.0
+        }
+    }
 }
 
 /// BM25 over the tenant's chunks: (chunk id, score > 0, higher is better).
@@ -428,36 +475,48 @@ mod tests {
         assert_eq!(fts_query("the a of"), None);
     }
 
+    fn scores(dense: f32, lexical: f32) -> Scores {
+        Scores {
+            dense: Some(dense),
+            lexical,
+        }
+    }
+
     #[test]
-    fn hybrid_keeps_dense_order_unless_lexical_evidence_is_strong() {
-        let mut candidates = HashMap::new();
-        candidates.insert(
-            1,
-            Scores {
-                dense: Some(0.80),
-                lexical: 0.0,
-            },
-        );
-        candidates.insert(
-            2,
-            Scores {
-                dense: Some(0.78),
-                lexical: 10.0,
-            },
-        );
-        candidates.insert(
-            3,
-            Scores {
-                dense: Some(0.10),
-                lexical: 9.0,
-            },
-        );
+    fn lexical_evidence_moves_a_passage_by_a_share_of_the_dense_spread() {
         let fusion = Fusion {
-            lexical_weight: 0.3,
+            lexical_weight: 0.2,
             min_score: 0.2,
         };
-        let ranked = rank(candidates, SearchMode::Hybrid, fusion, 10);
-        let order: Vec<i64> = ranked.iter().map(|(id, _)| *id).collect();
-        assert_eq!(order, [2, 1, 3]);
+        // Dense scores spread by about 0.05; passage 2 is a little behind 1 on meaning but the
+        // only strong lexical match: it moves ahead. Passage 3 matches words only, far from the
+        // meaning: it does not jump the others.
+        let mut candidates: HashMap<i64, Scores> = HashMap::from([
+            (1, scores(0.80, 2.0)),
+            (2, scores(0.79, 12.0)),
+            (3, scores(0.60, 11.0)),
+            (4, scores(0.74, 2.5)),
+            (5, scores(0.70, 3.0)),
+        ]);
+        let order = |c: HashMap<i64, Scores>| -> Vec<i64> {
+            rank(c, SearchMode::Hybrid, fusion, 10)
+                .iter()
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        assert_eq!(order(candidates.clone()), [2, 1, 4, 5, 3]);
+        // A mediocre best lexical match (everything matched about as well) changes nothing:
+        // the boost follows how far a match stands out, not which one is best.
+        for (id, s) in candidates.iter_mut() {
+            s.lexical = 5.0 + *id as f32 * 0.01;
+        }
+        assert_eq!(order(candidates), [1, 2, 4, 5, 3]);
+        // Two lexical matches say too little: dense order.
+        let few = HashMap::from([
+            (1, scores(0.80, 0.0)),
+            (2, scores(0.78, 9.0)),
+            (3, scores(0.5, 8.9)),
+        ]);
+        assert_eq!(order(few), [1, 2, 3]);
     }
 }

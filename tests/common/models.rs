@@ -54,4 +54,3 @@ pub fn tiny_reranker(dir: &std::path::Path, architecture: &str) {
     )
     .unwrap();
 }
-
