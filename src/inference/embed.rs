@@ -300,18 +300,7 @@ impl Embedder {
                 .map(|hidden| self.pool_and_normalize(&hidden))
                 .collect());
         }
-        let longest = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(batch.len() * longest);
-        let mut mask = Vec::with_capacity(batch.len() * longest);
-        for row in batch {
-            ids.extend_from_slice(row);
-            ids.extend(std::iter::repeat_n(self.pad_id, longest - row.len()));
-            mask.extend(std::iter::repeat_n(1u32, row.len()));
-            mask.extend(std::iter::repeat_n(0u32, longest - row.len()));
-        }
-        let shape = (batch.len(), longest);
-        let ids = Tensor::from_vec(ids, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        let (ids, mask) = padded(batch, self.pad_id, &self.device)?;
         let token_types = ids.zeros_like()?;
         let hidden = match &self.encoder {
             Encoder::Cpu(_) => unreachable!("handled above"),
@@ -413,6 +402,29 @@ fn prompts(
         pick(&["query"], query),
         pick(&["document", "passage", "corpus"], document),
     )
+}
+
+/// A batch for candle, which needs equal lengths: `(ids, attention mask)`, each
+/// `inputs × longest`, padded with `pad` (mask 0).
+pub(super) fn padded(
+    batch: &[&[u32]],
+    pad: u32,
+    device: &Device,
+) -> Result<(Tensor, Tensor), InferenceError> {
+    let longest = batch.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
+    let mut ids = Vec::with_capacity(batch.len() * longest);
+    let mut mask = Vec::with_capacity(batch.len() * longest);
+    for row in batch {
+        ids.extend_from_slice(row);
+        ids.extend(std::iter::repeat_n(pad, longest - row.len()));
+        mask.extend(std::iter::repeat_n(1u32, row.len()));
+        mask.extend(std::iter::repeat_n(0u32, longest - row.len()));
+    }
+    let shape = (batch.len(), longest);
+    Ok((
+        Tensor::from_vec(ids, shape, device)?,
+        Tensor::from_vec(mask, shape, device)?,
+    ))
 }
 
 fn read_json(path: &Path) -> serde_json::Value {

@@ -18,6 +18,7 @@ use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 use super::InferenceError;
 use super::cpu_bert::{self, CpuBert};
+use super::embed::padded;
 use super::kernels::Isa;
 use super::llm::Kernels;
 
@@ -190,21 +191,9 @@ impl Reranker {
                 .map(|hidden| hidden[..h].to_vec())
                 .collect());
         }
-        let longest = ids.iter().map(|ids| ids.len()).max().unwrap_or(0).max(1);
-        let (mut flat_ids, mut flat_types, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-        for (row, kinds) in ids.iter().zip(types) {
-            let padding = longest - row.len();
-            flat_ids.extend_from_slice(row);
-            flat_ids.extend(std::iter::repeat_n(self.pad_id, padding));
-            flat_types.extend_from_slice(kinds);
-            flat_types.extend(std::iter::repeat_n(0u32, padding));
-            mask.extend(std::iter::repeat_n(1u32, row.len()));
-            mask.extend(std::iter::repeat_n(0u32, padding));
-        }
-        let shape = (ids.len(), longest);
-        let ids = Tensor::from_vec(flat_ids, shape, &self.device)?;
-        let types = Tensor::from_vec(flat_types, shape, &self.device)?;
-        let mask = Tensor::from_vec(mask, shape, &self.device)?;
+        // Token types are padded with 0, like the ids' padding, which the mask hides.
+        let (ids, mask) = padded(ids, self.pad_id, &self.device)?;
+        let (types, _) = padded(types, 0, &self.device)?;
         let hidden = match &self.encoder {
             PairEncoder::Cpu(_) => unreachable!("handled above"),
             PairEncoder::Bert(model) => model.forward(&ids, &types, Some(&mask))?,

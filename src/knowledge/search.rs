@@ -246,13 +246,12 @@ fn reorder(results: &mut [SearchHit], scores: &[f32]) {
     for (hit, score) in head.iter_mut().zip(scores) {
         hit.rerank_score = Some((score * 1000.0).round() / 1000.0);
     }
-    let mut keyed: Vec<(f32, SearchHit)> =
-        scores.iter().copied().zip(head.iter().cloned()).collect();
     // Stable: ties keep the retrieval order.
-    keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
-    for (slot, (_, hit)) in head.iter_mut().zip(keyed) {
-        *slot = hit;
-    }
+    head.sort_by(|a, b| {
+        b.rerank_score
+            .unwrap_or(0.0)
+            .total_cmp(&a.rerank_score.unwrap_or(0.0))
+    });
 }
 
 /// Orders candidates by the mode's score and keeps the relevant ones.
