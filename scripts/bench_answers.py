@@ -6,7 +6,11 @@ The question set lives in scripts/answers/: three documents of a made-up coachin
 - in_scope: questions a document answers, with the passage that answers them and short facts
   of which at least one must appear in a correct answer;
 - near_miss: questions that share the documents' vocabulary but that they do not answer (the
-  coach should fall back).
+  coach should fall back);
+- follow_up: questions asked right after another one in the same conversation ("And for
+  non-members?"), which only that context makes answerable; judged like in_scope. A search-only
+  table also shows where hybrid search puts their answering passage alone and joined with the
+  question before (and what joining costs in-scope questions asked after an unrelated one).
 
 The server is started on a fresh data directory, the documents are uploaded, the coach is set
 to temperature 0 (and --strictness, where the binary has that setting) and every question is
@@ -22,6 +26,15 @@ that do not start a sentence), emails and URLs. A fact is supported when it is i
 of one of the citations its sentence carries; otherwise it is invented, unless the question
 has it. (Each invented fact also says whether it is in any document at all: "unsupported by
 its citation" versus "made up".) Fallback messages are not judged.
+
+Citations are judged too, against the whole cited passage (found through the search API by its
+chunk id):
+- an in-scope (or follow-up) answer *cites the answering passage* when one of its citations is a chunk that
+  holds the question's passage;
+- a citation (a marker on a sentence) *supports its sentence* when the passage has every hard
+  fact of the sentence (or the question does) and at least half of its content words, or when
+  the sentence quotes the passage. Words are compared by their first four letters, without stop
+  words: a cruder test than the server's, and independent of it.
 
 usage: scripts/bench-answers [--binary PATH] [--threads N] [--strictness LEVEL|''] [--limit N]
                              [--json] [--out FILE]
@@ -299,7 +312,8 @@ def split_sentences(content):
     for line in content.split("\n"):
         line = re.sub(r"^\s*(?:#+|[-*•]|\d+[.)])\s+", "", line)
         line = re.sub(r"\b(e\.g|i\.e|etc)\.", lambda m: m.group(1).replace(".", ""), line)
-        for piece in re.split(r"(?<=[.!?])\s+", line):
+        # A sentence ends at . ! ? (or after one, at a closing quote: the coach's quotations).
+        for piece in re.split(r"(?:(?<=[.!?])|(?<=[.!?][”\"’]))\s+", line):
             lead = re.match(r"^(?:\s*\[\d+(?:\s*,\s*\d+)*\])+", piece)
             if lead and pieces:
                 pieces[-1] += " " + lead.group(0)
@@ -356,6 +370,73 @@ def contains_fact(content, fact):
     return Source(content, ranges=False).supports(kind, key)
 
 
+# Words that carry no content, for the citation judge.
+JUDGE_STOP = set("""a an and are as at be been but by can could do does for from has have how i if in
+into is it its may me my no not of on or our so than that the their them then there these they
+this to was we were what when where which who why will with would you your yours about any all
+also just more most some such only own same very each both few other""".split())
+
+
+def judge_words(text):
+    return {w[:4] for w in re.findall(r"[^\W\d_]{3,}", norm(text)) if w not in JUDGE_STOP}
+
+
+def citation_supports(sentence, passage, question):
+    """The citation judge: does `passage` (a chunk's text) support `sentence`?"""
+    flat, said = norm(passage), norm(sentence)
+    if said.strip("“”\"' .") and said.strip("“”\"' .") in flat:
+        return True
+    source, asked = Source(passage), Source(question)
+    if any(not source.supports(k, v) and not asked.supports(k, v)
+           for k, v, _ in hard_facts(sentence)):
+        return False
+    words = judge_words(sentence)
+    return bool(words) and len(words & judge_words(passage)) / len(words) >= 0.5
+
+
+class Passages:
+    """Chunk texts by chunk id, looked up through the search API (there is no chunk endpoint):
+    a lexical search for a passage's own words finds it."""
+
+    def __init__(self, api):
+        self.api = api
+        self.text = {}
+
+    def search(self, query):
+        status, body = self.api.call("POST", "/api/v1/search",
+                                     {"query": query[:1000], "limit": 50, "mode": "lexical"})
+        assert status == 200, body
+        for hit in body["results"]:
+            self.text[hit["chunk_id"]] = hit["text"]
+        return body["results"]
+
+    def holding(self, passage):
+        """Chunk ids of the chunks that hold all of `passage` (or, where a chunk boundary cuts
+        it, any of its sentences)."""
+        hits = self.search(passage)
+        whole = {h["chunk_id"] for h in hits if norm(passage) in norm(h["text"])}
+        return whole or {h["chunk_id"] for h in hits for sentence in re.split(r"(?<=[.!?])\s+", passage)
+                         if norm(sentence) in norm(h["text"])}
+
+    def get(self, chunk_id, snippet):
+        if chunk_id not in self.text and snippet:
+            self.search(snippet)
+        return self.text.get(chunk_id)
+
+
+def judge_citations(sentences, citations, question, passages):
+    """[(sentence, marker, supports)] for every marker of every sentence."""
+    by_marker = {c["marker"]: c for c in citations}
+    out = []
+    for row in sentences:
+        for marker in row["markers"]:
+            cited = by_marker.get(marker)
+            text = cited and passages.get(cited.get("chunk_id"), cited.get("snippet"))
+            out.append({"sentence": row["text"], "marker": marker,
+                        "supports": bool(text) and citation_supports(row["text"], text, question)})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The question set
 
@@ -367,7 +448,7 @@ def load_questions(limit=None):
     flat = {name: norm(re.sub(r"^\s*(?:#+|[-*•]|\d+[.)])\s+", "", text, flags=re.M))
             for name, text in documents.items()}
     problems = []
-    for q in spec["in_scope"]:
+    for q in spec["in_scope"] + spec["follow_up"]:
         if q["document"] not in documents:
             problems.append(f"{q['question']}: no document {q['document']}")
             continue
@@ -381,10 +462,10 @@ def load_questions(limit=None):
                 problems.append(f"{q['question']}: fact not in {q['document']}: {fact}")
     if problems:
         raise SystemExit("questions.json does not match the documents:\n  " + "\n  ".join(problems))
-    in_scope, near_miss = spec["in_scope"], spec["near_miss"]
+    in_scope, near_miss, follow_up = spec["in_scope"], spec["near_miss"], spec["follow_up"]
     if limit:
-        in_scope, near_miss = in_scope[:limit], near_miss[:limit]
-    return documents, in_scope, near_miss
+        in_scope, near_miss, follow_up = in_scope[:limit], near_miss[:limit], follow_up[:limit]
+    return documents, in_scope, near_miss, follow_up
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +474,8 @@ def load_questions(limit=None):
 def ask_streaming(api, conversation, content):
     """Streams one answer. Returns (first delta s, total s, deltas joined, final message or
     None, error or None)."""
+    # The run outlives an access token; nothing is timed yet.
+    api.fresh_token()
     body = json.dumps({"content": content}).encode()
     request = urllib.request.Request(
         f"{api.base}/api/v1/conversations/{conversation}/messages", data=body, method="POST",
@@ -493,18 +576,24 @@ def set_coach(api, strictness):
 
 # ---------------------------------------------------------------------------------------------
 
-def ask_all(api, items, kind, documents, fallback_text):
+def ask_all(api, items, kind, documents, fallback_text, passages):
     rows = []
     for item in items:
         question = item["question"]
         status, conversation = api.call("POST", "/api/v1/conversations", {})
         if status not in (200, 201):
             raise SystemExit(f"creating a conversation failed: {status} {conversation}")
+        if "first" in item:
+            # The question a follow-up follows, in the same conversation; not judged.
+            ask_streaming(api, conversation["id"], item["first"])
         first, total, streamed, message, error = ask_streaming(api, conversation["id"], question)
         row = {"kind": kind, "question": question, "first_delivered_s": first, "total_s": total,
                "error": error}
-        if kind == "in_scope":
-            row.update(document=item["document"], expected=item["facts"], passage=item["passage"])
+        if "first" in item:
+            row["first"] = item["first"]
+        if kind in ANSWERABLE:
+            row.update(document=item["document"], expected=item["facts"], passage=item["passage"],
+                       answering_chunks=sorted(passages.holding(item["passage"])))
         else:
             row["why"] = item.get("why")
         if message is not None:
@@ -530,8 +619,11 @@ def ask_all(api, items, kind, documents, fallback_text):
                 "stream_only_facts": stream_only,
                 "fallback": is_fallback,
                 "confidence": message.get("confidence"),
-                "citations": [{k: c.get(k) for k in ("marker", "snippet", "document_title", "heading_path")}
+                "citations": [{k: c.get(k) for k in ("marker", "snippet", "document_title",
+                                                     "heading_path", "chunk_id")}
                               for c in message.get("citations") or []],
+                "citation_checks": judge_citations(sentences, message.get("citations") or [],
+                                                   question, passages),
                 "ttft_s": stats.get("ttft_s"),
                 # Newer binaries time both from the question, on the server.
                 "server_first_token_s": stats.get("first_token_s"),
@@ -539,8 +631,10 @@ def ask_all(api, items, kind, documents, fallback_text):
                 "server_total_s": stats.get("total_s"),
                 "retrieval_score": stats.get("retrieval_score"),
                 "support": stats.get("support"),
-                "retrieved": [{k: r.get(k) for k in ("document_title", "heading_path", "score")}
+                "retrieved": [{k: r.get(k) for k in ("document_title", "heading_path", "score",
+                                                     "chunk_id")}
                               for r in stats.get("retrieved") or []],
+                "retrieval_queries": stats.get("queries"),
                 "raw_answer": stats.get("raw_answer"),
                 "checks": checks,
                 "repaired": None if checks is None else any(
@@ -549,24 +643,68 @@ def ask_all(api, items, kind, documents, fallback_text):
                 "invented": invented,
                 "faithful": not is_fallback and not invented,
             })
-            if kind == "in_scope":
+            if kind in ANSWERABLE:
+                row["answering_rank"] = next(
+                    (i + 1 for i, r in enumerate(stats.get("retrieved") or [])
+                     if r.get("chunk_id") in row["answering_chunks"]), None)
                 row["has_expected_fact"] = not is_fallback and any(
                     contains_fact(content, f) for f in item["facts"])
+                cited = {c.get("chunk_id") for c in message.get("citations") or []}
+                answering = set(row["answering_chunks"])
+                row["cites_answering_passage"] = not is_fallback and bool(cited & answering)
+                row["cites_only_answering_passage"] = (not is_fallback and bool(cited)
+                                                       and cited <= answering)
         rows.append(row)
         print(line_for(row), flush=True)
     return rows
 
 
+def context_retrieval(api, follow_ups, in_scope, passages):
+    """Search alone (no model): where hybrid search puts the answering passage of a query
+    searched alone and searched after the question before it. For follow-ups the question
+    before is theirs; for in-scope questions it is the previous in-scope question, on another
+    topic: what joining the context costs a question that needs none."""
+    sets = {"follow-ups": [(i, i["first"]) for i in follow_ups],
+            "in-scope after an unrelated question": [
+                (item, in_scope[n - 1]["question"]) for n, item in enumerate(in_scope)
+                if n and in_scope[n - 1]["passage"] != item["passage"]]}
+    out = {}
+    for name, pairs in sets.items():
+        for variant in ("alone", "with the question before"):
+            ranks = []
+            for item, before in pairs:
+                answering = passages.holding(item["passage"])
+                query = item["question"] if variant == "alone" else f"{before} {item['question']}"
+                status, body = api.call("POST", "/api/v1/search",
+                                        {"query": query, "limit": 10, "mode": "hybrid"})
+                assert status == 200, body
+                ranks.append(next((i + 1 for i, hit in enumerate(body["results"])
+                                   if hit["chunk_id"] in answering), None))
+            out[f"{name}, {variant}"] = {
+                "hit@1": share(sum(r == 1 for r in ranks), len(ranks)),
+                "hit@3": share(sum(r is not None and r <= 3 for r in ranks), len(ranks)),
+                "ranks": ranks}
+    return out
+
+
+# Question sets whose answering passage is known.
+ANSWERABLE = ("in_scope", "follow_up")
+
+
 def line_for(row):
     def seconds(v):
         return f"{v:6.2f}" if isinstance(v, (int, float)) else "     -"
-    kind = "in-scope" if row["kind"] == "in_scope" else "near-miss"
+    kind = row["kind"].replace("_", "-")
     if row.get("error") and "content" not in row:
         return f"{kind:<9} ERROR {row['error']}  {row['question']}"
     verdict = "FALLBACK" if row["fallback"] else f"answered {len(row['citations'])} cit."
     extra = ""
-    if row["kind"] == "in_scope" and not row["fallback"]:
+    if row["kind"] in ANSWERABLE and not row["fallback"]:
         extra += " fact+" if row["has_expected_fact"] else " fact-"
+        extra += " cites-answer" if row["cites_answering_passage"] else " misses-answer"
+    wrong = [c for c in row.get("citation_checks", []) if not c["supports"]]
+    if wrong:
+        extra += f"  {len(wrong)} unsupported cit."
     if row["invented"]:
         extra += "  invented: " + ", ".join(f"{f['kind']} {f['text']!r}" for f in row["invented"])
     if not row["streamed_equals_stored"]:
@@ -589,15 +727,37 @@ def dist(values):
             "n": len(values)}
 
 
+def count(items, test):
+    return share(sum(1 for r in items if "content" in r and test(r)), len(items))
+
+
+def answerable_summary(items):
+    """How the questions with a known answering passage went."""
+    repaired_known = [r for r in items if r.get("repaired") is not None]
+    answered = [r for r in items if "content" in r and not r["fallback"]]
+    checks = [c for r in answered for c in r.get("citation_checks", [])]
+    return {
+        "questions": len(items),
+        "answered": count(items, lambda r: not r["fallback"]),
+        "fully_faithful": count(items, lambda r: r["faithful"]),
+        "has_expected_fact": count(items, lambda r: r.get("has_expected_fact")),
+        "faithful_with_expected_fact": count(items, lambda r: r["faithful"] and r.get("has_expected_fact")),
+        "repaired": None if not repaired_known else count(items, lambda r: r.get("repaired")),
+        "fell_back": count(items, lambda r: r["fallback"]),
+        # Where retrieval put the answering passage among those the model was given.
+        "answering_passage_retrieved_first": count(items, lambda r: r.get("answering_rank") == 1),
+        "answering_passage_retrieved": count(items, lambda r: r.get("answering_rank") is not None),
+        "answers_citing_answering_passage": count(answered, lambda r: r["cites_answering_passage"]),
+        "answers_citing_only_answering_passage": count(
+            answered, lambda r: r["cites_only_answering_passage"]),
+        "citations_supporting_their_sentence": share(sum(c["supports"] for c in checks), len(checks)),
+    }
+
+
 def summarise(rows):
     ins = [r for r in rows if r["kind"] == "in_scope"]
     near = [r for r in rows if r["kind"] == "near_miss"]
     ok = [r for r in rows if "content" in r]
-
-    def count(items, test):
-        return share(sum(1 for r in items if "content" in r and test(r)), len(items))
-
-    repaired_known = [r for r in ins if r.get("repaired") is not None]
     verdicts = {}
     for r in ok:
         for c in r.get("checks") or []:
@@ -608,17 +768,11 @@ def summarise(rows):
     for r in ok:
         for f in r["invented"]:
             kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+    checks = [c for r in ok if not r["fallback"] for c in r.get("citation_checks", [])]
     return {
         "errors": sum(1 for r in rows if r.get("error")),
-        "in_scope": {
-            "questions": len(ins),
-            "answered": count(ins, lambda r: not r["fallback"]),
-            "fully_faithful": count(ins, lambda r: r["faithful"]),
-            "has_expected_fact": count(ins, lambda r: r.get("has_expected_fact")),
-            "faithful_with_expected_fact": count(ins, lambda r: r["faithful"] and r.get("has_expected_fact")),
-            "repaired": None if not repaired_known else count(ins, lambda r: r.get("repaired")),
-            "fell_back": count(ins, lambda r: r["fallback"]),
-        },
+        "in_scope": answerable_summary(ins),
+        "follow_up": answerable_summary([r for r in rows if r["kind"] == "follow_up"]),
         "near_miss": {
             "questions": len(near),
             "fell_back": count(near, lambda r: r["fallback"]),
@@ -633,6 +787,7 @@ def summarise(rows):
             "streamed_equals_stored": count(rows, lambda r: r["streamed_equals_stored"]),
             "stream_showed_fact_not_stored": count(rows, lambda r: bool(r["stream_only_facts"])),
             "check_verdicts": verdicts or None,
+            "citations_supporting_their_sentence": share(sum(c["supports"] for c in checks), len(checks)),
         },
         # Answers the model wrote (stats.ttft_s known); fallbacks without generation arrive at
         # once and would pull the first-delivered figures down.
@@ -652,6 +807,25 @@ def summarise(rows):
             "total_all_s": dist(r.get("total_s") for r in ok),
         },
     }
+
+
+def answerable_lines(name, s, frac):
+    return [
+        f"| {name}: answered | {frac(s['answered'])} |",
+        f"| {name}: fully faithful (answered, nothing invented) | {frac(s['fully_faithful'])} |",
+        f"| {name}: has the expected fact | {frac(s['has_expected_fact'])} |",
+        f"| {name}: faithful and has the expected fact | {frac(s['faithful_with_expected_fact'])} |",
+        f"| {name}: repaired | {frac(s['repaired'])} |",
+        f"| {name}: fell back | {frac(s['fell_back'])} |",
+        f"| {name}: answering passage retrieved first / among the passages | "
+        f"{frac(s['answering_passage_retrieved_first'])} / {frac(s['answering_passage_retrieved'])} |",
+        f"| **{name} answers citing the answering passage (target 90%)** | "
+        f"**{frac(s['answers_citing_answering_passage'])}** |",
+        f"| {name} answers citing only the answering passage | "
+        f"{frac(s['answers_citing_only_answering_passage'])} |",
+        f"| **{name} citations supporting their sentence (target 80%)** | "
+        f"**{frac(s['citations_supporting_their_sentence'])}** |",
+    ]
 
 
 def markdown(report):
@@ -674,12 +848,8 @@ def markdown(report):
         "",
         "| measure | value |",
         "|---|---|",
-        f"| in-scope: answered | {frac(s['in_scope']['answered'])} |",
-        f"| in-scope: fully faithful (answered, nothing invented) | {frac(s['in_scope']['fully_faithful'])} |",
-        f"| in-scope: has the expected fact | {frac(s['in_scope']['has_expected_fact'])} |",
-        f"| in-scope: faithful and has the expected fact | {frac(s['in_scope']['faithful_with_expected_fact'])} |",
-        f"| in-scope: repaired | {frac(s['in_scope']['repaired'])} |",
-        f"| in-scope: fell back | {frac(s['in_scope']['fell_back'])} |",
+        *answerable_lines("in-scope", s["in_scope"], frac),
+        *answerable_lines("follow-up", s["follow_up"], frac),
         f"| near-miss: fell back | {frac(s['near_miss']['fell_back'])} |",
         f"| near-miss: answered faithfully | {frac(s['near_miss']['answered_faithfully'])} |",
         f"| near-miss: answered with an invented fact | {frac(s['near_miss']['answered_with_invented_fact'])} |",
@@ -720,7 +890,7 @@ def main():
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
     args = parser.parse_args()
 
-    documents, in_scope, near_miss = load_questions(args.limit)
+    documents, in_scope, near_miss, follow_up = load_questions(args.limit)
     sources = {name: Source(text) for name, text in documents.items()}
     work = Path(tempfile.mkdtemp(prefix="companero-answers-"))
     port = free_port()
@@ -730,11 +900,11 @@ def main():
     try:
         api = Api(f"http://127.0.0.1:{port}")
         wait_ready(api, server)
+        credentials = {"email": "bench@example.com", "password": "violet tractor sings at noon"}
         status, body = api.call("POST", "/api/v1/auth/register", {
-            "email": "bench@example.com", "password": "violet tractor sings at noon",
-            "full_name": "Bench", "setup_token": "setup_bench-answers"})
+            **credentials, "full_name": "Bench", "setup_token": "setup_bench-answers"})
         assert status == 201, body
-        api.token = body["access_token"]
+        api.sign_in(credentials)
         ids = {}
         for name in documents:
             status, body = api.upload(HERE / name)
@@ -756,8 +926,12 @@ def main():
         status, conversation = api.call("POST", "/api/v1/conversations", {})
         ask_streaming(api, conversation["id"], "Hello!")
 
-        rows = ask_all(api, in_scope, "in_scope", sources, coach.get("fallback_message", ""))
-        rows += ask_all(api, near_miss, "near_miss", sources, coach.get("fallback_message", ""))
+        passages = Passages(api)
+        retrieval = context_retrieval(api, follow_up, in_scope, passages)
+        fallback = coach.get("fallback_message", "")
+        rows = ask_all(api, in_scope, "in_scope", sources, fallback, passages)
+        rows += ask_all(api, near_miss, "near_miss", sources, fallback, passages)
+        rows += ask_all(api, follow_up, "follow_up", sources, fallback, passages)
         report = {
             "binary": args.binary,
             "threads": args.threads,
@@ -766,10 +940,18 @@ def main():
             "note": note,
             "coach": coach,
             "summary": summarise(rows),
+            "follow_up_retrieval": retrieval,
+            # The cited chunks' texts, so the citation judge can be re-run on this file.
+            "passages": {str(k): v for k, v in passages.text.items()},
             "rows": rows,
         }
         print()
         print(markdown(report))
+        print("\nSearch alone (hybrid), with and without the question before: hit@1 / hit@3 of "
+              "the answering passage")
+        for name, figures in retrieval.items():
+            print(f"- {name}: {figures['hit@1']['n']}/{figures['hit@1']['of']} / "
+                  f"{figures['hit@3']['n']}/{figures['hit@3']['of']}")
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         if args.json:

@@ -11,8 +11,12 @@ its heading path contains that entry's label.
 The small set (the default) adds the tutorial and the HOWTOs unchanged as distractors (43
 documents, about 1,800 chunks). `--sizes 1000,10000,50000` builds larger sets for each size:
 the same FAQ, then distractor pages in a fixed order (tutorial, HOWTOs, language reference,
-library reference, what's new, C API, ...; then PostgreSQL's manual from postgresql-doc-15 when
-Python's runs out) until the estimated chunk count reaches the size. Ingesting tens of
+library reference, what's new, C API, ...; then PostgreSQL's manual from postgresql-doc-15,
+Django's from python-django-doc, SQLAlchemy's from python-sqlalchemy-doc and git's from git-doc
+as each runs out)
+until the estimated chunk count reaches the size. A larger set starts with a smaller one's
+pages, so a cached smaller set can seed it: copy its directory to the larger size's name and
+the run uploads only the pages that are missing. Ingesting tens of
 thousands of chunks takes a while on a small machine, so `--cache` keeps each ingested data
 directory under ~/.cache/companero/eval and later runs reuse it (delete it after changing the
 chunker).
@@ -75,8 +79,10 @@ CHARS_PER_CHUNK = 550
 
 def page_text_chars(page: Path) -> int:
     text = page.read_text(encoding="utf-8", errors="replace")
-    body = re.search(r'<div class="body" role="main">(.*?)<div class="sphinxsidebar', text, re.S)
-    text = re.sub(r"<[^>]+>", " ", body.group(1) if body else text)
+    body = re.search(r'<div class="body" role="main">(.*?)<div class="sphinxsidebar', text, re.S) or \
+        re.search(r'<div id="docs-body"[^>]*>(.*?)<div id="docs-bottom-navigation', text, re.S)
+    text = re.sub(r"<(style|script)\b.*?</\1>", " ", body.group(1) if body else text, flags=re.S)
+    text = re.sub(r"<[^>]+>", " ", text)
     return len(re.sub(r"\s+", " ", html.unescape(text)))
 
 
@@ -89,6 +95,20 @@ def distractor_pages(html_root: Path):
     postgres = fetch_package("postgresql-doc-15", "usr/share/doc/postgresql-doc-15/html/index.html")
     for page in sorted((postgres / "usr/share/doc/postgresql-doc-15/html").glob("*.html")):
         yield f"postgresql-{page.name}", page
+    for package, name, folder in (("python-django-doc", "django", "html"),
+                                  ("python-sqlalchemy-doc", "sqlalchemy", "html"),
+                                  ("git-doc", "git", "")):
+        root = fetch_package(package, f"usr/share/doc/{package}/{folder}/index.html") / \
+            f"usr/share/doc/{package}/{folder}"
+        for page in sorted(root.rglob("*.html")):
+            relative = page.relative_to(root)
+            # Generated indexes, module sources and search pages are not prose.
+            if relative.parts[0].startswith("_") or page.name in NOT_PROSE:
+                continue
+            yield f"{name}-{'-'.join(relative.parts)}", page
+
+
+NOT_PROSE = {"genindex.html", "search.html", "py-modindex.html", "index.html", "contents.html"}
 
 
 QUESTION = re.compile(
@@ -147,8 +167,31 @@ class Api:
     def __init__(self, base: str):
         self.base = base
         self.token = None
+        # Set by sign_in: a long run outlives an access token, so a 401 signs in again.
+        self.credentials = None
+
+    def sign_in(self, credentials):
+        status, body = self.call("POST", "/api/v1/auth/login", credentials)
+        if status == 200:
+            self.credentials = credentials
+            self.token = body["access_token"]
+            self.signed_in_at = time.time()
+        return status, body
+
+    def fresh_token(self, seconds=300):
+        """Signs in again when the token is older than `seconds` (before a long request that
+        cannot be retried, such as a stream)."""
+        if self.credentials and time.time() - self.signed_in_at > seconds:
+            self.sign_in(self.credentials)
 
     def call(self, method, path, body=None, headers=None, raw=None):
+        status, answer = self.send(method, path, body, headers, raw)
+        if status == 401 and self.credentials and not path.startswith("/api/v1/auth/"):
+            self.sign_in(self.credentials)
+            status, answer = self.send(method, path, body, headers, raw)
+        return status, answer
+
+    def send(self, method, path, body=None, headers=None, raw=None):
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.base + path, data=data, method=method)
         if body is not None:
@@ -170,6 +213,17 @@ class Api:
                 ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
         return self.call("POST", "/api/v1/documents", raw=body,
                          headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def list_documents(api):
+    status, page = api.call("GET", "/api/v1/documents?limit=100")
+    assert status == 200, page
+    documents = page["documents"]
+    while page["total"] > len(documents):
+        status, page = api.call("GET", f"/api/v1/documents?limit=100&offset={len(documents)}")
+        assert status == 200, page
+        documents += page["documents"]
+    return documents
 
 
 def first_relevant_rank(results, label):
@@ -267,28 +321,26 @@ def evaluate(args, html_root, size):
         credentials = {"email": "eval@example.com", "password": "violet tractor sings at noon"}
         # A cached set whose ingestion was interrupted resumes: its uploads are all in.
         uploaded = ingested or (args.cache and (work / "uploaded").exists())
-        if uploaded:
-            status, body = api.call("POST", "/api/v1/auth/login", credentials)
-            assert status == 200, body
-        else:
+        # A cached or seeded data directory has the account already.
+        status, body = api.sign_in(credentials)
+        if status != 200:
             status, body = api.call("POST", "/api/v1/auth/register",
                                     {**credentials, "full_name": "Eval", "setup_token": "setup_eval"})
             assert status == 201, body
-        api.token = body["access_token"]
+            api.sign_in(credentials)
 
         started = time.time()
+        # Pages already in (a seeding smaller set, or an interrupted upload) are not sent again.
+        present = {d["filename"] for d in list_documents(api)} if not uploaded else set()
         for path in files if not uploaded else []:
+            if path.name in present:
+                continue
             status, body = api.upload(path)
             assert status == 202, (path, body)
         if args.cache:
             (work / "uploaded").touch()
         while True:
-            status, page = api.call("GET", "/api/v1/documents?limit=100")
-            assert status == 200, page
-            documents = page["documents"]
-            while page["total"] > len(documents):
-                status, page = api.call("GET", f"/api/v1/documents?limit=100&offset={len(documents)}")
-                documents += page["documents"]
+            documents = list_documents(api)
             pending = [d for d in documents if d["status"] in ("queued", "processing")]
             if not pending:
                 break

@@ -537,4 +537,30 @@ async fn a_strict_coach_says_only_what_its_guide_says_and_shows_how_it_checked()
         )),
         "open changes no sentence: {answer}"
     );
+
+    // The test chat shows what was searched: a longer follow-up both alone and joined with
+    // the question before it, a short one joined only; cited passages are among those shown.
+    let first = "How many days does it take to get a refund?";
+    let longer = "Where do I write to ask for one?";
+    let answer = app.ask(&staff, &conversation, longer).await;
+    assert_eq!(
+        answer["stats"]["queries"],
+        json!([longer, format!("{first} {longer}")]),
+        "{answer}"
+    );
+    let retrieved: Vec<&Value> = answer["stats"]["retrieved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["chunk_id"])
+        .collect();
+    for citation in answer["citations"].as_array().unwrap() {
+        assert!(retrieved.contains(&&citation["chunk_id"]), "{answer}");
+    }
+    let answer = app.ask(&staff, &conversation, "And for gift cards?").await;
+    assert_eq!(
+        answer["stats"]["queries"],
+        json!([format!("{longer} And for gift cards?")]),
+        "{answer}"
+    );
 }

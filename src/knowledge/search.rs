@@ -103,6 +103,30 @@ struct Scores {
     lexical: f32,
 }
 
+/// Reciprocal rank fusion of result lists for one question read several ways (alone, and with
+/// the conversation before it): a passage scores the sum of 1 / (60 + rank) over the lists it
+/// is in, and keeps its best retrieval score. Ties keep the earlier list's order. One list is
+/// returned as it is, cut to `limit`.
+pub fn fuse_ranks(lists: Vec<Vec<SearchHit>>, limit: usize) -> Vec<SearchHit> {
+    const K: f32 = 60.0;
+    let mut fused: Vec<(f32, SearchHit)> = Vec::new();
+    for list in lists {
+        for (rank, hit) in list.into_iter().enumerate() {
+            let share = 1.0 / (K + rank as f32 + 1.0);
+            match fused.iter_mut().find(|(_, h)| h.chunk_id == hit.chunk_id) {
+                Some((score, kept)) => {
+                    *score += share;
+                    kept.score = kept.score.max(hit.score);
+                }
+                None => fused.push((share, hit)),
+            }
+        }
+    }
+    // A stable sort: equal sums keep the order the lists gave.
+    fused.sort_by(|a, b| b.0.total_cmp(&a.0));
+    fused.into_iter().take(limit).map(|(_, hit)| hit).collect()
+}
+
 impl Knowledge {
     /// The passages of the tenant's ready documents that best answer `request.query`.
     pub async fn search(
@@ -472,6 +496,42 @@ mod tests {
             Some("\"drop\" OR \"table\" OR \"near\"")
         );
         assert_eq!(fts_query("the a of"), None);
+    }
+
+    fn hit(chunk_id: i64, score: f32) -> SearchHit {
+        SearchHit {
+            score,
+            rerank_score: None,
+            text: format!("passage {chunk_id}"),
+            chunk_id,
+            document_id: "d".into(),
+            document_title: "D".into(),
+            filename: "d.md".into(),
+            page: None,
+            heading_path: String::new(),
+            char_start: 0,
+            char_end: 0,
+        }
+    }
+
+    #[test]
+    fn fused_lists_favour_passages_both_readings_find() {
+        // Alone the question finds 1, 2, 3; with its context 3, 4, 1. Passages in both lists
+        // lead; 2 (second alone) beats 4 (second with context) on the tie; each keeps its best
+        // retrieval score.
+        let alone = vec![hit(1, 0.5), hit(2, 0.4), hit(3, 0.3)];
+        let joined = vec![hit(3, 0.8), hit(4, 0.7), hit(1, 0.6)];
+        let fused = fuse_ranks(vec![alone.clone(), joined], 4);
+        let order: Vec<i64> = fused.iter().map(|h| h.chunk_id).collect();
+        assert_eq!(order, [1, 3, 2, 4]);
+        assert_eq!(fused[0].score, 0.6);
+        assert_eq!(fused[1].score, 0.8);
+        // One list comes back as it was, cut to the limit.
+        let one: Vec<i64> = fuse_ranks(vec![alone], 2)
+            .iter()
+            .map(|h| h.chunk_id)
+            .collect();
+        assert_eq!(one, [1, 2]);
     }
 
     fn scores(dense: f32, lexical: f32) -> Scores {

@@ -160,6 +160,8 @@ try {
     await answer.locator('summary').filter({ hasText: 'Passages retrieved' }).click();
     const passages = await answer.locator('[data-test="passage"]').allInnerTexts();
     check(passages.some((p) => p.includes('Refund policy')), `retrieved passages shown: ${passages}`);
+    const searched = await answer.locator('[data-test="searched-for"]').innerText();
+    check(searched.includes('How many days does it take to get a refund?'), `what was searched is shown: ${searched}`);
     await screenshots('test-chat');
   });
 

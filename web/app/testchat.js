@@ -66,8 +66,14 @@ function answerDetails(message) {
   }
   const retrieved = stats.retrieved || [];
   if (retrieved.length) {
-    parts.push(el('details', { class: 'answer-meta' }, el('summary', {}, `Passages retrieved (${retrieved.length})`),
-      ...retrieved.map((p) => el('div', { class: `passage${cited.size && message.citations.some((c) => c.document_title === p.document_title) ? ' cited' : ''}`, 'data-test': 'passage' },
+    // A follow-up is searched with the question before it too: show what was searched.
+    const queries = stats.queries || [];
+    const searched = queries.length ? [el('div', { class: 'small', 'data-test': 'searched-for' },
+      'Searched for ', ...queries.flatMap((q, i) => [i ? ' and ' : '', `“${q}”`]))] : [];
+    // Older answers' passages carry no chunk id: those match their citations by document.
+    const isCited = (p) => (p.chunk_id != null ? cited.has(p.chunk_id) : message.citations.some((c) => c.document_title === p.document_title));
+    parts.push(el('details', { class: 'answer-meta' }, el('summary', {}, `Passages retrieved (${retrieved.length})`), ...searched,
+      ...retrieved.map((p) => el('div', { class: `passage${isCited(p) ? ' cited' : ''}`, 'data-test': 'passage' },
         el('div', { class: 'small' }, el('strong', {}, p.document_title), p.heading_path ? ` · ${p.heading_path}` : '', ` · score ${Number(p.score).toFixed(2)}`),
         el('div', {}, p.excerpt)))));
   }

@@ -66,6 +66,10 @@ impl Strictness {
     }
 }
 
+/// How much less (of word overlap plus cosine) the passage the model cited may support its
+/// sentence than the best one and still be the one cited.
+const MODEL_MARKER_MARGIN: f32 = 0.05;
+
 /// Share of a claim's content words a passage sentence must contain to replace it.
 pub const REPAIR_OVERLAP: f32 = 0.34;
 /// Share of a claim's words the passage's closest sentence must share for its "not" to count.
@@ -719,19 +723,18 @@ impl Checker {
             })
             .collect();
         let supporting: Vec<usize> = (0..scores.len()).filter(|&p| scores[p] > 0.0).collect();
-        // The model's own markers first, then the others by score.
-        let mut order: Vec<usize> = cited
-            .iter()
-            .copied()
-            .filter(|p| supporting.contains(p))
-            .collect();
-        let mut rest: Vec<usize> = supporting
-            .iter()
-            .copied()
-            .filter(|p| !order.contains(p))
-            .collect();
-        rest.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-        order.extend(rest);
+        // The passage that supports the sentence best comes first: a small model often cites a
+        // near miss beside the passage that holds the answer. Its own marker wins a near tie.
+        let top = supporting.iter().map(|&p| scores[p]).fold(0.0, f32::max);
+        let rank = |p: usize| {
+            if cited.contains(&p) && scores[p] + MODEL_MARKER_MARGIN >= top {
+                top + 1.0
+            } else {
+                scores[p]
+            }
+        };
+        let mut order = supporting.clone();
+        order.sort_by(|a, b| rank(*b).total_cmp(&rank(*a)));
         let mut best: Option<Candidate> = None;
         for p in order {
             let candidate = self.against(p, words, sentence_facts);

@@ -395,3 +395,36 @@ fn set_phrases_carry_no_claim_past_the_check() {
     );
     assert!(shown.contains("support team"), "{shown}");
 }
+
+#[test]
+fn a_sentence_cites_the_passage_that_supports_it_best_not_the_near_miss_the_model_chose() {
+    let passages = vec![
+        passage(
+            1,
+            "Refunds are paid within 14 days of the request, to the card used for the purchase.",
+        ),
+        passage(
+            2,
+            "Refunds for the Annual plan are paid once the purchase is cancelled.",
+        ),
+    ];
+    let check = |answer: &str| {
+        let mut checker = Checker::new(Strictness::Strict, "Where do refunds go?", &passages, None);
+        let Outcome::Show { text, .. } = checker.check(answer, None) else {
+            panic!("{answer} was not shown");
+        };
+        (text, checker.citations(&passages))
+    };
+    // Passage 2 shares three of its five words: it supports the sentence, but passage 1 says
+    // all of it.
+    let (shown, citations) = check("Refunds are paid to the card used for the purchase [2].");
+    assert_eq!(
+        shown,
+        "Refunds are paid to the card used for the purchase [1]."
+    );
+    assert_eq!(citations.len(), 1);
+    assert_eq!(citations[0].chunk_id, 1);
+    // Where the model's passage supports it as well as any, its choice stands.
+    let (_, citations) = check("Refunds are paid once the purchase is cancelled [2].");
+    assert_eq!(citations[0].chunk_id, 2);
+}
