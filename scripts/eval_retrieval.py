@@ -56,8 +56,12 @@ def fetch_package(package: str, marker: str) -> Path:
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["apt-get", "download", package], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        download = ["apt-get", "download", package]
+        quiet = {"cwd": tmp, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        # A fresh machine has no package lists yet: fetch them once, then try again.
+        if subprocess.run(download, **quiet).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, **quiet)
+            subprocess.run(download, check=True, **quiet)
         deb = next(Path(tmp).glob("*.deb"))
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     return root

@@ -145,12 +145,21 @@ impl Knowledge {
             return Err(KnowledgeError::Invalid("limit must be 1 to 50".into()));
         }
         let mode = request.mode;
+        // BM25 runs on a reader while the embedder reads the query: neither waits for the other.
+        let (scope_for_db, query_for_db) = (scope.clone(), query.clone());
+        let lexical = self.inner.db.read(move |c| {
+            Ok::<_, KnowledgeError>(lexical_side(c, &scope_for_db, &query_for_db, mode)?)
+        });
         // Lexical search works without an embedder; hybrid degrades to it while one loads.
-        let embedded = match mode {
-            SearchMode::Lexical => None,
-            SearchMode::Vector => Some(self.embed_query(scope, &query).await?),
-            SearchMode::Hybrid => self.embed_query(scope, &query).await.ok(),
+        let embedding = async {
+            Ok::<_, KnowledgeError>(match mode {
+                SearchMode::Lexical => None,
+                SearchMode::Vector => Some(self.embed_query(scope, &query).await?),
+                SearchMode::Hybrid => self.embed_query(scope, &query).await.ok(),
+            })
         };
+        let (lexical, embedded) = tokio::join!(lexical, embedding);
+        let (lexical, embedded) = (lexical?, embedded?);
         let reranker = (mode == SearchMode::Hybrid && embedded.is_some())
             .then(|| self.inner.inference.reranker())
             .flatten();
@@ -161,17 +170,17 @@ impl Knowledge {
         };
         let indexes = self.inner.indexes.clone();
         let fusion = self.inner.settings.fusion;
-        let (scope_for_db, query_for_db) = (scope.clone(), query.clone());
+        let scope_for_db = scope.clone();
         let mut results = self
             .inner
             .db
             .read(move |c| {
-                search_blocking(
+                rank_and_read(
                     c,
                     &indexes,
                     &scope_for_db,
-                    &query_for_db,
                     mode,
+                    lexical,
                     embedded.as_ref(),
                     fusion,
                     fetch,
@@ -224,7 +233,36 @@ pub fn search_blocking(
     fusion: Fusion,
     limit: usize,
 ) -> Result<Vec<SearchHit>, KnowledgeError> {
-    let candidates = candidates(c, indexes, scope, query, mode, embedded)?;
+    let lexical = lexical_side(c, scope, query, mode)?;
+    rank_and_read(c, indexes, scope, mode, lexical, embedded, fusion, limit)
+}
+
+/// The mode's BM25 candidates: (chunk id, score), none in vector mode.
+fn lexical_side(
+    c: &Connection,
+    scope: &TenantScope,
+    query: &str,
+    mode: SearchMode,
+) -> rusqlite::Result<Vec<(i64, f32)>> {
+    match mode {
+        SearchMode::Vector => Ok(Vec::new()),
+        SearchMode::Lexical | SearchMode::Hybrid => lexical(c, scope, query, CANDIDATES),
+    }
+}
+
+/// Everything after BM25: the dense candidates, fusion, and the passages' text.
+#[allow(clippy::too_many_arguments)]
+fn rank_and_read(
+    c: &Connection,
+    indexes: &VectorIndexes,
+    scope: &TenantScope,
+    mode: SearchMode,
+    lexical: Vec<(i64, f32)>,
+    embedded: Option<&(String, Vec<f32>)>,
+    fusion: Fusion,
+    limit: usize,
+) -> Result<Vec<SearchHit>, KnowledgeError> {
+    let candidates = candidates(c, indexes, scope, mode, lexical, embedded)?;
     let ranked = rank(candidates, mode, fusion, limit);
     Ok(hydrate(c, scope, &ranked)?)
 }
@@ -233,15 +271,13 @@ fn candidates(
     c: &Connection,
     indexes: &VectorIndexes,
     scope: &TenantScope,
-    query: &str,
     mode: SearchMode,
+    lexical: Vec<(i64, f32)>,
     embedded: Option<&(String, Vec<f32>)>,
 ) -> Result<HashMap<i64, Scores>, KnowledgeError> {
     let mut scores: HashMap<i64, Scores> = HashMap::new();
-    if mode != SearchMode::Vector {
-        for (id, score) in lexical(c, scope, query, CANDIDATES)? {
-            scores.entry(id).or_default().lexical = score;
-        }
+    for (id, score) in lexical {
+        scores.entry(id).or_default().lexical = score;
     }
     if let Some((embedder, vector)) = embedded
         && mode != SearchMode::Lexical
@@ -365,7 +401,14 @@ impl Spread {
     }
 }
 
-/// BM25 over the tenant's chunks: (chunk id, score > 0, higher is better).
+/// BM25 over the tenant's chunks: (chunk id, score > 0, higher is better), best first.
+///
+/// Why two steps: BM25 is computed for every passage that contains one of the query's words
+/// (thousands at 50,000 passages), and joining each of them to its chunk and document to check
+/// tenant and status cost more than the scoring itself. So FTS5 ranks alone first, over a
+/// window a few times the limit, and only that window is checked. When the check leaves too
+/// few (other tenants' or unready passages crowded the window), the joined query answers
+/// instead, so the result is always exactly the tenant's best `limit`.
 fn lexical(
     c: &Connection,
     scope: &TenantScope,
@@ -375,6 +418,32 @@ fn lexical(
     let Some(expression) = fts_query(query) else {
         return Ok(Vec::new());
     };
+    let window = limit * LEXICAL_WINDOW;
+    let mut statement = c.prepare_cached(
+        "SELECT ranked.rowid, ranked.score, \
+                chunks.tenant_id IS ?2 AND documents.status IS 'ready' \
+         FROM (SELECT rowid, bm25(chunks_fts, 1.0, 0.5) AS score FROM chunks_fts \
+               WHERE chunks_fts MATCH ?1 ORDER BY score LIMIT ?3) AS ranked \
+         LEFT JOIN chunks ON chunks.id = ranked.rowid \
+         LEFT JOIN documents ON documents.id = chunks.document_id \
+         ORDER BY ranked.score",
+    )?;
+    let mut seen = 0;
+    let mut ours = Vec::with_capacity(limit);
+    let mut rows = statement.query(rusqlite::params![
+        expression,
+        scope.tenant_id(),
+        window as i64
+    ])?;
+    while let Some(r) = rows.next()? {
+        seen += 1;
+        if r.get::<_, bool>(2)? && ours.len() < limit {
+            ours.push((r.get::<_, i64>(0)?, -(r.get::<_, f64>(1)? as f32)));
+        }
+    }
+    if ours.len() == limit || seen < window {
+        return Ok(ours);
+    }
     let mut statement = c.prepare_cached(
         "SELECT chunks_fts.rowid, bm25(chunks_fts, 1.0, 0.5) FROM chunks_fts \
          JOIN chunks ON chunks.id = chunks_fts.rowid \
@@ -389,6 +458,10 @@ fn lexical(
         )?
         .collect()
 }
+
+/// How many times `limit` passages FTS5 ranks before the tenant check (see `lexical`): room for
+/// a few unready or other tenants' passages at little cost, since FTS5 keeps only the window.
+const LEXICAL_WINDOW: usize = 3;
 
 /// The query's words as an FTS5 expression: any of them, each quoted (so no word is read as
 /// an operator), without the commonest English words.
@@ -496,6 +569,92 @@ mod tests {
             Some("\"drop\" OR \"table\" OR \"near\"")
         );
         assert_eq!(fts_query("the a of"), None);
+    }
+
+    /// A database with tenant "busy" holding `busy` passages that match "alpha" strongly, and
+    /// tenant "quiet" holding four weaker matches, one of them in a document still processing.
+    fn two_tenants(busy: usize) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = crate::db::connect(&dir.path().join("t.db")).unwrap();
+        crate::db::migrations::apply(&mut c).unwrap();
+        c.execute_batch(
+            "INSERT INTO tenants (id, name) VALUES ('busy', 'Busy'), ('quiet', 'Quiet');
+             INSERT INTO documents (id, tenant_id, title, filename, kind, size_bytes, sha256, status)
+             VALUES ('b', 'busy', 'B', 'b.txt', 'text', 0, '', 'ready'),
+                    ('q', 'quiet', 'Q', 'q.txt', 'text', 0, '', 'ready'),
+                    ('p', 'quiet', 'P', 'p.txt', 'text', 0, '', 'processing');",
+        )
+        .unwrap();
+        let mut insert = c
+            .prepare(
+                "INSERT INTO chunks (tenant_id, document_id, ordinal, text, char_start, char_end, \
+                 token_count) VALUES (?1, ?2, ?3, ?4, 0, 0, 10)",
+            )
+            .unwrap();
+        // Passages without the word keep its BM25 weight (IDF) positive.
+        for ordinal in 0..busy + 60 {
+            let text = if ordinal < busy {
+                "alpha alpha alpha"
+            } else {
+                "omega"
+            };
+            insert
+                .execute(rusqlite::params!["busy", "b", ordinal as i64, text])
+                .unwrap();
+        }
+        let quiet = [
+            ("q", "alpha beta gamma delta"),
+            ("q", "alpha beta gamma delta epsilon zeta"),
+            ("p", "alpha alpha beta"),
+            ("q", "alpha beta gamma delta epsilon zeta eta theta iota"),
+        ];
+        for (ordinal, (document, text)) in quiet.into_iter().enumerate() {
+            insert
+                .execute(rusqlite::params!["quiet", document, ordinal as i64, text])
+                .unwrap();
+        }
+        drop(insert);
+        (dir, c)
+    }
+
+    fn texts(c: &Connection, hits: &[(i64, f32)]) -> Vec<String> {
+        hits.iter()
+            .map(|(id, _)| {
+                c.query_row("SELECT text FROM chunks WHERE id = ?1", [id], |r| r.get(0))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lexical_search_finds_a_tenants_best_matches_behind_another_tenants() {
+        // Busy's 40 passages fill the whole window FTS5 ranks first (3 x 10), so quiet's
+        // passages are only found by the joined query: best first, the unready one left out.
+        let (_dir, c) = two_tenants(40);
+        let quiet = lexical(&c, &TenantScope::new("quiet".into()), "alpha?", 10).unwrap();
+        assert_eq!(
+            texts(&c, &quiet),
+            [
+                "alpha beta gamma delta",
+                "alpha beta gamma delta epsilon zeta",
+                "alpha beta gamma delta epsilon zeta eta theta iota"
+            ]
+        );
+        assert!(quiet.windows(2).all(|w| w[0].1 >= w[1].1 && w[1].1 > 0.0));
+        let busy = lexical(&c, &TenantScope::new("busy".into()), "alpha", 10).unwrap();
+        assert_eq!(busy.len(), 10);
+        assert!(texts(&c, &busy).iter().all(|t| t == "alpha alpha alpha"));
+    }
+
+    #[test]
+    fn lexical_search_keeps_only_the_tenants_ready_passages_of_a_short_window() {
+        // Everything fits in the window: the tenant check alone decides.
+        let (_dir, c) = two_tenants(2);
+        let quiet = lexical(&c, &TenantScope::new("quiet".into()), "alpha", 10).unwrap();
+        assert_eq!(quiet.len(), 3);
+        assert!(!texts(&c, &quiet).contains(&"alpha alpha beta".to_string()));
+        let busy = lexical(&c, &TenantScope::new("busy".into()), "alpha", 10).unwrap();
+        assert_eq!(texts(&c, &busy), ["alpha alpha alpha", "alpha alpha alpha"]);
     }
 
     fn hit(chunk_id: i64, score: f32) -> SearchHit {
