@@ -262,16 +262,17 @@ fn rank_and_read(
     fusion: Fusion,
     limit: usize,
 ) -> Result<Vec<SearchHit>, KnowledgeError> {
-    let candidates = candidates(c, indexes, scope, mode, lexical, embedded)?;
+    let dense = embedded.filter(|_| mode != SearchMode::Lexical);
+    let candidates = candidates(c, indexes, scope, lexical, dense)?;
     let ranked = rank(candidates, mode, fusion, limit);
     Ok(hydrate(c, scope, &ranked)?)
 }
 
+/// BM25's candidates and, given the query's embedding, the index's: each with both scores.
 fn candidates(
     c: &Connection,
     indexes: &VectorIndexes,
     scope: &TenantScope,
-    mode: SearchMode,
     lexical: Vec<(i64, f32)>,
     embedded: Option<&(String, Vec<f32>)>,
 ) -> Result<HashMap<i64, Scores>, KnowledgeError> {
@@ -279,9 +280,7 @@ fn candidates(
     for (id, score) in lexical {
         scores.entry(id).or_default().lexical = score;
     }
-    if let Some((embedder, vector)) = embedded
-        && mode != SearchMode::Lexical
-    {
+    if let Some((embedder, vector)) = embedded {
         for (id, similarity) in indexes.search(c, scope, embedder, vector, CANDIDATES)? {
             scores.entry(id).or_default().dense = Some(similarity);
         }
