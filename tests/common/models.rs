@@ -40,13 +40,33 @@ pub fn tiny_reranker(dir: &std::path::Path, architecture: &str) {
         candle_nn::linear(64, 64, vb.pp("bert.pooler.dense")).unwrap();
         candle_nn::linear(64, 1, vb.pp("classifier")).unwrap();
     }
-    // Random biases start at zero; give every tensor a spread so outputs differ by input.
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name.ends_with("bias") {
-            let noise = candle_core::Tensor::randn(0f32, 0.5, var.shape(), &Device::Cpu).unwrap();
-            var.set(&noise).unwrap();
-        }
+    // Seeded weights, so every run compares the same model (candle's own initialisation is not
+    // seeded, and some random draws put our kernels and candle's further apart than others).
+    // Matrices are uniform in ±1/√fan-in, as candle initialises linear layers; biases, which
+    // candle starts at zero, get a spread (σ = 0.5) so outputs differ by input; layer norms
+    // keep their ones.
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let dims = var.shape().dims().to_vec();
+        let bound = if name.ends_with("bias") {
+            0.5 * 3f32.sqrt()
+        } else if dims.len() >= 2 {
+            1.0 / (*dims.last().unwrap() as f32).sqrt()
+        } else {
+            continue;
+        };
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| rng.gen_range(-bound..bound))
+            .collect();
+        var.set(&candle_core::Tensor::from_vec(values, dims, &Device::Cpu).unwrap())
+            .unwrap();
     }
+    drop(data);
     varmap.save(dir.join("model.safetensors")).unwrap();
     std::fs::copy(
         minilm_dir().join("tokenizer.json"),
