@@ -434,9 +434,12 @@ fn lexical(
         scope.tenant_id(),
         window as i64
     ])?;
-    while let Some(r) = rows.next()? {
+    // Rows are joined as they are read: stop once the tenant's `limit` are in.
+    while ours.len() < limit
+        && let Some(r) = rows.next()?
+    {
         seen += 1;
-        if r.get::<_, bool>(2)? && ours.len() < limit {
+        if r.get::<_, bool>(2)? {
             ours.push((r.get::<_, i64>(0)?, -(r.get::<_, f64>(1)? as f32)));
         }
     }
