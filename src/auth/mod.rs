@@ -8,6 +8,7 @@
 pub mod access;
 pub mod accounts;
 pub mod api_keys;
+pub mod api_usage;
 pub mod audit;
 pub mod instance;
 pub mod passwords;

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::ChatError;
 use crate::auth::TenantScope;
+use crate::db::api_usage::{ApiUsageRow, ApiUsageStore};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Day {
@@ -57,6 +58,8 @@ pub struct Analytics {
     pub top_questions: Vec<TopQuestion>,
     /// Questions per hour of the day (UTC), 24 numbers.
     pub busiest_hours: Vec<i64>,
+    /// Use of the OpenAI-compatible API (`/v1`) per credential and endpoint in the range.
+    pub api_usage: Vec<ApiUsageRow>,
 }
 
 /// A real calendar date written `YYYY-MM-DD` (SQLite's calendar is the judge).
@@ -237,6 +240,7 @@ pub fn compute(
         totals,
         top_questions: top_questions(&questions, 10),
         busiest_hours,
+        api_usage: c.api_usage(scope, from, to)?,
     })
 }
 

@@ -15,7 +15,7 @@ use super::pii;
 use super::{Chat, ChatError};
 use crate::inference::chat_engine::{ChatRequest, ChatStream, ChatSummary};
 use crate::inference::chat_template::{ChatMessage, Role};
-use crate::inference::generate::GenerationSettings;
+use crate::inference::generate::{GenerationSettings, SamplingOverrides};
 use crate::knowledge::search::{SearchHit, SearchMode, SearchRequest, fuse_ranks};
 
 /// Passages put in the prompt. Four, not three: on the answers benchmark the answering passage
@@ -40,7 +40,8 @@ pub const HANDOFF_OFFER: &str =
 /// A turn ready to be answered.
 pub struct Prepared {
     pub speaker: Speaker,
-    pub conversation_id: String,
+    /// Where the answer is stored; `None` for an API completion, which is returned, not kept.
+    pub conversation_id: Option<String>,
     /// The sequence number of the question.
     pub reply_to: i64,
     pub coach: Coach,
@@ -103,9 +104,29 @@ pub struct Pending {
     question: Message,
     masked_question: String,
     started: Instant,
+    /// What an API caller asked of the generation (the coach's own settings otherwise).
+    sampling: SamplingOverrides,
 }
 
 impl Pending {
+    /// A question that is not stored (an API completion): `history` and `question` are the
+    /// caller's, held in memory only.
+    pub(super) fn unsaved(
+        coach: Coach,
+        history: Vec<Message>,
+        question: Message,
+        sampling: SamplingOverrides,
+    ) -> Pending {
+        Pending {
+            coach,
+            history,
+            masked_question: pii::mask(&question.content).text,
+            question,
+            started: Instant::now(),
+            sampling,
+        }
+    }
+
     /// The question's sequence number.
     pub fn seq(&self) -> i64 {
         self.question.seq
@@ -144,6 +165,7 @@ impl Chat {
                     masked_question: pii::mask(&question.content).text,
                     question,
                     started: Instant::now(),
+                    sampling: SamplingOverrides::default(),
                 }))
             })
             .await
@@ -272,6 +294,7 @@ impl Chat {
             masked_question: masked.text,
             question: stored.message.clone(),
             started,
+            sampling: SamplingOverrides::default(),
         });
         Ok(Asked {
             message: stored.message,
@@ -289,12 +312,25 @@ impl Chat {
         conversation_id: &str,
         pending: Pending,
     ) -> Result<Prepared, ChatError> {
+        self.prepare(speaker, Some(conversation_id.to_string()), pending)
+            .await
+    }
+
+    /// [`Chat::start_answer`] for an answer stored in `conversation_id`, or only returned
+    /// (`None`: an API completion).
+    pub(super) async fn prepare(
+        &self,
+        speaker: Speaker,
+        conversation_id: Option<String>,
+        pending: Pending,
+    ) -> Result<Prepared, ChatError> {
         let Pending {
             coach,
             history,
             question,
             masked_question,
             started,
+            sampling,
         } = pending;
         let stored_question = question.content;
         let queries = retrieval_queries(&stored_question, &history);
@@ -330,6 +366,7 @@ impl Chat {
                 settings.temperature = coach.temperature;
                 settings.top_p = Some(0.9);
             }
+            sampling.apply(&mut settings);
             Reply::Generate(engine.chat(
                 speaker.scope().tenant_id(),
                 ChatRequest {
@@ -341,7 +378,7 @@ impl Chat {
         };
         Ok(Prepared {
             speaker,
-            conversation_id: conversation_id.to_string(),
+            conversation_id,
             reply_to: question.seq,
             coach,
             masked_question,
@@ -418,6 +455,7 @@ impl Chat {
                         stats["ttft_s"] = json!(summary.stats.ttft_s);
                         stats["prompt_tokens"] = json!(summary.stats.prompt_tokens);
                         stats["completion_tokens"] = json!(summary.stats.completion_tokens);
+                        stats["finish_reason"] = json!(summary.stats.finish_reason);
                     }
                     None => stats["ended_early"] = json!(true),
                 }
@@ -435,6 +473,20 @@ impl Chat {
         };
         stats["total_s"] = json!(started.elapsed().as_secs_f64());
         let confidence = ((confidence as f64) * 1000.0).round() / 1000.0;
+        let Some(conversation_id) = conversation_id else {
+            // An API completion: the caller keeps the conversation, so nothing is stored.
+            return Ok(Message {
+                id: format!("chatcmpl-{}", crate::auth::new_id()),
+                role: "assistant".into(),
+                content,
+                citations,
+                confidence: Some(confidence),
+                fallback,
+                stats: Some(stats),
+                channel: "api".into(),
+                ..Message::unsaved()
+            });
+        };
         let message = self
             .db
             .call(move |c| {

@@ -357,6 +357,31 @@ impl Message {
         self
     }
 
+    /// An assistant message that is returned without being stored (an API completion): no
+    /// conversation, no sequence number, made now.
+    pub fn unsaved() -> Message {
+        Message {
+            id: String::new(),
+            conversation_id: String::new(),
+            seq: 0,
+            role: String::new(),
+            content: String::new(),
+            client_id: None,
+            author_name: None,
+            citations: Vec::new(),
+            confidence: None,
+            fallback: false,
+            created_at: chrono::Utc::now()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string(),
+            stats: None,
+            quick_replies: Vec::new(),
+            asks_value: false,
+            value_unit: None,
+            channel: String::new(),
+        }
+    }
+
     /// The message without how it was made (for end users and channels).
     pub fn without_stats(mut self) -> Message {
         self.stats = None;

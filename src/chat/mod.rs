@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod answer;
 pub mod citations;
 pub mod coach;
+pub mod completions;
 pub mod conversations;
 pub mod delivery;
 pub mod faithfulness;

@@ -15,6 +15,7 @@
 //! with `TransactionBehavior::Immediate`: another process (a CLI command) may be writing too.
 
 pub mod access;
+pub mod api_usage;
 pub mod channels;
 pub mod coaching;
 pub mod jobs;

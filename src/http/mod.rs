@@ -13,6 +13,7 @@ pub mod health;
 pub mod insights;
 pub mod knowledge;
 pub mod metrics;
+pub mod openai;
 pub mod openapi;
 pub mod pages;
 pub mod push;
@@ -80,6 +81,7 @@ pub fn routes() -> Router<AppState> {
         // Unknown API paths get a JSON 404, never the HTML fallback page.
         .route("/api", any(api_not_found))
         .route("/api/{*rest}", any(api_not_found))
+        .route("/v1/{*rest}", any(api_not_found))
         .fallback(assets::serve)
 }
 
@@ -101,6 +103,7 @@ pub fn route_table() -> route_table::Routes {
         .merge(push::routes())
         .merge(admin::routes())
         .merge(pages::routes())
+        .merge(openai::routes())
 }
 
 /// The complete application: [`routes`] behind the standard middleware.
@@ -109,7 +112,8 @@ pub fn app(state: AppState, limits: Limits) -> Router {
 }
 
 /// Wraps `routes` in the middleware every request passes through, outermost first:
-/// request id → log span → metrics → JSON error bodies → panic guard → timeout → body limit.
+/// request id → log span → metrics → OpenAI's error envelope on `/v1` → JSON error bodies →
+/// panic guard → timeout → body limit.
 pub fn with_middleware(routes: Router<AppState>, state: AppState, limits: Limits) -> Router {
     let trace = TraceLayer::new_for_http()
         .make_span_with(|request: &Request| {
@@ -128,6 +132,7 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, limits: Limits
         }))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(error::ensure_json_errors))
+        .layer(middleware::from_fn(openai::openai_errors))
         .layer(middleware::from_fn(metrics::record))
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -178,7 +183,8 @@ async fn deadline(limits: Limits, request: Request, next: middleware::Next) -> R
     if pattern == "/api/v1/test-clocks/{id}/advance" {
         return next.run(request).await;
     }
-    let answers = pattern == "/api/v1/conversations/{id}/messages";
+    let answers =
+        pattern == "/api/v1/conversations/{id}/messages" || pattern == "/v1/chat/completions";
     let limit = if answers {
         limits
             .request_timeout

@@ -11,7 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, push, realtime,
+    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, openai, push,
+    realtime,
 };
 
 #[derive(OpenApi)]
@@ -125,6 +126,9 @@ use super::{
         chat::inbox,
         realtime::websocket,
         realtime::events,
+        openai::list_models,
+        openai::chat_completions,
+        openai::embeddings,
     ),
     // Types used only in query strings are not collected from the paths.
     components(schemas(crate::chat::conversations::InboxFilter)),
@@ -138,6 +142,7 @@ use super::{
         (name = "audit", description = "Who did what, when and from where"),
         (name = "channels", description = "Telegram and WhatsApp: connecting them, each channel's state, the platforms' webhooks"),
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "openai", description = "The OpenAI-compatible API (`/v1`, docs/openai-api.md): `coach` and the chat model, embeddings; errors in OpenAI's envelope"),
     )
 )]
 pub struct ApiDoc;

@@ -66,6 +66,38 @@ impl GenerationSettings {
     }
 }
 
+/// What a caller of the OpenAI-compatible API asked of one generation; each `None` keeps the
+/// setting it is applied to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingOverrides {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub seed: Option<u64>,
+    /// Added to the stop strings already set.
+    pub stop: Vec<String>,
+}
+
+impl SamplingOverrides {
+    pub fn apply(&self, settings: &mut GenerationSettings) {
+        if let Some(max_tokens) = self.max_tokens {
+            settings.max_tokens = max_tokens;
+        }
+        if let Some(temperature) = self.temperature {
+            settings.temperature = temperature;
+        }
+        if let Some(top_p) = self.top_p {
+            // OpenAI's nucleus sampling has no top-k: with top_p given, top-k does not cut first.
+            settings.top_p = Some(top_p);
+            settings.top_k = None;
+        }
+        if let Some(seed) = self.seed {
+            settings.seed = seed;
+        }
+        settings.stop.extend(self.stop.iter().cloned());
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {

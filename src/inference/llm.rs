@@ -79,6 +79,20 @@ pub struct LlmInfo {
     pub kernels: String,
 }
 
+impl LlmInfo {
+    /// The name the OpenAI-compatible API lists the model by: its catalog name when it was
+    /// installed from the catalog (`models/<name>/`), else its file name without `.gguf`.
+    pub fn id(&self) -> String {
+        self.path
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .map(|dir| dir.to_string_lossy())
+            .filter(|dir| super::catalog::find(dir).is_some())
+            .map(|dir| dir.into_owned())
+            .unwrap_or_else(|| file_stem(&self.path))
+    }
+}
+
 /// A chat model ready to run: weights, tokenizer, chat template and stop tokens.
 pub struct Llm {
     weights: Weights,
