@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use crate::auth::accounts::SignupPolicy;
 use crate::auth::rate_limit::RateLimits;
 use crate::inference::DeviceKind;
+use crate::inference::remote::RemoteEndpoint;
 
 /// Name of the optional configuration file inside the data directory.
 pub const CONFIG_FILE_NAME: &str = "companero.toml";
@@ -142,6 +143,32 @@ pub struct ServeArgs {
     /// Model requests that may wait; more are refused with 429 and Retry-After [default: 32]
     #[arg(long, env = "COMPANERO_INFERENCE_QUEUE", value_name = "N")]
     pub inference_queue: Option<usize>,
+
+    /// Run chat on an OpenAI-compatible server instead of in this process (vLLM, llama.cpp's
+    /// server, Ollama): its base URL, including /v1, e.g. http://gpu-box:8000/v1 [default: none]
+    #[arg(long, env = "COMPANERO_LLM_URL", value_name = "URL")]
+    pub llm_url: Option<String>,
+
+    /// API key sent to --llm-url as a bearer token [default: none]
+    #[arg(long, env = "COMPANERO_LLM_API_KEY", value_name = "KEY")]
+    pub llm_api_key: Option<String>,
+
+    /// The model --llm-url serves to use [default: the first one the server lists]
+    #[arg(long, env = "COMPANERO_LLM_MODEL", value_name = "NAME")]
+    pub llm_model: Option<String>,
+
+    /// Run embeddings on an OpenAI-compatible server instead of in this process (TEI, vLLM,
+    /// llama.cpp's server, Ollama): its base URL, including /v1 [default: none]
+    #[arg(long, env = "COMPANERO_EMBED_URL", value_name = "URL")]
+    pub embed_url: Option<String>,
+
+    /// API key sent to --embed-url as a bearer token [default: none]
+    #[arg(long, env = "COMPANERO_EMBED_API_KEY", value_name = "KEY")]
+    pub embed_api_key: Option<String>,
+
+    /// The model --embed-url serves to use [default: the first one the server lists]
+    #[arg(long, env = "COMPANERO_EMBED_MODEL", value_name = "NAME")]
+    pub embed_model: Option<String>,
 
     /// Who may register: open, invite (an invitation is needed) or closed. The first account on
     /// a fresh instance always may, and becomes its owner [default: invite]
@@ -315,6 +342,12 @@ struct FileConfig {
     max_context: Option<usize>,
     prompt_cache_mb: Option<usize>,
     inference_queue: Option<usize>,
+    llm_url: Option<String>,
+    llm_api_key: Option<String>,
+    llm_model: Option<String>,
+    embed_url: Option<String>,
+    embed_api_key: Option<String>,
+    embed_model: Option<String>,
     signup: Option<SignupPolicy>,
     trusted_proxy: Option<Vec<IpNet>>,
     auth_rate_limit: Option<u32>,
@@ -452,6 +485,10 @@ pub struct Config {
     pub max_context: usize,
     pub prompt_cache_mb: usize,
     pub inference_queue: usize,
+    /// `--llm-url`: chat on a remote OpenAI-compatible server.
+    pub remote_llm: Option<RemoteEndpoint>,
+    /// `--embed-url`: embeddings on a remote OpenAI-compatible server.
+    pub remote_embedder: Option<RemoteEndpoint>,
     pub signup: SignupPolicy,
     pub trusted_proxies: Vec<IpNet>,
     pub rate_limits: RateLimits,
@@ -554,6 +591,24 @@ impl Config {
             file.inference_queue,
             32,
         );
+        let remote_llm = layer.remote(
+            ["llm_url", "llm_api_key", "llm_model"],
+            [
+                args.llm_url.clone(),
+                args.llm_api_key.clone(),
+                args.llm_model.clone(),
+            ],
+            [file.llm_url, file.llm_api_key, file.llm_model],
+        )?;
+        let remote_embedder = layer.remote(
+            ["embed_url", "embed_api_key", "embed_model"],
+            [
+                args.embed_url.clone(),
+                args.embed_api_key.clone(),
+                args.embed_model.clone(),
+            ],
+            [file.embed_url, file.embed_api_key, file.embed_model],
+        )?;
         let signup = layer.pick("signup", args.signup, file.signup, SignupPolicy::Invite);
         let cli_proxies = (!args.trusted_proxy.is_empty()).then(|| args.trusted_proxy.clone());
         let trusted_proxies = layer.pick(
@@ -778,6 +833,8 @@ impl Config {
             max_context,
             prompt_cache_mb,
             inference_queue,
+            remote_llm,
+            remote_embedder,
             signup,
             trusted_proxies: trusted_proxies.0,
             smtp_url,
@@ -884,6 +941,35 @@ impl Layer<'_> {
     }
 
     /// Like `pick` for settings whose default is "none": the line shows `# (automatic)`.
+    /// A remote backend's URL, key (a secret) and model name; `None` without a URL.
+    fn remote(
+        &mut self,
+        keys: [&'static str; 3],
+        flag_or_env: [Option<String>; 3],
+        file: [Option<String>; 3],
+    ) -> anyhow::Result<Option<RemoteEndpoint>> {
+        let [url_flag, key_flag, model_flag] = flag_or_env;
+        let [url_file, key_file, model_file] = file;
+        let url = self.pick_optional(keys[0], url_flag, url_file);
+        let api_key = self.pick_optional(keys[1], key_flag, key_file);
+        if let Some(setting) = self.settings.last_mut() {
+            setting.secret = api_key.is_some();
+        }
+        let model = self.pick_optional(keys[2], model_flag, model_file);
+        let Some(url) = url.filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        let endpoint = RemoteEndpoint {
+            url,
+            api_key,
+            model: model.filter(|m| !m.trim().is_empty()),
+        };
+        endpoint
+            .check()
+            .map_err(|problem| anyhow::anyhow!("{}: {problem}", keys[0]))?;
+        Ok(Some(endpoint))
+    }
+
     fn pick_optional<T: fmt::Display + TomlValue>(
         &mut self,
         key: &'static str,

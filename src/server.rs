@@ -76,6 +76,8 @@ impl Server {
             max_context: config.max_context,
             prompt_cache_mb: config.prompt_cache_mb,
             embed_dimensions: None,
+            remote_llm: config.remote_llm.clone(),
+            remote_embedder: config.remote_embedder.clone(),
         });
         let keys = TokenKeys::load_or_create(&data_dir.keys_dir()).with_context(|| {
             format!(

@@ -16,6 +16,7 @@ use super::answer::{Checked, Prepared, Reply};
 use super::citations;
 use super::faithfulness::{Checker, Embeddings, Outcome, answer_sentences, passage_sentences};
 use super::{Chat, ChatError};
+use crate::inference::InferenceError;
 use crate::inference::chat_engine::{ChatEvent, ChatStream, ChatSummary};
 use crate::inference::embed::EmbedKind;
 
@@ -138,33 +139,15 @@ impl Delivery {
                             items.push(Delivered::Text(text));
                         }
                     }
-                    let prepared = self.prepared.as_ref()?;
-                    let mut checker = self.checker.take().expect("made before generation");
-                    let quote = match self.committed {
-                        true => None,
-                        false => checker.quote_answer(),
-                    };
-                    if let Some(quote) = quote {
-                        // What was held (supported, but not enough to answer by itself),
-                        // then the quotation that answers.
-                        let held = std::mem::take(&mut self.held);
-                        let text = if held.is_empty() {
-                            quote
-                        } else {
-                            format!("{held} {quote}")
-                        };
-                        self.shown.push_str(&text);
-                        self.first_shown_s
-                            .get_or_insert(started.elapsed().as_secs_f64());
-                        self.committed = true;
-                        items.push(Delivered::Text(text));
-                    }
-                    if !self.committed {
-                        items.push(Delivered::Text(Chat::fallback_text(&prepared.coach)));
-                    }
-                    let checked = self.checked(checker, Some(summary));
-                    self.to_store = Some(Some(checked));
-                    return Some(items);
+                    return self.conclude(items, started, Some(summary));
+                }
+                Some(Err(InferenceError::Unavailable(message))) => {
+                    // The remote model's server went away mid-answer. What was shown stays;
+                    // the unfinished sentence is dropped, and the answer ends as one the model
+                    // gave up on: a quotation that answers, or the fallback.
+                    tracing::warn!(%message, "the model's server failed mid-answer");
+                    self.pending.clear();
+                    return self.conclude(Vec::new(), started, None);
                 }
                 ended => {
                     let error = match ended {
@@ -190,6 +173,44 @@ impl Delivery {
                 }
             }
         }
+    }
+
+    /// Ends a generation: when nothing was shown, a quotation that answers (after what was
+    /// held) or the fallback; then what was shown is kept for storing.
+    fn conclude(
+        &mut self,
+        mut items: Vec<Delivered>,
+        started: Instant,
+        summary: Option<ChatSummary>,
+    ) -> Option<Vec<Delivered>> {
+        let prepared = self.prepared.as_ref()?;
+        let fallback = Chat::fallback_text(&prepared.coach);
+        let mut checker = self.checker.take().expect("made before generation");
+        let quote = match self.committed {
+            true => None,
+            false => checker.quote_answer(),
+        };
+        if let Some(quote) = quote {
+            // What was held (supported, but not enough to answer by itself), then the
+            // quotation that answers.
+            let held = std::mem::take(&mut self.held);
+            let text = if held.is_empty() {
+                quote
+            } else {
+                format!("{held} {quote}")
+            };
+            self.shown.push_str(&text);
+            self.first_shown_s
+                .get_or_insert(started.elapsed().as_secs_f64());
+            self.committed = true;
+            items.push(Delivered::Text(text));
+        }
+        if !self.committed {
+            items.push(Delivered::Text(fallback));
+        }
+        let checked = self.checked(checker, summary);
+        self.to_store = Some(Some(checked));
+        Some(items)
     }
 
     /// What was shown, with the checker's citations and checks, for storing.

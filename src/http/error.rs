@@ -218,6 +218,11 @@ impl From<crate::inference::InferenceError> for ApiError {
             }
             E::NotReady(message) => ApiError::new(ErrorCode::ModelUnavailable, message)
                 .with_retry_after(std::time::Duration::from_secs(30)),
+            E::Unavailable(message) => {
+                tracing::warn!(%message, "remote inference failed");
+                ApiError::new(ErrorCode::ModelUnavailable, message)
+                    .with_retry_after(std::time::Duration::from_secs(5))
+            }
             E::ShuttingDown => ApiError::new(ErrorCode::ServiceUnavailable, error.to_string()),
             E::ContextOverflow { .. } => {
                 ApiError::new(ErrorCode::ContextTooLong, error.to_string())

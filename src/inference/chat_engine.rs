@@ -1,6 +1,6 @@
 //! The chat engine: one dedicated thread owns the model and serves a fair, bounded queue. Callers
 //! on the async runtime get a stream of text deltas; dropping the stream stops the generation at
-//! the next token.
+//! the next token. With a remote backend, a few threads serve the same queue over HTTP.
 
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
@@ -17,9 +17,12 @@ use super::chat_template::{ChatMessage, Role};
 use super::generate::{self, GenerationSettings, GenerationStats};
 use super::llm::{Llm, LlmInfo};
 use super::queue::{CloseOnDrop, FairQueue};
+use super::remote::{self, RemoteModel, RemoteServer};
 
 /// Tokens always left for the answer when a long conversation is trimmed to fit the context.
 const MIN_ANSWER_TOKENS: usize = 64;
+/// Requests a remote backend runs at once; the rest wait in the fair queue, as locally.
+pub const REMOTE_WORKERS: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
@@ -70,13 +73,57 @@ impl ChatEngine {
         let worker_queue = Arc::clone(&queue);
         std::thread::Builder::new()
             .name("companero-llm".into())
-            .spawn(move || run_worker(llm, &worker_queue))
+            .spawn(move || run_worker(Backend::Local(Box::new(llm)), &worker_queue))
             .expect("spawn the model thread");
         ChatEngine {
             _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
             queue,
             info,
         }
+    }
+
+    /// Serves the same queue from `model` on a remote OpenAI-compatible server, with
+    /// [`REMOTE_WORKERS`] requests in flight at once (a GPU server batches them).
+    pub fn start_remote(
+        server: RemoteServer,
+        model: RemoteModel,
+        max_context: usize,
+        queue_capacity: usize,
+    ) -> Result<ChatEngine, InferenceError> {
+        let queue = Arc::new(FairQueue::new("llm", queue_capacity));
+        let context_length = model.context_length.unwrap_or(max_context).min(max_context);
+        let info = Arc::new(LlmInfo {
+            name: model.id.clone(),
+            path: std::path::PathBuf::new(),
+            architecture: "remote".into(),
+            context_length,
+            chat_template: "the server's",
+            load_seconds: 0.0,
+            kernels: "remote".into(),
+            remote: Some(server.url().to_string()),
+        });
+        for worker in 0..REMOTE_WORKERS {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| InferenceError::Load(format!("a runtime for remote calls: {e}")))?;
+            let backend = Backend::Remote {
+                server: server.clone(),
+                model: model.id.clone(),
+                context_length,
+                runtime,
+            };
+            let worker_queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("companero-llm-remote-{worker}"))
+                .spawn(move || run_worker(backend, &worker_queue))
+                .expect("spawn a remote model thread");
+        }
+        Ok(ChatEngine {
+            _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
+            queue,
+            info,
+        })
     }
 
     pub fn info(&self) -> &LlmInfo {
@@ -135,7 +182,52 @@ impl Stream for ChatStream {
     }
 }
 
-fn run_worker(mut llm: Llm, queue: &FairQueue<ChatJob>) {
+/// What runs a popped job: the model in this process, or a remote server.
+enum Backend {
+    Local(Box<Llm>),
+    Remote {
+        server: RemoteServer,
+        model: String,
+        context_length: usize,
+        /// Each remote worker thread waits on its HTTP calls in its own small runtime.
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+impl Backend {
+    fn answer(
+        &mut self,
+        tenant: &str,
+        request: &ChatRequest,
+        on_delta: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<(GenerationStats, usize), InferenceError> {
+        match self {
+            Backend::Local(llm) => answer(llm, tenant, request, on_delta),
+            Backend::Remote {
+                server,
+                model,
+                context_length,
+                runtime,
+            } => {
+                let (messages, dropped) = fit_messages(
+                    &request.messages,
+                    *context_length,
+                    request.settings.max_tokens,
+                )?;
+                let stats = runtime.block_on(server.stream_chat(
+                    model,
+                    &messages,
+                    &request.settings,
+                    request.deadline,
+                    on_delta,
+                ))?;
+                Ok((stats, dropped))
+            }
+        }
+    }
+}
+
+fn run_worker(mut backend: Backend, queue: &FairQueue<ChatJob>) {
     while let Some(job) = queue.pop() {
         if job.events.is_closed() {
             continue; // the caller left while waiting
@@ -147,7 +239,7 @@ fn run_worker(mut llm: Llm, queue: &FairQueue<ChatJob>) {
         let events = job.events.clone();
         // A panic inside the model must fail this request, not the thread that serves all.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            answer(&mut llm, &job.tenant, &job.request, |delta| {
+            backend.answer(&job.tenant, &job.request, |delta| {
                 match events.send(Ok(ChatEvent::Delta(delta.to_string()))) {
                     Ok(()) => ControlFlow::Continue(()),
                     Err(_) => ControlFlow::Break(()),
@@ -208,13 +300,43 @@ pub fn fit_prompt(
     messages: &[ChatMessage],
     max_tokens: usize,
 ) -> Result<(Vec<u32>, usize), InferenceError> {
-    let context = llm.info.context_length;
+    fit(messages, llm.info.context_length, max_tokens, |kept| {
+        let prompt = llm.tokenizer.encode(&llm.template.render(kept)?)?;
+        let tokens = prompt.len();
+        Ok((prompt, tokens))
+    })
+}
+
+/// The same trimming for a remote model, whose tokenizer is on the server: messages are counted
+/// with [`remote::estimate_tokens`], plus a few tokens each for the template's markers.
+fn fit_messages(
+    messages: &[ChatMessage],
+    context: usize,
+    max_tokens: usize,
+) -> Result<(Vec<ChatMessage>, usize), InferenceError> {
+    fit(messages, context, max_tokens, |kept| {
+        let tokens = kept
+            .iter()
+            .map(|m| remote::estimate_tokens(&m.content) + 8)
+            .sum();
+        Ok((kept.to_vec(), tokens))
+    })
+}
+
+/// Drops the oldest turns until `render`'s prompt (and its token count) leaves room for the
+/// answer in `context`.
+fn fit<P>(
+    messages: &[ChatMessage],
+    context: usize,
+    max_tokens: usize,
+    render: impl Fn(&[ChatMessage]) -> Result<(P, usize), InferenceError>,
+) -> Result<(P, usize), InferenceError> {
     let answer_room = max_tokens.clamp(1, MIN_ANSWER_TOKENS.max(context / 2));
     let mut kept: Vec<ChatMessage> = messages.to_vec();
     let mut dropped = 0;
     loop {
-        let prompt = llm.tokenizer.encode(&llm.template.render(&kept)?)?;
-        if prompt.len() + answer_room <= context {
+        let (prompt, tokens) = render(&kept)?;
+        if tokens + answer_room <= context {
             return Ok((prompt, dropped));
         }
         // The oldest turn that is neither the system message nor the last message.
@@ -238,12 +360,12 @@ pub fn fit_prompt(
                     dropped += 1;
                 }
             }
-            None if prompt.len() + MIN_ANSWER_TOKENS.min(context / 4) <= context => {
+            None if tokens + MIN_ANSWER_TOKENS.min(context / 4) <= context => {
                 return Ok((prompt, dropped));
             }
             None => {
                 return Err(InferenceError::ContextOverflow {
-                    prompt_tokens: prompt.len(),
+                    prompt_tokens: tokens,
                     context_length: context,
                 });
             }

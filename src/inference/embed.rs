@@ -51,6 +51,9 @@ pub struct EmbedderInfo {
     pub max_tokens: usize,
     pub pooling: Pooling,
     pub load_seconds: f64,
+    /// The OpenAI base URL of the server that runs it, for a remote backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -217,6 +220,7 @@ impl Embedder {
                 max_tokens,
                 pooling,
                 load_seconds: started.elapsed().as_secs_f64(),
+                remote: None,
             },
         })
     }
@@ -276,7 +280,7 @@ impl Embedder {
         let overhead = count("", true)? + count(&self.document_prefix, false)?;
         Ok(TokenCounter {
             max_input: self.info.max_tokens.saturating_sub(overhead).max(8),
-            tokenizer: Arc::new(tokenizer),
+            tokenizer: Some(Arc::new(tokenizer)),
         })
     }
 
@@ -370,7 +374,7 @@ impl Embedder {
 /// The (query, document) prefixes: what the sentence-transformers config asks for, else what the
 /// model family was trained with (nomic: task prefixes; e5: "query: "/"passage: "; bge English:
 /// an instruction before queries only), else none.
-fn prompts(
+pub(super) fn prompts(
     configured: &serde_json::Value,
     architecture: &str,
     known_as: &[&str],
@@ -437,14 +441,26 @@ fn read_json(path: &Path) -> serde_json::Value {
 /// Counts and splits text in an embedder's tokens (no special tokens, no truncation).
 #[derive(Clone)]
 pub struct TokenCounter {
-    tokenizer: Arc<Tokenizer>,
+    /// `None` for a remote embedder, whose tokenizer is on its server: counts are estimated.
+    tokenizer: Option<Arc<Tokenizer>>,
     /// The most text tokens one embedder input can hold.
     pub max_input: usize,
 }
 
 impl TokenCounter {
+    /// Estimated counts ([`remote::estimate_tokens`]) for an embedder that holds `max_input`.
+    pub fn estimated(max_input: usize) -> TokenCounter {
+        TokenCounter {
+            tokenizer: None,
+            max_input,
+        }
+    }
+
     pub fn count(&self, text: &str) -> usize {
-        self.tokenizer
+        let Some(tokenizer) = &self.tokenizer else {
+            return super::remote::estimate_tokens(text);
+        };
+        tokenizer
             .encode(text, false)
             .map(|e| e.len())
             .unwrap_or_else(|_| text.split_whitespace().count() * 2)
@@ -452,7 +468,10 @@ impl TokenCounter {
 
     /// Byte ranges of `text` that each hold at most `max` tokens, in order, covering it.
     pub fn split(&self, text: &str, max: usize) -> Vec<std::ops::Range<usize>> {
-        let Ok(encoding) = self.tokenizer.encode(text, false) else {
+        let Some(tokenizer) = &self.tokenizer else {
+            return split_estimated(text, max);
+        };
+        let Ok(encoding) = tokenizer.encode(text, false) else {
             return std::iter::once(0..text.len()).collect();
         };
         let offsets = encoding.get_offsets();
@@ -468,6 +487,29 @@ impl TokenCounter {
         ranges.push(start..text.len());
         ranges
     }
+}
+
+/// Cuts `text` into ranges of at most `max` estimated tokens, at the last whitespace before
+/// each limit when there is one.
+fn split_estimated(text: &str, max: usize) -> Vec<std::ops::Range<usize>> {
+    let chars_per_range = max.max(1) * 3;
+    let mut ranges = Vec::new();
+    let mut start = 0;
+    while super::remote::estimate_tokens(&text[start..]) > max.max(1) {
+        let limit = text[start..]
+            .char_indices()
+            .nth(chars_per_range)
+            .map_or(text.len(), |(i, _)| start + i);
+        let cut = text[start..limit]
+            .rfind(char::is_whitespace)
+            .map(|i| start + i)
+            .filter(|&i| i > start)
+            .unwrap_or(limit);
+        ranges.push(start..cut);
+        start = cut;
+    }
+    ranges.push(start..text.len());
+    ranges
 }
 
 /// Cosine similarity of two unit vectors.

@@ -1,4 +1,5 @@
 //! The embedding engine: one dedicated thread owns the embedder and serves a fair, bounded queue.
+//! With a remote backend, a few threads serve the same queue over HTTP.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -7,8 +8,14 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::InferenceError;
-use super::embed::{EmbedKind, Embedder, EmbedderInfo, TokenCounter};
+use super::chat_engine::REMOTE_WORKERS;
+use super::embed::{EmbedKind, Embedder, EmbedderInfo, Pooling, TokenCounter};
 use super::queue::{CloseOnDrop, FairQueue};
+use super::remote::{RemoteModel, RemoteServer};
+
+/// What a remote embedder is assumed to hold per input when its server does not say: what
+/// BERT-family embedders (MiniLM, bge, e5) hold. Passages are sized to fit it.
+pub const REMOTE_MAX_TOKENS: usize = 512;
 
 struct EmbedJob {
     texts: Vec<String>,
@@ -33,8 +40,62 @@ impl EmbedEngine {
         let worker_queue = Arc::clone(&queue);
         std::thread::Builder::new()
             .name("companero-embed".into())
-            .spawn(move || run_worker(&embedder, &worker_queue))
+            .spawn(move || run_worker(&Backend::Local(Box::new(embedder)), &worker_queue))
             .expect("spawn the embedder thread");
+        Ok(EmbedEngine {
+            _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
+            queue,
+            info,
+            tokens,
+        })
+    }
+
+    /// Serves the same queue from `model` on a remote OpenAI-compatible server. `dimensions`
+    /// comes from a first call (the readiness probe); query and document prefixes follow the
+    /// model family, as for a local model without a sentence-transformers config.
+    pub fn start_remote(
+        server: RemoteServer,
+        model: RemoteModel,
+        dimensions: usize,
+        queue_capacity: usize,
+    ) -> Result<EmbedEngine, InferenceError> {
+        let queue = Arc::new(FairQueue::new("embedder", queue_capacity));
+        let max_tokens = model
+            .context_length
+            .unwrap_or(REMOTE_MAX_TOKENS)
+            .min(REMOTE_MAX_TOKENS);
+        let (query_prefix, document_prefix) =
+            super::embed::prompts(&serde_json::Value::Null, "", &[model.id.as_str()]);
+        let info = Arc::new(EmbedderInfo {
+            name: model.id.clone(),
+            path: std::path::PathBuf::from(server.url()),
+            architecture: "remote".into(),
+            dimensions,
+            max_tokens,
+            pooling: Pooling::Mean,
+            load_seconds: 0.0,
+            remote: Some(server.url().to_string()),
+        });
+        let overhead = super::remote::estimate_tokens(&document_prefix) + 2;
+        let tokens = TokenCounter::estimated(max_tokens.saturating_sub(overhead).max(8));
+        for worker in 0..REMOTE_WORKERS {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| InferenceError::Load(format!("a runtime for remote calls: {e}")))?;
+            let backend = Backend::Remote {
+                server: server.clone(),
+                model: model.id.clone(),
+                query_prefix: query_prefix.clone(),
+                document_prefix: document_prefix.clone(),
+                runtime,
+            };
+            let worker_queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("companero-embed-remote-{worker}"))
+                .spawn(move || run_worker(&backend, &worker_queue))
+                .expect("spawn a remote embedder thread");
+        }
         Ok(EmbedEngine {
             _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
             queue,
@@ -74,7 +135,41 @@ impl EmbedEngine {
     }
 }
 
-fn run_worker(embedder: &Embedder, queue: &FairQueue<EmbedJob>) {
+/// What runs a popped job: the embedder in this process, or a remote server.
+enum Backend {
+    Local(Box<Embedder>),
+    Remote {
+        server: RemoteServer,
+        model: String,
+        query_prefix: String,
+        document_prefix: String,
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+impl Backend {
+    fn embed(&self, texts: &[String], kind: EmbedKind) -> Result<Vec<Vec<f32>>, InferenceError> {
+        match self {
+            Backend::Local(embedder) => embedder.embed(texts, kind),
+            Backend::Remote {
+                server,
+                model,
+                query_prefix,
+                document_prefix,
+                runtime,
+            } => {
+                let prefix = match kind {
+                    EmbedKind::Query => query_prefix,
+                    EmbedKind::Document => document_prefix,
+                };
+                let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+                runtime.block_on(server.embed(model, &inputs))
+            }
+        }
+    }
+}
+
+fn run_worker(embedder: &Backend, queue: &FairQueue<EmbedJob>) {
     while let Some(job) = queue.pop() {
         if job.reply.is_closed() {
             continue;

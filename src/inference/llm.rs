@@ -75,14 +75,20 @@ pub struct LlmInfo {
     pub context_length: usize,
     pub chat_template: &'static str,
     pub load_seconds: f64,
-    /// `compañero` (own CPU kernels, with the instruction set) or `candle`.
+    /// `compañero` (own CPU kernels, with the instruction set), `candle` or `remote`.
     pub kernels: String,
+    /// The OpenAI base URL of the server that runs it, for a remote backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 impl LlmInfo {
     /// The name the OpenAI-compatible API lists the model by: its catalog name when it was
     /// installed from the catalog (`models/<name>/`), else its file name without `.gguf`.
     pub fn id(&self) -> String {
+        if self.remote.is_some() {
+            return self.name.clone();
+        }
         self.path
             .parent()
             .and_then(|dir| dir.file_name())
@@ -177,6 +183,7 @@ impl Llm {
                 chat_template: template.source,
                 load_seconds: started.elapsed().as_secs_f64(),
                 kernels: format!("companero-{isa:?}").to_lowercase(),
+                remote: None,
             };
             return Ok(Llm {
                 weights: Weights::Cpu(Box::new(model)),
@@ -240,6 +247,7 @@ impl Llm {
             chat_template: template.source,
             load_seconds: started.elapsed().as_secs_f64(),
             kernels: "candle".into(),
+            remote: None,
         };
         Ok(Llm {
             weights,

@@ -4,6 +4,8 @@
 //! - [`llm`], [`tokenizer`], [`chat_template`], [`generate`]: loading and running a chat model;
 //! - [`embed`]: loading and running an embedder;
 //! - [`chat_engine`], [`embed_engine`], [`queue`]: the threads and queues in front of them;
+//! - [`remote`]: an OpenAI-compatible server that runs either model instead (`--llm-url`,
+//!   `--embed-url`);
 //! - [`runtime`]: which models the server has, and their state for `/readyz`;
 //! - [`catalog`], [`store`]: named models, and the models folder of the data directory.
 
@@ -21,6 +23,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod llm;
 pub mod queue;
+pub mod remote;
 pub mod rerank;
 pub mod rerank_engine;
 pub mod runtime;
@@ -61,6 +64,9 @@ pub enum InferenceError {
     /// No model of this kind is loaded; the message says how to get one.
     #[error("{0}")]
     NotReady(String),
+    /// The remote inference server failed or could not be reached; its message is kept.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<candle_core::Error> for InferenceError {

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -13,6 +14,7 @@ use super::chat_engine::ChatEngine;
 use super::embed::{Embedder, EmbedderOptions};
 use super::embed_engine::EmbedEngine;
 use super::llm::{Llm, LlmOptions};
+use super::remote::{RemoteEndpoint, RemoteServer};
 use super::rerank::Reranker;
 use super::rerank_engine::RerankEngine;
 use super::store::{HubOptions, ModelStore, PullProgress};
@@ -36,6 +38,26 @@ pub struct ModelPlan {
     pub max_context: usize,
     pub prompt_cache_mb: usize,
     pub embed_dimensions: Option<usize>,
+    /// `--llm-url`: chat goes to this OpenAI-compatible server instead of a local model.
+    pub remote_llm: Option<RemoteEndpoint>,
+    /// `--embed-url`: embeddings go to this server instead of a local model.
+    pub remote_embedder: Option<RemoteEndpoint>,
+}
+
+/// How often a remote backend is checked again (and, while it is down, tried again).
+const REMOTE_CHECK_EVERY: Duration = Duration::from_secs(15);
+
+/// What the last check of a remote backend found, for `/readyz`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct RemoteStatus {
+    url: String,
+    reachable: bool,
+    /// The model in use, once the server listed it.
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 enum Slot<E> {
@@ -58,6 +80,8 @@ struct Slots {
     reranker: Slot<RerankEngine>,
     /// A reranker was asked for (without one, its slot is not part of readiness).
     reranker_planned: bool,
+    chat_remote: Option<RemoteStatus>,
+    embedder_remote: Option<RemoteStatus>,
 }
 
 /// The server's models. Cheap to clone.
@@ -81,6 +105,8 @@ impl Inference {
                 embedder: Slot::Missing(missing_hint(ModelKind::Embedder)),
                 reranker: Slot::Missing("no reranker is configured (--reranker)".into()),
                 reranker_planned: false,
+                chat_remote: None,
+                embedder_remote: None,
             })),
         }
     }
@@ -95,6 +121,17 @@ impl Inference {
                 ModelKind::Reranker => plan.reranker.as_deref(),
             };
             let requested = requested.filter(|r| !r.trim().is_empty());
+            let remote = match kind {
+                ModelKind::Chat => plan.remote_llm.clone(),
+                ModelKind::Embedder => plan.remote_embedder.clone(),
+                ModelKind::Reranker => None,
+            };
+            if let Some(endpoint) = remote {
+                let this = self.clone();
+                let plan = plan.clone();
+                tokio::spawn(async move { this.follow_remote(kind, endpoint, &plan).await });
+                continue;
+            }
             if kind == ModelKind::Reranker {
                 if requested.is_none() {
                     continue;
@@ -168,19 +205,45 @@ impl Inference {
         slots.reranker_planned = true;
     }
 
-    /// Each model's readiness, for `/readyz` (the reranker only when one was asked for).
+    /// Each model's readiness, for `/readyz` (the reranker only when one was asked for). A
+    /// remote backend is ready while its last check reached it.
     pub fn readiness(&self) -> Vec<(&'static str, bool, Value)> {
         let slots = self.slots.lock().expect("slots");
+        let with_remote = |mut value: Value, remote: &Option<RemoteStatus>, cache: bool| {
+            if let Some(remote) = remote {
+                value["remote"] = json!(remote);
+                if cache {
+                    value["prompt_cache"] = json!(
+                        "not used: the prompt cache holds attention state of the in-process \
+                         model, and a remote server keeps its own"
+                    );
+                }
+                if !remote.reachable {
+                    value["state"] = json!("unreachable");
+                    value["message"] = json!(remote.message);
+                }
+            }
+            value
+        };
+        let reachable = |remote: &Option<RemoteStatus>| remote.as_ref().is_none_or(|r| r.reachable);
         let mut components = vec![
             (
                 "llm",
-                ready(&slots.chat),
-                describe(&slots.chat, |e| json!(e.info())),
+                ready(&slots.chat) && reachable(&slots.chat_remote),
+                with_remote(
+                    describe(&slots.chat, |e| json!(e.info())),
+                    &slots.chat_remote,
+                    true,
+                ),
             ),
             (
                 "embedder",
-                ready(&slots.embedder),
-                describe(&slots.embedder, |e| json!(e.info())),
+                ready(&slots.embedder) && reachable(&slots.embedder_remote),
+                with_remote(
+                    describe(&slots.embedder, |e| json!(e.info())),
+                    &slots.embedder_remote,
+                    false,
+                ),
             ),
         ];
         if slots.reranker_planned {
@@ -191,6 +254,103 @@ impl Inference {
             ));
         }
         components
+    }
+
+    /// Connects to a remote backend, installs its engine once the server answers, then checks
+    /// it every [`REMOTE_CHECK_EVERY`] for `/readyz`. Never gives up: the server may start
+    /// after this one, or come back after a restart.
+    async fn follow_remote(&self, kind: ModelKind, endpoint: RemoteEndpoint, plan: &ModelPlan) {
+        let server = RemoteServer::new(&endpoint);
+        let url = server.url().to_string();
+        tracing::info!(%kind, %url, "using a remote inference server");
+        self.set(kind, SlotState::Loading(format!("{url} (remote)")));
+        let mut installed = false;
+        loop {
+            let checked = self
+                .check_remote(kind, &server, &endpoint, plan, installed)
+                .await;
+            let status = match checked {
+                Ok(status) => {
+                    if !installed {
+                        tracing::info!(%kind, %url, model = ?status.model, "remote backend ready");
+                    }
+                    installed = true;
+                    status
+                }
+                Err(error) => {
+                    tracing::warn!(%kind, %error, "remote inference server not available");
+                    let message = format!(
+                        "{error}; trying again every {} s",
+                        REMOTE_CHECK_EVERY.as_secs()
+                    );
+                    if !installed {
+                        self.set(kind, SlotState::Failed(message.clone()));
+                    }
+                    RemoteStatus {
+                        url: url.clone(),
+                        reachable: false,
+                        model: None,
+                        dimensions: None,
+                        message: Some(message),
+                    }
+                }
+            };
+            {
+                let mut slots = self.slots.lock().expect("slots");
+                match kind {
+                    ModelKind::Chat => slots.chat_remote = Some(status),
+                    _ => slots.embedder_remote = Some(status),
+                }
+            }
+            tokio::time::sleep(REMOTE_CHECK_EVERY).await;
+        }
+    }
+
+    /// One check: the model is listed (and, for an embedder, answers with its dimensions). The
+    /// first success installs the engine.
+    async fn check_remote(
+        &self,
+        kind: ModelKind,
+        server: &RemoteServer,
+        endpoint: &RemoteEndpoint,
+        plan: &ModelPlan,
+        installed: bool,
+    ) -> Result<RemoteStatus, InferenceError> {
+        let model = server.pick_model(endpoint.model.as_deref()).await?;
+        let mut dimensions = None;
+        match kind {
+            ModelKind::Chat if !installed => {
+                let engine = ChatEngine::start_remote(
+                    server.clone(),
+                    model.clone(),
+                    plan.max_context,
+                    plan.queue_capacity,
+                )?;
+                self.slots.lock().expect("slots").chat = Slot::Ready(engine);
+            }
+            ModelKind::Embedder => {
+                let probe = server.embed(&model.id, &["dimensions".to_string()]).await?;
+                let found = probe.first().map_or(0, Vec::len);
+                dimensions = Some(found);
+                if !installed {
+                    let engine = EmbedEngine::start_remote(
+                        server.clone(),
+                        model.clone(),
+                        found,
+                        plan.queue_capacity,
+                    )?;
+                    self.slots.lock().expect("slots").embedder = Slot::Ready(engine);
+                }
+            }
+            _ => {}
+        }
+        Ok(RemoteStatus {
+            url: server.url().to_string(),
+            reachable: true,
+            model: Some(model.id),
+            dimensions,
+            message: None,
+        })
     }
 
     async fn pull_then_load(

@@ -25,7 +25,7 @@ const EMBED_BATCH: usize = crate::inference::embed::BATCH_SIZE;
 enum Interrupted {
     /// The document no longer exists, or the server is shutting down: nothing to record.
     Gone,
-    /// The embedder is not there yet; try again later.
+    /// The embedder is not there yet (or its remote server is down); try again later.
     NotReady,
     /// A failure of ours (database, index), not of the document.
     Internal(KnowledgeError),
@@ -35,7 +35,10 @@ impl From<KnowledgeError> for Interrupted {
     fn from(error: KnowledgeError) -> Interrupted {
         match error {
             KnowledgeError::NotFound => Interrupted::Gone,
-            KnowledgeError::Inference(InferenceError::NotReady(_)) => Interrupted::NotReady,
+            // A remote embedder that is down after its retries is waited for the same way.
+            KnowledgeError::Inference(
+                InferenceError::NotReady(_) | InferenceError::Unavailable(_),
+            ) => Interrupted::NotReady,
             KnowledgeError::Inference(InferenceError::ShuttingDown) => Interrupted::Gone,
             other => Interrupted::Internal(other),
         }
