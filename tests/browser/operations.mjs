@@ -126,6 +126,11 @@ try {
     await page.getByRole('button', { name: 'Create key' }).click();
     const key = await page.locator('[data-test="new-key"]').innerText();
     check(key.length > 20, 'the key is shown once');
+    const embedded = await fetch(`${base}/v1/embeddings`, {
+      method: 'POST', headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ model: 'companero-embed', input: 'How do refunds work?' }),
+    });
+    check(embedded.status === 200, `the key works on the OpenAI-compatible API (${embedded.status})`);
     const row = page.locator('tr[data-key="Website integration"]');
     await row.getByRole('button', { name: 'Revoke' }).click();
     await page.getByRole('dialog').getByRole('button', { name: 'Revoke' }).click();
@@ -136,6 +141,10 @@ try {
     await page.getByRole('button', { name: 'Filter' }).click();
     await page.locator('code', { hasText: 'api_key.revoked' }).first().waitFor();
     await screenshots(page, 'team');
+    await page.getByRole('link', { name: 'Analytics' }).click();
+    const usage = page.locator('[data-section="api-usage"] tbody tr');
+    await usage.first().waitFor();
+    check((await usage.first().innerText()).includes('embeddings'), `the key's call is in API usage: ${await usage.first().innerText()}`);
     await page.getByRole('link', { name: 'This server' }).click();
     await page.getByRole('heading', { name: /^Creators/ }).waitFor();
     await page.locator('tr[data-model]').first().waitFor();

@@ -93,5 +93,17 @@ export async function analytics(main, { params, navigate }) {
         report.top_questions.length
           ? el('table', { class: 'table' }, el('thead', {}, el('tr', {}, el('th', { scope: 'col' }, 'Question'), el('th', { scope: 'col' }, 'Times'))),
             el('tbody', {}, report.top_questions.map((q) => el('tr', {}, el('td', {}, q.question), el('td', {}, String(q.count))))))
-          : el('p', { class: 'muted' }, 'No questions in this period.'))));
+          : el('p', { class: 'muted' }, 'No questions in this period.')),
+      apiUsage(report.api_usage || [])));
+}
+
+/** Calls to the OpenAI-compatible API (/v1) in the range, per key or member and endpoint. */
+function apiUsage(rows) {
+  const header = ['Key or member', 'Endpoint', 'Requests', 'Prompt tokens', 'Completion tokens'];
+  return el('section', { class: 'card', 'data-section': 'api-usage' }, el('h2', {}, 'API usage'),
+    rows.length
+      ? el('table', { class: 'table' }, el('thead', {}, el('tr', {}, header.map((h) => el('th', { scope: 'col' }, h)))),
+        el('tbody', {}, rows.map((r) => el('tr', {}, el('td', {}, r.credential), el('td', {}, r.endpoint), el('td', {}, String(r.requests)),
+          el('td', {}, String(r.prompt_tokens)), el('td', {}, String(r.completion_tokens))))))
+      : el('p', { class: 'muted' }, 'No calls to the OpenAI-compatible API (/v1) in this period.'));
 }
