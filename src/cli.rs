@@ -786,16 +786,19 @@ fn bench(command: BenchCommand) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let server = Server::bind(&config).await?;
     tracing::info!(
-        address = %format!("http://{}", server.local_addr()),
+        address = %server.local_url(),
         data_dir = %server.data_dir().root().display(),
         version = crate::VERSION,
         "listening"
     );
+    if let Some(redirect) = server.redirect_addr() {
+        tracing::info!("redirecting http://{redirect} to HTTPS");
+    }
     if let Some(token) = server.setup_token() {
         // On the terminal, not in the log: it is a secret until the owner's account exists.
         println!(
-            "\nNo account yet. Open http://{}/app and create the owner's account with this set-up token:\n\n    {token}\n\n(also in {}; or run `companero admin create-owner`)\n",
-            server.local_addr(),
+            "\nNo account yet. Open {}/app and create the owner's account with this set-up token:\n\n    {token}\n\n(also in {}; or run `companero admin create-owner`)\n",
+            server.local_url(),
             crate::data_dir::setup_token_path(server.data_dir().root()).display()
         );
     }

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use crate::auth::accounts::SignupPolicy;
 use crate::auth::rate_limit::RateLimits;
+use crate::http::tls::TlsFiles;
 use crate::inference::DeviceKind;
 use crate::inference::remote::RemoteEndpoint;
 
@@ -299,9 +300,23 @@ pub struct ServeArgs {
     pub live_idle_timeout_secs: Option<u64>,
 
     /// The address people reach this server at, for links in emails
-    /// [default: http://<bind address>]
+    /// [default: http://<bind address>, https:// with --tls-cert]
     #[arg(long, env = "COMPANERO_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
+
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); reloaded when the file
+    /// changes. Needs --tls-key
+    #[arg(long, env = "COMPANERO_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<String>,
+
+    /// The private key (PEM) of --tls-cert
+    #[arg(long, env = "COMPANERO_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<String>,
+
+    /// With TLS, also listen for plain HTTP on this port (same address as --bind) and
+    /// redirect every request to HTTPS
+    #[arg(long, env = "COMPANERO_REDIRECT_HTTP", value_name = "PORT")]
+    pub redirect_http: Option<u64>,
 
     /// The Telegram Bot API (calls go to {url}/bot{token}/{method}); for egress proxies and
     /// tests [default: https://api.telegram.org]
@@ -360,6 +375,9 @@ struct FileConfig {
     smtp_url: Option<String>,
     mail_from: Option<String>,
     public_url: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    redirect_http: Option<u64>,
     telegram_api_url: Option<String>,
     whatsapp_api_url: Option<String>,
     whatsapp_api_version: Option<String>,
@@ -495,6 +513,10 @@ pub struct Config {
     pub smtp_url: Option<String>,
     pub mail_from: String,
     pub public_url: String,
+    /// `--tls-cert` and `--tls-key`: serve HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// `--redirect-http`: the plain-HTTP port that redirects to HTTPS (0: any free port).
+    pub redirect_http: Option<u16>,
     /// Where the messaging platforms' APIs are.
     pub channels: ChannelApis,
     /// Registers the first account; `None`: made at first start.
@@ -669,11 +691,37 @@ impl Config {
             file.mail_from,
             "Compañero <no-reply@localhost>".to_string(),
         );
+        let tls_cert = layer.pick_optional("tls_cert", args.tls_cert.clone(), file.tls_cert);
+        let tls_key = layer.pick_optional("tls_key", args.tls_key.clone(), file.tls_key);
+        let redirect_http =
+            layer.pick_optional("redirect_http", args.redirect_http, file.redirect_http);
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.into(),
+                key: key.into(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert (the certificate chain)"),
+        };
+        let redirect_http = match redirect_http {
+            None => None,
+            Some(_) if tls.is_none() => {
+                bail!("--redirect-http redirects to HTTPS, so it needs --tls-cert and --tls-key")
+            }
+            Some(port) => Some(
+                u16::try_from(port)
+                    .ok()
+                    .filter(|p| *p != bind.port() || *p == 0)
+                    .context("redirect_http must be a free port (0 to 65535), not --bind's")?,
+            ),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = layer.pick(
             "public_url",
             args.public_url.clone(),
             file.public_url,
-            format!("http://{bind}"),
+            format!("{scheme}://{bind}"),
         );
         let telegram_api_url = layer.pick(
             "telegram_api_url",
@@ -840,6 +888,8 @@ impl Config {
             smtp_url,
             mail_from,
             public_url: public_url.trim_end_matches('/').to_string(),
+            tls,
+            redirect_http,
             channels: ChannelApis {
                 telegram_url: telegram_api_url,
                 whatsapp_url: whatsapp_api_url,

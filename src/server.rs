@@ -15,6 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+
+use crate::http::tls::{self, Tls};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -43,6 +45,11 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A server that has opened its data directory and bound its address, ready to run.
 pub struct Server {
     listener: TcpListener,
+    /// `--tls-cert`: connections on `listener` are TLS.
+    tls: Option<Tls>,
+    /// `--redirect-http`: plain HTTP answered with a redirect to HTTPS.
+    redirect: Option<TcpListener>,
+    public_url_set: bool,
     state: AppState,
     limits: Limits,
     drain_timeout: Duration,
@@ -60,9 +67,20 @@ impl Server {
         db.call(|connection| db::migrations::apply(connection).map_err(db::DbError::from))
             .await
             .with_context(|| format!("cannot migrate {}", data_dir.database_path().display()))?;
+        let tls = config.tls.clone().map(Tls::load).transpose()?;
         let listener = TcpListener::bind(config.bind)
             .await
             .with_context(|| format!("cannot listen on {}", config.bind))?;
+        let redirect =
+            match config.redirect_http {
+                Some(port) => {
+                    let address = SocketAddr::new(config.bind.ip(), port);
+                    Some(TcpListener::bind(address).await.with_context(|| {
+                        format!("cannot listen on {address} for --redirect-http")
+                    })?)
+                }
+                None => None,
+            };
         let inference = Inference::new();
         inference.start(ModelPlan {
             llm: config.llm.clone(),
@@ -157,6 +175,9 @@ impl Server {
         Ok(Server {
             setup_token,
             listener,
+            tls,
+            redirect,
+            public_url_set: config.public_url != format!("{}://{}", scheme(config), config.bind),
             state,
             limits: Limits {
                 request_timeout: config.request_timeout,
@@ -171,6 +192,17 @@ impl Server {
         self.listener
             .local_addr()
             .expect("bound listener has an address")
+    }
+
+    /// `http://address` or `https://address`: where this server answers.
+    pub fn local_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
+    }
+
+    /// The plain-HTTP address that redirects to HTTPS, with `--redirect-http`.
+    pub fn redirect_addr(&self) -> Option<SocketAddr> {
+        self.redirect.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -218,6 +250,23 @@ impl Server {
             .await
             .context("cannot start the channels")?;
         self.state.jobs.start(shutdown.clone());
+        let certificate_watch = self.tls.as_ref().map(|tls| tls.watch(shutdown.clone()));
+        let redirect = self.redirect.map(|listener| {
+            let https_port = self
+                .listener
+                .local_addr()
+                .expect("bound listener has an address")
+                .port();
+            let base = self
+                .public_url_set
+                .then(|| self.state.auth.public_url.to_string());
+            tokio::spawn(tls::redirect_to_https(
+                listener,
+                base,
+                https_port,
+                shutdown.clone(),
+            ))
+        });
         let graceful = GracefulShutdown::new();
         let mut connections = JoinSet::new();
         let mut http = auto::Builder::new(TokioExecutor::new());
@@ -244,12 +293,36 @@ impl Server {
                 request.extensions_mut().insert(ConnectInfo(remote));
                 app.clone().oneshot(request.map(Body::new))
             });
-            let connection = http
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let http = http.clone();
+            let watcher = graceful.watcher();
+            let tls = self.tls.clone();
             connections.spawn(async move {
-                if let Err(error) = connection.await {
+                let result = match tls {
+                    None => {
+                        let connection =
+                            http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                    Some(tls) => {
+                        let handshake = tls.acceptor().accept(stream);
+                        let stream =
+                            match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, handshake).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, %remote, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%remote, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                        let connection =
+                            http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection.into_owned()).await
+                    }
+                };
+                if let Err(error) = result {
                     tracing::debug!(%error, %remote, "connection ended with an error");
                 }
             });
@@ -272,6 +345,12 @@ impl Server {
         }
         connections.shutdown().await;
         upkeep.abort();
+        if let Some(watch) = certificate_watch {
+            watch.abort();
+        }
+        if let Some(redirect) = redirect {
+            redirect.abort();
+        }
         drop(self.data_dir);
         tracing::info!("stopped");
         Ok(())
@@ -367,5 +446,13 @@ async fn metrics_upkeep(state: AppState) {
         state.metrics.run_upkeep();
         state.auth.limiters.prune();
         state.chat.limits().prune();
+    }
+}
+
+fn scheme(config: &Config) -> &'static str {
+    if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
     }
 }

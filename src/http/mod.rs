@@ -21,6 +21,7 @@ pub mod realtime;
 pub mod request_id;
 pub mod route_table;
 pub mod streams;
+pub mod tls;
 pub mod uploads;
 
 use std::time::{Duration, Instant};

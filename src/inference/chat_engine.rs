@@ -24,6 +24,15 @@ const MIN_ANSWER_TOKENS: usize = 64;
 /// Requests a remote backend runs at once; the rest wait in the fair queue, as locally.
 pub const REMOTE_WORKERS: usize = 4;
 
+/// Each remote worker thread drives its HTTP calls on a runtime of its own, so model calls
+/// never block tokio's threads, as with a local model.
+pub(super) fn remote_runtime() -> Result<tokio::runtime::Runtime, InferenceError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| InferenceError::Load(format!("a runtime for remote calls: {e}")))
+}
+
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
@@ -103,10 +112,7 @@ impl ChatEngine {
             remote: Some(server.url().to_string()),
         });
         for worker in 0..REMOTE_WORKERS {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| InferenceError::Load(format!("a runtime for remote calls: {e}")))?;
+            let runtime = remote_runtime()?;
             let backend = Backend::Remote {
                 server: server.clone(),
                 model: model.id.clone(),

@@ -79,10 +79,7 @@ impl EmbedEngine {
         let overhead = super::remote::estimate_tokens(&document_prefix) + 2;
         let tokens = TokenCounter::estimated(max_tokens.saturating_sub(overhead).max(8));
         for worker in 0..REMOTE_WORKERS {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| InferenceError::Load(format!("a runtime for remote calls: {e}")))?;
+            let runtime = super::chat_engine::remote_runtime()?;
             let backend = Backend::Remote {
                 server: server.clone(),
                 model: model.id.clone(),
