@@ -556,6 +556,31 @@ def wait_ready(api, server, seconds=300):
     raise SystemExit("the server did not get ready")
 
 
+def teach_documents(api, server, documents):
+    """Waits for the server, registers the benchmark's creator, signs `api` in, uploads
+    `documents` (names in scripts/answers/) and waits until every one is ready."""
+    wait_ready(api, server)
+    credentials = {"email": "bench@example.com", "password": "violet tractor sings at noon"}
+    status, body = api.call("POST", "/api/v1/auth/register", {
+        **credentials, "full_name": "Bench", "setup_token": "setup_bench-answers"})
+    assert status == 201, body
+    api.sign_in(credentials)
+    ids = {}
+    for name in documents:
+        status, body = api.upload(HERE / name)
+        assert status == 202, (name, body)
+        ids[name] = body["id"]
+    deadline = time.time() + 600
+    for name, document_id in ids.items():
+        while True:
+            status, body = api.call("GET", f"/api/v1/documents/{document_id}")
+            if body["status"] == "ready":
+                break
+            if body["status"] == "failed" or time.time() > deadline:
+                raise SystemExit(f"{name} did not become ready: {body}")
+            time.sleep(0.2)
+
+
 def set_coach(api, strictness):
     """Temperature 0 and the strictness, where the binary has it. Returns (coach, note)."""
     change = {"temperature": 0.0}
@@ -899,26 +924,7 @@ def main():
     server = start_server(args, work, port, log)
     try:
         api = Api(f"http://127.0.0.1:{port}")
-        wait_ready(api, server)
-        credentials = {"email": "bench@example.com", "password": "violet tractor sings at noon"}
-        status, body = api.call("POST", "/api/v1/auth/register", {
-            **credentials, "full_name": "Bench", "setup_token": "setup_bench-answers"})
-        assert status == 201, body
-        api.sign_in(credentials)
-        ids = {}
-        for name in documents:
-            status, body = api.upload(HERE / name)
-            assert status == 202, (name, body)
-            ids[name] = body["id"]
-        deadline = time.time() + 600
-        for name, document_id in ids.items():
-            while True:
-                status, body = api.call("GET", f"/api/v1/documents/{document_id}")
-                if body["status"] == "ready":
-                    break
-                if body["status"] == "failed" or time.time() > deadline:
-                    raise SystemExit(f"{name} did not become ready: {body}")
-                time.sleep(0.2)
+        teach_documents(api, server, documents)
         coach, note = set_coach(api, args.strictness)
         if note:
             print(f"note: {note}; continuing with temperature 0 only", flush=True)

@@ -16,14 +16,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from bench_answers import (HERE, REQUEST_TIMEOUT, ask_streaming, load_questions, set_coach,
-                           start_server, wait_ready)
+from bench_answers import (REQUEST_TIMEOUT, ask_streaming, load_questions, set_coach,
+                           start_server, teach_documents)
 from eval_retrieval import Api, free_port
 
 
@@ -79,19 +78,7 @@ def main():
         server = start_server(args, work, port, log)
         try:
             api = Api(f"http://127.0.0.1:{port}")
-            wait_ready(api, server)
-            credentials = {"email": "bench@example.com", "password": "violet tractor sings at noon"}
-            status, body = api.call("POST", "/api/v1/auth/register", {
-                **credentials, "full_name": "Bench", "setup_token": "setup_bench-answers"})
-            assert status == 201, body
-            api.sign_in(credentials)
-            ids = [api.upload(HERE / name)[1]["id"] for name in documents]
-            deadline = time.time() + 600
-            for document_id in ids:
-                while api.call("GET", f"/api/v1/documents/{document_id}")[1]["status"] != "ready":
-                    if time.time() > deadline:
-                        raise SystemExit("the documents did not become ready")
-                    time.sleep(0.2)
+            teach_documents(api, server, documents)
             set_coach(api, "")
             # Warm both paths before anything is timed.
             ask_page(api, "Hello!")
