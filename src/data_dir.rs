@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow};
 
 const LOCK_FILE_NAME: &str = "companero.lock";
-const SUBDIRECTORIES: [&str; 4] = ["index", "models", "keys", "originals"];
+const SUBDIRECTORIES: [&str; 5] = ["index", "models", "keys", "originals", "exports"];
 
 /// An opened data directory. While this value lives, it holds the directory's exclusive lock.
 #[derive(Debug)]
@@ -69,6 +69,11 @@ impl DataDir {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.root.join("keys")
+    }
+
+    /// Exports waiting to be downloaded (`<tenant>/<end user or "tenant">/<export>.zip`).
+    pub fn exports_dir(&self) -> PathBuf {
+        self.root.join("exports")
     }
 
     /// Uploaded documents, byte for byte, one folder per tenant.

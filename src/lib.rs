@@ -7,6 +7,7 @@
 //! - [`knowledge`]: documents, chunks, the vector index and hybrid search;
 //! - [`chat`]: conversations, grounded answers with citations and confidence;
 //! - [`coaching`]: end users, goals, programs, nudges and test clocks;
+//! - [`privacy`]: exports and erasure (data protection);
 //! - [`jobs`]: the durable job system every background task runs on;
 //! - [`server`]: start-up and graceful shutdown;
 //! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
@@ -25,6 +26,7 @@ pub mod inference;
 pub mod jobs;
 pub mod knowledge;
 pub mod mail;
+pub mod privacy;
 pub mod server;
 pub mod telemetry;
 

@@ -154,7 +154,16 @@ impl Server {
             crate::channels::ChannelKeys::load_or_create(&data_dir.keys_dir())?,
             config,
         );
+        let privacy = crate::privacy::Privacy::new(
+            db.clone(),
+            jobs.clone(),
+            inference.clone(),
+            coaching.clone(),
+            data_dir.exports_dir(),
+            data_dir.originals_dir(),
+        );
         let state = AppState {
+            privacy,
             db,
             inference,
             auth,

@@ -335,6 +335,12 @@ async fn cross_tenant_sweep_generated_from_the_router() {
         Some(json!({"name": "Zoe Ana-client", "time_zone": "Europe/Madrid", "test_clock_id": clock_id, "consent": true})),
         Some(owner)).await;
     let end_user_id = end_user["id"].as_str().unwrap().to_string();
+    // Data protection: an export of the end user and one of the whole tenant.
+    let export = call_json(&app, Method::POST, &format!("/api/v1/end-users/{end_user_id}/export"),
+        None, Some(owner)).await;
+    let export_id = export["id"].as_str().unwrap().to_string();
+    let tenant_export = call_json(&app, Method::POST, "/api/v1/tenant/export", None, Some(owner)).await;
+    let tenant_export_id = tenant_export["id"].as_str().unwrap().to_string();
     let goal = call_json(&app, Method::POST, &format!("/api/v1/end-users/{end_user_id}/goals"),
         Some(json!({"title": "Ana-goal walking", "metric": "steps", "target": 8000, "direction": "increase"})),
         Some(owner)).await;
@@ -424,12 +430,16 @@ async fn cross_tenant_sweep_generated_from_the_router() {
             &rule_id
         } else if path.starts_with("/api/v1/test-clocks/") {
             &clock_id
+        } else if path.starts_with("/api/v1/tenant/export/") {
+            &tenant_export_id
         } else {
             &tenant_id
         };
         let values = HashMap::from([
             ("id", id.clone()),
             ("user_id", id.clone()),
+            ("export_id", export_id.clone()),
+            ("token", id.clone()),
             ("tenant_id", tenant_id.clone()),
             ("name", "all-minilm-l6-v2".to_string()),
         ]);

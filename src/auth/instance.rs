@@ -164,14 +164,13 @@ pub fn delete_tenant(
 ) -> Result<(), AuthError> {
     not_own(principal, tenant_id)?;
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let name: String = tx
-        .query_row(
-            "SELECT name FROM tenants WHERE id = ?1",
-            params![tenant_id],
-            |r| r.get(0),
-        )
-        .optional()?
-        .ok_or(AuthError::NotFound("tenant"))?;
+    tx.query_row(
+        "SELECT 1 FROM tenants WHERE id = ?1",
+        params![tenant_id],
+        |_| Ok(()),
+    )
+    .optional()?
+    .ok_or(AuthError::NotFound("tenant"))?;
     tx.execute(
         "DELETE FROM users WHERE is_owner = 0 AND id IN \
            (SELECT user_id FROM memberships WHERE tenant_id = ?1) AND id NOT IN \
@@ -179,12 +178,19 @@ pub fn delete_tenant(
         params![tenant_id],
     )?;
     tx.execute("DELETE FROM tenants WHERE id = ?1", params![tenant_id])?;
-    // Recorded in the owner's log (the tenant's own log went with it).
+    // Nothing of the tenant is kept, its id and name included: its own log goes, and the
+    // owner's entries about it (suspended, quota changed, deleted) keep only a fingerprint,
+    // which answers "was this tenant deleted?" for someone who knows the id.
+    let fingerprint = format!("sha256:{}", super::tokens::secret_hash(tenant_id));
+    tx.execute("DELETE FROM audit_log WHERE tenant_id = ?1", params![tenant_id])?;
+    tx.execute(
+        "UPDATE audit_log SET target = ?2 WHERE target = ?1",
+        params![tenant_id, fingerprint],
+    )?;
     audit::record(
         &tx,
         &AuditEvent::by(principal, "tenant.deleted", context)
-            .target(tenant_id)
-            .detail(serde_json::json!({ "name": name })),
+            .target(&fingerprint),
     )?;
     tx.commit()?;
     Ok(())

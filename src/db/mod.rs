@@ -20,6 +20,7 @@ pub mod channels;
 pub mod coaching;
 pub mod jobs;
 pub mod migrations;
+pub mod privacy;
 pub mod push;
 pub mod storage;
 
@@ -266,6 +267,9 @@ pub fn connect(path: &Path) -> Result<Connection, DbError> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted content is overwritten with zeros, not left in free pages (erasure must leave
+    // nothing readable in the file).
+    connection.pragma_update(None, "secure_delete", "ON")?;
     // Pages read through a memory map and a larger page cache: without them every statement
     // re-reads its pages with a system call each (a tenth of the scheduler's time, measured).
     connection.pragma_update(None, "mmap_size", 256 * 1024 * 1024)?;

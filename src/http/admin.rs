@@ -185,6 +185,8 @@ pub(crate) async fn delete_tenant(
         .await?;
     state.auth.accounts.changes().changed(&id);
     state.knowledge.forget_tenant(&id).await?;
+    state.privacy.forget_tenant(&id).await?;
+    state.privacy.scrub_database().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -32,7 +32,9 @@ pub fn routes() -> Routes {
         )
         .route(
             "/api/v1/end-users/{id}",
-            get(get_end_user).patch(update_end_user),
+            get(get_end_user)
+                .patch(update_end_user)
+                .delete(super::privacy::erase_end_user),
         )
         .route("/api/v1/end-users/{id}/session", post(end_user_session))
         .route("/api/v1/end-users/{id}/goals", post(create_goal))

@@ -101,6 +101,12 @@ error_codes! {
     PlatformRefusedCredentials => (BAD_REQUEST, "invalid_credentials"),
     /// A messaging platform could not be reached or failed; the message says what it said.
     PlatformUnavailable => (BAD_GATEWAY, "platform_unavailable"),
+    /// An export's file is gone (it expired, or its link did); ask for a new one.
+    ExportExpired => (GONE, "export_expired"),
+    /// The export could not be written; the message says why. Ask for a new one.
+    ExportFailed => (CONFLICT, "export_failed"),
+    /// A destructive request (erasing one's data) needs `{"confirm": true}`.
+    ConfirmationRequired => (BAD_REQUEST, "confirmation_required"),
 }
 
 impl ErrorCode {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openai;
 pub mod openapi;
 pub mod pages;
+pub mod privacy;
 pub mod push;
 pub mod realtime;
 pub mod request_id;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub channels: crate::channels::Channels,
     /// Durable background work.
     pub jobs: crate::jobs::Jobs,
+    /// Exports and erasure.
+    pub privacy: crate::privacy::Privacy,
     pub metrics: PrometheusHandle,
     /// Cancelled when the server starts shutting down; long-lived streams watch it.
     pub shutdown: CancellationToken,
@@ -105,6 +108,7 @@ pub fn route_table() -> route_table::Routes {
         .merge(admin::routes())
         .merge(pages::routes())
         .merge(openai::routes())
+        .merge(privacy::routes())
 }
 
 /// The complete application: [`routes`] behind the standard middleware.

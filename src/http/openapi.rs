@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, openai, push,
+    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, openai, privacy, push,
     realtime,
 };
 
@@ -129,6 +129,14 @@ use super::{
         openai::list_models,
         openai::chat_completions,
         openai::embeddings,
+        privacy::export_end_user,
+        privacy::end_user_export,
+        privacy::export_tenant,
+        privacy::tenant_export,
+        privacy::export_myself,
+        privacy::download_by_link,
+        privacy::erase_end_user,
+        privacy::erase_myself,
     ),
     // Types used only in query strings are not collected from the paths.
     components(schemas(crate::chat::conversations::InboxFilter)),
@@ -142,6 +150,7 @@ use super::{
         (name = "audit", description = "Who did what, when and from where"),
         (name = "channels", description = "Telegram and WhatsApp: connecting them, each channel's state, the platforms' webhooks"),
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "privacy", description = "Data protection: exports (one end user, the whole tenant) and erasure"),
         (name = "openai", description = "The OpenAI-compatible API (`/v1`, docs/openai-api.md): `coach` and the chat model, embeddings; errors in OpenAI's envelope"),
     )
 )]

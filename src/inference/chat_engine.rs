@@ -58,6 +58,8 @@ pub struct ChatSummary {
     pub queue_wait_s: f64,
 }
 
+type Forget = Arc<std::sync::Mutex<Vec<String>>>;
+
 struct ChatJob {
     /// Whose request: attention state is reused only within one tenant.
     tenant: String,
@@ -70,6 +72,9 @@ struct ChatJob {
 #[derive(Clone)]
 pub struct ChatEngine {
     queue: Arc<FairQueue<ChatJob>>,
+    /// Tenants whose kept attention state must go, dropped by the model's thread before it
+    /// takes its next job.
+    forget: Forget,
     info: Arc<LlmInfo>,
     _worker: Arc<CloseOnDrop<ChatJob>>,
 }
@@ -80,13 +85,18 @@ impl ChatEngine {
         let queue = Arc::new(FairQueue::new("llm", queue_capacity));
         let info = Arc::new(llm.info.clone());
         let worker_queue = Arc::clone(&queue);
+        let forget = Forget::default();
+        let worker_forget = Arc::clone(&forget);
         std::thread::Builder::new()
             .name("companero-llm".into())
-            .spawn(move || run_worker(Backend::Local(Box::new(llm)), &worker_queue))
+            .spawn(move || {
+                run_worker(Backend::Local(Box::new(llm)), &worker_queue, &worker_forget)
+            })
             .expect("spawn the model thread");
         ChatEngine {
             _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
             queue,
+            forget,
             info,
         }
     }
@@ -122,12 +132,13 @@ impl ChatEngine {
             let worker_queue = Arc::clone(&queue);
             std::thread::Builder::new()
                 .name(format!("companero-llm-remote-{worker}"))
-                .spawn(move || run_worker(backend, &worker_queue))
+                .spawn(move || run_worker(backend, &worker_queue, &Forget::default()))
                 .expect("spawn a remote model thread");
         }
         Ok(ChatEngine {
             _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
             queue,
+            forget: Forget::default(),
             info,
         })
     }
@@ -158,6 +169,27 @@ impl ChatEngine {
             },
         )?;
         Ok(ChatStream { receiver })
+    }
+}
+
+impl ChatEngine {
+    /// Drops the attention state kept for `tenant` (it holds the words of recent prompts),
+    /// before the model answers anything else. An empty job wakes the model's thread for it;
+    /// when the queue is full the next job does.
+    pub fn forget(&self, tenant: &str) {
+        self.forget.lock().expect("forget lock").push(tenant.to_string());
+        let (events, _) = mpsc::unbounded_channel();
+        let wake = ChatJob {
+            tenant: tenant.to_string(),
+            request: ChatRequest {
+                messages: Vec::new(),
+                settings: GenerationSettings::default(),
+                deadline: None,
+            },
+            events,
+            enqueued: Instant::now(),
+        };
+        let _ = self.queue.push(tenant, wake);
     }
 }
 
@@ -233,8 +265,12 @@ impl Backend {
     }
 }
 
-fn run_worker(mut backend: Backend, queue: &FairQueue<ChatJob>) {
+fn run_worker(mut backend: Backend, queue: &FairQueue<ChatJob>, forget: &Forget) {
     while let Some(job) = queue.pop() {
+        let forgotten = std::mem::take(&mut *forget.lock().expect("forget lock"));
+        if let Backend::Local(llm) = &mut backend {
+            forgotten.iter().for_each(|tenant| llm.forget(tenant));
+        }
         if job.events.is_closed() {
             continue; // the caller left while waiting
         }

@@ -199,6 +199,14 @@ impl CpuLlama {
         })
     }
 
+    /// Forgets every attention state computed for `owner`, the loaded one too.
+    pub fn forget(&mut self, owner: &str) {
+        self.store.forget(owner);
+        if self.current.owner == owner {
+            self.current = Sequence::empty("", self.config.layers, self.current.cache.width);
+        }
+    }
+
     /// Next-token logits after `prompt`, starting from the longest prefix of it whose attention
     /// state is cached. Returns the logits and how many prompt tokens were reused.
     pub fn start(

@@ -155,6 +155,11 @@ impl PrefixStore {
         })
     }
 
+    /// Drops every sequence of `owner` (an end user was erased: their words may be in it).
+    pub fn forget(&mut self, owner: &str) {
+        self.entries.retain(|(sequence, _)| sequence.owner != owner);
+    }
+
     /// False with a budget of 0: nothing is kept, not even the last sequence.
     pub fn enabled(&self) -> bool {
         self.budget_bytes > 0

@@ -300,6 +300,15 @@ impl Llm {
         Ok((self.forward(prompt, 0)?, 0))
     }
 
+    /// Forgets the attention state kept for `owner` (candle's models keep only the last
+    /// request's, which is reset as well).
+    pub fn forget(&mut self, owner: &str) {
+        match &mut self.weights {
+            Weights::Cpu(model) => model.forget(owner),
+            _ => self.reset(),
+        }
+    }
+
     /// Forgets the cached attention state. gemma3 and phi3 reset themselves at position 0.
     fn reset(&mut self) {
         match &mut self.weights {
