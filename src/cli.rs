@@ -52,6 +52,23 @@ enum Command {
     /// Instance administration
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Write a backup archive of the data directory (works while the server runs)
+    Backup {
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// The archive to write (a ZIP with a manifest of hashes)
+        file: PathBuf,
+    },
+    /// Restore a backup archive into a data directory (checks every hash first)
+    Restore {
+        /// The archive `companero backup` wrote
+        archive: PathBuf,
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// Replace a data directory that already holds data (it is moved aside, not deleted)
+        #[arg(long)]
+        force: bool,
+    },
     /// Internal: read one document from stdin and print its text as JSON. The server runs this
     /// in a child process so that a hostile file cannot harm it.
     #[command(hide = true)]
@@ -293,6 +310,12 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Migrate(args) => migrate(&args),
+        Command::Backup { data, file } => backup(&data, &file),
+        Command::Restore {
+            archive,
+            data,
+            force,
+        } => restore(&archive, &data, force),
         Command::Models(command) => models(command),
         Command::Bench(command) => bench(command),
         Command::Admin(AdminCommand::CreateOwner { email, name, data }) => {
@@ -829,6 +852,40 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn backup(data: &DataDirArgs, file: &std::path::Path) -> anyhow::Result<()> {
+    let (root, _) = data.resolve()?;
+    let summary = crate::backup::backup(&root, file)?;
+    println!(
+        "backed up {} ({} files, {} bytes) to {}",
+        root.display(),
+        summary.files,
+        summary.bytes,
+        file.display()
+    );
+    Ok(())
+}
+
+fn restore(archive: &std::path::Path, data: &DataDirArgs, force: bool) -> anyhow::Result<()> {
+    let (root, _) = data.resolve()?;
+    let manifest = crate::backup::restore(archive, &root, force)?;
+    println!(
+        "restored {} files from {} (written {} by {}) into {}",
+        manifest.files.len(),
+        archive.display(),
+        manifest.created_at.to_rfc3339(),
+        manifest.version,
+        root.display()
+    );
+    if !manifest.models.is_empty() {
+        println!(
+            "models are not in backups; install these again (companero models pull or import): {}",
+            manifest.models.join(", ")
+        );
+    }
+    println!("the vector index is rebuilt from the database when the server starts");
+    Ok(())
 }
 
 fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {

@@ -318,6 +318,18 @@ pub struct ServeArgs {
     #[arg(long, env = "COMPANERO_REDIRECT_HTTP", value_name = "PORT")]
     pub redirect_http: Option<u64>,
 
+    /// Write a backup archive into this folder on a schedule (see --backup-every)
+    #[arg(long, env = "COMPANERO_BACKUP_DIR", value_name = "DIR")]
+    pub backup_dir: Option<String>,
+
+    /// How often scheduled backups run, e.g. 24h, 6h, 30m [default: 24h]
+    #[arg(long, env = "COMPANERO_BACKUP_EVERY", value_name = "PERIOD")]
+    pub backup_every: Option<String>,
+
+    /// How many scheduled backups to keep; older ones are removed [default: 7]
+    #[arg(long, env = "COMPANERO_BACKUP_KEEP", value_name = "N")]
+    pub backup_keep: Option<u64>,
+
     /// The Telegram Bot API (calls go to {url}/bot{token}/{method}); for egress proxies and
     /// tests [default: https://api.telegram.org]
     #[arg(long, env = "COMPANERO_TELEGRAM_API_URL", value_name = "URL")]
@@ -378,6 +390,9 @@ struct FileConfig {
     tls_cert: Option<String>,
     tls_key: Option<String>,
     redirect_http: Option<u64>,
+    backup_dir: Option<String>,
+    backup_every: Option<String>,
+    backup_keep: Option<u64>,
     telegram_api_url: Option<String>,
     whatsapp_api_url: Option<String>,
     whatsapp_api_version: Option<String>,
@@ -517,6 +532,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// `--redirect-http`: the plain-HTTP port that redirects to HTTPS (0: any free port).
     pub redirect_http: Option<u16>,
+    /// `--backup-dir`: scheduled backups.
+    pub backups: Option<crate::backup::Schedule>,
     /// Where the messaging platforms' APIs are.
     pub channels: ChannelApis,
     /// Registers the first account; `None`: made at first start.
@@ -716,6 +733,33 @@ impl Config {
                     .context("redirect_http must be a free port (0 to 65535), not --bind's")?,
             ),
         };
+        let backup_dir =
+            layer.pick_optional("backup_dir", args.backup_dir.clone(), file.backup_dir);
+        let backup_every = layer.pick(
+            "backup_every",
+            args.backup_every.clone(),
+            file.backup_every,
+            "24h".to_string(),
+        );
+        let backup_keep = layer.pick("backup_keep", args.backup_keep, file.backup_keep, 7);
+        let backups = match backup_dir {
+            None => None,
+            Some(dir) => Some(crate::backup::Schedule {
+                dir: dir.into(),
+                every: humantime::parse_duration(&backup_every)
+                    .ok()
+                    .filter(|d| *d >= Duration::from_secs(1))
+                    .with_context(|| {
+                        format!(
+                            "backup_every must be a period such as 24h or 30m, not {backup_every:?}"
+                        )
+                    })?,
+                keep: usize::try_from(backup_keep)
+                    .ok()
+                    .filter(|k| *k >= 1)
+                    .context("backup_keep must be at least 1")?,
+            }),
+        };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = layer.pick(
             "public_url",
@@ -890,6 +934,7 @@ impl Config {
             public_url: public_url.trim_end_matches('/').to_string(),
             tls,
             redirect_http,
+            backups,
             channels: ChannelApis {
                 telegram_url: telegram_api_url,
                 whatsapp_url: whatsapp_api_url,

@@ -145,6 +145,31 @@ pub fn database_path(root: &Path) -> PathBuf {
     root.join("companero.db")
 }
 
+/// Who holds the data directory's lock (a running server), if anyone. Takes no lock.
+pub fn in_use(root: &Path) -> anyhow::Result<Option<String>> {
+    let path = root.join(LOCK_FILE_NAME);
+    let Ok(mut file) = OpenOptions::new().read(true).write(true).open(&path) else {
+        return Ok(None); // no lock file: never served
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            file.unlock()?;
+            Ok(None)
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Ok(Some(match holder.trim() {
+                "" => "another process".to_string(),
+                pid => format!("another process (pid {pid})"),
+            }))
+        }
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot check the lock {}", path.display()))
+        }
+    }
+}
+
 fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     if path.is_dir() {
         return Ok(());

@@ -10,9 +10,11 @@
 //! - [`privacy`]: exports and erasure (data protection);
 //! - [`jobs`]: the durable job system every background task runs on;
 //! - [`server`]: start-up and graceful shutdown;
-//! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state.
+//! - [`db`] and [`data_dir`]: SQLite with migrations, and the folder that holds all state;
+//! - [`backup`]: backup archives of a data directory, and restoring them.
 
 pub mod auth;
+pub mod backup;
 pub mod bench;
 pub mod channels;
 pub mod chat;

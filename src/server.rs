@@ -55,6 +55,8 @@ pub struct Server {
     drain_timeout: Duration,
     data_dir: DataDir,
     setup_token: Option<String>,
+    /// `--backup-dir`: backups on a schedule.
+    backups: Option<crate::backup::Schedule>,
 }
 
 impl Server {
@@ -193,6 +195,7 @@ impl Server {
                 max_body_bytes: config.max_body_bytes,
             },
             drain_timeout: config.drain_timeout,
+            backups: config.backups.clone(),
             data_dir,
         })
     }
@@ -259,6 +262,10 @@ impl Server {
             .await
             .context("cannot start the channels")?;
         self.state.jobs.start(shutdown.clone());
+        if let Some(schedule) = self.backups.clone() {
+            let root = self.data_dir.root().to_path_buf();
+            tokio::spawn(schedule.run(root, shutdown.clone()));
+        }
         let certificate_watch = self.tls.as_ref().map(|tls| tls.watch(shutdown.clone()));
         let redirect = self.redirect.map(|listener| {
             let https_port = self

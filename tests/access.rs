@@ -336,10 +336,23 @@ async fn cross_tenant_sweep_generated_from_the_router() {
         Some(owner)).await;
     let end_user_id = end_user["id"].as_str().unwrap().to_string();
     // Data protection: an export of the end user and one of the whole tenant.
-    let export = call_json(&app, Method::POST, &format!("/api/v1/end-users/{end_user_id}/export"),
-        None, Some(owner)).await;
+    let export = call_json(
+        &app,
+        Method::POST,
+        &format!("/api/v1/end-users/{end_user_id}/export"),
+        None,
+        Some(owner),
+    )
+    .await;
     let export_id = export["id"].as_str().unwrap().to_string();
-    let tenant_export = call_json(&app, Method::POST, "/api/v1/tenant/export", None, Some(owner)).await;
+    let tenant_export = call_json(
+        &app,
+        Method::POST,
+        "/api/v1/tenant/export",
+        None,
+        Some(owner),
+    )
+    .await;
     let tenant_export_id = tenant_export["id"].as_str().unwrap().to_string();
     let goal = call_json(&app, Method::POST, &format!("/api/v1/end-users/{end_user_id}/goals"),
         Some(json!({"title": "Ana-goal walking", "metric": "steps", "target": 8000, "direction": "increase"})),

@@ -40,29 +40,6 @@ async fn restart(dir: tempfile::TempDir) -> TestApp {
 }
 
 impl TestApp {
-    async fn upload_with(
-        &self,
-        token: &str,
-        filename: &str,
-        bytes: Vec<u8>,
-        fields: &[(&str, &str)],
-    ) -> reqwest::Response {
-        let mut form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()),
-        );
-        for (name, value) in fields {
-            form = form.text(name.to_string(), value.to_string());
-        }
-        self.client
-            .post(self.url("/api/v1/documents"))
-            .bearer_auth(token)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap()
-    }
-
     /// Uploads and returns the accepted document's id.
     async fn upload(&self, token: &str, filename: &str, bytes: Vec<u8>) -> String {
         let response = self.upload_with(token, filename, bytes, &[]).await;

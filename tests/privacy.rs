@@ -122,8 +122,12 @@ async fn an_end_user_is_exported_then_erased_leaving_nothing_readable() {
     assert_eq!(asked["role"], "assistant", "{asked}");
     let max = app.visitor(&slug).await;
     let max_chat = app.conversation(&max).await;
-    app.ask(&max, &max_chat, "Max here, otter-pylon-3390: how cool should my bedroom be?")
-        .await;
+    app.ask(
+        &max,
+        &max_chat,
+        "Max here, otter-pylon-3390: how cool should my bedroom be?",
+    )
+    .await;
     let zoe_id = end_user_of(&app, &staff, &zoe_chat).await;
     let goal = app
         .json_ok(
@@ -153,49 +157,112 @@ async fn an_end_user_is_exported_then_erased_leaving_nothing_readable() {
         .await;
     assert_eq!(started.status(), 202);
     let export: Value = started.json().await.unwrap();
-    let export_path = format!("/api/v1/end-users/{zoe_id}/export/{}", export["id"].as_str().unwrap());
+    let export_path = format!(
+        "/api/v1/end-users/{zoe_id}/export/{}",
+        export["id"].as_str().unwrap()
+    );
     let entries = unzip(&download(&app, &export_path, Some(&staff)).await);
     for name in [
-        "README.txt", "profile.json", "consent.json", "identities.json", "conversations.json",
-        "conversations.md", "goals.json", "enrollments.json", "nudges.json",
+        "README.txt",
+        "profile.json",
+        "consent.json",
+        "identities.json",
+        "conversations.json",
+        "conversations.md",
+        "goals.json",
+        "enrollments.json",
+        "nudges.json",
     ] {
-        assert!(entries.contains_key(name), "{name} missing: {:?}", entries.keys());
+        assert!(
+            entries.contains_key(name),
+            "{name} missing: {:?}",
+            entries.keys()
+        );
     }
     let profile: Value = serde_json::from_str(&text(&entries, "profile.json")).unwrap();
     assert_eq!(profile["id"], zoe_id.as_str());
     let conversations: Value = serde_json::from_str(&text(&entries, "conversations.json")).unwrap();
     let messages = conversations[0]["messages"].as_array().unwrap();
-    assert!(messages[0]["content"].as_str().unwrap().contains("zebra-quartz-7731"));
+    assert!(
+        messages[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("zebra-quartz-7731")
+    );
     assert_eq!(messages[1]["role"], "assistant");
-    assert!(messages[1]["citations"].is_array(), "citations as JSON: {}", messages[1]);
+    assert!(
+        messages[1]["citations"].is_array(),
+        "citations as JSON: {}",
+        messages[1]
+    );
     let markdown = text(&entries, "conversations.md");
-    assert!(markdown.contains("**You**") && markdown.contains("zebra-quartz-7731"), "{markdown}");
+    assert!(
+        markdown.contains("**You**") && markdown.contains("zebra-quartz-7731"),
+        "{markdown}"
+    );
     let goals: Value = serde_json::from_str(&text(&entries, "goals.json")).unwrap();
-    assert_eq!(goals[0]["check_ins"][0]["note"], "kiwi-nebula-4410 slept badly");
-    let all: String = entries.values().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
-    assert!(!all.contains("otter-pylon-3390"), "another person's words in her export");
+    assert_eq!(
+        goals[0]["check_ins"][0]["note"],
+        "kiwi-nebula-4410 slept badly"
+    );
+    let all: String = entries
+        .values()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(
+        !all.contains("otter-pylon-3390"),
+        "another person's words in her export"
+    );
     assert!(!all.contains("token_hash"), "secrets in the export");
 
     // Erasure.
     let erased = app
-        .json_ok(Method::DELETE, &format!("/api/v1/end-users/{zoe_id}"), &staff, None)
+        .json_ok(
+            Method::DELETE,
+            &format!("/api/v1/end-users/{zoe_id}"),
+            &staff,
+            None,
+        )
         .await;
-    assert!(erased["removed"]["messages"].as_i64().unwrap() >= 2, "{erased}");
+    assert!(
+        erased["removed"]["messages"].as_i64().unwrap() >= 2,
+        "{erased}"
+    );
     assert_eq!(erased["removed"]["goals"], 1, "{erased}");
     assert_eq!(erased["removed"]["check_ins"], 1, "{erased}");
     assert_eq!(erased["removed"]["identities"], 1, "{erased}");
     assert_eq!(erased["removed"]["exports"], 1, "{erased}");
     let gone = app
-        .send(Method::GET, &format!("/api/v1/end-users/{zoe_id}"), &staff, None)
+        .send(
+            Method::GET,
+            &format!("/api/v1/end-users/{zoe_id}"),
+            &staff,
+            None,
+        )
         .await;
     assert_eq!(gone.status(), 404);
     let again = app
-        .send(Method::DELETE, &format!("/api/v1/end-users/{zoe_id}"), &staff, None)
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/end-users/{zoe_id}"),
+            &staff,
+            None,
+        )
         .await;
     common::expect_error(again, 404, "not_found").await;
-    assert_eq!(app.send(Method::GET, &export_path, &staff, None).await.status(), 404);
+    assert_eq!(
+        app.send(Method::GET, &export_path, &staff, None)
+            .await
+            .status(),
+        404
+    );
     let her_token = app
-        .send(Method::GET, &format!("/api/v1/conversations/{zoe_chat}"), &zoe, None)
+        .send(
+            Method::GET,
+            &format!("/api/v1/conversations/{zoe_chat}"),
+            &zoe,
+            None,
+        )
         .await;
     assert_eq!(her_token.status(), 401, "her visitor token is gone");
 
@@ -216,7 +283,10 @@ async fn an_end_user_is_exported_then_erased_leaving_nothing_readable() {
         .to_string();
     assert!(audit.contains("end_user.erased"), "{audit}");
     assert!(audit.contains("\"check_ins\":1"), "{audit}");
-    assert!(!audit.contains("zebra") && !audit.contains("kiwi"), "{audit}");
+    assert!(
+        !audit.contains("zebra") && !audit.contains("kiwi"),
+        "{audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,16 +307,23 @@ async fn the_end_user_downloads_their_data_by_link_and_deletes_it_themselves() {
         .await;
     assert_eq!(started.status(), 202);
     let own: Value = started.json().await.unwrap();
-    let link = own["download_url"].as_str().unwrap();
-    let path = link.split_once("/api/").map(|(_, p)| format!("/api/{p}")).unwrap();
-    assert!(path.starts_with("/api/v1/public/exports/exp_"), "{link}");
+    let path = own["download_path"].as_str().unwrap().to_string();
+    assert!(path.starts_with("/api/v1/public/exports/exp_"), "{own}");
+    assert!(
+        own["download_url"].as_str().unwrap().ends_with(&path),
+        "{own}"
+    );
     // The link is the credential: no token needed.
     let entries = unzip(&download(&app, &path, None).await);
     let consent: Value = serde_json::from_str(&text(&entries, "consent.json")).unwrap();
     assert_eq!(consent["consent"], true, "{consent}");
     assert_eq!(consent["channel"], "web", "{consent}");
-    common::expect_error(app.get("/api/v1/public/exports/exp_nonsense").await, 404, "not_found")
-        .await;
+    common::expect_error(
+        app.get("/api/v1/public/exports/exp_nonsense").await,
+        404,
+        "not_found",
+    )
+    .await;
     // Staff cannot use the end user's routes.
     let refused = app
         .send(Method::POST, "/api/v1/public/me/export", &staff, None)
@@ -255,7 +332,12 @@ async fn the_end_user_downloads_their_data_by_link_and_deletes_it_themselves() {
 
     // "Delete my data" needs the confirmation.
     let unconfirmed = app
-        .send(Method::DELETE, "/api/v1/public/me/data", &visitor, Some(json!({"confirm": false})))
+        .send(
+            Method::DELETE,
+            "/api/v1/public/me/data",
+            &visitor,
+            Some(json!({"confirm": false})),
+        )
         .await;
     common::expect_error(unconfirmed, 400, "confirmation_required").await;
     let bare = app
@@ -272,8 +354,14 @@ async fn the_end_user_downloads_their_data_by_link_and_deletes_it_themselves() {
         .await;
     assert_eq!(erased["removed"]["identities"], 1, "{erased}");
     assert_eq!(erased["removed"]["exports"], 1, "{erased}");
-    assert_eq!(app.get(&path).await.status(), 404, "the link went with the data");
-    let after = app.send(Method::GET, "/api/v1/public/me", &visitor, None).await;
+    assert_eq!(
+        app.get(&path).await.status(),
+        404,
+        "the link went with the data"
+    );
+    let after = app
+        .send(Method::GET, "/api/v1/public/me", &visitor, None)
+        .await;
     assert_eq!(after.status(), 401);
     let list = app
         .json_ok(Method::GET, "/api/v1/end-users", &staff, None)
@@ -308,10 +396,19 @@ async fn a_tenant_exports_everything_and_its_deletion_leaves_nothing_behind() {
     let slug = app.slug(&creator).await;
     let visitor = app.visitor(&slug).await;
     let chat = app.conversation(&visitor).await;
-    app.ask(&visitor, &chat, "Tell me about the method, I'm Xylophon-Quist.")
-        .await;
+    app.ask(
+        &visitor,
+        &chat,
+        "Tell me about the method, I'm Xylophon-Quist.",
+    )
+    .await;
     let key = app
-        .json_ok(Method::POST, "/api/v1/api-keys", &creator, Some(json!({"name": "zapier"})))
+        .json_ok(
+            Method::POST,
+            "/api/v1/api-keys",
+            &creator,
+            Some(json!({"name": "zapier"})),
+        )
         .await;
     let key_secret = key["key"].as_str().unwrap().to_string();
 
@@ -334,15 +431,26 @@ async fn a_tenant_exports_everything_and_its_deletion_leaves_nothing_behind() {
     assert!(text(&entries, "messages.jsonl").contains("Xylophon-Quist"));
     assert!(text(&entries, "members.jsonl").contains("bea@example.com"));
     assert!(text(&entries, "audit_log.jsonl").contains("api_key.created"));
-    let every: String = entries.values().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    let every: String = entries
+        .values()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
     assert!(!every.contains(&key_secret), "an API key in the export");
     assert!(!every.contains("$argon2"), "a password hash in the export");
     // Another tenant's admin sees no such export.
-    assert_eq!(app.send(Method::GET, &path, &owner, None).await.status(), 404);
+    assert_eq!(
+        app.send(Method::GET, &path, &owner, None).await.status(),
+        404
+    );
 
     // Deleted by the owner: nothing of it anywhere in the data directory.
     let deleted = app
-        .send(Method::DELETE, &format!("/api/v1/admin/tenants/{tenant_id}"), &owner, None)
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/admin/tenants/{tenant_id}"),
+            &owner,
+            None,
+        )
         .await;
     assert_eq!(deleted.status(), 204);
     let data = app.config.data_dir.clone();
@@ -364,5 +472,8 @@ async fn a_tenant_exports_everything_and_its_deletion_leaves_nothing_behind() {
         .json_ok(Method::GET, "/api/v1/audit-log", &owner, None)
         .await
         .to_string();
-    assert!(audit.contains("tenant.deleted") && audit.contains("sha256:"), "{audit}");
+    assert!(
+        audit.contains("tenant.deleted") && audit.contains("sha256:"),
+        "{audit}"
+    );
 }

@@ -248,6 +248,8 @@
     .progress { background: #fff; border-bottom: 1px solid #e5e7eb; padding: 10px 16px; max-height: 40%; overflow-y: auto; }
     .progress[hidden] { display: none; }
     .progress h3 { margin: 0 0 6px; font-size: 14px; }
+    .my-data button { margin: 6px 8px 0 0; }
+    .my-data .danger { color: #b91c1c; border-color: #fca5a5; }
     .progress .item { margin: 6px 0; }
     .progress progress { width: 100%; height: 8px; accent-color: var(--brand); }
     .progress .meta { margin-top: 0; }
@@ -282,6 +284,9 @@
   // Their goals and programs, once they have some.
   const progressButton = el('button', { type: 'button', hidden: true, 'aria-expanded': 'false', onclick: () => toggleProgress() }, 'My progress');
   const progressPanel = el('section', { class: 'progress', hidden: true, 'aria-label': 'My progress' });
+  // Their data: a download (a link valid 24 h) and "delete my data", with a confirmation.
+  const dataButton = el('button', { type: 'button', hidden: preview, 'aria-expanded': 'false', onclick: () => toggleData() }, 'My data');
+  const dataPanel = el('section', { class: 'progress my-data', hidden: true, 'aria-label': 'My data' });
   // Check-ins on or off, once the end user has answered; STOP works here too.
   const checkInsButton = el('button', { type: 'button', hidden: true, 'aria-pressed': 'false', onclick: () => setConsent(!state.consent) }, 'Check-ins');
   // Notifications on the chat page (installed or not): staff replies and check-ins reach a
@@ -299,8 +304,8 @@
   const sendButton = el('button', { type: 'submit' }, 'Send');
   const form = el('form', { onsubmit: (event) => { event.preventDefault(); submit(); } }, input, sendButton);
   const panel = el('section', { class: 'panel', role: pageMode ? 'main' : 'dialog', 'aria-labelledby': titleId, hidden: !pageMode },
-    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), progressButton, checkInsButton, pushButton, personButton, closeButton),
-    progressPanel, log, alert, form);
+    el('header', {}, avatar, el('div', { class: 'who' }, title, el('div', { class: 'status' }, statusDot, statusText)), progressButton, checkInsButton, pushButton, dataButton, personButton, closeButton),
+    progressPanel, dataPanel, log, alert, form);
   const launcher = el('button', { class: 'launcher', type: 'button', 'aria-expanded': 'false', 'aria-label': 'Open chat', onclick: () => toggle() });
   launcher.innerHTML = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true"><path d="M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H8l-4 4V6a2 2 0 0 1 2-2z"/></svg>';
   // Messages from the coach or the team that arrived while the chat was closed (a nudge, a reply).
@@ -584,6 +589,69 @@
     if (open) await loadMe();
     progressPanel.hidden = !open;
     progressButton.setAttribute('aria-expanded', String(open));
+  }
+
+  function toggleData(open = dataPanel.hidden) {
+    if (open) renderData();
+    dataPanel.hidden = !open;
+    dataButton.setAttribute('aria-expanded', String(open));
+  }
+
+  /** The end user's own data: download it (prepared as a job), or delete it for good. */
+  function renderData(note) {
+    const download = el('button', { type: 'button', onclick: () => exportData() }, 'Download my data');
+    const erase = el('button', { type: 'button', class: 'danger', onclick: () => confirmErase() }, 'Delete my data');
+    const parts = [el('h3', {}, 'My data'),
+      el('p', { class: 'meta' }, 'A copy of everything the coach keeps about you, or all of it deleted.')];
+    if (note) parts.push(note);
+    dataPanel.replaceChildren(...parts, download, erase);
+  }
+
+  async function exportData() {
+    renderData(el('p', { role: 'status' }, 'Preparing your data…'));
+    try {
+      const own = await api('/api/v1/public/me/export', { method: 'POST', token: state.token });
+      // Ready when the link stops answering 202 (a small export takes a moment).
+      // (On another site's page the browser may not let it look: the link is shown anyway.)
+      for (let i = 0; i < 120; i++) {
+        const status = await fetch(base + own.download_path).then((r) => r.status, () => 0);
+        if (status !== 202) break;
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      }
+      const link = el('a', { href: base + own.download_path, download: `my-data-${own.id}.zip` }, 'Download your data (ZIP)');
+      renderData(el('p', { role: 'status' }, link, el('span', { class: 'meta' }, ' · the link works for 24 hours')));
+    } catch (error) {
+      renderData(el('p', { role: 'alert' }, `Your data could not be prepared: ${error.message}`));
+    }
+  }
+
+  function confirmErase() {
+    const yes = el('button', { type: 'button', class: 'danger', onclick: () => erase() }, 'Yes, delete everything');
+    const no = el('button', { type: 'button', onclick: () => renderData() }, 'Cancel');
+    dataPanel.replaceChildren(el('h3', {}, 'My data'),
+      el('p', { role: 'alert' }, 'This deletes your conversations, goals, check-ins and everything else the coach keeps about you. It cannot be undone.'),
+      yes, no);
+    yes.focus();
+  }
+
+  async function erase() {
+    try {
+      await api('/api/v1/public/me/data', { method: 'DELETE', body: { confirm: true }, token: state.token });
+    } catch (error) {
+      renderData(el('p', { role: 'alert' }, `Your data could not be deleted: ${error.message}`));
+      return;
+    }
+    if (transport && transport.close) transport.close();
+    inner.replaceChildren();
+    state.messages.clear();
+    toggleData(false);
+    progressButton.hidden = true;
+    store.save({ token: null, conversationId: null, lastSeq: 0, readSeq: 0 });
+    Object.assign(state, { token: null, conversationId: null, lastSeq: 0, readSeq: 0, consent: undefined });
+    transport = null;
+    started = false;
+    await start();
+    inner.prepend(el('p', { class: 'msg event', role: 'status' }, 'Your data was deleted. Anything you write now starts afresh.'));
   }
 
   /** After the coach's first helpful answer, it asks once whether it may check in. */

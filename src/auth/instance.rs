@@ -182,15 +182,17 @@ pub fn delete_tenant(
     // owner's entries about it (suspended, quota changed, deleted) keep only a fingerprint,
     // which answers "was this tenant deleted?" for someone who knows the id.
     let fingerprint = format!("sha256:{}", super::tokens::secret_hash(tenant_id));
-    tx.execute("DELETE FROM audit_log WHERE tenant_id = ?1", params![tenant_id])?;
+    tx.execute(
+        "DELETE FROM audit_log WHERE tenant_id = ?1",
+        params![tenant_id],
+    )?;
     tx.execute(
         "UPDATE audit_log SET target = ?2 WHERE target = ?1",
         params![tenant_id, fingerprint],
     )?;
     audit::record(
         &tx,
-        &AuditEvent::by(principal, "tenant.deleted", context)
-            .target(&fingerprint),
+        &AuditEvent::by(principal, "tenant.deleted", context).target(&fingerprint),
     )?;
     tx.commit()?;
     Ok(())

@@ -16,6 +16,7 @@
 
 pub mod access;
 pub mod api_usage;
+pub mod backup;
 pub mod channels;
 pub mod coaching;
 pub mod jobs;

@@ -91,7 +91,8 @@ const THEIR_CONVERSATIONS: &str = "SELECT c.id FROM conversations c JOIN visitor
 
 impl Records {
     fn sql(self) -> String {
-        let identity = "id, channel, external_id, origin, time_zone, opted_out_at, created_at, last_seen_at";
+        let identity =
+            "id, channel, external_id, origin, time_zone, opted_out_at, created_at, last_seen_at";
         let conversation = "id, channel, mode, visitor_id, created_at, updated_at";
         let message = "conversation_id, seq, role, author_name, content, citations, confidence, fallback, channel, created_at";
         match self {
@@ -107,14 +108,17 @@ impl Records {
                  ORDER BY conversation_id, seq"
             ),
             Records::Goals => {
-                "SELECT * FROM goals WHERE tenant_id = ?1 AND end_user_id = ?2 ORDER BY created_at".into()
+                "SELECT * FROM goals WHERE tenant_id = ?1 AND end_user_id = ?2 ORDER BY created_at"
+                    .into()
             }
             Records::CheckIns => "SELECT k.* FROM check_ins k JOIN goals g ON g.id = k.goal_id \
                  WHERE g.tenant_id = ?1 AND g.end_user_id = ?2 ORDER BY k.goal_id, k.at"
                 .into(),
-            Records::Enrollments => "SELECT * FROM enrollments WHERE tenant_id = ?1 AND end_user_id = ?2 \
+            Records::Enrollments => {
+                "SELECT * FROM enrollments WHERE tenant_id = ?1 AND end_user_id = ?2 \
                  ORDER BY enrolled_at"
-                .into(),
+                    .into()
+            }
             Records::Nudges => "SELECT * FROM nudges WHERE tenant_id = ?1 AND end_user_id = ?2 \
                  ORDER BY scheduled_for"
                 .into(),
@@ -124,16 +128,22 @@ impl Records {
                  FROM memberships m JOIN users u ON u.id = m.user_id WHERE m.tenant_id = ?1 \
                  ORDER BY m.created_at"
                 .into(),
-            Records::ApiKeys => "SELECT id, name, prefix, role, created_by, expires_at, last_used_at, \
+            Records::ApiKeys => {
+                "SELECT id, name, prefix, role, created_by, expires_at, last_used_at, \
                  revoked_at, created_at FROM api_keys WHERE tenant_id = ?1 ORDER BY created_at"
-                .into(),
-            Records::Channels => "SELECT channel, hint, name, settings, mode, created_at, updated_at \
+                    .into()
+            }
+            Records::Channels => {
+                "SELECT channel, hint, name, settings, mode, created_at, updated_at \
                  FROM channel_accounts WHERE tenant_id = ?1"
-                .into(),
+                    .into()
+            }
             Records::Documents => {
                 "SELECT * FROM documents WHERE tenant_id = ?1 ORDER BY created_at".into()
             }
-            Records::Programs => "SELECT * FROM programs WHERE tenant_id = ?1 ORDER BY created_at".into(),
+            Records::Programs => {
+                "SELECT * FROM programs WHERE tenant_id = ?1 ORDER BY created_at".into()
+            }
             Records::ProgramVersions => "SELECT v.* FROM program_versions v JOIN programs p \
                  ON p.id = v.program_id WHERE p.tenant_id = ?1 ORDER BY v.program_id, v.version"
                 .into(),
@@ -152,7 +162,9 @@ impl Records {
             Records::AllMessages => format!(
                 "SELECT {message} FROM messages WHERE tenant_id = ?1 ORDER BY conversation_id, seq"
             ),
-            Records::AllGoals => "SELECT * FROM goals WHERE tenant_id = ?1 ORDER BY created_at".into(),
+            Records::AllGoals => {
+                "SELECT * FROM goals WHERE tenant_id = ?1 ORDER BY created_at".into()
+            }
             Records::AllCheckIns => "SELECT k.* FROM check_ins k JOIN goals g ON g.id = k.goal_id \
                  WHERE g.tenant_id = ?1 ORDER BY k.goal_id, k.at"
                 .into(),
@@ -172,8 +184,17 @@ impl Records {
 
 /// Columns that hold JSON text: exported as JSON, not as a string of it.
 const JSON_COLUMNS: &[&str] = &[
-    "citations", "tags", "settings", "detail", "definition", "allowed_origins", "trigger",
-    "audience", "schedule", "external_ids", "steps_done",
+    "citations",
+    "tags",
+    "settings",
+    "detail",
+    "definition",
+    "allowed_origins",
+    "trigger",
+    "audience",
+    "schedule",
+    "external_ids",
+    "steps_done",
 ];
 
 /// One row as a JSON object, column by column (blobs are left out).
@@ -224,8 +245,12 @@ pub trait PrivacyStore {
     fn export(&self, scope: &TenantScope, id: &str) -> Result<Option<ExportRecord>, DbError>;
     /// The export an end user's download link names; the link itself is the credential.
     fn export_by_link(&self, link_hash: &str) -> Result<Option<ExportRecord>, DbError>;
-    fn set_export_link(&self, scope: &TenantScope, id: &str, link_hash: &str)
-    -> Result<(), DbError>;
+    fn set_export_link(
+        &self,
+        scope: &TenantScope,
+        id: &str,
+        link_hash: &str,
+    ) -> Result<(), DbError>;
     fn export_started(&self, scope: &TenantScope, id: &str) -> Result<(), DbError>;
     fn export_finished(
         &self,
@@ -346,11 +371,7 @@ impl PrivacyStore for Connection {
     ) -> Result<(), DbError> {
         let sql = records.sql();
         let mut statement = self.prepare(&sql)?;
-        let names: Vec<String> = statement
-            .column_names()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let names: Vec<String> = statement.column_names().map(str::to_string).collect();
         let mut rows = match (statement.parameter_count(), end_user_id) {
             (2, Some(end_user)) => statement.query(params![scope.tenant_id(), end_user])?,
             (2, None) => return Err(DbError::Task(format!("{records:?} needs an end user"))),

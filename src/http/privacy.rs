@@ -69,7 +69,10 @@ async fn export_response(state: &AppState, record: ExportRecord) -> Result<Respo
     let mut response =
         axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file)).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/zip"),
+    );
     let name = match &record.end_user_id {
         Some(_) => format!("attachment; filename=\"export-{}.zip\"", record.id),
         None => format!("attachment; filename=\"tenant-export-{}.zip\"", record.id),
@@ -160,8 +163,10 @@ pub(crate) async fn tenant_export(
 pub(crate) struct OwnExport {
     #[serde(flatten)]
     export: ExportRecord,
-    /// Where to download it, for 24 hours (202 while it is written).
+    /// Where to download it, for 24 hours (202 while it is written), at `--public-url`.
     download_url: String,
+    /// The same, relative to this server (for the chat page and the widget).
+    download_path: String,
 }
 
 #[utoipa::path(post, path = "/api/v1/public/me/export", tag = "privacy",
@@ -174,11 +179,19 @@ pub(crate) async fn export_myself(
 ) -> Result<(StatusCode, Json<OwnExport>), ApiError> {
     let (scope, visitor) = visitor_only(&speaker)?;
     let (export, secret) = state.privacy.start_own_export(scope, visitor).await?;
+    let download_path = format!("/api/v1/public/exports/{secret}");
     let download_url = format!(
-        "{}/api/v1/public/exports/{secret}",
+        "{}{download_path}",
         state.auth.public_url.trim_end_matches('/')
     );
-    Ok((StatusCode::ACCEPTED, Json(OwnExport { export, download_url })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(OwnExport {
+            export,
+            download_url,
+            download_path,
+        }),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/public/exports/{token}", tag = "privacy",
@@ -242,9 +255,6 @@ pub(crate) async fn erase_myself(
         ));
     }
     Ok(Json(
-        state
-            .privacy
-            .erase_myself(scope, visitor, &context)
-            .await?,
+        state.privacy.erase_myself(scope, visitor, &context).await?,
     ))
 }

@@ -89,9 +89,7 @@ impl ChatEngine {
         let worker_forget = Arc::clone(&forget);
         std::thread::Builder::new()
             .name("companero-llm".into())
-            .spawn(move || {
-                run_worker(Backend::Local(Box::new(llm)), &worker_queue, &worker_forget)
-            })
+            .spawn(move || run_worker(Backend::Local(Box::new(llm)), &worker_queue, &worker_forget))
             .expect("spawn the model thread");
         ChatEngine {
             _worker: Arc::new(CloseOnDrop(Arc::clone(&queue))),
@@ -177,7 +175,10 @@ impl ChatEngine {
     /// before the model answers anything else. An empty job wakes the model's thread for it;
     /// when the queue is full the next job does.
     pub fn forget(&self, tenant: &str) {
-        self.forget.lock().expect("forget lock").push(tenant.to_string());
+        self.forget
+            .lock()
+            .expect("forget lock")
+            .push(tenant.to_string());
         let (events, _) = mpsc::unbounded_channel();
         let wake = ChatJob {
             tenant: tenant.to_string(),

@@ -51,11 +51,8 @@ impl Privacy {
                         .into_iter()
                         .map(|(kind, n)| (kind.to_string(), n.into()))
                         .collect();
-                    audit::record(
-                        c,
-                        &event.detail(serde_json::json!({ "removed": removed })),
-                    )
-                    .map_err(crate::db::DbError::from)?;
+                    audit::record(c, &event.detail(serde_json::json!({ "removed": removed })))
+                        .map_err(crate::db::DbError::from)?;
                     Ok::<_, crate::db::DbError>(Some(removed))
                 })
             })

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -190,7 +190,7 @@ fn write_zip(
     store: &dyn PrivacyStore,
     scope: &TenantScope,
     record: &ExportRecord,
-    path: &PathBuf,
+    path: &Path,
     originals: &Path,
 ) -> Result<u64, PrivacyError> {
     let mut archive = Archive::create(path)?;
@@ -327,7 +327,11 @@ fn conversations_markdown(conversations: &[Value]) -> String {
                         "- [{}] {}{}: \"{}\"\n",
                         citation["marker"],
                         text(&citation["document_title"]),
-                        if heading.is_empty() { String::new() } else { format!(", {heading}") },
+                        if heading.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {heading}")
+                        },
                         text(&citation["snippet"]).trim()
                     ));
                 }
@@ -431,7 +435,13 @@ fn write_tenant(
 fn safe_name(name: &str) -> String {
     let name: String = name
         .chars()
-        .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     name.trim_start_matches('.').to_string()
 }
@@ -459,8 +469,14 @@ mod tests {
             ]
         }]);
         let text = conversations_markdown(conversations.as_array().unwrap());
-        assert!(text.contains("**You** · t1\n\nHow long are sessions?"), "{text}");
+        assert!(
+            text.contains("**You** · t1\n\nHow long are sessions?"),
+            "{text}"
+        );
         assert!(text.contains("**Coach** · t2"), "{text}");
-        assert!(text.contains("- [1] Programme, Week 1: \"Sessions last 45 minutes.\""), "{text}");
+        assert!(
+            text.contains("- [1] Programme, Week 1: \"Sessions last 45 minutes.\""),
+            "{text}"
+        );
     }
 }

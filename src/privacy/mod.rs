@@ -258,7 +258,9 @@ fn audit_event(
     context: &RequestContext,
 ) -> crate::auth::audit::AuditEvent {
     match requester {
-        Requester::Staff(principal) => crate::auth::audit::AuditEvent::by(principal, action, context),
+        Requester::Staff(principal) => {
+            crate::auth::audit::AuditEvent::by(principal, action, context)
+        }
         Requester::EndUser => {
             crate::auth::audit::AuditEvent::new(action, "end user (chat page)", context)
                 .tenant(scope.tenant_id())

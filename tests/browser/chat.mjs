@@ -436,6 +436,33 @@ try {
     await api('/api/v1/coach', { method: 'PATCH', body: { quiet_hours: '21:00-08:00' } });
   });
 
+  await step('the end user downloads their data, then deletes it, from the chat page', async () => {
+    const before = (await api('/api/v1/end-users')).total;
+    const visit = await browser.newContext({ viewport: phone });
+    const site = watch(await visit.newPage(), problems);
+    await site.goto(`${base}/c/${slug}`);
+    await ready(site);
+    await site.getByRole('button', { name: 'My data' }).click();
+    const panel = site.getByRole('region', { name: 'My data' });
+    await panel.getByRole('button', { name: 'Download my data' }).click();
+    const link = panel.getByRole('link', { name: 'Download your data (ZIP)' });
+    await link.waitFor({ timeout: 30000 });
+    const href = await link.getAttribute('href');
+    const zip = await site.request.get(href);
+    check(zip.status() === 200, `the link downloads: ${zip.status()}`);
+    check((await zip.body()).subarray(0, 2).toString() === 'PK', 'a ZIP');
+    check((await api('/api/v1/end-users')).total === before + 1, 'the export made them an end user');
+    await site.screenshot({ path: path.join(shots, 'chat-page-my-data.png') });
+    await panel.getByRole('button', { name: 'Delete my data' }).click();
+    check((await panel.innerText()).includes('cannot be undone'), 'the confirmation says what it means');
+    await panel.getByRole('button', { name: 'Yes, delete everything' }).click();
+    await site.waitForSelector('text=Your data was deleted');
+    check((await api('/api/v1/end-users')).total === before, 'erased');
+    const gone = await site.request.get(href);
+    check(gone.status() === 404, `the link went with the data: ${gone.status()}`);
+    await visit.close();
+  });
+
   allowed.close();
   noSockets.close();
   refused.close();

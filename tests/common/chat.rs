@@ -94,18 +94,9 @@ impl TestApp {
 
     /// Uploads a Markdown guide and waits until it is searchable.
     pub async fn teach(&self, token: &str, text: &str) -> String {
-        let form = reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(text.as_bytes().to_vec()).file_name("guide.md"),
-        );
         let response = self
-            .client
-            .post(self.url("/api/v1/documents"))
-            .bearer_auth(token)
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+            .upload_with(token, "guide.md", text.as_bytes().to_vec(), &[])
+            .await;
         assert_eq!(response.status(), 202);
         let id = response.json::<Value>().await.unwrap()["id"]
             .as_str()

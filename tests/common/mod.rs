@@ -145,6 +145,30 @@ impl TestApp {
         body["access_token"].as_str().expect("token").to_string()
     }
 
+    /// Uploads one document (`POST /api/v1/documents`) with extra form fields; the raw response.
+    pub async fn upload_with(
+        &self,
+        token: &str,
+        filename: &str,
+        bytes: Vec<u8>,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()),
+        );
+        for (name, value) in fields {
+            form = form.text(name.to_string(), value.to_string());
+        }
+        self.client
+            .post(self.url("/api/v1/documents"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Shuts the server down and waits for it, returning its result; keeps the data directory.
     pub async fn stop(self) -> (anyhow::Result<()>, TempDir) {
         self.shutdown.cancel();
