@@ -147,26 +147,25 @@ impl Archive {
         Ok(())
     }
 
-    /// `records` as JSON Lines, streamed row by row; returns how many rows.
+    /// `records` as JSON Lines, streamed row by row; `seen` is shown each row once written.
     fn lines(
         &mut self,
         name: &str,
         store: &dyn PrivacyStore,
         scope: &TenantScope,
         records: Records,
-    ) -> Result<u64, PrivacyError> {
+        seen: &mut dyn FnMut(&Value),
+    ) -> Result<(), PrivacyError> {
         let writer = self.start(name)?;
-        let mut rows = 0;
         store.for_each_record(scope, None, records, &mut |row| {
             serde_json::to_writer(&mut *writer, &row)
+                .map_err(std::io::Error::other)
+                .and_then(|_| writer.write_all(b"\n"))
                 .map_err(|e| DbError::Task(format!("writing {name}: {e}")))?;
-            writer
-                .write_all(b"\n")
-                .map_err(|e| DbError::Task(format!("writing {name}: {e}")))?;
-            rows += 1;
+            seen(&row);
             Ok(())
         })?;
-        Ok(rows)
+        Ok(())
     }
 
     /// Copies a file in, streamed.
@@ -404,24 +403,20 @@ fn write_tenant(
     });
     archive.json("tenant.json", &tenant)?;
     for (name, records) in TENANT_FILES {
-        archive.lines(name, store, scope, *records)?;
+        archive.lines(name, store, scope, *records, &mut |_| {})?;
     }
     // Documents: their rows, then their files (one entry is written at a time).
     let mut files = Vec::new();
-    {
-        let writer = archive.start("documents.jsonl")?;
-        store.for_each_record(scope, None, Records::Documents, &mut |row| {
-            let line = serde_json::to_string(&row).expect("a row serialises");
-            writer
-                .write_all(line.as_bytes())
-                .and_then(|_| writer.write_all(b"\n"))
-                .map_err(|e| DbError::Task(format!("writing documents.jsonl: {e}")))?;
-            let id = row["id"].as_str().unwrap_or_default().to_string();
-            let filename = row["filename"].as_str().unwrap_or_default().to_string();
-            files.push((id, filename));
-            Ok(())
-        })?;
-    }
+    archive.lines(
+        "documents.jsonl",
+        store,
+        scope,
+        Records::Documents,
+        &mut |row| {
+            let text = |key: &str| row[key].as_str().unwrap_or_default().to_string();
+            files.push((text("id"), text("filename")));
+        },
+    )?;
     for (id, filename) in files {
         let path = originals.join(&id);
         if path.exists() {
