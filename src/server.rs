@@ -262,6 +262,11 @@ impl Server {
             .await
             .context("cannot start the channels")?;
         self.state.jobs.start(shutdown.clone());
+        self.state
+            .privacy
+            .schedule_all_retention()
+            .await
+            .context("cannot schedule the retention policies")?;
         if let Some(schedule) = self.backups.clone() {
             let root = self.data_dir.root().to_path_buf();
             tokio::spawn(schedule.run(root, shutdown.clone()));

@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod migrations;
 pub mod privacy;
 pub mod push;
+pub mod retention;
 pub mod storage;
 
 use std::path::{Path, PathBuf};

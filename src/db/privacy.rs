@@ -33,7 +33,7 @@ pub struct ExportRecord {
     pub tenant_id: String,
 }
 
-fn export_record(r: &Row<'_>) -> rusqlite::Result<ExportRecord> {
+pub(super) fn export_record(r: &Row<'_>) -> rusqlite::Result<ExportRecord> {
     let at = |text: Option<String>| text.as_deref().map(parse_instant);
     Ok(ExportRecord {
         id: r.get("id")?,

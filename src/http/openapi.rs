@@ -137,6 +137,9 @@ use super::{
         privacy::download_by_link,
         privacy::erase_end_user,
         privacy::erase_myself,
+        privacy::get_retention,
+        privacy::set_retention,
+        privacy::run_retention,
     ),
     // Types used only in query strings are not collected from the paths.
     components(schemas(crate::chat::conversations::InboxFilter)),

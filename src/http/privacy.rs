@@ -15,7 +15,9 @@ use super::coaching::visitor_only;
 use super::error::{ApiError, ErrorBody, ErrorCode};
 use super::route_table::Routes;
 use crate::db::privacy::ExportRecord;
+use crate::db::retention::RetentionPolicy;
 use crate::privacy::erasure::Erasure;
+use crate::privacy::retention::{RetentionRun, RetentionView};
 use crate::privacy::{PrivacyError, Requester};
 
 /// Routes of this module; `DELETE /api/v1/end-users/{id}` is registered with the end user's
@@ -32,6 +34,11 @@ pub fn routes() -> Routes {
         .route("/api/v1/public/me/export", post(export_myself))
         .route("/api/v1/public/me/data", delete(erase_myself))
         .route("/api/v1/public/exports/{token}", get(download_by_link))
+        .route(
+            "/api/v1/retention",
+            get(get_retention).put(set_retention),
+        )
+        .route("/api/v1/retention/run", post(run_retention))
 }
 
 impl From<PrivacyError> for ApiError {
@@ -43,6 +50,7 @@ impl From<PrivacyError> for ApiError {
             PrivacyError::Db(error) => error.into(),
             PrivacyError::Coaching(error) => error.into(),
             PrivacyError::Io(_) => ApiError::new(ErrorCode::Internal, message),
+            PrivacyError::Invalid(_) => ApiError::new(ErrorCode::InvalidRequest, message),
         }
     }
 }
@@ -256,5 +264,50 @@ pub(crate) async fn erase_myself(
     }
     Ok(Json(
         state.privacy.erase_myself(scope, visitor, &context).await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/retention", tag = "privacy",
+    responses((status = 200, description = "How long the tenant keeps each kind of data, the next run and the last one", body = RetentionView)),
+    security(("bearer" = [])))]
+pub(crate) async fn get_retention(
+    State(state): State<AppState>,
+    auth: Authenticated,
+) -> Result<Json<RetentionView>, ApiError> {
+    Ok(Json(state.privacy.retention(auth.scope()).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/retention", tag = "privacy", request_body = RetentionPolicy,
+    responses((status = 200, description = "The new policy; its first run is queued at once", body = RetentionView),
+              (status = 422, description = "A period out of bounds (the audit log: at least 30 days)", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn set_retention(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+    Json(policy): Json<RetentionPolicy>,
+) -> Result<Json<RetentionView>, ApiError> {
+    let requester = Requester::Staff(auth.principal.clone());
+    Ok(Json(
+        state
+            .privacy
+            .set_retention(auth.scope(), policy, &requester, &context)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/retention/run", tag = "privacy",
+    responses((status = 200, description = "The policy was applied now: what it removed", body = RetentionRun)),
+    security(("bearer" = [])))]
+pub(crate) async fn run_retention(
+    State(state): State<AppState>,
+    Client(context): Client,
+    auth: Authenticated<AdminRole>,
+) -> Result<Json<RetentionRun>, ApiError> {
+    Ok(Json(
+        state
+            .privacy
+            .apply_retention(auth.scope(), chrono::Utc::now(), &context)
+            .await?,
     ))
 }

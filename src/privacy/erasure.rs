@@ -33,11 +33,7 @@ impl Privacy {
         // Their export files first: a crash after this leaves exports that answer "expired",
         // never a file of someone erased.
         self.inner.coaching.end_user(scope, end_user_id).await?;
-        match tokio::fs::remove_dir_all(self.owner_dir(scope.tenant_id(), Some(end_user_id))).await
-        {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-            _ => {}
-        }
+        self.remove_owner_dir(scope, Some(end_user_id)).await?;
         let event = audit_event(requester, scope, "end_user.erased", context).target(end_user_id);
         let (scope_moved, id) = (scope.clone(), end_user_id.to_string());
         let removed = self

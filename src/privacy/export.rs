@@ -91,7 +91,8 @@ impl Privacy {
         };
         tokio::fs::rename(&part, &path).await?;
         let (scope_moved, id_moved) = (scope.clone(), id.to_string());
-        let expires = expiry(&record, Utc::now());
+        let kept = self.export_kept(&scope, super::EXPORT_KEPT).await?;
+        let expires = expiry(&record, Utc::now(), kept);
         let still_wanted = self
             .db()
             .call(move |c| {

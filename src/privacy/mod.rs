@@ -4,6 +4,7 @@
 
 pub mod erasure;
 pub mod export;
+pub mod retention;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use crate::jobs::{Jobs, NewJob};
 pub const EXPORT_JOB: &str = "export";
 /// How long an end user's download link works.
 pub const LINK_VALID: Duration = Duration::hours(24);
-/// How long a staff export stays on disk (until retention policies set their own).
+/// How long a staff export stays on disk unless the retention policy says less.
 pub const EXPORT_KEPT: Duration = Duration::days(7);
 /// Download links start with this, so a leaked one is recognisable.
 pub const LINK_PREFIX: &str = "exp_";
@@ -40,6 +41,9 @@ pub enum PrivacyError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Coaching(#[from] crate::coaching::CoachingError),
+    /// A retention policy out of bounds.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// Who asked, for the audit log and the export's record.
@@ -100,6 +104,7 @@ impl Privacy {
             }),
         };
         jobs.register(EXPORT_JOB, Arc::new(export::ExportJob(privacy.clone())));
+        retention::register(&privacy, &jobs);
         privacy
     }
 
@@ -111,6 +116,18 @@ impl Privacy {
     fn export_path(&self, tenant_id: &str, record: &ExportRecord) -> PathBuf {
         self.owner_dir(tenant_id, record.end_user_id.as_deref())
             .join(format!("{}.zip", record.id))
+    }
+
+    /// Removes the export files of one end user (`Some`) or the tenant's own (`None`).
+    async fn remove_owner_dir(
+        &self,
+        scope: &TenantScope,
+        end_user_id: Option<&str>,
+    ) -> Result<(), PrivacyError> {
+        match tokio::fs::remove_dir_all(self.owner_dir(scope.tenant_id(), end_user_id)).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     fn owner_dir(&self, tenant_id: &str, end_user_id: Option<&str>) -> PathBuf {
@@ -242,11 +259,12 @@ impl Privacy {
     }
 }
 
-/// When a finished export's file is removed.
-fn expiry(record: &ExportRecord, finished: DateTime<Utc>) -> DateTime<Utc> {
+/// When a finished export's file is removed: `kept` after it was written (the retention
+/// policy's hours, at most [`EXPORT_KEPT`]); an end user's link lapses sooner.
+fn expiry(record: &ExportRecord, finished: DateTime<Utc>, kept: Duration) -> DateTime<Utc> {
     match record.requested_by.as_str() {
-        "end_user" => record.created_at + LINK_VALID,
-        _ => finished + EXPORT_KEPT,
+        "end_user" => (record.created_at + LINK_VALID).min(finished + kept),
+        _ => finished + kept,
     }
 }
 
