@@ -119,6 +119,13 @@ enum AdminCommand {
         #[command(flatten)]
         data: DataDirArgs,
     },
+    /// Turn two-step sign-in off for an account that lost its authenticator and its recovery
+    /// codes, and sign it out everywhere. Audited. Works beside a running server.
+    DisableMfa {
+        email: String,
+        #[command(flatten)]
+        data: DataDirArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -326,6 +333,14 @@ fn run(cli: Cli, matches: Option<&ArgMatches>) -> anyhow::Result<()> {
             public_url,
             data,
         }) => reset_link(&email, public_url.as_deref(), &data),
+        Command::Admin(AdminCommand::DisableMfa { email, data }) => {
+            let account = email.clone();
+            with_accounts(&data, |accounts| async move {
+                accounts.reset_mfa_for_email(&account).await
+            })?;
+            println!("Two-step sign-in is off for {email}; they sign in with their password now.");
+            Ok(())
+        }
         Command::Extract {
             kind,
             limits,
@@ -420,11 +435,13 @@ where
     runtime.block_on(async {
         let db = db::Db::open(&data_dir::database_path(&root), 2)?;
         let keys = crate::auth::tokens::TokenKeys::load_or_create(&root.join("keys"))?;
+        let mfa = crate::auth::mfa::Mfa::load(db.clone(), &root.join("keys"))?;
         let accounts = crate::auth::accounts::Accounts::new(
             db,
             std::sync::Arc::new(keys),
             crate::auth::accounts::SignupPolicy::Closed,
             Default::default(),
+            mfa,
             None,
         );
         work(accounts).await.map_err(anyhow::Error::from)

@@ -113,6 +113,8 @@ impl Server {
                 Arc::new(keys),
                 config.signup,
                 limiters.logins.clone(),
+                crate::auth::mfa::Mfa::load(db.clone(), &data_dir.keys_dir())
+                    .context("cannot load the two-step sign-in key")?,
                 setup_token.clone(),
             ),
             limiters,

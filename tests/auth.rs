@@ -552,6 +552,7 @@ async fn password_reset_tokens_are_single_use_and_emails_cannot_be_probed() {
             std::sync::Arc::new(keys),
             SignupPolicy::Open,
             Default::default(),
+            companero::auth::mfa::Mfa::load(db.clone(), &app.config.data_dir.join("keys")).unwrap(),
             None,
         )
     };

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessChanges;
 use super::audit::{self, AuditEvent};
+use super::mfa::{Code, Enrollment, Mfa};
 use super::rate_limit::LoginThrottle;
 use super::tokens::{self, TokenKeys};
 use super::{AuthError, Principal, RequestContext, Role, new_id, normalize_email, passwords};
@@ -68,6 +69,10 @@ pub struct Session {
     pub refresh_token: String,
     pub token_type: &'static str,
     pub expires_in: u64,
+    /// Only when this sign-in also set up two-step sign-in: the ten one-time recovery codes,
+    /// shown this once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_codes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -104,6 +109,7 @@ pub struct Accounts {
     policy: SignupPolicy,
     changes: Arc<AccessChanges>,
     logins: Arc<LoginThrottle>,
+    mfa: Mfa,
     /// Needed to register the first account (the owner); `None` once there is one, or when
     /// only the CLI may create it.
     setup_token: Option<Arc<str>>,
@@ -115,6 +121,7 @@ impl Accounts {
         keys: Arc<TokenKeys>,
         policy: SignupPolicy,
         logins: Arc<LoginThrottle>,
+        mfa: Mfa,
         setup_token: Option<String>,
     ) -> Accounts {
         Accounts {
@@ -123,6 +130,7 @@ impl Accounts {
             policy,
             changes: Arc::new(AccessChanges::default()),
             logins,
+            mfa,
             setup_token: setup_token.map(Into::into),
         }
     }
@@ -138,6 +146,10 @@ impl Accounts {
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    pub fn mfa(&self) -> &Mfa {
+        &self.mfa
     }
 
     /// Registers an account. The first account on an instance becomes its owner and a creator;
@@ -233,27 +245,17 @@ impl Accounts {
         let lookup_email = email.clone();
         let account = self
             .db
-            .call(move |c| -> Result<_, AuthError> {
-                Ok(c.query_row(
-                    "SELECT u.id, u.password_hash, u.is_owner,
-                            (SELECT tenant_id FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1),
-                            (SELECT role FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1)
-                     FROM users u WHERE u.email = ?1",
-                    [&lookup_email],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, bool>(2)?,
-                            r.get::<_, Option<String>>(3)?,
-                            r.get::<_, Option<String>>(4)?,
-                        ))
-                    },
-                )
-                .optional()?)
-            })
+            .call(move |c| sign_in_account(c, "u.email = ?1", &lookup_email))
             .await?;
-        let Some((user_id, stored, owner, tenant_id, role)) = account else {
+        let Some(SignInAccount {
+            id: user_id,
+            password_hash: stored,
+            owner,
+            tenant_id,
+            role,
+            ..
+        }) = account
+        else {
             // Same work as a real check, so timing does not reveal which emails exist.
             let _ = verify_off_thread(password.to_string(), passwords::dummy_hash().to_string())
                 .await?;
@@ -277,13 +279,26 @@ impl Accounts {
             self.audit(event).await?;
             return Err(AuthError::InvalidCredentials);
         }
-        self.logins.succeeded(&email, context.ip);
         let (Some(tenant_id), Some(role)) = (tenant_id, role.as_deref().and_then(Role::parse))
         else {
             return Err(AuthError::Invalid(
                 "this account belongs to no tenant any more".into(),
             ));
         };
+        if let Some(enroll) = self.mfa.sign_in_step(&user_id).await? {
+            // The throttle's count stays until the second step succeeds too: a known password
+            // must not reset the budget for guessing codes.
+            let challenge = self.mfa.challenge(&user_id, enroll).await?;
+            self.audit(
+                AuditEvent::new("auth.login_second_step", &email, context)
+                    .tenant(&tenant_id)
+                    .actor(&user_id)
+                    .detail(serde_json::json!({ "enroll": enroll })),
+            )
+            .await?;
+            return Err(AuthError::MfaRequired { challenge, enroll });
+        }
+        self.logins.succeeded(&email, context.ip);
         self.audit(
             AuditEvent::new("auth.login", &email, context)
                 .tenant(&tenant_id)
@@ -292,6 +307,98 @@ impl Accounts {
         .await?;
         self.start_session(user_id, &email, tenant_id, role, owner)
             .await
+    }
+
+    /// The second step of a sign-in: the challenge the password step answered, with a code
+    /// (or a recovery code). A challenge that enrols takes the first code of the new
+    /// authenticator, and the session then carries the recovery codes.
+    pub async fn login_second_step(
+        &self,
+        challenge: &str,
+        code: Code,
+        context: &RequestContext,
+    ) -> Result<Session, AuthError> {
+        let pending = self.mfa.take_challenge(challenge).await?;
+        let (user_id, email, owner, tenant_id, role) = self.account_of(&pending.user_id).await?;
+        self.logins.check(&email, context.ip)?;
+        let kind = match &code {
+            Code::Totp(_) => "totp",
+            Code::Recovery(_) => "recovery_code",
+        };
+        let checked = if pending.enrolling {
+            let Code::Totp(code) = code else {
+                return Err(AuthError::Invalid(
+                    "enter the 6-digit code the new authenticator app shows".into(),
+                ));
+            };
+            self.mfa
+                .confirm_enrollment(&user_id, &email, &code, context)
+                .await
+                .map(|codes| Some(codes.recovery_codes))
+        } else {
+            self.mfa
+                .verify(&user_id, &email, &code, context)
+                .await
+                .map(|()| None)
+        };
+        let recovery_codes = match checked {
+            Ok(codes) => codes,
+            Err(error) => {
+                if matches!(error, AuthError::InvalidMfaCode(_)) {
+                    self.logins.failed(&email, context.ip);
+                }
+                return Err(error);
+            }
+        };
+        self.mfa.finish_challenge(challenge).await?;
+        self.logins.succeeded(&email, context.ip);
+        self.audit(
+            AuditEvent::new("auth.login", &email, context)
+                .tenant(&tenant_id)
+                .actor(&user_id)
+                .detail(serde_json::json!({ "second_factor": kind })),
+        )
+        .await?;
+        let mut session = self
+            .start_session(user_id, &email, tenant_id, role, owner)
+            .await?;
+        session.recovery_codes = recovery_codes;
+        Ok(session)
+    }
+
+    /// A sign-in whose account must set up two-step sign-in: the new authenticator's secret
+    /// and QR code, for the challenge's account.
+    pub async fn login_enrollment(&self, challenge: &str) -> Result<Enrollment, AuthError> {
+        let pending = self.mfa.take_challenge(challenge).await?;
+        if !pending.enrolling {
+            return Err(AuthError::Conflict(
+                "two-step sign-in is already set up: enter a code from the authenticator app"
+                    .into(),
+            ));
+        }
+        let (user_id, email, ..) = self.account_of(&pending.user_id).await?;
+        self.mfa.begin_enrollment(&user_id, &email).await
+    }
+
+    /// (user id, email, owner, tenant, role) of an account that may sign in.
+    async fn account_of(
+        &self,
+        user_id: &str,
+    ) -> Result<(String, String, bool, String, Role), AuthError> {
+        let id = user_id.to_string();
+        let account = self
+            .db
+            .call(move |c| sign_in_account(c, "u.id = ?1", &id))
+            .await?
+            .ok_or(AuthError::MfaChallengeExpired)?;
+        match (account.tenant_id, account.role.as_deref().and_then(Role::parse)) {
+            (Some(tenant_id), Some(role)) => {
+                Ok((account.id, account.email, account.owner, tenant_id, role))
+            }
+            _ => Err(AuthError::Invalid(
+                "this account belongs to no tenant any more".into(),
+            )),
+        }
     }
 
     /// Exchanges a refresh token for a new pair. A token that was already exchanged is a sign
@@ -389,6 +496,7 @@ impl Accounts {
             refresh_token,
             token_type: "Bearer",
             expires_in: tokens::ACCESS_TOKEN_LIFETIME.as_secs(),
+            recovery_codes: None,
         })
     }
 
@@ -656,6 +764,25 @@ impl Accounts {
         Ok(made)
     }
 
+    /// The operator turns two-step sign-in off for an account (`companero admin disable-mfa`).
+    pub async fn reset_mfa_for_email(&self, email: &str) -> Result<(), AuthError> {
+        let email = normalize_email(email)?;
+        let lookup = email.clone();
+        let user_id = self
+            .db
+            .read(move |c| -> Result<String, AuthError> {
+                c.query_row("SELECT id FROM users WHERE email = ?1", [&lookup], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .ok_or(AuthError::NotFound("account with this email"))
+            })
+            .await?;
+        self.mfa
+            .reset_by_operator(&user_id, &email, &RequestContext::default())
+            .await
+    }
+
     /// Withdraws an invitation of the caller's tenant that was not accepted yet.
     pub async fn revoke_invitation(
         &self,
@@ -883,6 +1010,7 @@ impl Accounts {
             refresh_token,
             token_type: "Bearer",
             expires_in: tokens::ACCESS_TOKEN_LIFETIME.as_secs(),
+            recovery_codes: None,
         })
     }
 
@@ -924,6 +1052,46 @@ impl Accounts {
             .call(move |c| audit::record(c, &event).map_err(AuthError::from))
             .await
     }
+}
+
+/// What signing in needs to know of an account.
+struct SignInAccount {
+    id: String,
+    email: String,
+    password_hash: String,
+    owner: bool,
+    /// The first tenant it belongs to, and its role there.
+    tenant_id: Option<String>,
+    role: Option<String>,
+}
+
+/// The account `condition` (on `u`, the users table) names.
+fn sign_in_account(
+    c: &Connection,
+    condition: &str,
+    value: &str,
+) -> Result<Option<SignInAccount>, AuthError> {
+    Ok(c.query_row(
+        &format!(
+            "SELECT u.id, u.password_hash, u.is_owner,
+                    (SELECT tenant_id FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1),
+                    (SELECT role FROM memberships m WHERE m.user_id = u.id ORDER BY m.created_at LIMIT 1),
+                    u.email
+             FROM users u WHERE {condition}"
+        ),
+        [value],
+        |r| {
+            Ok(SignInAccount {
+                id: r.get(0)?,
+                password_hash: r.get(1)?,
+                owner: r.get(2)?,
+                tenant_id: r.get(3)?,
+                role: r.get(4)?,
+                email: r.get(5)?,
+            })
+        },
+    )
+    .optional()?)
 }
 
 fn insert_refresh_token(

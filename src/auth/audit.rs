@@ -61,6 +61,12 @@ impl AuditEvent {
         self
     }
 
+    /// The same event under another action (a follow-up of it).
+    pub fn with_action(mut self, action: &'static str) -> AuditEvent {
+        self.action = action;
+        self
+    }
+
     pub fn detail(mut self, detail: serde_json::Value) -> AuditEvent {
         self.detail = detail;
         self

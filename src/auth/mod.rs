@@ -11,6 +11,7 @@ pub mod api_keys;
 pub mod api_usage;
 pub mod audit;
 pub mod instance;
+pub mod mfa;
 pub mod passwords;
 pub mod rate_limit;
 pub mod team;
@@ -151,6 +152,22 @@ pub enum AuthError {
     NotFound(&'static str),
     #[error("{0}")]
     Invalid(String),
+    /// The password was right; the sign-in needs its second step (`enroll`: setting up an
+    /// authenticator first, because two-step sign-in is required of this account).
+    #[error("{}", if *enroll {
+        "two-step sign-in is required for this account: set up an authenticator app to finish signing in"
+    } else {
+        "enter the 6-digit code from your authenticator app (or a recovery code) to finish signing in"
+    })]
+    MfaRequired { challenge: String, enroll: bool },
+    #[error("{0}")]
+    InvalidMfaCode(&'static str),
+    #[error("this sign-in took too long or had too many wrong codes; sign in again")]
+    MfaChallengeExpired,
+    #[error("two-step sign-in is not on for this account")]
+    MfaNotEnabled,
+    #[error("{0}")]
+    MfaPolicy(&'static str),
     #[error("too many attempts; try again in {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: std::time::Duration },
     #[error(transparent)]

@@ -14,6 +14,8 @@ pub struct TenantSettings {
     pub coach_slug: String,
     /// Websites (scheme://host[:port]) allowed to call the public chat API from a browser.
     pub allowed_origins: Vec<String>,
+    /// Every member must sign in with two steps (`PUT /api/v1/tenant/mfa-requirement`).
+    pub require_mfa: bool,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -35,7 +37,7 @@ pub struct TenantSummary {
 
 pub fn get(c: &Connection, scope: &TenantScope) -> Result<TenantSettings, AuthError> {
     c.query_row(
-        "SELECT t.id, t.name, co.slug, t.allowed_origins FROM tenants t
+        "SELECT t.id, t.name, co.slug, t.allowed_origins, t.require_mfa FROM tenants t
          JOIN coaches co ON co.tenant_id = t.id WHERE t.id = ?1",
         [scope.tenant_id()],
         |r| {
@@ -44,6 +46,7 @@ pub fn get(c: &Connection, scope: &TenantScope) -> Result<TenantSettings, AuthEr
                 name: r.get(1)?,
                 coach_slug: r.get(2)?,
                 allowed_origins: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                require_mfa: r.get(4)?,
             })
         },
     )

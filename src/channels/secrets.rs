@@ -13,7 +13,12 @@ pub struct Sealer {
 
 impl Sealer {
     pub fn load_or_create(keys_dir: &Path) -> anyhow::Result<Sealer> {
-        let key = crate::auth::tokens::load_or_create_key(keys_dir, "channels.key")?;
+        Sealer::load_or_create_named(keys_dir, "channels.key")
+    }
+
+    /// A sealer with its own key file (two-step sign-in's secrets use `mfa.key`).
+    pub fn load_or_create_named(keys_dir: &Path, file_name: &str) -> anyhow::Result<Sealer> {
+        let key = crate::auth::tokens::load_or_create_key(keys_dir, file_name)?;
         Ok(Sealer::from_key(&key))
     }
 

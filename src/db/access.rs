@@ -27,6 +27,12 @@ pub trait AccessStore {
 
     /// Moves the user's session generation on: every access token issued so far stops working.
     fn end_sessions(&self, user_id: &str) -> Result<(), DbError>;
+
+    /// Ends every sign-in of the user: refresh tokens revoked, access tokens ended.
+    fn end_sign_ins(&self, user_id: &str) -> Result<(), DbError>;
+
+    /// The tenant the user signs in to (their first membership).
+    fn home_tenant(&self, user_id: &str) -> Result<Option<String>, DbError>;
 }
 
 impl AccessStore for Connection {
@@ -68,5 +74,25 @@ impl AccessStore for Connection {
             [user_id],
         )?;
         Ok(())
+    }
+
+    fn end_sign_ins(&self, user_id: &str) -> Result<(), DbError> {
+        self.execute(
+            "UPDATE refresh_tokens SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+             WHERE user_id = ?1 AND revoked_at IS NULL",
+            [user_id],
+        )?;
+        self.end_sessions(user_id)
+    }
+
+    fn home_tenant(&self, user_id: &str) -> Result<Option<String>, DbError> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .query_row(
+                "SELECT tenant_id FROM memberships WHERE user_id = ?1 ORDER BY created_at LIMIT 1",
+                [user_id],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 }

@@ -20,6 +20,7 @@ pub mod backup;
 pub mod channels;
 pub mod coaching;
 pub mod jobs;
+pub mod mfa;
 pub mod migrations;
 pub mod privacy;
 pub mod push;

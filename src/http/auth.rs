@@ -218,6 +218,23 @@ impl From<AuthError> for ApiError {
                 return ApiError::new(ErrorCode::RateLimited, error.to_string())
                     .with_retry_after(*retry_after);
             }
+            AuthError::MfaRequired { challenge, enroll } => {
+                let code = if *enroll {
+                    ErrorCode::MfaEnrollmentRequired
+                } else {
+                    ErrorCode::MfaRequired
+                };
+                return ApiError::new(code, error.to_string())
+                    .with_field("challenge", challenge.as_str())
+                    .with_field(
+                        "expires_in",
+                        crate::auth::mfa::CHALLENGE_LIFETIME.num_seconds(),
+                    );
+            }
+            AuthError::InvalidMfaCode(_) => ErrorCode::InvalidMfaCode,
+            AuthError::MfaChallengeExpired => ErrorCode::MfaChallengeExpired,
+            AuthError::MfaNotEnabled => ErrorCode::MfaNotEnabled,
+            AuthError::MfaPolicy(_) => ErrorCode::MfaPolicy,
             AuthError::Db(_) => unreachable!("answered above"),
         };
         ApiError::new(code, error.to_string())
@@ -288,7 +305,7 @@ pub(crate) struct Credentials {
     request_body = Credentials,
     responses(
         (status = 200, description = "Signed in", body = Session),
-        (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 401, description = "Wrong email or password; or the password was right and two-step sign-in needs a code (`mfa_required`) or setting up (`mfa_enrollment_required`): the error carries the `challenge` for POST /api/v1/auth/login/mfa", body = ErrorBody),
         (status = 429, description = "Too many attempts or account locked", body = ErrorBody),
     ),
 )]
@@ -332,13 +349,17 @@ pub struct InstanceInfo {
     /// Whether the server sends email (reset links, invitations). Without it, admins pass links
     /// on themselves: the team screen makes them.
     email: bool,
+    /// The owner requires two-step sign-in of every account.
+    require_mfa: bool,
 }
 
 #[utoipa::path(get, path = "/api/v1/instance", tag = "accounts",
     responses((status = 200, description = "Sign-up policy and first-run state", body = InstanceInfo)))]
 pub async fn instance(State(state): State<AppState>) -> Result<Json<InstanceInfo>, ApiError> {
     let (signup, needs_owner) = state.auth.accounts.instance().await?;
+    let require_mfa = state.auth.accounts.mfa().instance_requires().await?;
     Ok(Json(InstanceInfo {
+        require_mfa,
         version: env!("CARGO_PKG_VERSION"),
         signup,
         needs_owner,

@@ -103,6 +103,21 @@ error_codes! {
     PlatformUnavailable => (BAD_GATEWAY, "platform_unavailable"),
     /// An export's file is gone (it expired, or its link did); ask for a new one.
     ExportExpired => (GONE, "export_expired"),
+    /// The password was right; finish signing in with `POST /api/v1/auth/login/mfa` and the
+    /// `challenge` in this error.
+    MfaRequired => (UNAUTHORIZED, "mfa_required"),
+    /// Two-step sign-in is required of this account and not set up: enrol with the
+    /// `challenge` in this error (`POST /api/v1/auth/login/mfa/enrollment`).
+    MfaEnrollmentRequired => (UNAUTHORIZED, "mfa_enrollment_required"),
+    /// The authenticator or recovery code is wrong, or was used already.
+    InvalidMfaCode => (UNAUTHORIZED, "invalid_mfa_code"),
+    /// The sign-in's challenge expired or had too many wrong codes.
+    MfaChallengeExpired => (UNAUTHORIZED, "mfa_challenge_expired"),
+    /// Two-step sign-in is not on for this account.
+    MfaNotEnabled => (CONFLICT, "mfa_not_enabled"),
+    /// The tenant or the instance requires two-step sign-in (it cannot be turned off), or
+    /// the person requiring it has not turned it on for themselves.
+    MfaPolicy => (FORBIDDEN, "mfa_policy"),
     /// The export could not be written; the message says why. Ask for a new one.
     ExportFailed => (CONFLICT, "export_failed"),
     /// A destructive request (erasing one's data) needs `{"confirm": true}`.
@@ -150,6 +165,8 @@ pub struct ApiError {
     pub message: String,
     /// Sent as `Retry-After` (seconds) on overload and rate-limit errors.
     pub retry_after: Option<Duration>,
+    /// More fields of the error object, for errors a client acts on (a sign-in's challenge).
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl ApiError {
@@ -158,11 +175,19 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            fields: None,
         }
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> ApiError {
         self.retry_after = Some(after);
+        self
+    }
+
+    pub fn with_field(mut self, name: &str, value: impl Into<serde_json::Value>) -> ApiError {
+        self.fields
+            .get_or_insert_with(Default::default)
+            .insert(name.to_string(), value.into());
         self
     }
 
@@ -180,7 +205,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), self.code.as_str().into());
+        error.insert("message".into(), self.message.into());
+        error.extend(self.fields.unwrap_or_default());
+        let body = json!({ "error": error });
         let mut response = (self.code.status(), Json(body)).into_response();
         if self.code.status() == StatusCode::UNAUTHORIZED {
             response

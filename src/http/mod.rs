@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openai;
 pub mod openapi;
 pub mod pages;
+pub mod mfa;
 pub mod privacy;
 pub mod push;
 pub mod realtime;
@@ -109,6 +110,7 @@ pub fn route_table() -> route_table::Routes {
         .merge(pages::routes())
         .merge(openai::routes())
         .merge(privacy::routes())
+        .merge(mfa::routes())
 }
 
 /// The complete application: [`routes`] behind the standard middleware.

@@ -11,7 +11,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, openai, privacy,
+    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, mfa, openai, privacy,
     push, realtime,
 };
 
@@ -138,6 +138,15 @@ use super::{
         privacy::erase_end_user,
         privacy::erase_myself,
         privacy::get_retention,
+        mfa::status,
+        mfa::disable,
+        mfa::begin_enrollment,
+        mfa::confirm_enrollment,
+        mfa::new_recovery_codes,
+        mfa::second_step,
+        mfa::enrollment_at_sign_in,
+        mfa::require_for_tenant,
+        mfa::require_for_instance,
         privacy::set_retention,
         privacy::run_retention,
     ),
