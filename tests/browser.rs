@@ -81,3 +81,32 @@ async fn the_team_runs_a_live_coach_from_the_dashboard() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_team_secures_sign_in_and_decides_how_long_data_is_kept() {
+    // No models: nothing here answers; one person wrote to the coach.
+    let app = start(|config| config.signup = companero::auth::accounts::SignupPolicy::Open).await;
+    let staff = app.sign_up("coach@example.com").await;
+    let slug = app.slug(&staff).await;
+    let visitor = app.visitor(&slug).await;
+    let conversation = app.conversation(&visitor).await;
+    let response = app
+        .post_message(&visitor, &conversation, json!({"content": "hello coach"}))
+        .await;
+    assert!(response.status().is_success(), "{}", response.status());
+    drop(response);
+    let people = app
+        .json_ok(reqwest::Method::GET, "/api/v1/end-users", &staff, None)
+        .await;
+    let person = people["end_users"][0]["id"].as_str().expect("one person").to_string();
+    run_scenario(
+        &app,
+        "security.mjs",
+        &[
+            ("COMPANERO_EMAIL", "coach@example.com"),
+            ("COMPANERO_PASSWORD", common::PASSWORD),
+            ("COMPANERO_PERSON", &person),
+        ],
+    )
+    .await;
+}

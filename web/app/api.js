@@ -21,11 +21,13 @@ let refreshing = null;
 const listeners = new Set();
 
 export class ApiError extends Error {
-  constructor(status, code, message, retryAfter) {
+  /** `details`: the whole error object (a sign-in's second step reads its `challenge`). */
+  constructor(status, code, message, retryAfter, details = {}) {
     super(message);
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    this.details = details;
   }
 }
 
@@ -161,7 +163,7 @@ async function raw(method, path, body, token) {
   if (!response.ok) {
     const error = data && data.error ? data.error : {};
     throw new ApiError(response.status, error.code || 'http_error', error.message || `HTTP ${response.status}`,
-      response.headers.get('retry-after'));
+      response.headers.get('retry-after'), error);
   }
   return data;
 }
@@ -186,6 +188,16 @@ export const get = (path) => api('GET', path);
 
 export async function signIn(email, password) {
   store(await raw('POST', '/api/v1/auth/login', { email, password }), 'signed-in');
+}
+
+/** A sign-in's second step: the challenge of `mfa_required` (or `mfa_enrollment_required`) with
+ * `{code}` or `{recovery_code}`. Answers the session (after an enrolment it carries the
+ * recovery codes, shown once). */
+export async function signInSecondStep(challenge, factor) {
+  const tokens = await raw('POST', '/api/v1/auth/login/mfa', { challenge, ...factor });
+  const { recovery_codes: codes, ...session } = tokens;
+  store(session, 'signed-in');
+  return codes || null;
 }
 
 export async function signUp(fields) {

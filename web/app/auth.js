@@ -1,6 +1,7 @@
 // Sign in, sign up (also the first-run owner set-up and invitations), forgotten password.
 import { signIn, signUp, publicGet, publicPost, explain } from './api.js';
 import { el, field, alertBox, busy } from './ui.js';
+import { secondStep } from './security.js';
 import { navigate, resetUser } from './main.js';
 
 function frame(title, intro, form, footer) {
@@ -41,6 +42,11 @@ export async function authScreen(route, params) {
         resetUser();
         navigate(next);
       } catch (error) {
+        if (error.code === 'mfa_required' || error.code === 'mfa_enrollment_required') {
+          await secondStep(form.closest('.card'), error, () => { resetUser(); navigate(next); })
+            .catch((failure) => showError(form, failure, { email, password }));
+          return;
+        }
         showError(form, error, { email, password });
       }
     });

@@ -17,6 +17,8 @@ import { people } from './people.js';
 import { programs } from './programs.js';
 import { rules } from './rules.js';
 import { outcomes } from './outcomes.js';
+import { account } from './security.js';
+import { privacy } from './privacy.js';
 
 const app = document.getElementById('app');
 const screens = {
@@ -35,6 +37,8 @@ const screens = {
   channels: { title: 'Channels', render: channels },
   team: { title: 'Team and keys', render: team },
   server: { title: 'This server', render: owner },
+  account: { title: 'Your account', render: account },
+  privacy: { title: 'Data and privacy', render: privacy },
 };
 const publicScreens = ['signin', 'signup', 'forgot'];
 
@@ -128,7 +132,8 @@ function shell(route, user) {
     el('a', { class: 'logo', href: '#/' }, el('img', { src: '/favicon.svg', alt: '' }), 'Compañero'),
     link('', 'Overview'), link('inbox', 'Inbox'), link('people', 'People'), link('programs', 'Programs'), link('rules', 'Nudge rules'), link('knowledge', 'Knowledge'), link('gaps', 'Knowledge gaps'),
     link('analytics', 'Analytics'), link('outcomes', 'Outcomes'), link('channels', 'Channels'), link('settings', 'Coach settings'), link('test', 'Test chat'),
-    user.role === 'admin' ? link('team', 'Team and keys') : null, user.is_owner ? link('server', 'This server') : null,
+    user.role === 'admin' ? link('team', 'Team and keys') : null, link('privacy', 'Data and privacy'),
+    user.is_owner ? link('server', 'This server') : null, link('account', 'Your account'),
     link('welcome', 'Get started'),
     el('div', { class: 'spacer' }),
     el('div', { class: 'who' }, `${user.full_name} · ${user.role}`),

@@ -1,6 +1,7 @@
 // The instance owner's view: every creator on this server, the server's health and its audit log.
 import { api, get, explain } from './api.js';
 import { el, alertBox, toast, confirmAction } from './ui.js';
+import { requirementSwitch } from './security.js';
 
 export async function owner(main, { user, navigate }) {
   if (!user.is_owner) {
@@ -51,7 +52,8 @@ export async function owner(main, { user, navigate }) {
   main.append(el('h1', {}, 'This server'),
     el('section', { class: 'card' }, el('h2', {}, 'Health'), table(['Component', 'State', 'Detail'], components),
       el('p', { class: 'small muted' }, `Compañero ${instance.version}`),
-      el('div', { class: 'field' }, el('label', {}, 'Who may sign up'), policy)),
+      el('div', { class: 'field' }, el('label', {}, 'Who may sign up'), policy),
+      requirementSwitch('/api/v1/admin/mfa-requirement', instance.require_mfa, 'every account on this server')),
     el('section', { class: 'card', style: 'margin-top:16px' }, el('h2', {}, `Creators (${tenants.tenants.length})`),
       table(['Name', 'Chat page', 'Members', 'Since', ''], tenants.tenants.map((t) => el('tr', { 'data-tenant': t.name }, el('td', {}, t.name,
         t.suspended_at ? el('span', { class: 'badge failed', style: 'margin-left:6px' }, 'suspended') : null),

@@ -3,6 +3,7 @@
 import { api, get, explain } from './api.js';
 import { el, field, toast, alertBox, busy } from './ui.js';
 import { goalChart } from './charts.js';
+import { personDataActions } from './privacy.js';
 
 const when = (at) => (at ? at.replace('T', ' ').slice(0, 16) + ' UTC' : 'never');
 const percent = (x) => `${Math.round((x || 0) * 100)}%`;
@@ -10,7 +11,7 @@ const channelNames = { web: 'Website', telegram: 'Telegram', whatsapp: 'WhatsApp
 
 export async function people(main, { params, user }) {
   const id = params.get('id');
-  if (id) return person(main, id, user.role !== 'analyst');
+  if (id) return person(main, id, user.role !== 'analyst', user.role === 'admin');
   const programs = (await get('/api/v1/programs')).programs;
   const filters = { q: params.get('q') || '', tag: params.get('tag') || '', program_id: params.get('program') || '', activity: params.get('activity') || '' };
   const search = el('input', { type: 'search', name: 'q', value: filters.q, placeholder: 'name or email' });
@@ -63,7 +64,7 @@ function action(label, fields, submit) {
   return form;
 }
 
-async function person(main, id, canEdit) {
+async function person(main, id, canEdit, isAdmin) {
   let profile;
   try {
     profile = await get(`/api/v1/end-users/${encodeURIComponent(id)}`);
@@ -119,5 +120,6 @@ async function person(main, id, canEdit) {
     el('h2', {}, 'Conversations'), conversations.length ? el('ul', {}, ...conversations) : el('p', { class: 'muted' }, 'No conversation yet.'),
     el('h2', {}, 'Recent messages from the coach'),
     nudges.length ? el('table', {}, el('thead', {}, el('tr', {}, ...['When', 'Kind', 'Status', 'Channel', 'Text'].map((h) => el('th', {}, h)))), el('tbody', {}, ...nudges))
-      : el('p', { class: 'muted' }, 'None yet.'));
+      : el('p', { class: 'muted' }, 'None yet.'),
+    isAdmin ? personDataActions(profile, name) : null);
 }

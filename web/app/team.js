@@ -2,6 +2,7 @@
 // once), the audit log.
 import { api, get, explain } from './api.js';
 import { el, field, toast, confirmAction, alertBox, busy, copyButton } from './ui.js';
+import { requirementSwitch } from './security.js';
 
 const ROLES = [['analyst', 'Analyst: reads'], ['coach', 'Coach: answers conversations'], ['admin', 'Admin: everything']];
 const roleSelect = (name, value, label) => el('select', { name, 'aria-label': label }, ROLES.map(([v, text]) => el('option', { value: v, selected: v === value }, text)));
@@ -20,7 +21,7 @@ export async function team(main, { user }) {
   const members = el('tbody');
   const keys = el('tbody');
   const audit = el('tbody');
-  const instance = await get('/api/v1/instance').catch(() => ({}));
+  const [instance, tenant] = await Promise.all([get('/api/v1/instance').catch(() => ({})), get('/api/v1/tenant')]);
   const mails = instance.email !== false;
   // A reset link made for a member: shown here once.
   const resetStatus = el('div', { role: 'status' });
@@ -129,7 +130,8 @@ export async function team(main, { user }) {
 
   const table = (head, body) => el('table', { class: 'table' }, el('thead', {}, el('tr', {}, head.map((h) => el('th', { scope: 'col' }, h)))), body);
   main.append(el('h1', {}, 'Team and keys'),
-    el('section', { class: 'card' }, el('h2', {}, 'Team'), invite, resetStatus, table(['Person', 'Role', ''], members)),
+    el('section', { class: 'card' }, el('h2', {}, 'Team'), invite, resetStatus, table(['Person', 'Role', ''], members),
+      requirementSwitch('/api/v1/tenant/mfa-requirement', tenant.require_mfa, 'everyone in this team')),
     el('section', { class: 'card', style: 'margin-top:16px' }, el('h2', {}, 'API keys'), newKey, table(['Key', 'Last use', ''], keys)),
     el('section', { class: 'card', style: 'margin-top:16px' }, el('h2', {}, 'Audit log'), auditForm, table(['When', 'Who', 'What', 'From'], audit)));
   await Promise.all([load(), loadAudit()]);
