@@ -98,7 +98,10 @@ async fn the_team_secures_sign_in_and_decides_how_long_data_is_kept() {
     let people = app
         .json_ok(reqwest::Method::GET, "/api/v1/end-users", &staff, None)
         .await;
-    let person = people["end_users"][0]["id"].as_str().expect("one person").to_string();
+    let person = people["end_users"][0]["id"]
+        .as_str()
+        .expect("one person")
+        .to_string();
     run_scenario(
         &app,
         "security.mjs",

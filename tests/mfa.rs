@@ -81,7 +81,14 @@ async fn challenge(app: &TestApp, email: &str, expected: &str) -> String {
 
 /// Enrols the signed-in caller; returns (otpauth URL, recovery codes, the code it spent).
 async fn enrol(app: &TestApp, token: &str) -> (String, Vec<String>, String) {
-    let enrollment = ok(app, Method::POST, "/api/v1/auth/mfa/enrollment", None, Some(token)).await;
+    let enrollment = ok(
+        app,
+        Method::POST,
+        "/api/v1/auth/mfa/enrollment",
+        None,
+        Some(token),
+    )
+    .await;
     let url = enrollment["otpauth_url"].as_str().unwrap().to_string();
     assert!(url.starts_with("otpauth://totp/"), "{url}");
     assert!(enrollment["qr_svg"].as_str().unwrap().contains("<svg"));
@@ -107,7 +114,14 @@ async fn enrol(app: &TestApp, token: &str) -> (String, Vec<String>, String) {
 async fn second_step(app: &TestApp, challenge: &str, factor: Value) -> reqwest::Response {
     let mut body = factor;
     body["challenge"] = json!(challenge);
-    call(app, Method::POST, "/api/v1/auth/login/mfa", Some(body), None).await
+    call(
+        app,
+        Method::POST,
+        "/api/v1/auth/login/mfa",
+        Some(body),
+        None,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +156,14 @@ async fn two_step_sign_in_from_enrolment_to_requirement() {
     expect_error(response, 403, "mfa_policy").await;
 
     // Enrolment: a wrong first code is refused, then the right one turns it on.
-    let enrollment = ok(&app, Method::POST, "/api/v1/auth/mfa/enrollment", None, Some(&owner)).await;
+    let enrollment = ok(
+        &app,
+        Method::POST,
+        "/api/v1/auth/mfa/enrollment",
+        None,
+        Some(&owner),
+    )
+    .await;
     let response = call(
         &app,
         Method::POST,
@@ -158,7 +179,14 @@ async fn two_step_sign_in_from_enrolment_to_requirement() {
     assert_eq!(status["enabled"], true);
     assert_eq!(status["recovery_codes_left"], 10);
     // Enrolling again while it is on is refused (it would replace the authenticator).
-    let response = call(&app, Method::POST, "/api/v1/auth/mfa/enrollment", None, Some(&owner)).await;
+    let response = call(
+        &app,
+        Method::POST,
+        "/api/v1/auth/mfa/enrollment",
+        None,
+        Some(&owner),
+    )
+    .await;
     expect_error(response, 409, "conflict").await;
 
     // Sign-in now takes a second step.
@@ -192,7 +220,14 @@ async fn two_step_sign_in_from_enrolment_to_requirement() {
     assert_eq!(status["recovery_codes_left"], 9);
 
     // Turning it off needs a code.
-    let response = call(&app, Method::DELETE, "/api/v1/auth/mfa", Some(json!({})), Some(&owner)).await;
+    let response = call(
+        &app,
+        Method::DELETE,
+        "/api/v1/auth/mfa",
+        Some(json!({})),
+        Some(&owner),
+    )
+    .await;
     expect_error(response, 422, "invalid_request").await;
     let response = call(
         &app,
@@ -227,7 +262,14 @@ async fn two_step_sign_in_from_enrolment_to_requirement() {
     assert_eq!(changed["signed_out"], 1, "{changed}");
     let tenant = ok(&app, Method::GET, "/api/v1/tenant", None, Some(&owner)).await;
     assert_eq!(tenant["require_mfa"], true);
-    let response = call(&app, Method::GET, "/api/v1/auth/me", None, Some(&coach_token)).await;
+    let response = call(
+        &app,
+        Method::GET,
+        "/api/v1/auth/me",
+        None,
+        Some(&coach_token),
+    )
+    .await;
     assert_eq!(response.status(), 401, "the coach's session ended");
     let response = call(
         &app,
@@ -362,13 +404,26 @@ async fn two_step_sign_in_from_enrolment_to_requirement() {
         "auth.login_second_step",
         "tenant.mfa_requirement_changed",
     ] {
-        assert!(actions.contains(&expected), "{expected} missing: {actions:?}");
+        assert!(
+            actions.contains(&expected),
+            "{expected} missing: {actions:?}"
+        );
     }
     let text = log.to_string();
     assert!(!text.contains(enrollment["secret"].as_str().unwrap()));
     assert!(!text.contains(&recovery[1]));
-    let other_log = ok(&app, Method::GET, "/api/v1/audit-log?limit=200", None, Some(&other)).await;
-    assert!(other_log.to_string().contains("auth.mfa_locked"), "{other_log}");
+    let other_log = ok(
+        &app,
+        Method::GET,
+        "/api/v1/audit-log?limit=200",
+        None,
+        Some(&other),
+    )
+    .await;
+    assert!(
+        other_log.to_string().contains("auth.mfa_locked"),
+        "{other_log}"
+    );
 }
 
 /// A 6-digit code the authenticator does not show now (nor one step either side).

@@ -157,7 +157,10 @@ async fn a_retention_policy_deletes_what_is_older_and_keeps_the_rest() {
         if !view["last_run"].is_null() {
             break view;
         }
-        assert!(Instant::now() < deadline, "the first run did not happen: {view}");
+        assert!(
+            Instant::now() < deadline,
+            "the first run did not happen: {view}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let removed = &view["last_run"]["removed"];
@@ -167,10 +170,9 @@ async fn a_retention_policy_deletes_what_is_older_and_keeps_the_rest() {
     assert!(removed["audit_entries"].as_i64().unwrap() >= 1, "{view}");
     assert!(removed["messages"].as_i64().unwrap() >= 2, "{view}");
     // The next run, a day after this one.
-    let last = chrono::DateTime::parse_from_rfc3339(view["last_run"]["at"].as_str().unwrap())
-        .unwrap();
-    let next =
-        chrono::DateTime::parse_from_rfc3339(view["next_run_at"].as_str().unwrap()).unwrap();
+    let last =
+        chrono::DateTime::parse_from_rfc3339(view["last_run"]["at"].as_str().unwrap()).unwrap();
+    let next = chrono::DateTime::parse_from_rfc3339(view["next_run_at"].as_str().unwrap()).unwrap();
     assert_eq!((next - last).num_hours(), 24, "{view}");
 
     // What was older is gone; the rest is all there.
@@ -179,11 +181,21 @@ async fn a_retention_policy_deletes_what_is_older_and_keeps_the_rest() {
         404
     );
     let active = app
-        .json_ok(Method::GET, &format!("/api/v1/end-users/{active_user}"), &staff, None)
+        .json_ok(
+            Method::GET,
+            &format!("/api/v1/end-users/{active_user}"),
+            &staff,
+            None,
+        )
         .await;
     assert!(!active.to_string().contains(&stale_chat), "{active}");
     let fresh = app
-        .json_ok(Method::GET, &format!("/api/v1/end-users/{fresh_user}"), &staff, None)
+        .json_ok(
+            Method::GET,
+            &format!("/api/v1/end-users/{fresh_user}"),
+            &staff,
+            None,
+        )
         .await;
     assert!(fresh.to_string().contains(&fresh_chat), "{fresh}");
     let history = app.history(&fresh_visitor, &fresh_chat).await;

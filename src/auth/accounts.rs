@@ -391,7 +391,10 @@ impl Accounts {
             .call(move |c| sign_in_account(c, "u.id = ?1", &id))
             .await?
             .ok_or(AuthError::MfaChallengeExpired)?;
-        match (account.tenant_id, account.role.as_deref().and_then(Role::parse)) {
+        match (
+            account.tenant_id,
+            account.role.as_deref().and_then(Role::parse),
+        ) {
             (Some(tenant_id), Some(role)) => {
                 Ok((account.id, account.email, account.owner, tenant_id, role))
             }

@@ -175,7 +175,10 @@ impl Mfa {
 
     /// With the key in `keys_dir` (created on first use).
     pub fn load(db: Db, keys_dir: &std::path::Path) -> anyhow::Result<Mfa> {
-        Ok(Mfa::new(db, Sealer::load_or_create_named(keys_dir, "mfa.key")?))
+        Ok(Mfa::new(
+            db,
+            Sealer::load_or_create_named(keys_dir, "mfa.key")?,
+        ))
     }
 
     pub async fn status(&self, user_id: &str) -> Result<MfaStatus, AuthError> {
@@ -538,7 +541,9 @@ impl Mfa {
         kind: &'static str,
         context: &RequestContext,
     ) -> Result<(), AuthError> {
-        let base = self.event("auth.mfa_failed", user_id, email, context).await?;
+        let base = self
+            .event("auth.mfa_failed", user_id, email, context)
+            .await?;
         let locked_event = base.clone();
         let id = user_id.to_string();
         self.db
@@ -548,15 +553,17 @@ impl Mfa {
                         c.mfa_failed(&id, LOCK_AFTER, Utc::now() + LOCK_FOR)?;
                     audit::record(
                         c,
-                        &base.detail(serde_json::json!({"kind": kind, "failures_in_a_row": failures})),
+                        &base.detail(
+                            serde_json::json!({"kind": kind, "failures_in_a_row": failures}),
+                        ),
                     )
                     .map_err(DbError::from)?;
                     if locked {
                         audit::record(
                             c,
-                            &locked_event.with_action("auth.mfa_locked").detail(
-                                serde_json::json!({"minutes": LOCK_FOR.num_minutes()}),
-                            ),
+                            &locked_event
+                                .with_action("auth.mfa_locked")
+                                .detail(serde_json::json!({"minutes": LOCK_FOR.num_minutes()})),
                         )
                         .map_err(DbError::from)?;
                     }
@@ -596,7 +603,11 @@ mod tests {
         assert_eq!(matching_step(&totp, "287082", at), Some(1));
         assert_eq!(matching_step(&totp, "287 082", at), Some(1));
         let later = DateTime::from_timestamp(59 + 30, 0).unwrap();
-        assert_eq!(matching_step(&totp, "287082", later), Some(1), "one step late");
+        assert_eq!(
+            matching_step(&totp, "287082", later),
+            Some(1),
+            "one step late"
+        );
         let too_late = DateTime::from_timestamp(59 + 90, 0).unwrap();
         assert_eq!(matching_step(&totp, "287082", too_late), None);
         assert_eq!(matching_step(&totp, "28708", at), None);
@@ -610,6 +621,9 @@ mod tests {
         let unique: std::collections::HashSet<_> = hashes.iter().collect();
         assert_eq!(unique.len(), 10);
         let code = &codes[0];
-        assert_eq!(recovery_hash(&code.to_uppercase().replace('-', " ")), hashes[0]);
+        assert_eq!(
+            recovery_hash(&code.to_uppercase().replace('-', " ")),
+            hashes[0]
+        );
     }
 }

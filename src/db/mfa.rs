@@ -32,10 +32,8 @@ pub trait MfaStore {
     /// two-step sign-in is already on.
     fn start_mfa_enrollment(&self, user_id: &str, sealed: &[u8]) -> Result<bool, DbError>;
     /// Turns it on, with the step of the code that confirmed it and new recovery codes.
-    fn enable_mfa(&self, user_id: &str, step: i64, code_hashes: &[String])
-    -> Result<(), DbError>;
-    fn replace_recovery_codes(&self, user_id: &str, code_hashes: &[String])
-    -> Result<(), DbError>;
+    fn enable_mfa(&self, user_id: &str, step: i64, code_hashes: &[String]) -> Result<(), DbError>;
+    fn replace_recovery_codes(&self, user_id: &str, code_hashes: &[String]) -> Result<(), DbError>;
     /// Takes a code of `step`: false when that step (or a later one) was used already.
     fn accept_mfa_step(&self, user_id: &str, step: i64) -> Result<bool, DbError>;
     /// Spends a recovery code: false when it is not one of the account's unused codes.
@@ -121,12 +119,7 @@ impl MfaStore for Connection {
         Ok(changed == 1)
     }
 
-    fn enable_mfa(
-        &self,
-        user_id: &str,
-        step: i64,
-        code_hashes: &[String],
-    ) -> Result<(), DbError> {
+    fn enable_mfa(&self, user_id: &str, step: i64, code_hashes: &[String]) -> Result<(), DbError> {
         super::atomically(self, |c| {
             c.execute(
                 "UPDATE mfa_factors SET enabled_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), \
@@ -137,11 +130,7 @@ impl MfaStore for Connection {
         })
     }
 
-    fn replace_recovery_codes(
-        &self,
-        user_id: &str,
-        code_hashes: &[String],
-    ) -> Result<(), DbError> {
+    fn replace_recovery_codes(&self, user_id: &str, code_hashes: &[String]) -> Result<(), DbError> {
         super::atomically(self, |c| replace_codes(c, user_id, code_hashes))
     }
 
@@ -203,7 +192,10 @@ impl MfaStore for Connection {
     fn delete_mfa(&self, user_id: &str) -> Result<(), DbError> {
         super::atomically(self, |c| {
             for table in ["mfa_factors", "mfa_recovery_codes", "mfa_challenges"] {
-                c.execute(&format!("DELETE FROM {table} WHERE user_id = ?1"), [user_id])?;
+                c.execute(
+                    &format!("DELETE FROM {table} WHERE user_id = ?1"),
+                    [user_id],
+                )?;
             }
             Ok(())
         })

@@ -240,10 +240,10 @@ impl RetentionStore for Connection {
                                WHERE g.tenant_id = ?1 AND g.end_user_id = e.id AND ci.at >= ?2) \
              ORDER BY COALESCE(e.last_active_at, e.created_at) LIMIT ?3",
         )?;
-        let rows = statement.query_map(
-            params![scope.tenant_id(), instant(before), limit],
-            |r| r.get(0),
-        )?;
+        let rows = statement
+            .query_map(params![scope.tenant_id(), instant(before), limit], |r| {
+                r.get(0)
+            })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -21,10 +21,16 @@ pub fn routes() -> Routes {
     Routes::new()
         .route("/api/v1/auth/mfa", get(status).delete(disable))
         .route("/api/v1/auth/mfa/enrollment", post(begin_enrollment))
-        .route("/api/v1/auth/mfa/enrollment/confirm", post(confirm_enrollment))
+        .route(
+            "/api/v1/auth/mfa/enrollment/confirm",
+            post(confirm_enrollment),
+        )
         .route("/api/v1/auth/mfa/recovery-codes", post(new_recovery_codes))
         .route("/api/v1/auth/login/mfa", post(second_step))
-        .route("/api/v1/auth/login/mfa/enrollment", post(enrollment_at_sign_in))
+        .route(
+            "/api/v1/auth/login/mfa/enrollment",
+            post(enrollment_at_sign_in),
+        )
         .route("/api/v1/tenant/mfa-requirement", put(require_for_tenant))
         .route("/api/v1/admin/mfa-requirement", put(require_for_instance))
 }
@@ -255,7 +261,12 @@ pub(crate) async fn require_for_tenant(
         .auth
         .accounts
         .mfa()
-        .set_required(user, Some(auth.principal.tenant_id()), input.required, event)
+        .set_required(
+            user,
+            Some(auth.principal.tenant_id()),
+            input.required,
+            event,
+        )
         .await?;
     state
         .auth
@@ -279,7 +290,11 @@ pub(crate) async fn require_for_instance(
     Json(input): Json<Requirement>,
 ) -> Result<Json<RequirementChanged>, ApiError> {
     let (user, _) = person(&auth.principal)?;
-    let event = AuditEvent::by(&auth.principal, "instance.mfa_requirement_changed", &context);
+    let event = AuditEvent::by(
+        &auth.principal,
+        "instance.mfa_requirement_changed",
+        &context,
+    );
     let signed_out = state
         .auth
         .accounts

@@ -11,8 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, mfa, openai, privacy,
-    push, realtime,
+    admin, auth, channels, chat, coaching, health, insights, knowledge, metrics, mfa, openai,
+    privacy, push, realtime,
 };
 
 #[derive(OpenApi)]

@@ -34,10 +34,7 @@ pub fn routes() -> Routes {
         .route("/api/v1/public/me/export", post(export_myself))
         .route("/api/v1/public/me/data", delete(erase_myself))
         .route("/api/v1/public/exports/{token}", get(download_by_link))
-        .route(
-            "/api/v1/retention",
-            get(get_retention).put(set_retention),
-        )
+        .route("/api/v1/retention", get(get_retention).put(set_retention))
         .route("/api/v1/retention/run", post(run_retention))
 }
 

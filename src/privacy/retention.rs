@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::{Privacy, PrivacyError, Requester, audit_event};
 use crate::auth::audit::{self, AuditEvent};
 use crate::auth::{RequestContext, TenantScope};
+use crate::db::DbError;
 use crate::db::privacy::PrivacyStore;
 use crate::db::retention::{RetentionPolicy, RetentionStore};
-use crate::db::DbError;
 use crate::jobs::{BoxFuture, Handler, Job, JobError, NewJob, Outcome};
 
 /// The job kind of a tenant's daily run.
@@ -147,7 +147,10 @@ impl Privacy {
     ) -> Result<RetentionRun, PrivacyError> {
         let policy = {
             let scope = scope.clone();
-            self.db().read(move |c| c.retention_policy(&scope)).await?.policy
+            self.db()
+                .read(move |c| c.retention_policy(&scope))
+                .await?
+                .policy
         };
         let mut removed = serde_json::Map::new();
         let mut add = |kind: &str, n: i64| {
@@ -246,7 +249,10 @@ impl Privacy {
         let event = AuditEvent::new("retention.applied", "retention policy", context)
             .tenant(scope.tenant_id())
             .detail(serde_json::json!({ "removed": run.removed, "policy": policy }));
-        let (scope_moved, result) = (scope.clone(), serde_json::Value::Object(run.removed.clone()));
+        let (scope_moved, result) = (
+            scope.clone(),
+            serde_json::Value::Object(run.removed.clone()),
+        );
         self.db()
             .call(move |c| {
                 crate::db::immediate(c, |c| {
@@ -270,7 +276,11 @@ impl Privacy {
         default: Duration,
     ) -> Result<Duration, PrivacyError> {
         let scope = scope.clone();
-        let policy = self.db().read(move |c| c.retention_policy(&scope)).await?.policy;
+        let policy = self
+            .db()
+            .read(move |c| c.retention_policy(&scope))
+            .await?
+            .policy;
         Ok(match policy.export_hours {
             Some(hours) => Duration::hours(hours.into()).min(default),
             None => default,
@@ -291,7 +301,10 @@ fn check(policy: &RetentionPolicy) -> Result<(), PrivacyError> {
             )));
         }
     }
-    if policy.export_hours.is_some_and(|h| h == 0 || h > LONGEST_DAYS * 24) {
+    if policy
+        .export_hours
+        .is_some_and(|h| h == 0 || h > LONGEST_DAYS * 24)
+    {
         return Err(PrivacyError::Invalid(
             "export_hours must be at least 1, or null for the default (7 days)".into(),
         ));
