@@ -21,6 +21,7 @@ pub mod chat;
 pub mod cli;
 pub mod coaching;
 pub mod config;
+pub mod crash_points;
 pub mod data_dir;
 pub mod db;
 pub mod http;

@@ -548,7 +548,7 @@ async fn password_reset_tokens_are_single_use_and_emails_cannot_be_probed() {
             companero::auth::tokens::TokenKeys::load_or_create(&app.config.data_dir.join("keys"))
                 .unwrap();
         companero::auth::accounts::Accounts::new(
-            db,
+            db.clone(),
             std::sync::Arc::new(keys),
             SignupPolicy::Open,
             Default::default(),

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::process::Served;
+use common::process::{Served, call_ok};
 use common::{TestApp, expect_error};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -602,28 +602,6 @@ async fn bad_schedules_programs_and_enrolments_get_clear_errors_and_change_nothi
     expect_error(session, 400, "invalid_field").await;
 }
 
-/// A blocking JSON call against a child server.
-async fn remote(
-    client: &reqwest::Client,
-    base: &str,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Value,
-) -> Value {
-    let response = client
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "{path}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
     let dir = tempfile::tempdir().unwrap();
@@ -641,7 +619,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
                           "text": format!("Day {day}: keep going.")})
         })
         .collect();
-    let clock = remote(
+    let clock = call_ok(
         &client,
         &base,
         Method::POST,
@@ -653,7 +631,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
         .as_str()
         .unwrap()
         .to_string();
-    let program = remote(
+    let program = call_ok(
         &client,
         &base,
         Method::POST,
@@ -665,7 +643,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
         .as_str()
         .unwrap()
         .to_string();
-    remote(
+    call_ok(
         &client,
         &base,
         Method::POST,
@@ -677,7 +655,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
     let mut people = Vec::new();
     for i in 0..40 {
         let zone = ["Europe/Madrid", "America/New_York", "Asia/Tokyo", "UTC"][i % 4];
-        let user = remote(
+        let user = call_ok(
             &client,
             &base,
             Method::POST,
@@ -687,7 +665,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
         )
         .await;
         let user = user["id"].as_str().unwrap().to_string();
-        remote(
+        call_ok(
             &client,
             &base,
             Method::POST,
@@ -699,7 +677,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
         people.push(user);
     }
     let sent = |client: reqwest::Client, base: String, staff: String| async move {
-        let list = remote(
+        let list = call_ok(
             &client,
             &base,
             Method::GET,
@@ -740,7 +718,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut nudges;
     loop {
-        remote(
+        call_ok(
             &client,
             &base,
             Method::POST,
@@ -749,7 +727,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
             to.clone(),
         )
         .await;
-        nudges = remote(
+        nudges = call_ok(
             &client,
             &base,
             Method::GET,
@@ -799,7 +777,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
     assert_eq!(keys.len(), 1200);
     // Each person's conversation holds each step's message exactly once.
     for person in people.iter().take(8) {
-        let profile = remote(
+        let profile = call_ok(
             &client,
             &base,
             Method::GET,
@@ -811,7 +789,7 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
         let conversations = profile["conversations"].as_array().unwrap();
         assert_eq!(conversations.len(), 1, "{profile}");
         let id = conversations[0]["id"].as_str().unwrap();
-        let history = remote(
+        let history = call_ok(
             &client,
             &base,
             Method::GET,
@@ -875,7 +853,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         .unwrap();
     let document = document["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(90);
-    while remote(
+    while call_ok(
         &client,
         &base,
         Method::GET,
@@ -889,7 +867,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         assert!(Instant::now() < deadline, "the guide was not ingested");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let slug = remote(
+    let slug = call_ok(
         &client,
         &base,
         Method::GET,
@@ -912,7 +890,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         .as_str()
         .unwrap()
         .to_string();
-    let conversation = remote(
+    let conversation = call_ok(
         &client,
         &base,
         Method::POST,
@@ -933,7 +911,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         .await
         .unwrap();
     assert_eq!(asked.status(), 202);
-    let before = remote(
+    let before = call_ok(
         &client,
         &base,
         Method::GET,
@@ -962,7 +940,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
     let deadline = Instant::now() + Duration::from_secs(90);
     // Polled as staff: end users' requests have a budget of their own.
     let after = loop {
-        let history = remote(&client, &base, Method::GET, &messages, &staff, Value::Null).await;
+        let history = call_ok(&client, &base, Method::GET, &messages, &staff, Value::Null).await;
         if roles(&history).len() > 1 {
             break history;
         }
@@ -974,7 +952,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(roles(&after), ["user", "assistant"], "{after}");
-    let seen = remote(
+    let seen = call_ok(
         &client,
         &base,
         Method::GET,

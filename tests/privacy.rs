@@ -477,3 +477,189 @@ async fn a_tenant_exports_everything_and_its_deletion_leaves_nothing_behind() {
         "{audit}"
     );
 }
+
+/// Polls a served process's export until it answers with the ZIP.
+async fn download_from(base: &str, path: &str, token: &str) -> Vec<u8> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let response = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => return response.bytes().await.unwrap().to_vec(),
+            202 => {}
+            other => panic!("{path}: {other} {}", response.text().await.unwrap()),
+        }
+        assert!(Instant::now() < deadline, "the export did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Files under `root` whose name ends with `suffix`.
+fn files_ending(root: &Path, suffix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_and_an_erasure_killed_halfway_finish_after_a_restart() {
+    use common::process::{Served, call_ok};
+    let dir = tempfile::tempdir().unwrap();
+    let data_path = dir.path().join("data");
+    let data = data_path.to_str().unwrap();
+    let serve = |crash_at: &'static str| {
+        let env = [
+            ("COMPANERO_SETUP_TOKEN", common::SETUP_TOKEN),
+            ("COMPANERO_CRASH_AT", crash_at),
+        ];
+        Served::start_with_env(data, &["--offline"], &env)
+    };
+    let client = reqwest::Client::new();
+
+    // The process dies while the ZIP is half written.
+    let served = serve("export.before_finish");
+    let base = served.wait_for_address();
+    let staff = common::process::register_owner(&base).await;
+    let clock = call_ok(
+        &client,
+        &base,
+        Method::POST,
+        "/api/v1/test-clocks",
+        &staff,
+        json!({"now": "2026-10-01T00:00:00Z"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let person = call_ok(
+        &client,
+        &base,
+        Method::POST,
+        "/api/v1/end-users",
+        &staff,
+        json!({"name": "Pelican-Ember-3301", "test_clock_id": clock}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    call_ok(
+        &client,
+        &base,
+        Method::POST,
+        &format!("/api/v1/end-users/{person}/goals"),
+        &staff,
+        json!({"title": "Swim marigold-viaduct-8812 laps", "metric": "laps", "target": 20,
+               "direction": "increase"}),
+    )
+    .await;
+    let export = call_ok(
+        &client,
+        &base,
+        Method::POST,
+        &format!("/api/v1/end-users/{person}/export"),
+        &staff,
+        Value::Null,
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = served.wait_for_exit();
+    assert!(
+        log.contains("crash point reached: export.before_finish"),
+        "{log}"
+    );
+    let exports = data_path.join("exports");
+    assert_eq!(
+        files_ending(&exports, ".zip.part").len(),
+        1,
+        "a half-written ZIP"
+    );
+    assert!(files_ending(&exports, ".zip").is_empty());
+
+    // Restarted, the export starts over and ends whole; this time the erasure is cut off
+    // before its transaction commits.
+    let served = serve("erasure.before_commit");
+    let base = served.wait_for_address();
+    let bytes = download_from(
+        &base,
+        &format!("/api/v1/end-users/{person}/export/{export}"),
+        &staff,
+    )
+    .await;
+    let entries = unzip(&bytes);
+    assert!(text(&entries, "profile.json").contains("Pelican-Ember-3301"));
+    assert!(text(&entries, "goals.json").contains("marigold-viaduct-8812"));
+    assert!(files_ending(&exports, ".zip.part").is_empty());
+    let cut_off = client
+        .delete(format!("{base}/api/v1/end-users/{person}"))
+        .bearer_auth(&staff)
+        .send()
+        .await;
+    assert!(cut_off.is_err(), "the erasure was not answered");
+    let log = served.wait_for_exit();
+    assert!(
+        log.contains("crash point reached: erasure.before_commit"),
+        "{log}"
+    );
+
+    // Restarted once more, the erasure finishes on its own: nothing of the person is left, and
+    // the audit log says who asked.
+    let served = serve("");
+    let base = served.wait_for_address();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = client
+            .get(format!("{base}/api/v1/end-users/{person}"))
+            .bearer_auth(&staff)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(Instant::now() < deadline, "the erasure was not finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let audit = call_ok(
+        &client,
+        &base,
+        Method::GET,
+        "/api/v1/audit-log",
+        &staff,
+        Value::Null,
+    )
+    .await;
+    let erased: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "end_user.erased")
+        .collect();
+    assert_eq!(erased.len(), 1, "{audit}");
+    assert_eq!(erased[0]["actor"], "coach@example.com", "{audit}");
+    served.terminate_and_wait();
+    for unique in ["Pelican-Ember-3301", "marigold-viaduct-8812"] {
+        let found = files_containing(&data_path, unique);
+        assert!(found.is_empty(), "{unique} survives in {found:?}");
+    }
+}

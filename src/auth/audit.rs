@@ -56,6 +56,15 @@ impl AuditEvent {
         self
     }
 
+    /// Who acted, as the log shows it.
+    pub fn actor_label(&self) -> &str {
+        &self.actor_label
+    }
+
+    pub fn actor_user_id(&self) -> Option<&str> {
+        self.actor_user_id.as_deref()
+    }
+
     pub fn target(mut self, target: &str) -> AuditEvent {
         self.target = Some(target.to_string());
         self

@@ -91,7 +91,7 @@ impl Privacy {
         };
         tokio::fs::rename(&part, &path).await?;
         let (scope_moved, id_moved) = (scope.clone(), id.to_string());
-        let kept = self.export_kept(&scope, super::EXPORT_KEPT).await?;
+        let kept = self.export_kept(scope, super::EXPORT_KEPT).await?;
         let expires = expiry(&record, Utc::now(), kept);
         let still_wanted = self
             .db()
@@ -178,6 +178,7 @@ impl Archive {
 
     /// Completes the archive; returns its size in bytes.
     fn finish(self) -> Result<u64, PrivacyError> {
+        crate::crash_points::reached("export.before_finish");
         let mut file = self.zip.finish().map_err(zip_error)?;
         file.flush()?;
         let file = file.into_inner().map_err(|e| e.into_error())?;

@@ -104,6 +104,10 @@ impl Privacy {
             }),
         };
         jobs.register(EXPORT_JOB, Arc::new(export::ExportJob(privacy.clone())));
+        jobs.register(
+            erasure::ERASURE_JOB,
+            Arc::new(erasure::ErasureJob(privacy.clone())),
+        );
         retention::register(&privacy, &jobs);
         privacy
     }

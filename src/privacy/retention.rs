@@ -199,10 +199,10 @@ impl Privacy {
                     break;
                 }
             }
-            if erased > 0 {
-                if let Ok(engine) = self.inner.inference.chat() {
-                    engine.forget(scope.tenant_id());
-                }
+            if erased > 0
+                && let Ok(engine) = self.inner.inference.chat()
+            {
+                engine.forget(scope.tenant_id());
             }
         }
         let finished_before = policy

@@ -90,6 +90,20 @@ impl Served {
         self.child.wait().expect("reaped");
     }
 
+    /// Waits for the process to end on its own (an armed crash point); its log.
+    pub fn wait_for_exit(mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                self.child.kill().ok();
+                panic!("the server did not stop:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(50)); // let the reader thread drain
+        self.log()
+    }
+
     pub fn terminate_and_wait(mut self) -> (std::process::ExitStatus, Duration, String) {
         let started = Instant::now();
         let pid = self.child.id().to_string();
@@ -131,4 +145,26 @@ pub async fn register_owner(base: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// A JSON request to a served process that must succeed; its body (`Null` when empty).
+pub async fn call_ok(
+    client: &reqwest::Client,
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let response = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
