@@ -564,3 +564,37 @@ async fn a_strict_coach_says_only_what_its_guide_says_and_shows_how_it_checked()
         "{answer}"
     );
 }
+
+/// A passage holding several facts ("How a week works", what a membership includes) is given to
+/// the model first when one of its sentences answers the question, ahead of passages on a
+/// neighbouring topic that are closer on average (the app's reminders, booking a call).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_passage_whose_sentence_answers_the_question_is_given_first() {
+    let app = start(with_models).await;
+    let staff = app.sign_up("coach@example.com").await;
+    let answers = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/answers");
+    for name in ["programme.md", "faq.md", "membership-policy.md"] {
+        let text = std::fs::read_to_string(format!("{answers}/{name}")).unwrap();
+        app.teach_file(&staff, name, &text).await;
+    }
+    for (question, heading) in [
+        ("When do I have to send my check-in?", "How a week works"),
+        (
+            "Can I move a one-to-one session if something comes up?",
+            "How a week works",
+        ),
+        (
+            "How long is a coaching call?",
+            "What every membership includes",
+        ),
+        ("What are your support opening hours?", "Contact"),
+    ] {
+        let conversation = app.conversation(&staff).await;
+        let answer = app.ask(&staff, &conversation, question).await;
+        let first = &answer["stats"]["retrieved"][0];
+        assert!(
+            first["heading_path"].as_str().unwrap().contains(heading),
+            "{question}: {first}"
+        );
+    }
+}

@@ -354,6 +354,11 @@ impl Chat {
             );
         }
         let passages = fuse_ranks(lists, PASSAGES);
+        // The first query is the question as it stands, or joined when it cannot stand alone.
+        let passages = self
+            .knowledge
+            .focus(speaker.scope(), &queries[0], passages)
+            .await;
         // A reranker may put a passage with a lower retrieval score first: the gate reads the best.
         let retrieval_score = passages.iter().map(|p| p.score).fold(0.0f32, f32::max);
         let reply = if passages.is_empty() || (retrieval_score as f64) < retrieval_gate(&coach) {

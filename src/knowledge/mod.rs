@@ -10,6 +10,7 @@ pub mod chunk;
 pub mod confine;
 pub mod documents;
 pub mod extract;
+pub mod focus;
 pub mod index;
 mod ingest;
 pub mod jobs;

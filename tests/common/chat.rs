@@ -94,8 +94,13 @@ impl TestApp {
 
     /// Uploads a Markdown guide and waits until it is searchable.
     pub async fn teach(&self, token: &str, text: &str) -> String {
+        self.teach_file(token, "guide.md", text).await
+    }
+
+    /// Uploads `text` as `filename` and waits until it is ready; its id.
+    pub async fn teach_file(&self, token: &str, filename: &str, text: &str) -> String {
         let response = self
-            .upload_with(token, "guide.md", text.as_bytes().to_vec(), &[])
+            .upload_with(token, filename, text.as_bytes().to_vec(), &[])
             .await;
         assert_eq!(response.status(), 202);
         let id = response.json::<Value>().await.unwrap()["id"]
