@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -105,15 +107,22 @@ async fn an_occupied_port_is_reported() {
     assert!(error.contains("cannot listen on"), "{error}");
 }
 
-/// A test-only SSE endpoint built with the product's shutdown-aware stream helper, and a slow
-/// request that is still in flight when shutdown starts.
-fn streaming_routes() -> Router<AppState> {
+/// A test-only SSE endpoint built with the product's shutdown-aware stream helper, a slow
+/// request that is still in flight when shutdown starts, and one that never ends. `entered`
+/// counts the requests that reached a handler, so a test starts shutdown only once they are in
+/// flight.
+fn streaming_routes(entered: Arc<AtomicUsize>) -> Router<AppState> {
+    let (on_events, on_slow, on_stuck) = (entered.clone(), entered.clone(), entered);
     Router::new()
         .route(
             "/api/test/events",
-            get(|State(state): State<AppState>| async move {
+            get(move |State(state): State<AppState>| async move {
+                on_events.fetch_add(1, Ordering::SeqCst);
+                // The first tick at once, so the stream has data before shutdown ends it.
                 let ticks = futures_util::stream::unfold(0u32, |n| async move {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if n > 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                     Some((
                         axum::response::sse::Event::default().data(n.to_string()),
                         n + 1,
@@ -124,24 +133,39 @@ fn streaming_routes() -> Router<AppState> {
         )
         .route(
             "/api/test/slow",
-            get(|| async {
+            get(move || async move {
+                on_slow.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(1500)).await;
                 "finished"
             }),
         )
         .route(
             "/api/test/stuck",
-            get(|| async {
+            get(move || async move {
+                on_stuck.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 "never"
             }),
         )
 }
 
+/// Waits until `n` requests reached the test routes' handlers.
+async fn in_flight(entered: &AtomicUsize, n: usize) {
+    common::eventually("the requests to reach their handlers", || async {
+        (entered.load(Ordering::SeqCst) >= n).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_closes_streams_with_an_event() {
+    let entered = Arc::new(AtomicUsize::new(0));
     let app = TestApp::start(Options {
-        extra_routes: Some(streaming_routes()),
+        extra_routes: Some(streaming_routes(entered.clone())),
+        // Far beyond the slow request, so stopping early shows shutdown did not wait for it.
+        configure: Some(Box::new(|config| {
+            config.drain_timeout = Duration::from_secs(60)
+        })),
         ..Options::default()
     })
     .await;
@@ -162,14 +186,14 @@ async fn shutdown_lets_in_flight_requests_finish_and_closes_streams_with_an_even
         let url = app.url("/api/test/slow");
         async move { client.get(url).send().await.unwrap().text().await.unwrap() }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    in_flight(&entered, 2).await;
 
     let started = Instant::now();
     let (result, _dir) = app.stop().await;
     result.unwrap();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
+        started.elapsed() < Duration::from_secs(30),
+        "stopped when the last request finished, not at the drain deadline: {:?}",
         started.elapsed()
     );
 
@@ -188,8 +212,9 @@ async fn shutdown_lets_in_flight_requests_finish_and_closes_streams_with_an_even
 
 #[tokio::test]
 async fn shutdown_gives_up_on_stuck_requests_at_the_drain_deadline() {
+    let entered = Arc::new(AtomicUsize::new(0));
     let app = TestApp::start(Options {
-        extra_routes: Some(streaming_routes()),
+        extra_routes: Some(streaming_routes(entered.clone())),
         configure: Some(Box::new(|config| {
             config.drain_timeout = Duration::from_secs(1)
         })),
@@ -201,14 +226,15 @@ async fn shutdown_gives_up_on_stuck_requests_at_the_drain_deadline() {
         let url = app.url("/api/test/stuck");
         async move { client.get(url).send().await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    in_flight(&entered, 1).await;
 
     let started = Instant::now();
     let (result, _dir) = app.stop().await;
     result.unwrap();
     let took = started.elapsed();
+    // It waited for the 1 s deadline, and gave up long before the stuck request's 60 s.
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(30),
         "stopped after {took:?}"
     );
     assert!(

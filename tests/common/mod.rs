@@ -181,6 +181,26 @@ impl TestApp {
 }
 
 /// Asserts the `{"error": {"code", "message"}}` envelope and returns the message.
+/// Waits until `check` gives a value, looking again every 20 ms for up to a minute: a busy
+/// machine makes a test slower, never wrong. Panics naming `what` when the minute is up.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> String {
     assert_eq!(response.status().as_u16(), status, "status");
     assert!(
