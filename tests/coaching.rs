@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::process::{Served, call_ok};
+use common::process::{Served, call_ok, created_id};
 use common::{TestApp, expect_error};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -619,30 +619,22 @@ async fn a_kill_in_the_middle_of_a_schedule_loses_and_repeats_no_nudge() {
                           "text": format!("Day {day}: keep going.")})
         })
         .collect();
-    let clock = call_ok(
+    let clock = created_id(
         &client,
         &base,
-        Method::POST,
         "/api/v1/test-clocks",
         &staff,
         json!({"now": "2026-10-01T00:00:00Z"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let program = call_ok(
+    .await;
+    let program = created_id(
         &client,
         &base,
-        Method::POST,
         "/api/v1/programs",
         &staff,
         json!({"name": "Thirty days", "steps": steps}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     call_ok(
         &client,
         &base,
@@ -890,18 +882,8 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         .as_str()
         .unwrap()
         .to_string();
-    let conversation = call_ok(
-        &client,
-        &base,
-        Method::POST,
-        "/api/v1/conversations",
-        &visitor,
-        json!({}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let conversation =
+        created_id(&client, &base, "/api/v1/conversations", &visitor, json!({})).await;
     let messages = format!("/api/v1/conversations/{conversation}/messages");
     let asked = client
         .post(format!("{base}{messages}"))

@@ -65,24 +65,36 @@ fn text(entries: &std::collections::BTreeMap<String, Vec<u8>>, name: &str) -> St
     .unwrap()
 }
 
-/// Every file under `root` whose name or bytes contain `needle`.
-fn files_containing(root: &Path, needle: &str) -> Vec<String> {
+/// Every folder and file under `root`.
+fn entries_under(root: &Path) -> Vec<std::path::PathBuf> {
     let mut found = Vec::new();
     let mut folders = vec![root.to_path_buf()];
     while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).unwrap() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten() {
             let path = entry.unwrap().path();
-            if path.to_string_lossy().contains(needle) {
-                found.push(format!("{} (name)", path.display()));
-            }
             if path.is_dir() {
-                folders.push(path);
-            } else if std::fs::read(&path)
+                folders.push(path.clone());
+            }
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Every file under `root` whose name or bytes contain `needle`.
+fn files_containing(root: &Path, needle: &str) -> Vec<String> {
+    assert!(root.is_dir(), "{} is not there to scan", root.display());
+    let mut found = Vec::new();
+    for path in entries_under(root) {
+        if path.to_string_lossy().contains(needle) {
+            found.push(format!("{} (name)", path.display()));
+        }
+        if !path.is_dir()
+            && std::fs::read(&path)
                 .map(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
                 .unwrap_or(false)
-            {
-                found.push(path.display().to_string());
-            }
+        {
+            found.push(path.display().to_string());
         }
     }
     found
@@ -501,24 +513,16 @@ async fn download_from(base: &str, path: &str, token: &str) -> Vec<u8> {
 
 /// Files under `root` whose name ends with `suffix`.
 fn files_ending(root: &Path, suffix: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut folders = vec![root.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        for entry in std::fs::read_dir(&folder).into_iter().flatten() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                folders.push(path);
-            } else if path.to_string_lossy().ends_with(suffix) {
-                found.push(path.display().to_string());
-            }
-        }
-    }
-    found
+    entries_under(root)
+        .into_iter()
+        .filter(|path| !path.is_dir() && path.to_string_lossy().ends_with(suffix))
+        .map(|path| path.display().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_and_an_erasure_killed_halfway_finish_after_a_restart() {
-    use common::process::{Served, call_ok};
+    use common::process::{Served, call_ok, created_id};
     let dir = tempfile::tempdir().unwrap();
     let data_path = dir.path().join("data");
     let data = data_path.to_str().unwrap();
@@ -535,30 +539,22 @@ async fn an_export_and_an_erasure_killed_halfway_finish_after_a_restart() {
     let served = serve("export.before_finish");
     let base = served.wait_for_address();
     let staff = common::process::register_owner(&base).await;
-    let clock = call_ok(
+    let clock = created_id(
         &client,
         &base,
-        Method::POST,
         "/api/v1/test-clocks",
         &staff,
         json!({"now": "2026-10-01T00:00:00Z"}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let person = call_ok(
+    .await;
+    let person = created_id(
         &client,
         &base,
-        Method::POST,
         "/api/v1/end-users",
         &staff,
         json!({"name": "Pelican-Ember-3301", "test_clock_id": clock}),
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     call_ok(
         &client,
         &base,
@@ -569,18 +565,14 @@ async fn an_export_and_an_erasure_killed_halfway_finish_after_a_restart() {
                "direction": "increase"}),
     )
     .await;
-    let export = call_ok(
+    let export = created_id(
         &client,
         &base,
-        Method::POST,
         &format!("/api/v1/end-users/{person}/export"),
         &staff,
         Value::Null,
     )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     let log = served.wait_for_exit();
     assert!(
         log.contains("crash point reached: export.before_finish"),

@@ -32,11 +32,7 @@ impl Handler for InboundJob {
         _now: chrono::DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
-            let scope = TenantScope::new(
-                job.tenant_id
-                    .clone()
-                    .ok_or_else(|| JobError::Fatal("an update without a tenant".into()))?,
-            );
+            let scope = crate::jobs::tenant_scope(job)?;
             // One chat's messages are answered in the order they came.
             let earlier = job.clone();
             if self

@@ -791,11 +791,7 @@ impl crate::jobs::Handler for AnswerJob {
         Box::pin(async move {
             use crate::jobs::{JobError, Outcome};
             let p = &job.payload;
-            let scope = TenantScope::new(
-                job.tenant_id
-                    .clone()
-                    .ok_or_else(|| JobError::Fatal("an answer without a tenant".into()))?,
-            );
+            let scope = crate::jobs::tenant_scope(job)?;
             let text = |key: &str| p[key].as_str().map(str::to_string);
             let speaker = match (
                 text("visitor_id"),

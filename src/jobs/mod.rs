@@ -50,6 +50,14 @@ impl From<DbError> for JobError {
     }
 }
 
+/// The scope of a tenant's job; a job of a tenant's kind without one is broken for good.
+pub fn tenant_scope(job: &Job) -> Result<TenantScope, JobError> {
+    job.tenant_id
+        .clone()
+        .map(TenantScope::new)
+        .ok_or_else(|| JobError::Fatal(format!("a {} job without a tenant", job.kind)))
+}
+
 /// Runs jobs of one kind. `now` is the job's time: real time, or its test clock's.
 pub trait Handler: Send + Sync + 'static {
     fn run<'a>(

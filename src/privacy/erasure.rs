@@ -152,10 +152,7 @@ impl Handler for ErasureJob {
         _now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
-            let tenant = job
-                .tenant_id
-                .clone()
-                .ok_or_else(|| JobError::Fatal("an erasure job without a tenant".into()))?;
+            let scope = crate::jobs::tenant_scope(job)?;
             let request: ErasureRequest = serde_json::from_value(job.payload.clone())
                 .map_err(|e| JobError::Fatal(format!("an erasure job's payload: {e}")))?;
             let context = RequestContext {
@@ -164,12 +161,11 @@ impl Handler for ErasureJob {
             };
             let mut event =
                 audit::AuditEvent::new("end_user.erased", &request.actor_label, &context)
-                    .tenant(&tenant)
+                    .tenant(scope.tenant_id())
                     .target(&job.subject_id);
             if let Some(user) = &request.actor_user_id {
                 event = event.actor(user);
             }
-            let scope = TenantScope::new(tenant);
             match self.0.finish_erasure(&scope, &job.subject_id, event).await {
                 Ok(_) => {
                     tracing::info!(job = job.id, "an interrupted erasure was finished");

@@ -28,11 +28,7 @@ impl Handler for ExportJob {
         _now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
-            let scope = TenantScope::new(
-                job.tenant_id
-                    .clone()
-                    .ok_or_else(|| JobError::Fatal("an export job without a tenant".into()))?,
-            );
+            let scope = crate::jobs::tenant_scope(job)?;
             match self.0.write_export(&scope, &job.subject_id).await {
                 Ok(()) => Ok(Outcome::Done),
                 Err(PrivacyError::Db(error)) => Err(error.into()),

@@ -327,11 +327,7 @@ impl Handler for RetentionJob {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Outcome, JobError>> {
         Box::pin(async move {
-            let scope = TenantScope::new(
-                job.tenant_id
-                    .clone()
-                    .ok_or_else(|| JobError::Fatal("a retention job without a tenant".into()))?,
-            );
+            let scope = crate::jobs::tenant_scope(job)?;
             let context = RequestContext {
                 ip: None,
                 request_id: format!("job-{}", job.id),

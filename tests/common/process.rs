@@ -168,3 +168,18 @@ pub async fn call_ok(
     assert!(status.is_success(), "{path}: {status} {text}");
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
 }
+
+/// Creates something through a served process (POST, must succeed); the new thing's id.
+pub async fn created_id(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> String {
+    let created = call_ok(client, base, reqwest::Method::POST, path, token, body).await;
+    created["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no id in {created}"))
+        .to_string()
+}
