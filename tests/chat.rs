@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::chat::{GUIDE, Sse, parse_sse, start, with_models};
+use common::process::{TaughtCoach, call_ok, serve_with_models, wait_until_ready};
 use common::{TestApp, expect_error, minilm_dir};
 use companero::auth::accounts::SignupPolicy;
 use futures_util::StreamExt;
@@ -597,4 +598,71 @@ async fn the_passage_whose_sentence_answers_the_question_is_given_first() {
             "{question}: {first}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_resent_after_a_crash_cut_its_answer_off_is_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let client = reqwest::Client::new();
+    // The process dies with the answer written but not stored.
+    let served = serve_with_models(data, &[("COMPANERO_CRASH_AT", "answer.before_store")]);
+    let coach = TaughtCoach::set_up(&served, &client).await;
+    let question =
+        json!({"content": "How long do refunds take?", "client_id": "q-1", "stream": false});
+    let path = format!("/api/v1/conversations/{}/messages", coach.conversation);
+    let cut_off = client
+        .post(format!("{}{path}", coach.base))
+        .bearer_auth(&coach.visitor)
+        .json(&question)
+        .send()
+        .await;
+    assert!(cut_off.is_err(), "the server answered: {cut_off:?}");
+    let log = served.wait_for_exit();
+    assert!(
+        log.contains("crash point reached: answer.before_store"),
+        "{log}"
+    );
+
+    // The client resends, as it does after a network error, with the same client_id.
+    let served = serve_with_models(data, &[]);
+    let base = served.wait_for_address();
+    wait_until_ready(&client, &base).await;
+    let resend = || async {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(&coach.visitor)
+            .json(&question)
+            .send()
+            .await
+            .unwrap()
+    };
+    let answered = resend().await;
+    assert_eq!(answered.status(), 200);
+    let answer: Value = answered.json().await.unwrap();
+    assert_eq!(answer["role"], "assistant", "{answer}");
+    assert!(!answer["content"].as_str().unwrap().is_empty());
+    // Once answered, a resend gets its question back, and no second answer.
+    let again = resend().await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["client_id"], "q-1");
+    let history = call_ok(
+        &client,
+        &base,
+        reqwest::Method::GET,
+        &path,
+        &coach.staff,
+        Value::Null,
+    )
+    .await;
+    let messages = history["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant"], "{history}");
+    assert_eq!(messages[1]["stats"]["reply_to"], messages[0]["seq"]);
+    assert_eq!(messages[1]["id"], answer["id"]);
+    served.terminate_and_wait();
 }

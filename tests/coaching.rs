@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::process::{Served, call_ok, created_id};
+use common::process::{Served, TaughtCoach, call_ok, created_id, serve_with_models};
 use common::{TestApp, expect_error};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -808,82 +808,15 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let (llm, embedder) = (common::smollm_gguf(), common::minilm_dir());
-    let (llm, embedder) = (llm.to_str().unwrap(), embedder.to_str().unwrap());
-    let args = ["--offline", "--llm", llm, "--embedder", embedder];
-    let env = [("COMPANERO_SETUP_TOKEN", common::SETUP_TOKEN)];
-    let served = Served::start_with_env(data, &args, &env);
-    let base = served.wait_for_address();
+    let served = serve_with_models(data, &[]);
     let client = reqwest::Client::new();
-    let registered = client
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(
-            &json!({"email": "coach@example.com", "password": common::PASSWORD,
-                      "full_name": "Coach", "setup_token": common::SETUP_TOKEN}),
-        )
-        .send()
-        .await
-        .unwrap();
-    let staff = registered.json::<Value>().await.unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(common::chat::GUIDE.as_bytes().to_vec())
-            .file_name("guide.md"),
-    );
-    let document = client
-        .post(format!("{base}/api/v1/documents"))
-        .bearer_auth(&staff)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    let document = document["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while call_ok(
-        &client,
-        &base,
-        Method::GET,
-        &format!("/api/v1/documents/{document}"),
-        &staff,
-        Value::Null,
-    )
-    .await["status"]
-        != "ready"
-    {
-        assert!(Instant::now() < deadline, "the guide was not ingested");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let slug = call_ok(
-        &client,
-        &base,
-        Method::GET,
-        "/api/v1/coach",
-        &staff,
-        Value::Null,
-    )
-    .await["slug"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let visitor = client
-        .post(format!("{base}/api/v1/public/coaches/{slug}/visitors"))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let conversation =
-        created_id(&client, &base, "/api/v1/conversations", &visitor, json!({})).await;
+    let TaughtCoach {
+        staff,
+        visitor,
+        conversation,
+        ..
+    } = TaughtCoach::set_up(&served, &client).await;
+    let base = served.wait_for_address();
     let messages = format!("/api/v1/conversations/{conversation}/messages");
     let asked = client
         .post(format!("{base}{messages}"))
@@ -917,7 +850,7 @@ async fn an_answer_cut_off_by_a_crash_is_given_after_restart() {
         "the answer was still being written: {before}"
     );
 
-    let served = Served::start_with_env(data, &args, &env);
+    let served = serve_with_models(data, &[]);
     let base = served.wait_for_address();
     let deadline = Instant::now() + Duration::from_secs(90);
     // Polled as staff: end users' requests have a budget of their own.

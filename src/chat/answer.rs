@@ -56,6 +56,8 @@ pub struct Prepared {
     pub retrieval_score: f32,
     pub reply: Reply,
     pub started: Instant,
+    /// Holds the question as being answered until this answer is stored or dropped.
+    pub claim: Option<super::answering::Claim>,
 }
 
 pub enum Reply {
@@ -106,6 +108,8 @@ pub struct Pending {
     started: Instant,
     /// What an API caller asked of the generation (the coach's own settings otherwise).
     sampling: SamplingOverrides,
+    /// `None` for an API completion, which nobody can resend.
+    claim: Option<super::answering::Claim>,
 }
 
 impl Pending {
@@ -124,6 +128,7 @@ impl Pending {
             question,
             started: Instant::now(),
             sampling,
+            claim: None,
         }
     }
 
@@ -142,6 +147,10 @@ impl Chat {
         conversation_id: &str,
         seq: i64,
     ) -> Result<Option<Pending>, ChatError> {
+        // An answer under way here (a resend answered it) is waited for: the job comes back.
+        let Some(claim) = self.answering.claim(conversation_id, seq) else {
+            return Err(ChatError::Conflict("the question is being answered".into()));
+        };
         let (speaker, id) = (speaker.clone(), conversation_id.to_string());
         self.db
             .call(move |c| {
@@ -166,6 +175,7 @@ impl Chat {
                     question,
                     started: Instant::now(),
                     sampling: SamplingOverrides::default(),
+                    claim: Some(claim),
                 }))
             })
             .await
@@ -248,17 +258,51 @@ impl Chat {
                             ..NewMessage::default()
                         },
                     )?;
-                    Ok::<_, ChatError>((stored, conversation, coach, history))
+                    // A resend of a question whose answer a crash cut off is answered now,
+                    // from the history it was asked in.
+                    let resumed = if stored.duplicate
+                        && stored.message.role == "user"
+                        && !conversation.is_human()
+                        && conversations::awaits_answer(
+                            c,
+                            speaker.scope(),
+                            &id,
+                            stored.message.seq,
+                        )? {
+                        Some(conversations::recent_messages_before(
+                            c,
+                            speaker.scope(),
+                            &id,
+                            stored.message.seq,
+                            HISTORY_MESSAGES,
+                        )?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, ChatError>((stored, conversation, coach, history, resumed))
                 })
                 .await?
         };
-        let (stored, conversation, coach, history) = stored;
+        let (stored, conversation, coach, history, resumed) = stored;
         let tenant_id = speaker.scope().tenant_id();
         if stored.duplicate {
+            let claim = resumed
+                .is_some()
+                .then(|| self.answering.claim(conversation_id, stored.message.seq))
+                .flatten();
+            let pending = resumed.zip(claim).map(|(history, claim)| Pending {
+                coach,
+                history,
+                masked_question: pii::mask(&stored.message.content).text,
+                question: stored.message.clone(),
+                started,
+                sampling: SamplingOverrides::default(),
+                claim: Some(claim),
+            });
             return Ok(Asked {
                 message: stored.message,
                 duplicate: true,
-                pending: None,
+                pending,
                 reply: None,
             });
         }
@@ -295,6 +339,7 @@ impl Chat {
             question: stored.message.clone(),
             started,
             sampling: SamplingOverrides::default(),
+            claim: self.answering.claim(conversation_id, stored.message.seq),
         });
         Ok(Asked {
             message: stored.message,
@@ -331,6 +376,7 @@ impl Chat {
             masked_question,
             started,
             sampling,
+            claim,
         } = pending;
         let stored_question = question.content;
         let queries = retrieval_queries(&stored_question, &history);
@@ -393,6 +439,7 @@ impl Chat {
             retrieval_score,
             reply,
             started,
+            claim,
         })
     }
 
@@ -492,10 +539,18 @@ impl Chat {
                 ..Message::unsaved()
             });
         };
-        let message = self
+        crate::crash_points::reached("answer.before_store");
+        let (message, new) = self
             .db
             .call(move |c| {
                 let scope = speaker.scope();
+                // One answer per question, however many times it was asked to be answered (a
+                // resend after a crash can race an answer still being written).
+                if let Some(existing) =
+                    conversations::answer_to(c, scope, &conversation_id, reply_to)?
+                {
+                    return Ok((existing, false));
+                }
                 let message = conversations::add_message(
                     c,
                     scope,
@@ -522,10 +577,12 @@ impl Chat {
                         retrieval_score as f64,
                     )?;
                 }
-                Ok::<_, ChatError>(message)
+                Ok::<_, ChatError>((message, true))
             })
             .await?;
-        self.publish_message(&tenant_id, &message);
+        if new {
+            self.publish_message(&tenant_id, &message);
+        }
         Ok(message)
     }
 }

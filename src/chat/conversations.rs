@@ -507,9 +507,41 @@ pub fn is_answered(
     conversation_id: &str,
     seq: i64,
 ) -> rusqlite::Result<bool> {
+    Ok(answer_to(c, scope, conversation_id, seq)?.is_some())
+}
+
+/// The coach's stored answer to message `seq`, if any.
+pub fn answer_to(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    seq: i64,
+) -> rusqlite::Result<Option<Message>> {
     c.query_row(
-        "SELECT EXISTS (SELECT 1 FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
-         AND role = 'assistant' AND seq > ?3 AND json_extract(stats, '$.reply_to') = ?3)",
+        &format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
+             AND role = 'assistant' AND seq > ?3 AND json_extract(stats, '$.reply_to') = ?3 \
+             ORDER BY seq LIMIT 1"
+        ),
+        params![scope.tenant_id(), conversation_id, seq],
+        message,
+    )
+    .optional()
+}
+
+/// Whether message `seq` still waits for the coach: nothing after it answers it, and nothing
+/// after it dealt with it otherwise (a coaching reply, a person asked for, staff joining).
+/// Later questions and the answers to them do not count.
+pub fn awaits_answer(
+    c: &Connection,
+    scope: &TenantScope,
+    conversation_id: &str,
+    seq: i64,
+) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM messages WHERE tenant_id = ?1 AND conversation_id = ?2 \
+         AND seq > ?3 AND role <> 'user' AND (role <> 'assistant' \
+         OR json_extract(stats, '$.reply_to') IS NULL OR json_extract(stats, '$.reply_to') = ?3))",
         params![scope.tenant_id(), conversation_id, seq],
         |r| r.get(0),
     )

@@ -3,6 +3,7 @@
 
 pub mod analytics;
 pub mod answer;
+pub mod answering;
 pub mod citations;
 pub mod coach;
 pub mod completions;
@@ -74,6 +75,8 @@ pub struct Chat {
     hook: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<dyn EndUserHook>>>,
     /// Background answers run as durable jobs once [`Chat::use_jobs`] was called.
     jobs: std::sync::Arc<std::sync::OnceLock<crate::jobs::Jobs>>,
+    /// Questions being answered now, so a resend does not start a second answer.
+    answering: answering::Answering,
 }
 
 impl Chat {
@@ -91,6 +94,7 @@ impl Chat {
             limits,
             hook: std::sync::Arc::default(),
             jobs: std::sync::Arc::default(),
+            answering: answering::Answering::default(),
         }
     }
 

@@ -5,6 +5,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_companero");
 
 /// A command for the binary with a clean `COMPANERO_*` and Hugging Face environment.
@@ -182,4 +184,114 @@ pub async fn created_id(
         .as_str()
         .unwrap_or_else(|| panic!("{path}: no id in {created}"))
         .to_string()
+}
+
+/// `companero serve` with the test models, offline, taking the tests' setup token.
+pub fn serve_with_models(data_dir: &str, env: &[(&str, &str)]) -> Served {
+    let (llm, embedder) = (super::smollm_gguf(), super::minilm_dir());
+    let args = [
+        "--offline",
+        "--llm",
+        llm.to_str().unwrap(),
+        "--embedder",
+        embedder.to_str().unwrap(),
+    ];
+    let mut env = env.to_vec();
+    env.push(("COMPANERO_SETUP_TOKEN", super::SETUP_TOKEN));
+    Served::start_with_env(data_dir, &args, &env)
+}
+
+/// Waits until `/readyz` says every component (the models too) is ready.
+pub async fn wait_until_ready(client: &reqwest::Client, base: &str) {
+    super::eventually("the server is ready", || async {
+        let ready = client.get(format!("{base}/readyz")).send().await.ok()?;
+        (ready.status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// A served coach that was taught [`super::chat::GUIDE`], and a visitor in a new conversation.
+pub struct TaughtCoach {
+    pub base: String,
+    pub staff: String,
+    pub visitor: String,
+    pub conversation: String,
+}
+
+impl TaughtCoach {
+    /// Registers the owner of `served`, teaches the guide (waiting until it is ready) and opens
+    /// a visitor's conversation.
+    pub async fn set_up(served: &Served, client: &reqwest::Client) -> TaughtCoach {
+        let base = served.wait_for_address();
+        wait_until_ready(client, &base).await;
+        let staff = register_owner(&base).await;
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(super::chat::GUIDE.as_bytes().to_vec())
+                .file_name("guide.md"),
+        );
+        let uploaded = client
+            .post(format!("{base}/api/v1/documents"))
+            .bearer_auth(&staff)
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(uploaded.status(), 202);
+        let document = uploaded.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let path = format!("/api/v1/documents/{document}");
+        super::eventually("the guide is ingested", || async {
+            let view = call_ok(
+                client,
+                &base,
+                reqwest::Method::GET,
+                &path,
+                &staff,
+                Value::Null,
+            )
+            .await;
+            (view["status"] == "ready").then_some(())
+        })
+        .await;
+        let slug = call_ok(
+            client,
+            &base,
+            reqwest::Method::GET,
+            "/api/v1/coach",
+            &staff,
+            Value::Null,
+        )
+        .await["slug"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let visitor = client
+            .post(format!("{base}/api/v1/public/coaches/{slug}/visitors"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let conversation = created_id(
+            client,
+            &base,
+            "/api/v1/conversations",
+            &visitor,
+            serde_json::json!({}),
+        )
+        .await;
+        TaughtCoach {
+            base,
+            staff,
+            visitor,
+            conversation,
+        }
+    }
 }
