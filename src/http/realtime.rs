@@ -41,6 +41,13 @@ pub fn routes() -> Routes {
 /// Largest frame a client may send: a message of `MAX_MESSAGE_CHARS` (up to 4 bytes each) and
 /// its envelope. Larger frames close the connection (1009).
 const MAX_FRAME_BYTES: usize = 4 * MAX_MESSAGE_CHARS + 1024;
+/// Frames up to this size are read whole, so one over `MAX_FRAME_BYTES` is refused with a
+/// close frame the client receives; beyond it the WebSocket layer cuts the connection.
+const READ_LIMIT_BYTES: usize = 256 * 1024;
+/// After our close frame, how long the client's own close (and anything it still sends) is
+/// read and dropped. Closing with unread bytes makes the kernel reset the connection, and a
+/// reset can destroy the close frame before the client reads why it was closed.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 /// A connection must say hello this soon.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Refused commands (bad JSON, rate limits, errors) tolerated before the connection is closed.
@@ -73,8 +80,8 @@ pub(crate) async fn websocket(
         // Small buffers: most connections sit idle, and 10,000 of them must fit in memory.
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(READ_LIMIT_BYTES)
+        .max_message_size(READ_LIMIT_BYTES)
         .on_upgrade(move |socket| async move {
             if let Some(session) = Session::start(socket, state, origin, ip).await {
                 session.run().await;
@@ -258,6 +265,9 @@ impl Session {
             tokio::select! {
                 frame = self.socket.recv() => match frame {
                     None | Some(Err(_)) | Some(Ok(Frame::Close(_))) => break Ending::Gone,
+                    Some(Ok(Frame::Text(text))) if text.len() > MAX_FRAME_BYTES => {
+                        break Ending::Close(close_code::SIZE, "frame too large");
+                    }
                     Some(Ok(Frame::Text(text))) => {
                         last_heard = Instant::now();
                         let replies = self.handle(&text).await;
@@ -318,13 +328,7 @@ impl Session {
             }
         };
         if let Ending::Close(code, reason) = ending {
-            let _ = self
-                .socket
-                .send(Frame::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                })))
-                .await;
+            close(&mut self.socket, code, reason).await;
         }
     }
 
@@ -598,12 +602,26 @@ fn close_for(error: &ApiError) -> Option<(u16, &'static str)> {
 async fn refuse(mut socket: WebSocket, error: ApiError) {
     let event = error_event(error, None);
     let _ = socket.send(Frame::Text(json(&event).into())).await;
-    let _ = socket
-        .send(Frame::Close(Some(CloseFrame {
-            code: close_code::POLICY,
-            reason: "refused".into(),
-        })))
-        .await;
+    close(&mut socket, close_code::POLICY, "refused").await;
+}
+
+/// Sends a close frame, then reads until the client's close (bounded by [`CLOSE_LINGER`]).
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let frame = Frame::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    if socket.send(frame).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(frame)) = socket.recv().await {
+            if matches!(frame, Frame::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

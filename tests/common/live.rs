@@ -82,13 +82,25 @@ impl LiveClient {
         self.next_where(kind, |_| true).await
     }
 
-    /// Every event that arrives within `window`.
-    pub async fn collect_for(&mut self, window: Duration) -> Vec<Value> {
+    /// Every event up to and including the next one of type `kind` that `matches`.
+    pub async fn until(&mut self, kind: &str, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut events = Vec::new();
-        let deadline = tokio::time::Instant::now() + window;
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.next_frame()).await {
+        loop {
+            let event = self.next().await;
+            let found = event["type"] == kind && matches(&event);
             events.push(event);
+            if found {
+                return events;
+            }
         }
+    }
+
+    /// Sends a ping and returns the events that arrive before its pong: a sentinel that says
+    /// the server has passed on everything it queued for this connection before the ping.
+    pub async fn until_pong(&mut self) -> Vec<Value> {
+        self.send(json!({"type": "ping"})).await;
+        let mut events = self.until("pong", |_| true).await;
+        events.pop();
         events
     }
 
