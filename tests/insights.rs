@@ -89,18 +89,21 @@ async fn gaps_group_by_meaning_and_analytics_count_what_end_users_did() {
     let csv = csv.text().await.unwrap();
     assert!(csv.starts_with("date,conversations,"));
     assert_eq!(csv.lines().count(), 31);
-    expect_error(
-        app.send(
-            Method::GET,
-            "/api/v1/analytics?from=2026-02-30",
-            &staff,
-            None,
+    // A bad first day, or a bad last day (from which the default first day is counted back).
+    for bad in ["from=2026-02-30", "to=null"] {
+        expect_error(
+            app.send(
+                Method::GET,
+                &format!("/api/v1/analytics?{bad}"),
+                &staff,
+                None,
+            )
+            .await,
+            422,
+            "invalid_request",
         )
-        .await,
-        422,
-        "invalid_request",
-    )
-    .await;
+        .await;
+    }
 
     // Inbox filters: low confidence (all three fell back) and one end user's profile.
     let low = app

@@ -47,6 +47,7 @@ pub struct MfaStatus {
 
 /// An enrolment started: shown once, confirmed with a first code.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = MfaEnrollment)]
 pub struct Enrollment {
     /// Base32, for typing into an authenticator app.
     pub secret: String,

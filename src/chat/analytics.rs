@@ -89,13 +89,15 @@ pub fn compute(
         Some(to) => to.to_string(),
         None => c.query_row("SELECT date('now')", [], |r| r.get(0))?,
     };
+    // Checked before the default `from` is computed from it: SQLite's date() of a bad date is
+    // NULL.
+    check_date(c, &to)?;
     let from = match from {
         Some(from) => from.to_string(),
         None => c.query_row("SELECT date(?1, '-29 days')", params![to], |r| r.get(0))?,
     };
     let (from, to) = (from.as_str(), to.as_str());
     check_date(c, from)?;
-    check_date(c, to)?;
     if from > to {
         return Err(ChatError::Invalid("from must not be after to".into()));
     }

@@ -71,6 +71,7 @@ pub struct Profile {
 /// An end user's own view of their coaching (`GET /api/v1/public/me`): their check-in
 /// setting and their progress.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[schema(as = MyCoaching)]
 pub struct Me {
     /// Whether the coach may check in on its own: `null` until they were asked and answered.
     pub consent: Option<bool>,

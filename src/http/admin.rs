@@ -151,6 +151,7 @@ pub(crate) async fn suspend_tenant(
         (status = 204, description = "Active again"),
         (status = 403, description = "The instance owner only", body = ErrorBody),
         (status = 404, description = "No such tenant", body = ErrorBody),
+        (status = 409, description = "The owner's own tenant", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn resume_tenant(

@@ -531,6 +531,7 @@ pub(crate) struct ResetConfirmation {
         (status = 204, description = "Password set; all sign-ins ended"),
         (status = 401, description = "Invalid, used or expired token", body = ErrorBody),
         (status = 422, description = "Weak password", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address", body = ErrorBody),
     ),
 )]
 pub(crate) async fn confirm_reset(
@@ -820,6 +821,7 @@ pub(crate) async fn remove_member(
 
 /// A tenant's settings with its storage use, for its members (the dashboard shows the quota).
 #[derive(serde::Serialize, utoipa::ToSchema)]
+#[schema(as = TenantWithUsage)]
 pub struct TenantView {
     #[serde(flatten)]
     pub settings: tenant::TenantSettings,

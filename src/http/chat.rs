@@ -548,6 +548,7 @@ pub(crate) async fn request_person(
         (status = 403, description = "Needs a signed-in member with the coach role or above", body = ErrorBody),
         (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
         (status = 409, description = "Someone else is handling it", body = ErrorBody),
+        (status = 422, description = "A test conversation (the team's own) does not change hands", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn take_over(
@@ -586,6 +587,7 @@ async fn change_hands(
         (status = 403, description = "Needs a signed-in member with the coach role or above", body = ErrorBody),
         (status = 404, description = "No such conversation in this tenant", body = ErrorBody),
         (status = 409, description = "The coach is already answering it", body = ErrorBody),
+        (status = 422, description = "A test conversation (the team's own) does not change hands", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn hand_back(

@@ -150,7 +150,8 @@ pub(crate) async fn list_end_users(
 
 #[utoipa::path(post, path = "/api/v1/end-users", tag = "coaching", request_body = NewEndUser,
     responses((status = 201, description = "The end user (a test end user with `test_clock_id`)", body = EndUser),
-              (status = 400, description = "A bad time zone (`invalid_schedule`) or field", body = ErrorBody)),
+              (status = 400, description = "A bad time zone (`invalid_schedule`) or field", body = ErrorBody),
+              (status = 404, description = "No such test clock", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn create_end_user(
     State(state): State<AppState>,
@@ -195,6 +196,7 @@ pub(crate) async fn update_end_user(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = TestEndUserSession)]
 pub(crate) struct Session {
     /// A visitor token (`vis_...`) that acts as the test end user on the ordinary routes.
     token: String,

@@ -214,7 +214,8 @@ pub(crate) struct ChallengeOnly {
 #[utoipa::path(post, path = "/api/v1/auth/login/mfa/enrollment", tag = "accounts", request_body = ChallengeOnly,
     responses((status = 200, description = "The new authenticator's secret and QR code; finish with POST /api/v1/auth/login/mfa and its first code", body = Enrollment),
               (status = 401, description = "The challenge expired (`mfa_challenge_expired`)", body = ErrorBody),
-              (status = 409, description = "Two-step sign-in is already set up for this account", body = ErrorBody)))]
+              (status = 409, description = "Two-step sign-in is already set up for this account", body = ErrorBody),
+              (status = 429, description = "Too many attempts from this address", body = ErrorBody)))]
 pub(crate) async fn enrollment_at_sign_in(
     State(state): State<AppState>,
     Client(context): Client,

@@ -7,7 +7,9 @@
 use axum::Json;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{
@@ -152,7 +154,7 @@ use super::{
     ),
     // Types used only in query strings are not collected from the paths.
     components(schemas(crate::chat::conversations::InboxFilter)),
-    modifiers(&BearerScheme),
+    modifiers(&BearerScheme, &CommonResponses),
     tags(
         (name = "accounts", description = "Registration, sign-in, tokens and passwords"),
         (name = "team", description = "Members, roles and invitations of a tenant"),
@@ -184,6 +186,82 @@ impl Modify for BearerScheme {
                     .build(),
             ),
         );
+    }
+}
+
+/// The refusals every route of a kind can give, added where an operation does not list them
+/// itself: the extractors refuse the same way on every route (credentials, a body that is not
+/// JSON or does not fit, a bad query or path parameter), so they are listed once here and the
+/// document stays true to what the server answers (`scripts/api-schema-test` checks it).
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            // The OpenAI-compatible API answers in OpenAI's error envelope and lists its own.
+            if path.starts_with("/v1/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                add_common_responses(operation);
+            }
+        }
+    }
+}
+
+fn add_common_responses(operation: &mut Operation) {
+    let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+    let json_body = operation
+        .request_body
+        .as_ref()
+        .is_some_and(|body| match body {
+            RefOr::T(body) => body.content.contains_key("application/json"),
+            RefOr::Ref(_) => true,
+        });
+    let parameters = operation.parameters.iter().flatten().any(|p| {
+        matches!(p, RefOr::T(p) if matches!(p.parameter_in, ParameterIn::Query | ParameterIn::Path))
+    });
+    let mut common = Vec::new();
+    if secured {
+        common.push(("401", "Missing or invalid credentials"));
+    }
+    if json_body {
+        common.push(("400", "The body is not valid JSON"));
+        common.push((
+            "415",
+            "The body is not JSON: send `Content-Type: application/json`",
+        ));
+        common.push((
+            "422",
+            "A field of the body is missing or has the wrong type",
+        ));
+    }
+    if parameters {
+        common.push(("400", "A query or path parameter is not valid"));
+    }
+    for (status, description) in common {
+        operation
+            .responses
+            .responses
+            .entry(status.to_string())
+            .or_insert_with(|| {
+                RefOr::T(
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                        )
+                        .build(),
+                )
+            });
     }
 }
 
