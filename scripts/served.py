@@ -119,7 +119,7 @@ def wait_for(what, bound_s, probe):
 class Server:
     """One `companero serve` in its own process group, logging to a file."""
 
-    def __init__(self, bin_path, data_dir, llm, embedder, log_path):
+    def __init__(self, bin_path, data_dir, llm, embedder, log_path, extra_args=()):
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.process = subprocess.Popen(
@@ -128,7 +128,8 @@ class Server:
              "--setup-token", SETUP_TOKEN, "--log-level", "info",
              # The load is many clients from one address: rate limits would only refuse it.
              "--api-rate-limit", "100000", "--public-rate-limit", "100000",
-             "--visitor-rate-limit", "100000", "--visitor-messages-per-minute", "100000"],
+             "--visitor-rate-limit", "100000", "--visitor-messages-per-minute", "100000",
+             *extra_args],
             stdout=subprocess.DEVNULL,
             stderr=self.log,
             env={k: v for k, v in os.environ.items() if not k.startswith(("COMPANERO_", "HF_"))},

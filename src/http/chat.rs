@@ -329,6 +329,17 @@ pub(crate) struct SendMessage {
     background: bool,
 }
 
+/// One event of a streamed answer (`text/event-stream`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the stream's events; they are written by `delta_event`/`final_event`
+pub(crate) struct AnswerEvent {
+    /// `delta` (a checked sentence), then `message` (the stored answer), or `error`.
+    event: String,
+    /// JSON: `{"text": ...}` for `delta`, the stored `Message` for `message`, the error body for
+    /// `error`.
+    data: String,
+}
+
 fn yes() -> bool {
     true
 }
@@ -337,7 +348,7 @@ fn yes() -> bool {
     request_body = SendMessage,
     params(("id" = String, Path, description = "Conversation id")),
     responses(
-        (status = 200, description = "The answer: JSON (`stream: false`) or an event stream of `delta` {text} events and a final `message` event with the stored answer, whose content and citations are authoritative (markers are aligned and a low-confidence answer is replaced by the fallback after generation). A resend of a known `client_id` gets the stored message it had.", body = Message),
+        (status = 200, description = "The answer: JSON (`stream: false`) or an event stream of `delta` {text} events and a final `message` event with the stored answer, whose content and citations are authoritative (markers are aligned and a low-confidence answer is replaced by the fallback after generation). A resend of a known `client_id` gets the stored message it had, or the answer when a crash had cut it off.", content((Message = "application/json"), (AnswerEvent = "text/event-stream"))),
         (status = 201, description = "Stored, and nobody answers automatically: a person took the conversation over, the message is a staff reply, or it asked for a person", body = Message),
         (status = 202, description = "`background: true`: the stored question; the answer follows on the conversation's events", body = Message),
         (status = 404, description = "No such conversation for this caller", body = ErrorBody),
