@@ -461,12 +461,13 @@ async fn failed_sign_ins_delay_the_guessers_network_but_never_lock_out_the_owner
             statuses[5..].iter().all(|s| *s == 429),
             "{email}: {statuses:?}"
         );
+        // The right password from the attacker's address waits too (asked at once: the first
+        // delay is a second, and the other account's guesses take longer than that to check).
+        if email == "ana@example.com" {
+            let delayed = login_from(email, PASSWORD, "198.51.100.7").await.unwrap();
+            expect_error(delayed, 429, "rate_limited").await;
+        }
     }
-    // The right password from the attacker's address waits too...
-    let delayed = login_from("ana@example.com", PASSWORD, "198.51.100.7")
-        .await
-        .unwrap();
-    expect_error(delayed, 429, "rate_limited").await;
     // ...but Ana, from her own address, signs in at once.
     let own = login_from("ana@example.com", PASSWORD, "203.0.113.9")
         .await
